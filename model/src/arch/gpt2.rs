@@ -1,0 +1,95 @@
+//! GPT-2 (Radford et al. 2019): learned positions, pre-LayerNorm sequential
+//! blocks, `gelu_new` MLP, fused `c_attn`, Conv1D weights stored `[in, out]`.
+//!
+//! ```text
+//! x = wte[ids] + wpe[pos]
+//! for each block: x = x + attn(ln_1 x); x = x + mlp(ln_2 x)
+//! logits = ln_f(x) · wteᵀ
+//! ```
+
+use burn_tensor::backend::Backend;
+
+use crate::config::{Architecture, HfConfig, ModelConfig, NormKind};
+use crate::error::Result;
+use crate::layers::{Attention, Block, Mlp};
+use crate::transformer::{Transformer, WeightLoader};
+
+pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
+    let d_model = hf.usize("n_embd")?;
+    let n_heads = hf.usize("n_head")?;
+    Ok(ModelConfig {
+        arch: Architecture::Gpt2,
+        model_type: "gpt2".into(),
+        vocab_size: hf.usize("vocab_size")?,
+        d_model,
+        n_layers: hf.usize("n_layer")?,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head: d_model / n_heads.max(1),
+        d_mlp: hf.opt_usize("n_inner")?.unwrap_or(4 * d_model),
+        n_ctx: hf.usize("n_positions")?,
+        norm: NormKind::LayerNorm,
+        norm_eps: hf.f64_or("layer_norm_epsilon", 1e-5)?,
+        act: hf.activation("activation_function", "gelu_new")?,
+        gated_mlp: false,
+        learned_positions: true,
+        rotary: None,
+        parallel_attn_mlp: false,
+        shared_block_norm: false,
+        tied_embeddings: hf.bool_or("tie_word_embeddings", true)?,
+        qkv_bias: true,
+        attn_out_bias: true,
+        mlp_bias: true,
+        lm_head_bias: false,
+        bos_token_id: hf.opt_token_id("bos_token_id")?,
+        eos_token_id: hf.opt_token_id("eos_token_id")?,
+    })
+}
+
+pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Transformer<B>> {
+    let (d, m, v) = (cfg.d_model, cfg.d_mlp, cfg.vocab_size);
+    // GPT2LMHeadModel saves under `transformer.`; the original checkpoints do not.
+    let wte = w.resolve(&["transformer.wte.weight".into(), "wte.weight".into()])?;
+    let p = wte.strip_suffix("wte.weight").unwrap_or("").to_string();
+
+    let embed = w.tensor2(&wte, [v, d])?;
+    let pos_embed = Some(w.tensor2(&format!("{p}wpe.weight"), [cfg.n_ctx, d])?);
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let b = format!("{p}h.{l}");
+        // c_attn: [d, 3d] with columns [q | k | v]
+        let qkv = w.host(&format!("{b}.attn.c_attn.weight"), &[d, 3 * d])?;
+        let qkv_b = w.host(&format!("{b}.attn.c_attn.bias"), &[3 * d])?;
+        let part = |i: usize| {
+            let bias = crate::layers::upload(&qkv_b.rows(i * d, d), w.device);
+            w.linear_host(qkv.cols(i * d, d), Some(bias))
+        };
+        blocks.push(Block {
+            ln1: w.norm(&cfg, &format!("{b}.ln_1"))?,
+            ln2: Some(w.norm(&cfg, &format!("{b}.ln_2"))?),
+            attn: Attention {
+                q: part(0),
+                k: part(1),
+                v: part(2),
+                o: w.conv1d(&format!("{b}.attn.c_proj"), d, d)?,
+            },
+            mlp: Mlp {
+                fc_in: w.conv1d(&format!("{b}.mlp.c_fc"), d, m)?,
+                up: None,
+                fc_out: w.conv1d(&format!("{b}.mlp.c_proj"), m, d)?,
+                act: cfg.act,
+            },
+        });
+    }
+    let ln_final = w.norm(&cfg, &format!("{p}ln_f"))?;
+    let unembed = w.unembed(&cfg, &embed, "lm_head.weight", None)?;
+    Ok(Transformer {
+        config: cfg,
+        embed,
+        pos_embed,
+        blocks,
+        ln_final,
+        unembed,
+        device: w.device.clone(),
+    })
+}

@@ -1,0 +1,29 @@
+//! Engram's transformer core.
+//!
+//! - [`config`]: one [`ModelConfig`] read from HF `config.json` (gpt2, gptj, gpt_neox, llama family).
+//! - [`weights`]: memory-mapped safetensors, single or sharded; pickle refused.
+//! - [`tokenizer`]: HF tokenizers with byte offsets for subject spans.
+//! - [`arch`]: one file per family mapping checkpoint names onto [`Transformer`].
+//! - [`hooks`]: TransformerLens-named hook points that observe or replace activations.
+//! - [`layers`] and [`transformer`]: the single forward pass.
+
+pub mod arch;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod hooks;
+pub mod layers;
+pub mod lm;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use device::{Cpu, CpuAutodiff, DeviceSpec};
+pub use error::{ModelError, Result};
+pub use hooks::{fn_hook, Activation, ActivationCache, BlockSite, Hook, HookPoint, NoHooks};
+pub use lm::{LanguageModel, TokenProb};
+pub use tokenizer::Tokenizer;
+pub use transformer::{Batch, Transformer};
+
+pub use burn_tensor;

@@ -1,0 +1,85 @@
+//! Token ids equal to the HF tokenizer's on `fixtures/tokenizers/*.json`.
+
+use std::path::Path;
+
+use engram_model::Tokenizer;
+
+use crate::common::shared;
+
+fn check_cases(tok: &Tokenizer, cases_file: &Path) -> usize {
+    let text = std::fs::read_to_string(cases_file).expect("cases");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["add_special_tokens"], false);
+    let cases = v["cases"].as_array().expect("cases");
+    for case in cases {
+        let s = case["text"].as_str().expect("text");
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i.as_u64().expect("id") as u32)
+            .collect();
+        assert_eq!(tok.encode(s).expect("encode"), want, "ids for {s:?}");
+    }
+    cases.len()
+}
+
+#[test]
+fn gpt2_tokenizer_json_matches_hf() {
+    let Some(sh) = shared("gpt2 tokenizer") else {
+        return;
+    };
+    let tok = Tokenizer::from_file(&sh.join("tokenizers/gpt2/tokenizer.json")).expect("load");
+    assert_eq!(tok.vocab_size(), 50257);
+    assert!(check_cases(&tok, &sh.join("fixtures/tokenizers/gpt2.json")) > 3);
+}
+
+#[test]
+fn gpt2_vocab_merges_matches_hf() {
+    let Some(sh) = shared("gpt2 vocab+merges") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("engram-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(sh.join("tokenizers/gpt2").join(f), dir.join(f)).expect("copy");
+    }
+    let tok = Tokenizer::from_dir(&dir).expect("load vocab+merges");
+    check_cases(&tok, &sh.join("fixtures/tokenizers/gpt2.json"));
+    assert_eq!(
+        tok.decode(&tok.encode(" Paris café").expect("enc"))
+            .expect("dec"),
+        " Paris café"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn smollm2_tokenizer_matches_hf() {
+    let Some(sh) = shared("smollm2 tokenizer") else {
+        return;
+    };
+    let tok = Tokenizer::from_file(&sh.join("models/smollm2-135m-instruct/tokenizer.json"))
+        .expect("load");
+    assert!(check_cases(&tok, &sh.join("fixtures/tokenizers/smollm2.json")) > 3);
+}
+
+#[test]
+fn subject_span_finds_the_subject_tokens() {
+    let Some(sh) = shared("subject span") else {
+        return;
+    };
+    let tok = Tokenizer::from_file(&sh.join("tokenizers/gpt2/tokenizer.json")).expect("load");
+    let prompt = "The Eiffel Tower is located in the city of";
+    let (enc, span) = tok.subject_span(prompt, "Eiffel Tower").expect("span");
+    // HF: The | E | iff | el | Tower | is ...
+    assert_eq!(span, 1..5);
+    assert_eq!(
+        tok.decode(&enc.ids[span.clone()]).expect("dec"),
+        " Eiffel Tower"
+    );
+    assert!(matches!(
+        tok.subject_span(prompt, "Louvre"),
+        Err(engram_model::ModelError::SubjectNotFound { .. })
+    ));
+}
