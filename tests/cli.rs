@@ -1,1 +1,112 @@
+//! End-to-end tests of the `engram` binary on the tiny HF fixtures.
 
+use std::path::PathBuf;
+use std::process::Command;
+
+fn shared() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: ../shared is absent (fixtures live there)");
+        None
+    }
+}
+
+fn engram(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run engram");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn info_lists_hook_points() {
+    let Some(sh) = shared() else { return };
+    let dir = sh.join("fixtures/tiny/llama");
+    let (ok, out, err) = engram(&["info", dir.to_str().expect("utf8")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("architecture  llama"), "{out}");
+    for hook in ["blocks.0.hook_resid_pre", "blocks.2.mlp.hook_post", "blocks.1.attn.hook_pattern", "ln_final.hook_normalized"] {
+        assert!(out.lines().any(|l| l.trim() == hook), "missing {hook}");
+    }
+    let (ok, out, _) = engram(&["info", dir.to_str().expect("utf8"), "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["hooks"].as_array().expect("hooks").len(), 56);
+    assert_eq!(v["config"]["n_kv_heads"], 2);
+}
+
+/// `engram run --ids` probabilities equal the softmax of HF's logits (reference.safetensors).
+#[test]
+fn run_probabilities_match_hf_for_every_arch() {
+    let Some(sh) = shared() else { return };
+    for arch in ["gpt2", "gptj", "gpt_neox", "llama"] {
+        let dir = sh.join("fixtures/tiny").join(arch);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).expect("reference");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+        let ids: Vec<i64> = st
+            .tensor("input_ids")
+            .expect("ids")
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let logits: Vec<f32> = st
+            .tensor("logits")
+            .expect("logits")
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        // Row 1 of the reference batch, last position.
+        let (s, v) = (7, 512);
+        let row: Vec<String> = ids[s..2 * s].iter().map(|i| i.to_string()).collect();
+        let last = &logits[(s + s - 1) * v..(2 * s) * v];
+        let max = last.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = last.iter().map(|&l| (l as f64 - max).exp()).sum();
+
+        let (ok, out, err) = engram(&["run", dir.to_str().expect("utf8"), "--ids", &row.join(","), "--top-k", "5", "--json"]);
+        assert!(ok, "{arch}: {err}");
+        let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let top = json["top_k"].as_array().expect("top_k");
+        assert_eq!(top.len(), 5);
+        for t in top {
+            let id = t["id"].as_u64().expect("id") as usize;
+            let want = ((last[id] as f64 - max).exp() / z) as f32;
+            let got = t["prob"].as_f64().expect("prob") as f32;
+            assert!((got - want).abs() < 1e-4, "{arch} token {id}: {got} vs HF {want}");
+        }
+    }
+}
+
+#[test]
+fn run_prints_a_table_for_a_prompt() {
+    let Some(sh) = shared() else { return };
+    let dir = sh.join("fixtures/tiny/gpt_neox");
+    let (ok, out, err) = engram(&["run", dir.to_str().expect("utf8"), "--prompt", "The river flows", "--top-k", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("rank") && out.contains("prob"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 3, "{out}");
+}
+
+#[test]
+fn bad_input_exits_with_a_clear_error() {
+    let Some(sh) = shared() else { return };
+    let dir = sh.join("fixtures/tiny/gpt2");
+    let d = dir.to_str().expect("utf8");
+    let (ok, _, err) = engram(&["run", d, "--prompt", ""]);
+    assert!(!ok && err.contains("the prompt is empty"), "{err}");
+    let long = "word ".repeat(100);
+    let (ok, _, err) = engram(&["run", d, "--prompt", &long]);
+    assert!(!ok && err.contains("longer than the model's context of 64"), "{err}");
+    let (ok, _, err) = engram(&["info", "/nonexistent/model"]);
+    assert!(!ok && err.contains("/nonexistent/model"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

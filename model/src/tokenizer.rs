@@ -77,7 +77,9 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         // GPT-2's one special token is matched whole, as HF's GPT2Tokenizer does.
         if inner.token_to_id("<|endoftext|>").is_some() {
-            inner.add_special_tokens([tokenizers::AddedToken::from("<|endoftext|>", true)]);
+            inner
+                .add_special_tokens([tokenizers::AddedToken::from("<|endoftext|>", true)])
+                .map_err(err)?;
         }
         Ok(Self {
             inner,

@@ -136,7 +136,7 @@ impl SafetensorsCheckpoint {
         }
         let single = path.join("model.safetensors");
         if single.is_file() {
-            return Self::open_files(&single, &[single.clone()]);
+            return Self::open_files(&single, std::slice::from_ref(&single));
         }
         for pickle in [
             "pytorch_model.bin",

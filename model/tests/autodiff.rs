@@ -2,7 +2,7 @@
 //! `blocks.{l}.hook_mlp_out` (last position) matches central finite differences.
 
 use burn_tensor::{Tensor, TensorData};
-use engram_model::device::{Cpu, CpuAutodiff};
+use engram_model::device::CpuAutodiff;
 use engram_model::{fn_hook, Activation, Batch, HookPoint, LanguageModel};
 
 use crate::common::shared;
@@ -29,7 +29,7 @@ fn log_prob(
     let [_, _, v] = logits.dims();
     let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
     let logp = burn_tensor::activation::log_softmax(last, 0);
-    logp.slice([target..target + 1])
+    logp.narrow(0, target, 1)
 }
 
 fn check(arch: &str) {
@@ -83,7 +83,6 @@ fn check(arch: &str) {
             "{arch} direction {k}: autodiff {an} vs finite difference {fd}"
         );
     }
-    let _ = std::marker::PhantomData::<Cpu>;
 }
 
 #[test]
