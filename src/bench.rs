@@ -27,10 +27,19 @@ pub struct HookBenchRow {
 }
 
 /// Forward-pass time unhooked, through a `dyn Hook` that wants nothing, and caching every activation.
-pub fn hook_overhead(lm: &LanguageModel<Cpu>, batch: usize, seq: usize, iters: usize) -> Result<Vec<HookBenchRow>> {
+pub fn hook_overhead(
+    lm: &LanguageModel<Cpu>,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+) -> Result<Vec<HookBenchRow>> {
     let vocab = lm.model.config.vocab_size as u32;
     let rows: Vec<Vec<u32>> = (0..batch)
-        .map(|b| (0..seq).map(|i| ((i * 31 + b * 7 + 1) as u32) % vocab).collect())
+        .map(|b| {
+            (0..seq)
+                .map(|i| ((i * 31 + b * 7 + 1) as u32) % vocab)
+                .collect()
+        })
         .collect();
     let input = Batch::uniform(&rows)?;
     let run = |hooks: &mut dyn Hook<Cpu>| -> Result<()> {

@@ -10,7 +10,11 @@ use engram::model::{Batch, DeviceSpec, LanguageModel, TokenProb};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "engram", version, about = "Locate and edit facts in transformer language models")]
+#[command(
+    name = "engram",
+    version,
+    about = "Locate and edit facts in transformer language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,12 @@ fn dispatch(cli: Cli) -> Result<()> {
 fn info(model: &Path, as_json: bool) -> Result<()> {
     let lm = load(model, DeviceSpec::Cpu)?;
     let c = &lm.model.config;
-    let hooks: Vec<String> = lm.model.hook_points().iter().map(|h| h.to_string()).collect();
+    let hooks: Vec<String> = lm
+        .model
+        .hook_points()
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
     if as_json {
         let v = json!({
             "path": model,
@@ -120,20 +129,45 @@ fn info(model: &Path, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!("model         {}", model.display());
-    println!("architecture  {} (model_type {})", c.arch.name(), c.model_type);
+    println!(
+        "architecture  {} (model_type {})",
+        c.arch.name(),
+        c.model_type
+    );
     println!("parameters    {}", c.parameter_count());
     println!("layers        {}", c.n_layers);
     println!("d_model       {}", c.d_model);
-    println!("d_mlp         {}{}", c.d_mlp, if c.gated_mlp { " (gated)" } else { "" });
-    println!("heads         {} ({} key/value), d_head {}", c.n_heads, c.n_kv_heads, c.d_head);
-    println!("vocab         {} (tokenizer {})", c.vocab_size, lm.tokenizer.vocab_size());
+    println!(
+        "d_mlp         {}{}",
+        c.d_mlp,
+        if c.gated_mlp { " (gated)" } else { "" }
+    );
+    println!(
+        "heads         {} ({} key/value), d_head {}",
+        c.n_heads, c.n_kv_heads, c.d_head
+    );
+    println!(
+        "vocab         {} (tokenizer {})",
+        c.vocab_size,
+        lm.tokenizer.vocab_size()
+    );
     println!("context       {}", c.n_ctx);
     println!("norm          {:?}, eps {}", c.norm, c.norm_eps);
     match c.rotary {
-        Some(r) => println!("positions     rotary {:?}, dim {}, theta {}", r.style, r.dim, r.theta),
+        Some(r) => println!(
+            "positions     rotary {:?}, dim {}, theta {}",
+            r.style, r.dim, r.theta
+        ),
         None => println!("positions     learned"),
     }
-    println!("block         {}", if c.parallel_attn_mlp { "parallel attention + MLP" } else { "sequential" });
+    println!(
+        "block         {}",
+        if c.parallel_attn_mlp {
+            "parallel attention + MLP"
+        } else {
+            "sequential"
+        }
+    );
     println!("hook points   {}", hooks.len());
     for h in hooks {
         println!("  {h}");
@@ -157,7 +191,10 @@ fn run(
     };
     let logits = lm.model.logits(&Batch::single(&ids))?;
     let last = engram::model::transformer::last_position(logits, &[ids.len() - 1]);
-    let last: Vec<f32> = last.into_data().into_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let last: Vec<f32> = last
+        .into_data()
+        .into_vec()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let top: Vec<TokenProb> = top_k_from_logits(&last, top_k, |id| lm.tokenizer.token_text(id));
     if as_json {
         let v = json!({
@@ -172,7 +209,10 @@ fn run(
     if let Some(p) = &prompt {
         println!("prompt: {p:?} ({} tokens)", ids.len());
     }
-    println!("{:>4}  {:<20} {:>8}  {:>9}  {:>9}", "rank", "token", "id", "prob", "logit");
+    println!(
+        "{:>4}  {:<20} {:>8}  {:>9}  {:>9}",
+        "rank", "token", "id", "prob", "logit"
+    );
     for (rank, t) in top.iter().enumerate() {
         println!(
             "{:>4}  {:<20} {:>8}  {:>9.6}  {:>9.4}",
@@ -200,7 +240,10 @@ fn bench_hooks(model: &Path, batch: usize, seq: usize, iters: usize, as_json: bo
         lm.model.config.arch.name()
     );
     for r in rows {
-        println!("  {:<30} {:>9.3} ms   x{:.3}", r.variant, r.median_ms, r.ratio_to_unhooked);
+        println!(
+            "  {:<30} {:>9.3} ms   x{:.3}",
+            r.variant, r.median_ms, r.ratio_to_unhooked
+        );
     }
     Ok(())
 }

@@ -33,7 +33,12 @@ fn info_lists_hook_points() {
     let (ok, out, err) = engram(&["info", dir.to_str().expect("utf8")]);
     assert!(ok, "{err}");
     assert!(out.contains("architecture  llama"), "{out}");
-    for hook in ["blocks.0.hook_resid_pre", "blocks.2.mlp.hook_post", "blocks.1.attn.hook_pattern", "ln_final.hook_normalized"] {
+    for hook in [
+        "blocks.0.hook_resid_pre",
+        "blocks.2.mlp.hook_post",
+        "blocks.1.attn.hook_pattern",
+        "ln_final.hook_normalized",
+    ] {
         assert!(out.lines().any(|l| l.trim() == hook), "missing {hook}");
     }
     let (ok, out, _) = engram(&["info", dir.to_str().expect("utf8"), "--json"]);
@@ -72,7 +77,15 @@ fn run_probabilities_match_hf_for_every_arch() {
         let max = last.iter().copied().fold(f32::MIN, f32::max) as f64;
         let z: f64 = last.iter().map(|&l| (l as f64 - max).exp()).sum();
 
-        let (ok, out, err) = engram(&["run", dir.to_str().expect("utf8"), "--ids", &row.join(","), "--top-k", "5", "--json"]);
+        let (ok, out, err) = engram(&[
+            "run",
+            dir.to_str().expect("utf8"),
+            "--ids",
+            &row.join(","),
+            "--top-k",
+            "5",
+            "--json",
+        ]);
         assert!(ok, "{arch}: {err}");
         let json: serde_json::Value = serde_json::from_str(&out).expect("json");
         let top = json["top_k"].as_array().expect("top_k");
@@ -81,7 +94,10 @@ fn run_probabilities_match_hf_for_every_arch() {
             let id = t["id"].as_u64().expect("id") as usize;
             let want = ((last[id] as f64 - max).exp() / z) as f32;
             let got = t["prob"].as_f64().expect("prob") as f32;
-            assert!((got - want).abs() < 1e-4, "{arch} token {id}: {got} vs HF {want}");
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{arch} token {id}: {got} vs HF {want}"
+            );
         }
     }
 }
@@ -90,10 +106,23 @@ fn run_probabilities_match_hf_for_every_arch() {
 fn run_prints_a_table_for_a_prompt() {
     let Some(sh) = shared() else { return };
     let dir = sh.join("fixtures/tiny/gpt_neox");
-    let (ok, out, err) = engram(&["run", dir.to_str().expect("utf8"), "--prompt", "The river flows", "--top-k", "3"]);
+    let (ok, out, err) = engram(&[
+        "run",
+        dir.to_str().expect("utf8"),
+        "--prompt",
+        "The river flows",
+        "--top-k",
+        "3",
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("rank") && out.contains("prob"), "{out}");
-    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count(), 3, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        3,
+        "{out}"
+    );
 }
 
 #[test]
@@ -105,7 +134,10 @@ fn bad_input_exits_with_a_clear_error() {
     assert!(!ok && err.contains("the prompt is empty"), "{err}");
     let long = "word ".repeat(100);
     let (ok, _, err) = engram(&["run", d, "--prompt", &long]);
-    assert!(!ok && err.contains("longer than the model's context of 64"), "{err}");
+    assert!(
+        !ok && err.contains("longer than the model's context of 64"),
+        "{err}"
+    );
     let (ok, _, err) = engram(&["info", "/nonexistent/model"]);
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
