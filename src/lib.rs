@@ -11,4 +11,5 @@ pub use engram_datasets as datasets;
 pub use engram_editing as editing;
 pub use engram_model as model;
 
+pub mod backend;
 pub mod bench;

@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use engram::model::device::Cpu;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engram::backend::{with_backend, BackendJob, Dtype};
+use engram::model::burn_tensor::backend::Backend;
 use engram::model::lm::top_k_from_logits;
-use engram::model::{Batch, DeviceSpec, LanguageModel, TokenProb};
+use engram::model::{
+    generate, Batch, DeviceSpec, GenerateConfig, LanguageModel, Sampling, TokenProb,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -24,31 +27,71 @@ struct Cli {
 enum Command {
     /// Architecture, sizes, parameter count and hook points of a model.
     Info {
-        /// A local HF model directory (config.json + safetensors + tokenizer).
+        /// A local HF model directory (config.json + safetensors + tokenizer) or a .gguf file.
         model: PathBuf,
         #[arg(long)]
         json: bool,
     },
-    /// The most likely next tokens after a prompt.
-    Run {
-        model: PathBuf,
-        #[arg(long, required_unless_present = "ids")]
-        prompt: Option<String>,
-        /// Comma-separated token ids instead of a prompt.
-        #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
-        ids: Option<Vec<u32>>,
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long)]
-        json: bool,
-    },
+    /// The most likely next tokens after a prompt, and optionally a generated continuation.
+    Run(RunArgs),
     /// Benchmarks that print figures measured side by side.
     Bench {
         #[command(subcommand)]
         which: BenchCommand,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    model: PathBuf,
+    #[arg(long, required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Comma-separated token ids instead of a prompt.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    ids: Option<Vec<u32>>,
+    /// Rows of the next-token table.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Generate this many tokens after the prompt.
+    #[arg(long)]
+    generate: Option<usize>,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    sample_top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens with this much probability.
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Re-run the whole sequence each step instead of caching keys and values.
+    #[arg(long)]
+    no_kv_cache: bool,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeArg> for Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::F16 => Dtype::F16,
+            DtypeArg::Bf16 => Dtype::BF16,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,14 +110,6 @@ enum BenchCommand {
     },
 }
 
-fn load(model: &Path, device: DeviceSpec) -> Result<LanguageModel<Cpu>> {
-    if device != DeviceSpec::Cpu {
-        bail!("device {device} is not available in this build; use --device cpu");
-    }
-    LanguageModel::<Cpu>::load(model, &Default::default())
-        .with_context(|| format!("loading model from {}", model.display()))
-}
-
 fn main() -> std::process::ExitCode {
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -87,15 +122,14 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Info { model, json } => info(&model, json),
-        Command::Run {
-            model,
-            prompt,
-            ids,
-            top_k,
-            device,
-            json,
-        } => run(&model, prompt, ids, top_k, device, json),
+        Command::Info { model, json } => {
+            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
+            info(&model, &lm, json)
+        }
+        Command::Run(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, RunJob(args))
+        }
         Command::Bench { which } => match which {
             BenchCommand::Hooks {
                 model,
@@ -108,8 +142,12 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn info(model: &Path, as_json: bool) -> Result<()> {
-    let lm = load(model, DeviceSpec::Cpu)?;
+fn load<B: Backend>(model: &Path, device: &B::Device) -> Result<LanguageModel<B>> {
+    LanguageModel::<B>::load(model, device)
+        .with_context(|| format!("loading model from {}", model.display()))
+}
+
+fn info<B: Backend>(model: &Path, lm: &LanguageModel<B>, as_json: bool) -> Result<()> {
     let c = &lm.model.config;
     let hooks: Vec<String> = lm
         .model
@@ -160,14 +198,12 @@ fn info(model: &Path, as_json: bool) -> Result<()> {
         ),
         None => println!("positions     learned"),
     }
-    println!(
-        "block         {}",
-        if c.parallel_attn_mlp {
-            "parallel attention + MLP"
-        } else {
-            "sequential"
-        }
-    );
+    let block = if c.parallel_attn_mlp {
+        "parallel attention + MLP"
+    } else {
+        "sequential"
+    };
+    println!("block         {block}");
     println!("hook points   {}", hooks.len());
     for h in hooks {
         println!("  {h}");
@@ -175,59 +211,88 @@ fn info(model: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn run(
-    model: &Path,
-    prompt: Option<String>,
-    ids: Option<Vec<u32>>,
-    top_k: usize,
-    device: DeviceSpec,
-    as_json: bool,
-) -> Result<()> {
-    let lm = load(model, device)?;
-    let ids = match (ids, &prompt) {
-        (Some(ids), _) => ids,
-        (None, Some(p)) => lm.encode_prompt(p)?,
-        (None, None) => bail!("give --prompt or --ids"),
-    };
-    let logits = lm.model.logits(&Batch::single(&ids))?;
-    let last = engram::model::transformer::last_position(logits, &[ids.len() - 1]);
-    let last: Vec<f32> = last
-        .into_data()
-        .into_vec()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let top: Vec<TokenProb> = top_k_from_logits(&last, top_k, |id| lm.tokenizer.token_text(id));
-    if as_json {
-        let v = json!({
-            "prompt": prompt,
-            "input_ids": ids,
-            "input_tokens": ids.iter().map(|&i| lm.tokenizer.token_text(i)).collect::<Vec<_>>(),
-            "top_k": top,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    if let Some(p) = &prompt {
-        println!("prompt: {p:?} ({} tokens)", ids.len());
-    }
-    println!(
-        "{:>4}  {:<20} {:>8}  {:>9}  {:>9}",
-        "rank", "token", "id", "prob", "logit"
-    );
-    for (rank, t) in top.iter().enumerate() {
+struct RunJob(RunArgs);
+
+impl BackendJob for RunJob {
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let a = self.0;
+        let lm = load::<B>(&a.model, &device)?;
+        let ids = match (a.ids, &a.prompt) {
+            (Some(ids), _) => ids,
+            (None, Some(p)) => lm.encode_prompt(p)?,
+            (None, None) => bail!("give --prompt or --ids"),
+        };
+        let logits = lm.model.logits(&Batch::single(&ids))?;
+        let last = engram::model::transformer::last_position(logits, &[ids.len() - 1]);
+        let last: Vec<f32> = last
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let top: Vec<TokenProb> =
+            top_k_from_logits(&last, a.top_k, |id| lm.tokenizer.token_text(id));
+
+        let generated = match a.generate {
+            None => None,
+            Some(n) => {
+                let sampling = match (a.temperature, a.sample_top_k, a.top_p) {
+                    (None, None, None) => Sampling::Greedy,
+                    (t, k, p) => Sampling::Sample {
+                        temperature: t.unwrap_or(1.0),
+                        top_k: k,
+                        top_p: p,
+                        seed: a.seed,
+                    },
+                };
+                let cfg = GenerateConfig {
+                    max_new_tokens: n,
+                    sampling,
+                    stop_at_eos: true,
+                    kv_cache: !a.no_kv_cache,
+                };
+                let out = generate(&lm.model, std::slice::from_ref(&ids), &cfg)?;
+                let new = out.into_iter().next().unwrap_or_default();
+                Some((lm.tokenizer.decode(&new)?, new))
+            }
+        };
+
+        if a.json {
+            let v = json!({
+                "prompt": a.prompt,
+                "input_ids": ids,
+                "input_tokens": ids.iter().map(|&i| lm.tokenizer.token_text(i)).collect::<Vec<_>>(),
+                "top_k": top,
+                "generated": generated.as_ref().map(|(text, ids)| json!({"text": text, "ids": ids})),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        if let Some(p) = &a.prompt {
+            println!("prompt: {p:?} ({} tokens)", ids.len());
+        }
         println!(
-            "{:>4}  {:<20} {:>8}  {:>9.6}  {:>9.4}",
-            rank + 1,
-            format!("{:?}", t.token),
-            t.id,
-            t.prob,
-            t.logit
+            "{:>4}  {:<20} {:>8}  {:>9}  {:>9}",
+            "rank", "token", "id", "prob", "logit"
         );
+        for (rank, t) in top.iter().enumerate() {
+            println!(
+                "{:>4}  {:<20} {:>8}  {:>9.6}  {:>9.4}",
+                rank + 1,
+                format!("{:?}", t.token),
+                t.id,
+                t.prob,
+                t.logit
+            );
+        }
+        if let Some((text, _)) = generated {
+            println!("generated: {text:?}");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn bench_hooks(model: &Path, batch: usize, seq: usize, iters: usize, as_json: bool) -> Result<()> {
-    let lm = load(model, DeviceSpec::Cpu)?;
+    let lm = load::<engram::model::Cpu>(model, &Default::default())?;
     let seq = seq.min(lm.model.config.n_ctx);
     let rows = engram::bench::hook_overhead(&lm, batch, seq, iters)?;
     if as_json {

@@ -54,6 +54,8 @@ pub enum ModelError {
          Convert the model to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)`)"
     )]
     PickleRefused { path: PathBuf },
+    #[error("{path}: not a valid GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
     #[error(
         "{path}: no checkpoint found (expected model.safetensors or model.safetensors.index.json)"
     )]

@@ -92,8 +92,11 @@ pub struct ForwardCtx<B: Backend> {
 }
 
 impl<B: Backend> ForwardCtx<B> {
-    /// Build the causal + padding mask and rotary tables for `positions` (`[batch][pos]`)
-    /// and `keep` (`[batch][pos]`, false for padding).
+    /// Build the causal + padding mask and rotary tables.
+    ///
+    /// `positions` (`[batch][query]`) are the position ids of the tokens being run;
+    /// `keep` (`[batch][key]`, false for padding) covers every key, cached ones first,
+    /// so a query `q` sees key `k` when `k <= past + q`.
     pub fn new(
         cfg: &ModelConfig,
         positions: &[Vec<usize>],
@@ -102,19 +105,47 @@ impl<B: Backend> ForwardCtx<B> {
     ) -> Self {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
-        let mut mask = Vec::with_capacity(b * s * s);
+        let t = keep.first().map_or(0, Vec::len);
+        let past = t.saturating_sub(s);
+        let mut mask = Vec::with_capacity(b * s * t);
         for row in keep {
             for q in 0..s {
                 for (k, &kept) in row.iter().enumerate() {
-                    mask.push(k > q || !kept);
+                    mask.push(k > past + q || !kept);
                 }
             }
         }
-        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, s, s]), device);
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, s, t]), device);
         let rotary = cfg
             .rotary
             .map(|r| rotary_tables::<B>(&r, positions, device));
         Self { mask, rotary }
+    }
+}
+
+/// Keys (after rotary) and values of the tokens seen so far, for one layer.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv<B: Backend> {
+    /// `[batch, past, kv_head, d_head]`
+    pub k: Option<Tensor<B, 4>>,
+    /// `[batch, past, kv_head, d_head]`
+    pub v: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> LayerKv<B> {
+    /// Append the new keys and values; return all of them.
+    fn extend(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let k = match self.k.take() {
+            Some(past) => Tensor::cat(vec![past, k], 1),
+            None => k,
+        };
+        let v = match self.v.take() {
+            Some(past) => Tensor::cat(vec![past, v], 1),
+            None => v,
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        (k, v)
     }
 }
 
@@ -212,6 +243,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         cfg: &ModelConfig,
         ctx: &ForwardCtx<B>,
+        kv: Option<&mut LayerKv<B>>,
         hooks: &mut H,
     ) -> Result<Tensor<B, 3>> {
         let hp = |site| HookPoint::block(layer, site);
@@ -251,6 +283,12 @@ impl<B: Backend> Attention<B> {
             ),
             _ => (q, k),
         };
+        // With a cache: [batch, past + pos, kv_head, d_head]
+        let (k, v) = match kv {
+            Some(cache) => cache.extend(k, v),
+            None => (k, v),
+        };
+        let t = k.dims()[1];
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
 
         // [batch, head, query_pos, key_pos]
@@ -259,7 +297,7 @@ impl<B: Backend> Attention<B> {
             .matmul(k.swap_dims(1, 2).swap_dims(2, 3))
             .mul_scalar(1.0 / (dh as f64).sqrt());
         let neg = mask_value(scores.dtype());
-        let scores = scores.mask_fill(ctx.mask.clone().expand([b, nh, s, s]), neg);
+        let scores = scores.mask_fill(ctx.mask.clone().expand([b, nh, s, t]), neg);
         let scores = at4(hooks, hp(BlockSite::AttnScores), scores)?;
         let pattern = at4(hooks, hp(BlockSite::Pattern), softmax(scores, 3))?;
 
@@ -352,6 +390,7 @@ impl<B: Backend> Block<B> {
         x: Tensor<B, 3>,
         cfg: &ModelConfig,
         ctx: &ForwardCtx<B>,
+        kv: Option<&mut LayerKv<B>>,
         hooks: &mut H,
     ) -> Result<Tensor<B, 3>> {
         let hp = |site| HookPoint::block(layer, site);
@@ -361,7 +400,7 @@ impl<B: Backend> Block<B> {
             hp(BlockSite::Ln1Normalized),
             self.ln1.forward(x.clone()),
         )?;
-        let attn_out = self.attn.forward(layer, n1.clone(), cfg, ctx, hooks)?;
+        let attn_out = self.attn.forward(layer, n1.clone(), cfg, ctx, kv, hooks)?;
         let attn_out = at3(hooks, hp(BlockSite::AttnOut), attn_out)?;
 
         let out = if cfg.parallel_attn_mlp {

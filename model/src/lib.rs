@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: one [`ModelConfig`] read from HF `config.json` (gpt2, gptj, gpt_neox, llama family).
 //! - [`weights`]: memory-mapped safetensors, single or sharded; pickle refused.
+//! - [`gguf`]: llama.cpp GGUF files, dequantized, served under HF names.
 //! - [`tokenizer`]: HF tokenizers with byte offsets for subject spans.
 //! - [`arch`]: one file per family mapping checkpoint names onto [`Transformer`].
 //! - [`hooks`]: TransformerLens-named hook points that observe or replace activations.
@@ -11,6 +12,8 @@ pub mod arch;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod generate;
+pub mod gguf;
 pub mod hooks;
 pub mod layers;
 pub mod lm;
@@ -21,9 +24,10 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use device::{Cpu, CpuAutodiff, DeviceSpec};
 pub use error::{ModelError, Result};
+pub use generate::{generate, GenerateConfig, Sampling};
 pub use hooks::{fn_hook, Activation, ActivationCache, BlockSite, Hook, HookPoint, NoHooks};
 pub use lm::{LanguageModel, TokenProb};
 pub use tokenizer::Tokenizer;
-pub use transformer::{Batch, Transformer};
+pub use transformer::{Batch, KvCache, Transformer};
 
 pub use burn_tensor;

@@ -27,8 +27,22 @@ pub struct LanguageModel<B: Backend> {
 }
 
 impl<B: Backend> LanguageModel<B> {
-    /// Load a HF model directory (`config.json`, safetensors, tokenizer).
+    /// Load a HF model directory (`config.json`, safetensors, tokenizer), or a
+    /// `.gguf` file with a `tokenizer.json` beside it.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            let model = Transformer::from_gguf(dir, device)?;
+            let tokenizer = Tokenizer::from_dir(dir.parent().unwrap_or(Path::new(".")))?;
+            return Ok(Self {
+                model,
+                tokenizer,
+                source: dir.to_path_buf(),
+            });
+        }
         if !dir.is_dir() {
             return Err(ModelError::io(
                 dir,

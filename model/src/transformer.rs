@@ -14,7 +14,7 @@ use burn_tensor::{Int, Tensor, TensorData};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::hooks::{at3, Hook, HookPoint, NoHooks};
-use crate::layers::{upload, Block, ForwardCtx, Linear, Norm};
+use crate::layers::{upload, Block, ForwardCtx, LayerKv, Linear, Norm};
 use crate::weights::{HostTensor, SafetensorsCheckpoint, TensorSource};
 
 /// A batch of token ids with padding and positions, ready for [`Transformer::forward`].
@@ -109,6 +109,32 @@ impl Batch {
     }
 }
 
+/// Keys and values of every layer for the tokens run so far (generation).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerKv<B>>,
+    /// `[batch][key]` false at padding.
+    pub keep: Vec<Vec<bool>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new() -> Self {
+        Self {
+            layers: Vec::new(),
+            keep: Vec::new(),
+        }
+    }
+
+    /// Tokens cached per row.
+    pub fn len(&self) -> usize {
+        self.keep.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A transformer language model on backend `B`.
 #[derive(Debug, Clone)]
 pub struct Transformer<B: Backend> {
@@ -129,6 +155,13 @@ impl<B: Backend> Transformer<B> {
     pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = SafetensorsCheckpoint::open(dir)?;
+        Self::from_source(config, &ckpt, device)
+    }
+
+    /// Load a GGUF file (llama family), dequantized to the compute dtype.
+    pub fn from_gguf(path: &Path, device: &B::Device) -> Result<Self> {
+        let ckpt = crate::gguf::GgufCheckpoint::open(path)?;
+        let config = ckpt.config.clone();
         Self::from_source(config, &ckpt, device)
     }
 
@@ -288,9 +321,49 @@ impl<B: Backend> Transformer<B> {
             });
         }
         for layer in layers {
-            x = self.blocks[layer].forward(layer, x, &self.config, ctx, hooks)?;
+            x = self.blocks[layer].forward(layer, x, &self.config, ctx, None, hooks)?;
         }
         Ok(x)
+    }
+
+    /// Run new tokens on top of a key/value cache, which is extended in place.
+    /// `step.keep` covers only the new tokens; positions continue each row's sequence.
+    ///
+    /// # Shapes
+    /// - returns `[batch, new_pos, vocab]`
+    pub fn forward_cached<H: Hook<B> + ?Sized>(
+        &self,
+        step: &Batch,
+        cache: &mut KvCache<B>,
+        hooks: &mut H,
+    ) -> Result<Tensor<B, 3>> {
+        self.validate(step)?;
+        if cache.keep.is_empty() {
+            cache.keep = vec![Vec::new(); step.batch_size()];
+            cache.layers = vec![LayerKv::default(); self.config.n_layers];
+        }
+        if cache.keep.len() != step.batch_size() {
+            return Err(ModelError::RaggedBatch {
+                first: cache.keep.len(),
+                other: step.batch_size(),
+            });
+        }
+        let total = cache.len() + step.seq_len();
+        if total > self.config.n_ctx {
+            return Err(ModelError::PromptTooLong {
+                len: total,
+                n_ctx: self.config.n_ctx,
+            });
+        }
+        for (all, new) in cache.keep.iter_mut().zip(&step.keep) {
+            all.extend_from_slice(new);
+        }
+        let ctx = ForwardCtx::new(&self.config, &step.positions, &cache.keep, &self.device);
+        let mut x = self.embed(step, hooks)?;
+        for (layer, kv) in cache.layers.iter_mut().enumerate() {
+            x = self.blocks[layer].forward(layer, x, &self.config, &ctx, Some(kv), hooks)?;
+        }
+        self.unembed(x, hooks)
     }
 
     /// Final norm and unembedding.

@@ -4,6 +4,8 @@
 mod autodiff;
 mod bad_input;
 mod common;
+mod generate;
+mod gguf;
 mod hooks;
 mod padding;
 mod parity;
