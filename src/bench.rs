@@ -2,20 +2,34 @@
 
 use std::time::{Duration, Instant};
 
-use engram_model::device::Cpu;
-use engram_model::{ActivationCache, Batch, Hook, LanguageModel, NoHooks, Result};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::{
+    generate, ActivationCache, Batch, GenerateConfig, Hook, LanguageModel, NoHooks, Result,
+    Sampling,
+};
 
 /// Median wall time of `iters` runs of `f`, after one warm-up run.
 pub fn median_time(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
     f()?;
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed());
     }
     times.sort();
     Ok(times[times.len() / 2])
+}
+
+/// Deterministic token ids for benchmark inputs.
+pub fn synthetic_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..seq)
+                .map(|i| ((i * 31 + b * 7 + 1) % vocab.max(1)) as u32)
+                .collect()
+        })
+        .collect()
 }
 
 /// One row of the hook-overhead benchmark.
@@ -27,24 +41,16 @@ pub struct HookBenchRow {
 }
 
 /// Forward-pass time unhooked, through a `dyn Hook` that wants nothing, and caching every activation.
-pub fn hook_overhead(
-    lm: &LanguageModel<Cpu>,
+pub fn hook_overhead<B: Backend>(
+    lm: &LanguageModel<B>,
     batch: usize,
     seq: usize,
     iters: usize,
 ) -> Result<Vec<HookBenchRow>> {
-    let vocab = lm.model.config.vocab_size as u32;
-    let rows: Vec<Vec<u32>> = (0..batch)
-        .map(|b| {
-            (0..seq)
-                .map(|i| ((i * 31 + b * 7 + 1) as u32) % vocab)
-                .collect()
-        })
-        .collect();
-    let input = Batch::uniform(&rows)?;
-    let run = |hooks: &mut dyn Hook<Cpu>| -> Result<()> {
+    let input = Batch::uniform(&synthetic_rows(lm.model.config.vocab_size, batch, seq))?;
+    let run = |hooks: &mut dyn Hook<B>| -> Result<()> {
         let logits = lm.model.forward(&input, hooks)?;
-        // Force the computation to finish.
+        // Reading the result back forces the computation to finish.
         let _ = logits.into_data();
         Ok(())
     };
@@ -54,7 +60,7 @@ pub fn hook_overhead(
         Ok(())
     })?;
     let dyn_none = median_time(iters, || run(&mut NoHooks))?;
-    let cache_all = median_time(iters, || run(&mut ActivationCache::<Cpu>::all()))?;
+    let cache_all = median_time(iters, || run(&mut ActivationCache::<B>::all()))?;
     let base = plain.as_secs_f64();
     Ok([
         ("unhooked (NoHooks, static)", plain),
@@ -68,4 +74,60 @@ pub fn hook_overhead(
         ratio_to_unhooked: t.as_secs_f64() / base,
     })
     .collect())
+}
+
+/// One row of the forward/generation benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForwardBenchRow {
+    pub task: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub median_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Forward tokens/s at batch 1 × 64 and 8 × 128, and greedy generation tokens/s with the KV cache.
+pub fn forward_throughput<B: Backend>(
+    lm: &LanguageModel<B>,
+    iters: usize,
+    gen_tokens: usize,
+) -> Result<Vec<ForwardBenchRow>> {
+    let c = &lm.model.config;
+    let mut rows = Vec::new();
+    for (batch, seq) in [(1usize, 64usize), (8, 128)] {
+        let seq = seq.min(c.n_ctx);
+        let input = Batch::uniform(&synthetic_rows(c.vocab_size, batch, seq))?;
+        let t = median_time(iters, || {
+            let _ = lm.model.logits(&input)?.into_data();
+            Ok(())
+        })?;
+        rows.push(ForwardBenchRow {
+            task: "forward".into(),
+            batch,
+            seq,
+            median_ms: t.as_secs_f64() * 1e3,
+            tokens_per_s: (batch * seq) as f64 / t.as_secs_f64(),
+        });
+    }
+    for batch in [1usize, 8] {
+        let prompt_len = 16.min(c.n_ctx.saturating_sub(gen_tokens)).max(1);
+        let prompts = synthetic_rows(c.vocab_size, batch, prompt_len);
+        let cfg = GenerateConfig {
+            max_new_tokens: gen_tokens,
+            sampling: Sampling::Greedy,
+            stop_at_eos: false,
+            kv_cache: true,
+        };
+        let t = median_time(iters.div_ceil(4), || {
+            generate(&lm.model, &prompts, &cfg).map(|_| ())
+        })?;
+        rows.push(ForwardBenchRow {
+            task: format!("generate (prompt {prompt_len}, kv cache)"),
+            batch,
+            seq: gen_tokens,
+            median_ms: t.as_secs_f64() * 1e3,
+            tokens_per_s: (batch * gen_tokens) as f64 / t.as_secs_f64(),
+        });
+    }
+    Ok(rows)
 }

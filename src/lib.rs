@@ -13,3 +13,4 @@ pub use engram_model as model;
 
 pub mod backend;
 pub mod bench;
+pub mod hub;

@@ -12,6 +12,11 @@ use engram::model::{
 };
 use serde_json::json;
 
+// Tensor work allocates and frees many large buffers; glibc returns them to the
+// OS each time (page faults on every reuse), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "engram",
@@ -96,6 +101,21 @@ impl From<DtypeArg> for Dtype {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Forward tokens/s (batch 1 x 64, 8 x 128) and generation tokens/s.
+    Forward {
+        model: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Tokens generated per generation run.
+        #[arg(long, default_value_t = 32)]
+        gen_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
     Hooks {
         model: PathBuf,
@@ -131,6 +151,24 @@ fn dispatch(cli: Cli) -> Result<()> {
             with_backend(device, dtype, RunJob(args))
         }
         Command::Bench { which } => match which {
+            BenchCommand::Forward {
+                model,
+                device,
+                dtype,
+                iters,
+                gen_tokens,
+                json,
+            } => with_backend(
+                device,
+                dtype.into(),
+                ForwardBenchJob {
+                    model,
+                    iters,
+                    gen_tokens,
+                    json,
+                    label: format!("{device} {:?}", Dtype::from(dtype)),
+                },
+            ),
             BenchCommand::Hooks {
                 model,
                 batch,
@@ -143,8 +181,9 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn load<B: Backend>(model: &Path, device: &B::Device) -> Result<LanguageModel<B>> {
-    LanguageModel::<B>::load(model, device)
-        .with_context(|| format!("loading model from {}", model.display()))
+    let path = engram::hub::resolve_model(model)?;
+    LanguageModel::<B>::load(&path, device)
+        .with_context(|| format!("loading model from {}", path.display()))
 }
 
 fn info<B: Backend>(model: &Path, lm: &LanguageModel<B>, as_json: bool) -> Result<()> {
@@ -286,6 +325,39 @@ impl BackendJob for RunJob {
         }
         if let Some((text, _)) = generated {
             println!("generated: {text:?}");
+        }
+        Ok(())
+    }
+}
+
+struct ForwardBenchJob {
+    model: PathBuf,
+    iters: usize,
+    gen_tokens: usize,
+    json: bool,
+    label: String,
+}
+
+impl BackendJob for ForwardBenchJob {
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let lm = load::<B>(&self.model, &device)?;
+        let rows = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(());
+        }
+        println!(
+            "engram forward: {} ({}), {}, median of {} runs",
+            self.model.display(),
+            lm.model.config.arch.name(),
+            self.label,
+            self.iters
+        );
+        for r in rows {
+            println!(
+                "  {:<34} batch {:>2} x {:>3}  {:>10.2} ms  {:>10.1} tokens/s",
+                r.task, r.batch, r.seq, r.median_ms, r.tokens_per_s
+            );
         }
         Ok(())
     }

@@ -142,3 +142,23 @@ fn bad_input_exits_with_a_clear_error() {
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn hub_ids_offline_give_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["info", "openai-community/gpt2"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run engram");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("HF_HUB_OFFLINE") && err.contains("local model directory"),
+        "{err}"
+    );
+    assert!(engram::hub::looks_like_hub_id("gpt2-xl"));
+    assert!(engram::hub::looks_like_hub_id("openai-community/gpt2"));
+    assert!(!engram::hub::looks_like_hub_id("./models/gpt2"));
+    assert!(!engram::hub::looks_like_hub_id("a/b/c"));
+    assert!(!engram::hub::looks_like_hub_id("model.gguf"));
+}

@@ -487,16 +487,23 @@ impl<B: Backend> WeightLoader<'_, B> {
         })
     }
 
-    /// The unembedding: `{name}` as `[vocab, d_model]`, or the token embedding when tied.
+    /// The unembedding: `{name}` as `[vocab, d_model]`, or the token embedding `embed_name` when tied.
     pub fn unembed(
         &self,
         cfg: &ModelConfig,
-        embed: &Tensor<B, 2>,
+        embed_name: &str,
         name: &str,
         bias: Option<&str>,
     ) -> Result<Linear<B>> {
+        // Stored contiguous as [d_model, vocab], also when tied: a strided view
+        // of the embedding costs a copy in every matmul on the CPU backend.
         let weight = if cfg.tied_embeddings && !self.src.contains(name) {
-            embed.clone().transpose()
+            upload::<B, 2>(
+                &self
+                    .host(embed_name, &[cfg.vocab_size, cfg.d_model])?
+                    .transpose(),
+                self.device,
+            )
         } else {
             upload::<B, 2>(
                 &self.host(name, &[cfg.vocab_size, cfg.d_model])?.transpose(),

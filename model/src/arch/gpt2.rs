@@ -82,7 +82,7 @@ pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Tra
         });
     }
     let ln_final = w.norm(&cfg, &format!("{p}ln_f"))?;
-    let unembed = w.unembed(&cfg, &embed, "lm_head.weight", None)?;
+    let unembed = w.unembed(&cfg, &wte, "lm_head.weight", None)?;
     Ok(Transformer {
         config: cfg,
         embed,

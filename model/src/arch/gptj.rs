@@ -74,7 +74,12 @@ pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Tra
         });
     }
     let ln_final = w.norm(&cfg, "transformer.ln_f")?;
-    let unembed = w.unembed(&cfg, &embed, "lm_head.weight", Some("lm_head.bias"))?;
+    let unembed = w.unembed(
+        &cfg,
+        "transformer.wte.weight",
+        "lm_head.weight",
+        Some("lm_head.bias"),
+    )?;
     Ok(Transformer {
         config: cfg,
         embed,

@@ -82,7 +82,7 @@ pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Tra
         });
     }
     let ln_final = w.norm(&cfg, "model.norm")?;
-    let unembed = w.unembed(&cfg, &embed, "lm_head.weight", None)?;
+    let unembed = w.unembed(&cfg, "model.embed_tokens.weight", "lm_head.weight", None)?;
     Ok(Transformer {
         config: cfg,
         embed,

@@ -109,7 +109,7 @@ pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Tra
         });
     }
     let ln_final = w.norm(&cfg, "gpt_neox.final_layer_norm")?;
-    let unembed = w.unembed(&cfg, &embed, "embed_out.weight", None)?;
+    let unembed = w.unembed(&cfg, "gpt_neox.embed_in.weight", "embed_out.weight", None)?;
     Ok(Transformer {
         config: cfg,
         embed,
