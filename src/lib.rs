@@ -14,3 +14,4 @@ pub use engram_model as model;
 pub mod backend;
 pub mod bench;
 pub mod hub;
+pub mod runs;

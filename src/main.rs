@@ -44,6 +44,57 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Stored runs: list, show, export, plot, compare.
+    Runs {
+        /// The run store (default: $ENGRAM_RUNS, else ./runs).
+        #[arg(long, global = true)]
+        runs: Option<PathBuf>,
+        #[command(subcommand)]
+        which: RunsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Every run with its kind, status, model and tables.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's params, tables and metric summaries.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a table as parquet or CSV, or its summary as a LaTeX table of means ± 95% CI.
+    Export {
+        id: String,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Draw a stored table as a figure (.svg or .png by extension).
+    Plot {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        table: Option<String>,
+        /// For traces of several facts: which fact.
+        #[arg(long)]
+        fact: Option<String>,
+    },
+    /// Metric summaries of two runs side by side.
+    Compare {
+        a: String,
+        b: String,
+        #[arg(long)]
+        table: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -149,6 +200,30 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, RunJob(args))
+        }
+        Command::Runs { runs, which } => {
+            let store = engram::datasets::RunStore::open(
+                runs.unwrap_or_else(engram::datasets::RunStore::default_root),
+            )?;
+            match which {
+                RunsCommand::List { json } => engram::runs::list(&store, json),
+                RunsCommand::Show { id, json } => engram::runs::show(&store, &id, json),
+                RunsCommand::Export {
+                    id,
+                    format,
+                    table,
+                    out,
+                } => engram::runs::export(&store, &id, &format, table.as_deref(), out),
+                RunsCommand::Plot {
+                    id,
+                    out,
+                    table,
+                    fact,
+                } => engram::runs::plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
+                RunsCommand::Compare { a, b, table } => {
+                    engram::runs::compare(&store, &a, &b, table.as_deref())
+                }
+            }
         }
         Command::Bench { which } => match which {
             BenchCommand::Forward {

@@ -162,3 +162,125 @@ fn hub_ids_offline_give_a_clear_error() {
     assert!(!engram::hub::looks_like_hub_id("a/b/c"));
     assert!(!engram::hub::looks_like_hub_id("model.gguf"));
 }
+
+/// `engram runs list|show|export|plot|compare` over a store written through the datasets API.
+#[test]
+fn runs_commands_work_on_a_stored_run() {
+    use engram::datasets::figures::TraceCell;
+    use engram::datasets::{RunParams, RunStore};
+
+    let dir = std::env::temp_dir().join(format!("engram-cli-runs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = RunStore::open(dir.join("runs")).expect("store");
+    #[derive(serde::Serialize)]
+    struct Case {
+        case_id: i64,
+        es: f64,
+        ps: f64,
+    }
+    let mut ids = Vec::new();
+    for (k, shift) in [("eval-rome", 0.0), ("eval-memit", 0.1)] {
+        let run = store
+            .create(
+                k,
+                RunParams {
+                    model: "tiny/gpt2".into(),
+                    ..Default::default()
+                },
+            )
+            .expect("run");
+        let cases: Vec<Case> = (0..10)
+            .map(|i| Case {
+                case_id: i,
+                es: 0.5 + shift + i as f64 * 0.01,
+                ps: 0.3,
+            })
+            .collect();
+        run.write_rows("cases", &cases).expect("cases");
+        let cells: Vec<TraceCell> = (0..3)
+            .flat_map(|t| {
+                (0..4).map(move |l| TraceCell {
+                    fact: "f".into(),
+                    kind: "mlp".into(),
+                    token_index: t,
+                    token: format!("t{t}"),
+                    is_subject: t == 1,
+                    layer: l,
+                    score: (t * l) as f64 * 0.1,
+                })
+            })
+            .collect();
+        run.write_rows("trace", &cells).expect("trace");
+        ids.push(run.finish().expect("finish").id);
+    }
+    let runs = dir.join("runs");
+    let r = runs.to_str().expect("utf8");
+    let (ok, out, err) = engram(&["runs", "--runs", r, "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("eval-rome") && out.contains("eval-memit") && out.contains("cases,trace"),
+        "{out}"
+    );
+    let (ok, out, err) = engram(&["runs", "--runs", r, "show", &ids[0]]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("table cases: 10 rows") && out.contains("es") && out.contains("mean 0.5450"),
+        "{out}"
+    );
+
+    let tex = dir.join("t.tex");
+    let (ok, _, err) = engram(&[
+        "runs",
+        "--runs",
+        r,
+        "export",
+        &ids[0],
+        "--format",
+        "latex",
+        "--out",
+        tex.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let tex = std::fs::read_to_string(&tex).expect("tex");
+    assert!(
+        tex.contains("es & 10 & 0.5450 $\\pm$") && !tex.contains("case\\_id &"),
+        "{tex}"
+    );
+    let csv = dir.join("t.csv");
+    let (ok, _, err) = engram(&[
+        "runs",
+        "--runs",
+        r,
+        "export",
+        &ids[0],
+        "--format",
+        "csv",
+        "--out",
+        csv.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&csv)
+        .expect("csv")
+        .starts_with("case_id,es,ps\n0,0.5,0.3"));
+
+    let svg = dir.join("trace.svg");
+    let (ok, _, err) = engram(&[
+        "runs",
+        "--runs",
+        r,
+        "plot",
+        &ids[1],
+        "--out",
+        svg.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&svg).expect("svg").contains("t1*"));
+
+    let (ok, out, err) = engram(&["runs", "--runs", r, "compare", &ids[0], &ids[1]]);
+    assert!(ok, "{err}");
+    let es = out.lines().find(|l| l.starts_with("es ")).expect("es row");
+    assert!(es.contains("0.5450") && es.contains("0.6450"), "{out}");
+
+    let (ok, _, err) = engram(&["runs", "--runs", r, "show", "nope"]);
+    assert!(!ok && err.contains("no run \"nope\""), "{err}");
+}

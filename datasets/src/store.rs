@@ -1,0 +1,347 @@
+//! The run store: every analysis or edit run is a directory
+//! `runs/<kind>/<timestamp>-<short-id>/` holding `params.json` and parquet tables.
+//!
+//! Writes are atomic (temporary file, fsync, rename), so a killed process never
+//! leaves a half-written table: the catalogue lists only complete `.parquet` files.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DatasetError, Result};
+
+/// What a run was: enough to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RunParams {
+    /// The model's path or hub id.
+    pub model: String,
+    /// Content hash of the model files (see [`hash_files`]).
+    pub model_hash: String,
+    /// Method hyperparameters, as the method names them.
+    pub hyperparameters: serde_json::Value,
+    pub dataset: Option<String>,
+    pub record_ids: Vec<String>,
+    pub seed: Option<u64>,
+    pub engram_version: String,
+    pub device: String,
+}
+
+/// A run as listed by the catalogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `<timestamp>-<short-id>`
+    pub id: String,
+    pub kind: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub params: RunParams,
+    /// Complete tables, by name (without `.parquet`).
+    pub tables: Vec<String>,
+    /// Whether the writer called [`RunWriter::finish`].
+    pub finished: bool,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ParamsFile {
+    id: String,
+    kind: String,
+    created: u64,
+    params: RunParams,
+}
+
+/// A directory of runs.
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    root: PathBuf,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl RunStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| DatasetError::io(&root, e))?;
+        Ok(Self { root })
+    }
+
+    /// `$ENGRAM_RUNS`, else `./runs`.
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("ENGRAM_RUNS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("runs"))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Start a run of `kind` (e.g. `trace`, `rome`, `eval-counterfact`).
+    pub fn create(&self, kind: &str, params: RunParams) -> Result<RunWriter> {
+        if kind.is_empty()
+            || !kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(DatasetError::Store(format!("bad run kind {kind:?}")));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed = now.as_nanos() as u64
+            ^ ((std::process::id() as u64) << 32)
+            ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{:06x}", timestamp(now.as_secs()), mix(seed) & 0xff_ffff);
+        let dir = self.root.join(kind).join(&id);
+        fs::create_dir_all(&dir).map_err(|e| DatasetError::io(&dir, e))?;
+        let file = ParamsFile {
+            id: id.clone(),
+            kind: kind.into(),
+            created: now.as_secs(),
+            params,
+        };
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| DatasetError::Store(e.to_string()))?;
+        write_atomic(&dir.join("params.json"), &json)?;
+        Ok(RunWriter {
+            dir,
+            id,
+            kind: kind.into(),
+        })
+    }
+
+    /// Every run, oldest first.
+    pub fn list(&self) -> Result<Vec<RunInfo>> {
+        let mut runs = Vec::new();
+        let kinds = match fs::read_dir(&self.root) {
+            Ok(k) => k,
+            Err(e) => return Err(DatasetError::io(&self.root, e)),
+        };
+        for kind in kinds.flatten() {
+            if !kind.path().is_dir() {
+                continue;
+            }
+            for run in fs::read_dir(kind.path())
+                .map_err(|e| DatasetError::io(kind.path(), e))?
+                .flatten()
+            {
+                if let Some(info) = read_info(&run.path()) {
+                    runs.push(info);
+                }
+            }
+        }
+        runs.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(runs)
+    }
+
+    /// A run by its id or a unique prefix or suffix of it.
+    pub fn find(&self, id: &str) -> Result<RunInfo> {
+        let runs = self.list()?;
+        if let Some(exact) = runs.iter().find(|r| r.id == id) {
+            return Ok(exact.clone());
+        }
+        let hits: Vec<&RunInfo> = runs
+            .iter()
+            .filter(|r| !id.is_empty() && (r.id.starts_with(id) || r.id.ends_with(id)))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(DatasetError::Store(format!(
+                "no run {id:?} in {}",
+                self.root.display()
+            ))),
+            many => Err(DatasetError::Store(format!(
+                "{id:?} matches {} runs: {}",
+                many.len(),
+                many.iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Read a table of a run back as a DataFrame.
+    pub fn read_table(&self, run: &RunInfo, table: &str) -> Result<DataFrame> {
+        let path = run.dir.join(format!("{table}.parquet"));
+        if !path.is_file() {
+            return Err(DatasetError::Store(format!(
+                "run {} has no table {table:?} (tables: {})",
+                run.id,
+                run.tables.join(", ")
+            )));
+        }
+        read_parquet(&path)
+    }
+}
+
+fn read_info(dir: &Path) -> Option<RunInfo> {
+    let text = fs::read_to_string(dir.join("params.json")).ok()?;
+    let p: ParamsFile = serde_json::from_str(&text).ok()?;
+    let mut tables: Vec<String> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (!name.starts_with('.')).then(|| name.strip_suffix(".parquet").map(String::from))?
+        })
+        .collect();
+    tables.sort();
+    Some(RunInfo {
+        id: p.id,
+        kind: p.kind,
+        created: p.created,
+        params: p.params,
+        tables,
+        finished: dir.join("finished").is_file(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Writes the tables of one run.
+#[derive(Debug)]
+pub struct RunWriter {
+    dir: PathBuf,
+    id: String,
+    kind: String,
+}
+
+impl RunWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Write `df` as `<name>.parquet`, atomically.
+    pub fn write_table(&self, name: &str, df: &mut DataFrame) -> Result<PathBuf> {
+        if name.is_empty() || name.starts_with('.') || name.contains('/') {
+            return Err(DatasetError::Store(format!("bad table name {name:?}")));
+        }
+        let path = self.dir.join(format!("{name}.parquet"));
+        let tmp = self
+            .dir
+            .join(format!(".{name}.parquet.tmp-{}", std::process::id()));
+        {
+            let mut file = File::create(&tmp).map_err(|e| DatasetError::io(&tmp, e))?;
+            ParquetWriter::new(&mut file).finish(df)?;
+            file.sync_all().map_err(|e| DatasetError::io(&tmp, e))?;
+        }
+        fs::rename(&tmp, &path).map_err(|e| DatasetError::io(&path, e))?;
+        Ok(path)
+    }
+
+    /// Typed rows as a table.
+    pub fn write_rows<T: Serialize>(&self, name: &str, rows: &[T]) -> Result<PathBuf> {
+        let mut df = crate::table::to_frame(rows)?;
+        self.write_table(name, &mut df)
+    }
+
+    /// Mark the run complete.
+    pub fn finish(self) -> Result<RunInfo> {
+        write_atomic(&self.dir.join("finished"), b"")?;
+        read_info(&self.dir).ok_or_else(|| DatasetError::Store(format!("run {} vanished", self.id)))
+    }
+}
+
+/// Write bytes to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp).map_err(|e| DatasetError::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| DatasetError::io(&tmp, e))?;
+        f.sync_all().map_err(|e| DatasetError::io(&tmp, e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| DatasetError::io(path, e))
+}
+
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let file = File::open(path).map_err(|e| DatasetError::io(path, e))?;
+    Ok(ParquetReader::new(file).finish()?)
+}
+
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).finish(df)?;
+    write_atomic(path, &buf)
+}
+
+/// A content hash (FNV-1a, 64-bit) of files, for keying runs and caches by model.
+pub fn hash_files(paths: &[PathBuf]) -> Result<String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut sorted = paths.to_vec();
+    sorted.sort();
+    for p in sorted {
+        let file = File::open(&p).map_err(|e| DatasetError::io(&p, e))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        loop {
+            let buf =
+                std::io::BufRead::fill_buf(&mut reader).map_err(|e| DatasetError::io(&p, e))?;
+            if buf.is_empty() {
+                break;
+            }
+            for &b in buf {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            let n = buf.len();
+            std::io::BufRead::consume(&mut reader, n);
+        }
+    }
+    Ok(format!("fnv1a64:{h:016x}"))
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC.
+fn timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(super::timestamp(0), "19700101T000000Z");
+        assert_eq!(super::timestamp(1_795_000_000), "20261118T110640Z");
+        assert_eq!(super::timestamp(951_782_400), "20000229T000000Z");
+    }
+}

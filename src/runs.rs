@@ -1,0 +1,229 @@
+//! `engram runs …`: list, show, export, plot and compare stored runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use engram_datasets::figures::{
+    effect_lines, lens_grid, metric_bars, trace_heatmaps, CurvePoint, LensCell, MetricBar,
+    TraceCell,
+};
+use engram_datasets::polars::prelude::DataFrame;
+use engram_datasets::store::write_csv;
+use engram_datasets::summary::{latex_table, summarize, MetricSummary};
+use engram_datasets::table::from_frame;
+use engram_datasets::{RunInfo, RunStore};
+
+/// Columns that identify rows rather than measure anything.
+const ID_COLUMNS: [&str; 9] = [
+    "case_id",
+    "known_id",
+    "layer",
+    "token_index",
+    "position",
+    "fact",
+    "index",
+    "seed",
+    "n",
+];
+
+pub fn list(store: &RunStore, json: bool) -> Result<()> {
+    let runs = store.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs in {}", store.root().display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<18} {:<9} {:<40} tables",
+        "id", "kind", "status", "model"
+    );
+    for r in runs {
+        let status = if r.finished { "done" } else { "partial" };
+        println!(
+            "{:<24} {:<18} {:<9} {:<40} {}",
+            r.id,
+            r.kind,
+            status,
+            r.params.model,
+            r.tables.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// The table a command acts on: `--table`, else the run's only or first table.
+fn pick_table(run: &RunInfo, table: Option<&str>) -> Result<String> {
+    match table {
+        Some(t) => Ok(t.to_string()),
+        None => run
+            .tables
+            .iter()
+            .find(|t| *t == "cases" || *t == "summary")
+            .or_else(|| run.tables.first())
+            .cloned()
+            .with_context(|| format!("run {} has no tables", run.id)),
+    }
+}
+
+fn summary_of(df: &DataFrame) -> Result<Vec<MetricSummary>> {
+    Ok(summarize(df, &ID_COLUMNS)?)
+}
+
+pub fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
+    let run = store.find(id)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        return Ok(());
+    }
+    println!(
+        "run     {} ({})",
+        run.id,
+        if run.finished {
+            "finished"
+        } else {
+            "partial: its writer did not finish"
+        }
+    );
+    println!("kind    {}", run.kind);
+    println!("dir     {}", run.dir.display());
+    println!("params  {}", serde_json::to_string_pretty(&run.params)?);
+    for t in &run.tables {
+        let df = store.read_table(&run, t)?;
+        println!("\ntable {t}: {} rows x {} columns", df.height(), df.width());
+        println!("{}", df.head(Some(8)));
+        for s in summary_of(&df)? {
+            println!(
+                "  {:<28} n={:<6} mean {:.4}  95% CI [{:.4}, {:.4}]",
+                s.metric, s.n, s.mean, s.ci_low, s.ci_high
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn export(
+    store: &RunStore,
+    id: &str,
+    format: &str,
+    table: Option<&str>,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    let run = store.find(id)?;
+    let name = pick_table(&run, table)?;
+    let mut df = store.read_table(&run, &name)?;
+    let ext = match format {
+        "parquet" => "parquet",
+        "csv" => "csv",
+        "latex" => "tex",
+        other => bail!("unknown format {other:?}: use parquet, csv or latex"),
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}-{name}.{ext}", run.id)));
+    match format {
+        "parquet" => {
+            let bytes = std::fs::read(run.dir.join(format!("{name}.parquet")))?;
+            engram_datasets::store::write_atomic(&out, &bytes)?;
+        }
+        "csv" => write_csv(&mut df, &out)?,
+        _ => {
+            let caption = format!(
+                "{} ({}), table {name}, run {}",
+                run.kind, run.params.model, run.id
+            );
+            engram_datasets::store::write_atomic(
+                &out,
+                latex_table(&summary_of(&df)?, &caption).as_bytes(),
+            )?;
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn plot(
+    store: &RunStore,
+    id: &str,
+    table: Option<&str>,
+    fact: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    let run = store.find(id)?;
+    let name = match table {
+        Some(t) => t.to_string(),
+        None => ["trace", "effects", "lens", "metrics"]
+            .into_iter()
+            .find(|t| run.tables.iter().any(|x| x == t))
+            .map(String::from)
+            .with_context(|| {
+                format!(
+                    "run {} has no plottable table (trace, effects, lens, metrics); tables: {}",
+                    run.id,
+                    run.tables.join(", ")
+                )
+            })?,
+    };
+    let df = store.read_table(&run, &name)?;
+    match name.as_str() {
+        "trace" => {
+            let mut cells: Vec<TraceCell> = from_frame(&df)?;
+            let first = cells.first().map(|c| c.fact.clone()).unwrap_or_default();
+            let want = fact.map(String::from).unwrap_or(first);
+            cells.retain(|c| c.fact == want);
+            if cells.is_empty() {
+                bail!("run {} has no trace cells for fact {want:?}", run.id);
+            }
+            trace_heatmaps(&cells, out)?
+        }
+        "effects" => effect_lines(
+            &from_frame::<CurvePoint>(&df)?,
+            "average indirect effect",
+            out,
+        )?,
+        "lens" => lens_grid(&from_frame::<LensCell>(&df)?, out)?,
+        "metrics" => metric_bars(&from_frame::<MetricBar>(&df)?, out)?,
+        other => bail!(
+            "no figure for table {other:?}; plottable tables are trace, effects, lens and metrics"
+        ),
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Result<()> {
+    let (ra, rb) = (store.find(a)?, store.find(b)?);
+    let (ta, tb) = (pick_table(&ra, table)?, pick_table(&rb, table)?);
+    let sa = summary_of(&store.read_table(&ra, &ta)?)?;
+    let sb = summary_of(&store.read_table(&rb, &tb)?)?;
+    let cell = |s: Option<&MetricSummary>| match s {
+        Some(s) => format!(
+            "{:.4} ± {:.4} (n={})",
+            s.mean,
+            (s.ci_high - s.ci_low) / 2.0,
+            s.n
+        ),
+        None => "—".to_string(),
+    };
+    println!(
+        "{:<28} {:<32} {:<32}",
+        "metric",
+        format!("{} [{}]", ra.id, ra.kind),
+        format!("{} [{}]", rb.id, rb.kind)
+    );
+    let mut names: Vec<&str> = sa.iter().map(|s| s.metric.as_str()).collect();
+    for s in &sb {
+        if !names.contains(&s.metric.as_str()) {
+            names.push(&s.metric);
+        }
+    }
+    for n in names {
+        println!(
+            "{:<28} {:<32} {:<32}",
+            n,
+            cell(sa.iter().find(|s| s.metric == n)),
+            cell(sb.iter().find(|s| s.metric == n))
+        );
+    }
+    Ok(())
+}
