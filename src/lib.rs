@@ -13,5 +13,6 @@ pub use engram_model as model;
 
 pub mod backend;
 pub mod bench;
+pub mod demo;
 pub mod hub;
 pub mod runs;

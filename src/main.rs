@@ -44,6 +44,17 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Train the embedded demo model from its seed (CPU).
+    TrainDemo {
+        #[arg(long, default_value = "app/assets/demo-model")]
+        out: PathBuf,
+        #[arg(long, default_value = "datasets/demo/facts.jsonl")]
+        facts_out: PathBuf,
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Stored runs: list, show, export, plot, compare.
     Runs {
         /// The run store (default: $ENGRAM_RUNS, else ./runs).
@@ -200,6 +211,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, RunJob(args))
+        }
+        Command::TrainDemo {
+            out,
+            facts_out,
+            steps,
+            seed,
+        } => {
+            let report = engram::demo::train_demo(&out, &facts_out, steps, seed, false)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::Runs { runs, which } => {
             let store = engram::datasets::RunStore::open(

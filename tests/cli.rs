@@ -284,3 +284,91 @@ fn runs_commands_work_on_a_stored_run() {
     let (ok, _, err) = engram(&["runs", "--runs", r, "show", "nope"]);
     assert!(!ok && err.contains("no run \"nope\""), "{err}");
 }
+
+fn demo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("app/assets/demo-model")
+}
+
+/// The committed demo model knows its facts (≥95% top-1 over every phrasing), and the
+/// logit lens shows at which layer the answer becomes top-1 (printed for the README).
+#[test]
+fn demo_model_knows_its_facts() {
+    use engram::analysis::lens::{logit_lens, LensSite};
+    use engram::datasets::facts::load_user_facts;
+    use engram::datasets::OnBadRecord;
+    use engram::model::device::Cpu;
+    use engram::model::LanguageModel;
+
+    let lm = LanguageModel::<Cpu>::load(&demo_dir(), &Default::default()).expect("demo model");
+    let facts_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl");
+    let facts = load_user_facts(&facts_path, OnBadRecord::Fail).expect("demo facts");
+    assert_eq!(facts.records.len(), 450);
+    let demo = engram::datasets::demo::demo_facts(engram::demo::DEMO_SUBJECTS, 0);
+    let (right, total) = engram::demo::fact_accuracy(&lm, &demo).expect("accuracy");
+    let acc = right as f64 / total as f64;
+    eprintln!("demo fact accuracy: {right}/{total} = {acc:.4}");
+    assert!(acc >= 0.95, "demo accuracy {acc}");
+
+    let mut layers = Vec::new();
+    for f in &facts.records {
+        let ids = lm.encode_prompt(&f.prompt).expect("encode");
+        let target = lm.tokenizer.encode(&f.target).expect("target")[0];
+        let lens = logit_lens(&lm.model, &ids, LensSite::Post).expect("lens");
+        if let Some(l) = lens.first_top1_layer(ids.len() - 1, target) {
+            layers.push(l as f64);
+        }
+    }
+    let mean = layers.iter().sum::<f64>() / layers.len() as f64;
+    eprintln!(
+        "logit lens: answer first top-1 (and stays) at layer {mean:.2} on average over {} facts",
+        layers.len()
+    );
+    assert!(layers.len() as f64 >= 0.95 * facts.records.len() as f64);
+}
+
+/// `train-demo` is reproducible from its seed: two short runs write the same facts and the
+/// same weights up to the summation order of threaded reductions (a few f16 ulps after 8 steps).
+#[test]
+fn train_demo_is_reproducible() {
+    let base = std::env::temp_dir().join(format!("engram-demo-repro-{}", std::process::id()));
+    let mut weights = Vec::new();
+    for run in ["a", "b"] {
+        let dir = base.join(run);
+        let report =
+            engram::demo::train_demo(&dir, &dir.join("facts.jsonl"), 8, 0, true).expect("train");
+        assert_eq!(report.facts, 450);
+        let bytes = std::fs::read(dir.join("model.safetensors")).expect("weights");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        let values: Vec<f32> = names
+            .iter()
+            .flat_map(|n| {
+                st.tensor(n)
+                    .expect("tensor")
+                    .data()
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        weights.push(values);
+    }
+    assert_eq!(weights[0].len(), weights[1].len());
+    let diff = weights[0]
+        .iter()
+        .zip(&weights[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-3, "two runs from one seed differ by {diff}");
+    let committed = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl"),
+    )
+    .expect("facts");
+    assert_eq!(
+        std::fs::read_to_string(base.join("a/facts.jsonl")).expect("facts"),
+        committed,
+        "committed facts differ from the seed's"
+    );
+    std::fs::remove_dir_all(&base).ok();
+}

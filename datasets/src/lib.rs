@@ -8,6 +8,7 @@
 //! - [`figures`]: plotters figures drawn from stored tables.
 
 pub mod corpus;
+pub mod demo;
 pub mod error;
 pub mod facts;
 pub mod figures;

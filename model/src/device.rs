@@ -12,6 +12,12 @@ pub type CpuAutodiff = burn_autodiff::Autodiff<Cpu>;
 /// The CUDA backend.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn_cuda::Cuda<f32>;
+/// The CUDA backend computing in bf16.
+#[cfg(feature = "cuda")]
+pub type CudaBf16 = burn_cuda::Cuda<half::bf16>;
+/// The CUDA backend computing in f16.
+#[cfg(feature = "cuda")]
+pub type CudaF16 = burn_cuda::Cuda<half::f16>;
 
 /// A device chosen on the command line: `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod layers;
 pub mod lm;
 pub mod tokenizer;
+pub mod train;
 pub mod transformer;
 pub mod weights;
 

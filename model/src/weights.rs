@@ -316,3 +316,57 @@ impl TensorSource for MemorySource {
         &self.origin
     }
 }
+
+/// Write tensors as a safetensors file in `dtype` (F32, F16 or BF16), atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    dtype: Dtype,
+) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let bytes: Vec<u8> = match dtype {
+                Dtype::F16 => t
+                    .data
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => t
+                    .data
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                _ => t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            };
+            (n.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
+    let dtype = if matches!(dtype, Dtype::F16 | Dtype::BF16) {
+        dtype
+    } else {
+        Dtype::F32
+    };
+    let views = encoded
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(dtype, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::Safetensors {
+                    path: path.to_path_buf(),
+                    message: format!("{n}: {e}"),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}

@@ -294,3 +294,37 @@ fn token_out_of_vocab_is_an_error() {
         "{err:?}"
     );
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads to the same model.
+#[test]
+fn sharded_checkpoint_loads_identically() {
+    let Some(dir) = scratch("llama", "sharded") else {
+        return;
+    };
+    let single = load(&dir).expect("single file");
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = chunk
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).expect("tensor")))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).expect("write shard");
+        for n in chunk {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    std::fs::remove_file(dir.join("model.safetensors")).expect("remove single");
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).expect("index");
+    let sharded = load(&dir).expect("sharded");
+    let prompt = "The old river";
+    assert_eq!(
+        single.next_logits(prompt).expect("a"),
+        sharded.next_logits(prompt).expect("b")
+    );
+}

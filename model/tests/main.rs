@@ -4,6 +4,7 @@
 mod autodiff;
 mod bad_input;
 mod common;
+mod cuda;
 mod generate;
 mod gguf;
 mod hooks;

@@ -93,3 +93,100 @@ pub fn load<B: Backend>(cfg: ModelConfig, w: &WeightLoader<'_, B>) -> Result<Tra
         device: w.device.clone(),
     })
 }
+
+/// The model's tensors under GPT-2 checkpoint names (Conv1D `[in, out]` layout),
+/// for writing a HF-loadable checkpoint. The unembedding is written as `lm_head.weight`.
+pub fn export<B: Backend>(
+    model: &Transformer<B>,
+) -> Result<Vec<(String, crate::weights::HostTensor)>> {
+    use crate::weights::HostTensor;
+    let host2 = |t: &burn_tensor::Tensor<B, 2>| -> Result<HostTensor> {
+        let shape = t.dims().to_vec();
+        let data = t
+            .to_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| crate::error::ModelError::Data(format!("{e:?}")))?;
+        Ok(HostTensor::new(shape, data))
+    };
+    let host1 = |t: &burn_tensor::Tensor<B, 1>| -> Result<HostTensor> {
+        let shape = t.dims().to_vec();
+        let data = t
+            .to_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| crate::error::ModelError::Data(format!("{e:?}")))?;
+        Ok(HostTensor::new(shape, data))
+    };
+    let missing =
+        |what: &str| crate::error::ModelError::Data(format!("GPT-2 export: {what} has no bias"));
+    let mut out = vec![("transformer.wte.weight".to_string(), host2(&model.embed)?)];
+    if let Some(p) = &model.pos_embed {
+        out.push(("transformer.wpe.weight".into(), host2(p)?));
+    }
+    for (l, b) in model.blocks.iter().enumerate() {
+        let p = format!("transformer.h.{l}");
+        for (name, norm) in [("ln_1", Some(&b.ln1)), ("ln_2", b.ln2.as_ref())] {
+            let norm = norm.ok_or_else(|| missing(name))?;
+            out.push((format!("{p}.{name}.weight"), host1(&norm.weight)?));
+            out.push((
+                format!("{p}.{name}.bias"),
+                host1(norm.bias.as_ref().ok_or_else(|| missing(name))?)?,
+            ));
+        }
+        let (q, k, v) = (
+            host2(&b.attn.q.weight)?,
+            host2(&b.attn.k.weight)?,
+            host2(&b.attn.v.weight)?,
+        );
+        let d = q.shape[0];
+        let mut fused = Vec::with_capacity(d * 3 * d);
+        for row in 0..d {
+            for t in [&q, &k, &v] {
+                fused.extend_from_slice(&t.data[row * t.shape[1]..(row + 1) * t.shape[1]]);
+            }
+        }
+        out.push((
+            format!("{p}.attn.c_attn.weight"),
+            HostTensor::new(vec![d, 3 * d], fused),
+        ));
+        let mut bias = Vec::new();
+        for lin in [&b.attn.q, &b.attn.k, &b.attn.v] {
+            bias.extend(host1(lin.bias.as_ref().ok_or_else(|| missing("attention"))?)?.data);
+        }
+        out.push((
+            format!("{p}.attn.c_attn.bias"),
+            HostTensor::new(vec![3 * d], bias),
+        ));
+        for (name, lin) in [
+            ("attn.c_proj", &b.attn.o),
+            ("mlp.c_fc", &b.mlp.fc_in),
+            ("mlp.c_proj", &b.mlp.fc_out),
+        ] {
+            out.push((format!("{p}.{name}.weight"), host2(&lin.weight)?));
+            out.push((
+                format!("{p}.{name}.bias"),
+                host1(lin.bias.as_ref().ok_or_else(|| missing(name))?)?,
+            ));
+        }
+    }
+    out.push((
+        "transformer.ln_f.weight".into(),
+        host1(&model.ln_final.weight)?,
+    ));
+    out.push((
+        "transformer.ln_f.bias".into(),
+        host1(
+            model
+                .ln_final
+                .bias
+                .as_ref()
+                .ok_or_else(|| missing("ln_f"))?,
+        )?,
+    ));
+    out.push((
+        "lm_head.weight".into(),
+        host2(&model.unembed.weight)?.transpose(),
+    ));
+    Ok(out)
+}
