@@ -15,4 +15,5 @@ pub mod backend;
 pub mod bench;
 pub mod demo;
 pub mod hub;
+pub mod lens;
 pub mod runs;

@@ -44,6 +44,17 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// The logit lens for a prompt: each layer's residual decoded; stored as a `lens` run.
+    Lens {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Which residual stream: pre, mid or post.
+        #[arg(long, default_value = "post")]
+        site: String,
+        #[arg(long)]
+        runs: Option<PathBuf>,
+    },
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
@@ -211,6 +222,24 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, RunJob(args))
+        }
+        Command::Lens {
+            model,
+            prompt,
+            site,
+            runs,
+        } => {
+            use engram::analysis::lens::LensSite;
+            let site = match site.as_str() {
+                "pre" => LensSite::Pre,
+                "mid" => LensSite::Mid,
+                "post" => LensSite::Post,
+                other => bail!("unknown --site {other:?}: use pre, mid or post"),
+            };
+            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
+            let root = runs.unwrap_or_else(engram::datasets::RunStore::default_root);
+            let store = engram::datasets::RunStore::open(root)?;
+            engram::lens::run_lens(&lm, &model, &prompt, site, &store).map(|_| ())
         }
         Command::TrainDemo {
             out,

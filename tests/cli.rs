@@ -372,3 +372,56 @@ fn train_demo_is_reproducible() {
     );
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// `engram lens` prints the grid, stores a run, and `runs plot` draws it.
+#[test]
+fn lens_command_stores_a_plottable_run() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-lens-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let model = demo_dir();
+    let (ok, out, err) = engram(&[
+        "lens",
+        model.to_str().expect("utf8"),
+        "--prompt",
+        "Vomas Straford lives in the city of",
+        "--runs",
+        runs.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    // The demo model answers Lirrow; the lens shows it at the last layer, last position.
+    let last_row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("3 "))
+        .expect("layer 3 row");
+    assert!(
+        last_row
+            .split_whitespace()
+            .last()
+            .expect("cell")
+            .starts_with("Lirrow:"),
+        "{out}"
+    );
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("stored as run "))
+        .expect("run id")
+        .split(' ')
+        .next()
+        .expect("id")
+        .to_string();
+    let svg = dir.join("lens.svg");
+    let (ok, _, err) = engram(&[
+        "runs",
+        "--runs",
+        runs.to_str().expect("utf8"),
+        "plot",
+        &id,
+        "--out",
+        svg.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&svg)
+        .expect("svg")
+        .contains("Lirrow"));
+}
