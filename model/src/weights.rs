@@ -25,6 +25,19 @@ impl HostTensor {
         Self { shape, data }
     }
 
+    /// Copy a device tensor back to the host as f32.
+    pub fn from_tensor<B: burn_tensor::backend::Backend, const D: usize>(
+        t: &burn_tensor::Tensor<B, D>,
+    ) -> Result<HostTensor> {
+        let shape = t.dims().to_vec();
+        let data = t
+            .to_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+        Ok(HostTensor::new(shape, data))
+    }
+
     /// Swap the two axes of a matrix.
     pub fn transpose(&self) -> HostTensor {
         let (r, c) = (self.shape[0], self.shape[1]);

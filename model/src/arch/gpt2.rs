@@ -100,24 +100,8 @@ pub fn export<B: Backend>(
     model: &Transformer<B>,
 ) -> Result<Vec<(String, crate::weights::HostTensor)>> {
     use crate::weights::HostTensor;
-    let host2 = |t: &burn_tensor::Tensor<B, 2>| -> Result<HostTensor> {
-        let shape = t.dims().to_vec();
-        let data = t
-            .to_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| crate::error::ModelError::Data(format!("{e:?}")))?;
-        Ok(HostTensor::new(shape, data))
-    };
-    let host1 = |t: &burn_tensor::Tensor<B, 1>| -> Result<HostTensor> {
-        let shape = t.dims().to_vec();
-        let data = t
-            .to_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| crate::error::ModelError::Data(format!("{e:?}")))?;
-        Ok(HostTensor::new(shape, data))
-    };
+    let host2 = |t: &burn_tensor::Tensor<B, 2>| HostTensor::from_tensor(t);
+    let host1 = |t: &burn_tensor::Tensor<B, 1>| HostTensor::from_tensor(t);
     let missing =
         |what: &str| crate::error::ModelError::Data(format!("GPT-2 export: {what} has no bias"));
     let mut out = vec![("transformer.wte.weight".to_string(), host2(&model.embed)?)];
