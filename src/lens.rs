@@ -34,7 +34,7 @@ pub fn run_lens(
     }
     let params = RunParams {
         model: model.display().to_string(),
-        model_hash: String::new(),
+        model_hash: model_hash(model)?,
         hyperparameters: serde_json::json!({"prompt": prompt, "site": format!("{site:?}")}),
         dataset: None,
         record_ids: vec![],
@@ -66,6 +66,25 @@ pub fn run_lens(
     }
     println!("stored as run {} ({})", info.id, info.dir.display());
     Ok(info.id)
+}
+
+/// Content hash of a model: the file itself, or the weights, config and tokenizer in a directory.
+pub fn model_hash(model: &Path) -> Result<String> {
+    let files: Vec<std::path::PathBuf> = if model.is_file() {
+        vec![model.to_path_buf()]
+    } else {
+        std::fs::read_dir(model)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().is_some_and(|e| {
+                        e == "safetensors" || e == "json" || e == "txt" || e == "gguf"
+                    })
+            })
+            .collect()
+    };
+    Ok(engram_datasets::store::hash_files(&files)?)
 }
 
 fn clip(s: &str) -> String {

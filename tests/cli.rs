@@ -410,6 +410,13 @@ fn lens_command_stores_a_plottable_run() {
         .next()
         .expect("id")
         .to_string();
+    let store = engram::datasets::RunStore::open(&runs).expect("store");
+    let info = store.find(&id).expect("run");
+    assert_eq!(
+        info.params.model_hash,
+        engram::lens::model_hash(&model).expect("hash")
+    );
+    assert!(info.params.model_hash.starts_with("fnv1a64:"));
     let svg = dir.join("lens.svg");
     let (ok, _, err) = engram(&[
         "runs",
