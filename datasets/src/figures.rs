@@ -113,6 +113,11 @@ fn kind_title(kind: &str) -> String {
     }
 }
 
+/// Axis ticks are placed at every half unit; only a cell's centre (`i + 0.5`) gets a label.
+fn centre_index(v: f64) -> Option<usize> {
+    (v >= 0.0 && ((v - v.floor()) - 0.5).abs() <= 0.01).then(|| v.floor() as usize)
+}
+
 /// ROME-style heatmaps of one fact's trace, one panel per kind present.
 pub fn trace_heatmaps(cells: &[TraceCell], path: &Path) -> Result<()> {
     let mut kinds: Vec<String> = Vec::new();
@@ -171,19 +176,14 @@ fn draw_traces<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_desc(format!("single restored layer within {}", "the model"))
+            .x_desc("single restored layer")
             .x_labels(n_layers.min(12))
             .x_label_formatter(&|v| format!("{}", v.floor() as i64))
             .y_labels(n_tokens * 2 + 1)
             .y_label_formatter(&|v| {
-                // Label the centre of each row; row 0 (first token) at the top.
-                let frac = v - v.floor();
-                if (frac - 0.5).abs() > 0.01 {
-                    return String::new();
-                }
-                let row = v.floor() as usize;
-                labels_for_axis
-                    .get(n_tokens.saturating_sub(row + 1))
+                // Row 0 (the first token) is drawn at the top.
+                centre_index(*v)
+                    .and_then(|row| labels_for_axis.get(n_tokens.saturating_sub(row + 1)))
                     .cloned()
                     .unwrap_or_default()
             })
@@ -346,21 +346,13 @@ fn draw_lens<DB: DrawingBackend>(
         .disable_mesh()
         .x_labels(n_pos * 2 + 1)
         .x_label_formatter(&|v| {
-            if ((v - v.floor()) - 0.5).abs() > 0.01 {
-                return String::new();
-            }
-            inputs_axis
-                .get(v.floor() as usize)
+            centre_index(*v)
+                .and_then(|i| inputs_axis.get(i))
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default()
         })
         .y_labels(n_layers * 2 + 1)
-        .y_label_formatter(&|v| {
-            if ((v - v.floor()) - 0.5).abs() > 0.01 {
-                return String::new();
-            }
-            format!("{}", v.floor() as i64)
-        })
+        .y_label_formatter(&|v| centre_index(*v).map(|l| l.to_string()).unwrap_or_default())
         .y_desc("layer")
         .label_style(("sans-serif", 12))
         .draw()
@@ -424,11 +416,8 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, bars: &[MetricBa
         .disable_x_mesh()
         .x_labels(metrics.len() * 2 + 1)
         .x_label_formatter(&|v| {
-            if ((v - v.floor()) - 0.5).abs() > 0.01 {
-                return String::new();
-            }
-            metrics_axis
-                .get(v.floor() as usize)
+            centre_index(*v)
+                .and_then(|i| metrics_axis.get(i))
                 .cloned()
                 .unwrap_or_default()
         })
