@@ -69,13 +69,7 @@ fn counterfact_rome(r: &Rec<'_>) -> Result<CounterFactCase> {
 
 fn counterfact_easyedit(r: &Rec<'_>) -> Result<CounterFactCase> {
     let subject = r.non_empty_str("subject")?;
-    let prompt = r.non_empty_str("prompt")?;
-    if !prompt.contains(&subject) {
-        return Err(r.err(
-            "prompt",
-            format!("does not contain the subject {subject:?}"),
-        ));
-    }
+    let prompt = r.text_with_subject("prompt", &subject)?;
     let target_true = r.non_empty_str("ground_truth")?;
     Ok(CounterFactCase {
         case_id: r.u64("case_id")?,
@@ -111,13 +105,7 @@ pub fn load_known(path: &Path, on_bad: OnBadRecord) -> Result<Loaded<KnownFact>>
     let values = read_json_records(path)?;
     parse_all(path, &values, on_bad, |r| {
         let subject = r.non_empty_str("subject")?;
-        let prompt = r.non_empty_str("prompt")?;
-        if !prompt.contains(&subject) {
-            return Err(r.err(
-                "prompt",
-                format!("does not contain the subject {subject:?}"),
-            ));
-        }
+        let prompt = r.text_with_subject("prompt", &subject)?;
         Ok(KnownFact {
             known_id: r.u64("known_id")?,
             subject,
@@ -157,10 +145,7 @@ pub fn load_zsre(path: &Path, on_bad: OnBadRecord) -> Result<Loaded<ZsreRecord>>
     let values = read_json_records(path)?;
     parse_all(path, &values, on_bad, |r| {
         let subject = r.non_empty_str("subject")?;
-        let src = r.non_empty_str("src")?;
-        if !src.contains(&subject) {
-            return Err(r.err("src", format!("does not contain the subject {subject:?}")));
-        }
+        let src = r.text_with_subject("src", &subject)?;
         Ok(ZsreRecord {
             case_id: r.index as u64,
             subject,

@@ -123,6 +123,15 @@ impl Rec<'_> {
         Ok(s)
     }
 
+    /// A non-empty string field that must contain `subject`.
+    pub fn text_with_subject(&self, field: &str, subject: &str) -> Result<String> {
+        let text = self.non_empty_str(field)?;
+        if !text.contains(subject) {
+            return Err(self.err(field, format!("does not contain the subject {subject:?}")));
+        }
+        Ok(text)
+    }
+
     pub fn u64(&self, field: &str) -> Result<u64> {
         match self.get(field) {
             Some(v) => v
