@@ -66,6 +66,8 @@ pub enum ModelError {
     Encode(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("the target is empty; give the answer the model should produce, e.g. \"Paris\"")]
+    EmptyTarget,
     #[error("the prompt has {len} tokens, longer than the model's context of {n_ctx}")]
     PromptTooLong { len: usize, n_ctx: usize },
     #[error("token id {id} at position {position} is outside the vocabulary of {vocab} tokens")]

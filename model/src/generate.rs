@@ -131,6 +131,18 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     cfg: &GenerateConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_with(model, prompts, cfg, |_| true)
+}
+
+/// [`generate`], calling `on_step` with every row's new tokens after each step;
+/// generation stops early (keeping what it has) when `on_step` returns false.
+/// This is how a caller streams tokens and cancels.
+pub fn generate_with<B: Backend>(
+    model: &Transformer<B>,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+    mut on_step: impl FnMut(&[Vec<u32>]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::EmptyPrompt);
     }
@@ -191,7 +203,7 @@ pub fn generate<B: Backend>(
             }
             next.push(tok);
         }
-        if done.iter().all(|&d| d) {
+        if !on_step(&out) || done.iter().all(|&d| d) {
             break;
         }
         let positions: Vec<usize> = full

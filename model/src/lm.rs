@@ -76,6 +76,31 @@ impl<B: Backend> LanguageModel<B> {
         Ok(ids)
     }
 
+    /// The token ids of `target` as a continuation of `prompt`. ROME's convention:
+    /// a target without leading whitespace is read as `" " + target`. The ids are
+    /// what tokenizing prompt and target together adds after the prompt's own ids.
+    pub fn target_tokens(&self, prompt: &str, target: &str) -> Result<Vec<u32>> {
+        if target.trim().is_empty() {
+            return Err(ModelError::EmptyTarget);
+        }
+        let spaced = if target.starts_with(char::is_whitespace) {
+            target.to_string()
+        } else {
+            format!(" {target}")
+        };
+        let head = self.tokenizer.encode(prompt)?;
+        let whole = self.tokenizer.encode(&format!("{prompt}{spaced}"))?;
+        let ids = if whole.len() > head.len() && whole[..head.len()] == head[..] {
+            whole[head.len()..].to_vec()
+        } else {
+            self.tokenizer.encode(&spaced)?
+        };
+        if ids.is_empty() {
+            return Err(ModelError::EmptyTarget);
+        }
+        Ok(ids)
+    }
+
     /// Logits `[vocab]` after the last token of `prompt`.
     pub fn next_logits(&self, prompt: &str) -> Result<Vec<f32>> {
         let ids = self.encode_prompt(prompt)?;

@@ -109,3 +109,27 @@ fn generation_past_the_context_is_an_error() {
         "{err:?}"
     );
 }
+
+#[test]
+fn generate_with_streams_each_step_and_stops_when_told() {
+    let Some((_, lm)) = tiny("gpt2") else { return };
+    let prompt = lm.encode_prompt("The history of the city").expect("encode");
+    let full = generate(&lm.model, std::slice::from_ref(&prompt), &greedy(10, true)).expect("gen");
+    let mut seen = Vec::new();
+    let out = engram_model::generate::generate_with(
+        &lm.model,
+        std::slice::from_ref(&prompt),
+        &greedy(10, true),
+        |rows| {
+            seen.push(rows[0].clone());
+            rows[0].len() < 4
+        },
+    )
+    .expect("gen");
+    // Stopped after the fourth token, which is the start of the full run.
+    assert_eq!(out[0], full[0][..4].to_vec());
+    assert_eq!(seen.len(), 4);
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s[..], full[0][..=i]);
+    }
+}

@@ -83,3 +83,26 @@ fn subject_span_finds_the_subject_tokens() {
         Err(engram_model::ModelError::SubjectNotFound { .. })
     ));
 }
+
+#[test]
+fn target_tokens_follow_romes_leading_space_convention() {
+    let Some((_, lm)) = crate::common::tiny("gpt2") else {
+        return;
+    };
+    let prompt = "The Eiffel Tower is located in the city of";
+    let spaced = lm.tokenizer.encode(" Paris").expect("encode");
+    assert_eq!(lm.target_tokens(prompt, "Paris").expect("target"), spaced);
+    assert_eq!(lm.target_tokens(prompt, " Paris").expect("target"), spaced);
+    let multi = lm.target_tokens(prompt, "Rio de Janeiro").expect("target");
+    assert_eq!(
+        multi,
+        lm.tokenizer.encode(" Rio de Janeiro").expect("encode")
+    );
+    assert!(multi.len() > 1);
+    for empty in ["", "  "] {
+        assert!(matches!(
+            lm.target_tokens(prompt, empty),
+            Err(engram_model::ModelError::EmptyTarget)
+        ));
+    }
+}
