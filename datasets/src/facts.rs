@@ -236,3 +236,52 @@ fn read_csv_records(path: &Path) -> Result<Vec<serde_json::Value>> {
     }
     Ok(out)
 }
+
+/// Any fact file as `subject / prompt / target` triples, the form that probing
+/// and tracing take. known_1000 (`known_id`: target = `attribute`), CounterFact
+/// (`requested_rewrite` or EasyEdit's `ground_truth`: target = the true answer)
+/// and user facts (CSV/JSON/JSONL) are told apart by their fields.
+pub fn load_fact_set(path: &Path, on_bad: OnBadRecord) -> Result<Loaded<UserFact>> {
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if is_csv {
+        return load_user_facts(path, on_bad);
+    }
+    let values = read_json_records(path)?;
+    let first = values.first();
+    let has = |field: &str| first.is_some_and(|v| v.get(field).is_some());
+    if has("known_id") {
+        let loaded = load_known(path, on_bad)?;
+        return Ok(Loaded {
+            records: loaded
+                .records
+                .into_iter()
+                .map(|k| UserFact {
+                    subject: k.subject,
+                    prompt: k.prompt,
+                    target: k.attribute,
+                    relation: Some(k.relation_id),
+                })
+                .collect(),
+            skipped: loaded.skipped,
+        });
+    }
+    if has("requested_rewrite") || has("ground_truth") {
+        let loaded = load_counterfact(path, on_bad)?;
+        return Ok(Loaded {
+            records: loaded
+                .records
+                .into_iter()
+                .map(|c| UserFact {
+                    prompt: c.prompt(),
+                    subject: c.subject,
+                    target: c.target_true,
+                    relation: c.relation_id,
+                })
+                .collect(),
+            skipped: loaded.skipped,
+        });
+    }
+    load_user_facts(path, on_bad)
+}

@@ -167,3 +167,26 @@ fn corpus_streams_wikitext_documents() {
         vec!["first para line\nstill first", "second para", "third"]
     );
 }
+
+#[test]
+fn fact_sets_of_every_kind_load_as_subject_prompt_target() {
+    use engram_datasets::facts::load_fact_set;
+    let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/facts.jsonl");
+    let facts = load_fact_set(&demo, OnBadRecord::Fail).expect("demo facts");
+    assert_eq!(facts.records.len(), 450);
+    assert_eq!(facts.records[0].target, "Lirrow");
+    let Some(sh) = shared("known/counterfact fact sets") else {
+        return;
+    };
+    let known =
+        load_fact_set(&sh.join("datasets/known_1000.json"), OnBadRecord::Fail).expect("known");
+    let raw = load_known(&sh.join("datasets/known_1000.json"), OnBadRecord::Fail).expect("known");
+    assert_eq!(known.records.len(), raw.records.len());
+    assert_eq!(known.records[0].target, raw.records[0].attribute);
+    assert_eq!(known.records[0].prompt, raw.records[0].prompt);
+    let cf_path = sh.join("datasets/counterfact-val.json");
+    let cf = load_fact_set(&cf_path, OnBadRecord::Fail).expect("counterfact");
+    let raw = load_counterfact(&cf_path, OnBadRecord::Fail).expect("counterfact");
+    assert_eq!(cf.records[3].target, raw.records[3].target_true);
+    assert_eq!(cf.records[3].prompt, raw.records[3].prompt());
+}
