@@ -5,20 +5,50 @@ use engram_model::burn_tensor::backend::Backend;
 use engram_model::DeviceSpec;
 
 /// Compute precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dtype {
+    #[default]
     F32,
     F16,
     BF16,
 }
 
+impl Dtype {
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown dtype `{s}`; use f32, f16 or bf16"))
+    }
+}
+
 /// Work that runs on whichever backend the user chose.
 pub trait BackendJob {
-    fn run<B: Backend>(self, device: B::Device) -> Result<()>;
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
 }
 
 /// Run `job` on the backend for `device` and `dtype`.
-pub fn with_backend<J: BackendJob>(device: DeviceSpec, dtype: Dtype, job: J) -> Result<()> {
+pub fn with_backend<J: BackendJob>(device: DeviceSpec, dtype: Dtype, job: J) -> Result<J::Output> {
     match device {
         DeviceSpec::Cpu => {
             if dtype != Dtype::F32 {
@@ -31,7 +61,7 @@ pub fn with_backend<J: BackendJob>(device: DeviceSpec, dtype: Dtype, job: J) -> 
 }
 
 #[cfg(feature = "cuda")]
-fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<()> {
+fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output> {
     use engram_model::device::cuda_available;
     if !cuda_available() {
         bail!("CUDA was asked for, but no CUDA driver (libcuda) was found on this machine; use --device cpu");
@@ -59,6 +89,6 @@ fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<()> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda<J: BackendJob>(index: usize, _dtype: Dtype, _job: J) -> Result<()> {
+fn cuda<J: BackendJob>(index: usize, _dtype: Dtype, _job: J) -> Result<J::Output> {
     bail!("cuda:{index} was asked for, but this build has no CUDA support; rebuild with `--features cuda`, or use --device cpu")
 }

@@ -250,3 +250,42 @@ pub fn train_demo(
         steps,
     })
 }
+
+/// The demo checkpoint, compiled into the binary so that it opens from anywhere.
+const DEMO_FILES: [(&str, &[u8]); 3] = [
+    (
+        "config.json",
+        include_bytes!("../app/assets/demo-model/config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../app/assets/demo-model/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../app/assets/demo-model/tokenizer.json"),
+    ),
+];
+
+/// A directory holding the demo model: the repository's copy where it is
+/// present, otherwise the embedded bytes written once to the user's cache.
+pub fn demo_model_dir() -> Result<std::path::PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("app/assets/demo-model");
+    if repo.join("model.safetensors").is_file() {
+        return Ok(repo);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("engram").join("demo-model");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, bytes) in DEMO_FILES {
+        let path = dir.join(name);
+        let current = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if current != Some(bytes.len() as u64) {
+            engram_datasets::store::write_atomic(&path, bytes)?;
+        }
+    }
+    Ok(dir)
+}

@@ -22,9 +22,13 @@ pub fn looks_like_hub_id(arg: &str) -> bool {
 }
 
 /// A local path for `arg`: the path itself if it exists, else a hub download.
+/// `demo` names the embedded demo model.
 pub fn resolve_model(arg: &Path) -> Result<PathBuf> {
     if arg.exists() {
         return Ok(arg.to_path_buf());
+    }
+    if arg == Path::new("demo") {
+        return crate::demo::demo_model_dir();
     }
     let text = arg.to_string_lossy();
     if !looks_like_hub_id(&text) {

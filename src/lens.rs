@@ -70,6 +70,8 @@ pub fn run_lens(
 
 /// Content hash of a model: the file itself, or the weights, config and tokenizer in a directory.
 pub fn model_hash(model: &Path) -> Result<String> {
+    let resolved = crate::hub::resolve_model(model)?;
+    let model = resolved.as_path();
     let files: Vec<std::path::PathBuf> = if model.is_file() {
         vec![model.to_path_buf()]
     } else {

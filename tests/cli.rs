@@ -432,3 +432,25 @@ fn lens_command_stores_a_plottable_run() {
         .expect("svg")
         .contains("Lirrow"));
 }
+
+/// `demo` names the embedded demo model, from any working directory, offline.
+#[test]
+fn demo_alias_opens_the_embedded_model() {
+    let dir = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .current_dir(&dir)
+        .args(["info", "demo", "--json"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run engram");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let on_disk = std::fs::read_to_string(demo_dir().join("config.json")).expect("config");
+    let cfg: serde_json::Value = serde_json::from_str(&on_disk).expect("config json");
+    assert_eq!(v["config"]["n_layers"], cfg["n_layer"]);
+    assert_eq!(v["config"]["vocab_size"], cfg["vocab_size"]);
+}
