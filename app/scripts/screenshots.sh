@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Screenshots of every panel, under Xvfb with Mesa's software GL (llvmpipe).
+#
+#   app/scripts/screenshots.sh [MODEL] [PROMPT]
+#
+# MODEL defaults to the demo model. Needs: xvfb xauth x11-apps imagemagick
+# (Debian: apt install xvfb xauth x11-apps imagemagick mesa-utils xdotool).
+# PNGs go to $OUT (default target/screenshots). Look at them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+MODEL=${1:-demo}
+PROMPT=${2:-Vomas Straford lives in the city of}
+OUT=${OUT:-target/screenshots}
+WAIT=${WAIT:-4}
+NAME=${NAME:-$(basename "$MODEL" .gguf)}
+CONVERT=/usr/bin/convert
+[ -x "$CONVERT" ] || CONVERT=convert
+mkdir -p "$OUT"
+
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p engram-app
+  BIN=${CARGO_TARGET_DIR:-target}/release/engram-app
+fi
+
+DISPLAY_NUM=${DISPLAY_NUM:-97}
+Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp &
+XVFB=$!
+trap 'kill $XVFB 2>/dev/null || true' EXIT
+export DISPLAY=":$DISPLAY_NUM" LIBGL_ALWAYS_SOFTWARE=1
+sleep 1
+
+shoot() { # panel, file, extra args...
+  local panel=$1 file=$2
+  shift 2
+  "$BIN" --no-settings --model "$MODEL" --panel "$panel" --prompt "$PROMPT" "$@" &
+  local app=$!
+  sleep "$WAIT"
+  if [ "$panel" = playground ] && command -v xdotool >/dev/null; then
+    # Press Generate: the button sits below the next-token table.
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${GEN_X:-192}" "${GEN_Y:-597}" click 1 || true
+      sleep "$WAIT"
+    fi
+  fi
+  xwd -root -silent | "$CONVERT" xwd:- "$OUT/$file"
+  kill "$app" 2>/dev/null || true
+  wait "$app" 2>/dev/null || true
+  echo "$OUT/$file"
+}
+
+PANELS=${PANELS:-model playground lens attention facts}
+FACTS=${FACTS:-datasets/demo/facts.jsonl}
+for panel in $PANELS; do
+  if [ "$panel" = facts ]; then
+    WAIT=${FACTS_WAIT:-$WAIT} shoot facts "$NAME-facts.png" --facts "$FACTS"
+  else
+    shoot "$panel" "$NAME-$panel.png"
+  fi
+done

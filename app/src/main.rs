@@ -1,0 +1,68 @@
+//! `engram-app`: open the workbench, on the demo model unless told otherwise.
+
+use anyhow::{anyhow, Result};
+use clap::Parser;
+use engram_app::{AppOptions, EngramApp, PanelKind};
+
+#[derive(Parser, Debug)]
+#[command(name = "engram-app", about = "The Engram workbench", version)]
+struct Args {
+    /// Model to open: a HF directory, a .gguf file, a hub id, or `demo`
+    /// (default: the last model opened, else the demo model).
+    #[arg(long)]
+    model: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// f32, f16 or bf16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Start with this prompt.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Start on this panel: model, playground, lens, attention, facts.
+    #[arg(long)]
+    panel: Option<String>,
+    /// Check this fact set (known_1000, CounterFact, CSV/JSONL) once the model is loaded.
+    #[arg(long)]
+    facts: Option<std::path::PathBuf>,
+    /// Do not read or write the saved settings.
+    #[arg(long)]
+    no_settings: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let panel = match &args.panel {
+        Some(p) => Some(PanelKind::from_key(p).ok_or_else(|| {
+            anyhow!("unknown panel `{p}`; use model, playground, lens, attention or facts")
+        })?),
+        None => None,
+    };
+    let options = AppOptions {
+        model: args.model,
+        device: args.device,
+        dtype: args.dtype,
+        prompt: args.prompt,
+        panel,
+        facts: args.facts,
+        settings_path: if args.no_settings {
+            None
+        } else {
+            engram_app::settings::default_path()
+        },
+    };
+    let native = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title("Engram")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([720.0, 480.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Engram",
+        native,
+        Box::new(move |cc| Ok(Box::new(EngramApp::new(&cc.egui_ctx, options)))),
+    )
+    .map_err(|e| anyhow!("could not open the window: {e}"))
+}

@@ -1,0 +1,8 @@
+//! One file per panel. Each reads the app's state, draws, and turns clicks into
+//! worker commands through [`crate::app::EngramApp::submit`].
+
+pub mod attention;
+pub mod facts;
+pub mod lens;
+pub mod model;
+pub mod playground;

@@ -1,0 +1,441 @@
+//! The model side of the workbench: a loaded model on some backend, and the
+//! typed results each panel shows. Everything here runs on the worker thread.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use engram::analysis::lens::{logit_lens, LensSite};
+use engram::backend::{with_backend, BackendJob, Dtype};
+use engram::datasets::facts::{load_fact_set, UserFact};
+use engram::datasets::OnBadRecord;
+use engram::model::burn_tensor::backend::Backend;
+use engram::model::generate::generate_with;
+use engram::model::lm::top_k_from_logits;
+use engram::model::{
+    ActivationCache, Batch, BlockSite, DeviceSpec, GenerateConfig, HookPoint, LanguageModel,
+    Sampling, TokenProb,
+};
+
+use crate::error::JobError;
+
+/// One token, as shown on a chip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+}
+
+/// What the model card shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelCard {
+    /// What the user typed: a path, a hub id or `demo`.
+    pub source: String,
+    /// The local path it resolved to.
+    pub path: PathBuf,
+    pub architecture: String,
+    pub model_type: String,
+    pub parameters: usize,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub d_mlp: usize,
+    pub gated_mlp: bool,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub vocab_size: usize,
+    pub n_ctx: usize,
+    pub positions: String,
+    pub block: String,
+    pub hooks: Vec<String>,
+    pub device: DeviceSpec,
+    pub dtype: Dtype,
+    pub load_seconds: f64,
+}
+
+/// The next-token table for a prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NextTokens {
+    pub prompt: String,
+    pub tokens: Vec<Token>,
+    pub top: Vec<TokenProb>,
+}
+
+/// Generation settings as the playground shows them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct GenParams {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1 means no nucleus cut.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 12,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl GenParams {
+    fn sampling(&self) -> Sampling {
+        if self.temperature <= 0.0 {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: self.temperature,
+                top_k: (self.top_k > 0).then_some(self.top_k),
+                top_p: (self.top_p < 1.0).then_some(self.top_p),
+                seed: self.seed,
+            }
+        }
+    }
+}
+
+/// A finished (or cancelled-part-way) generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub prompt: String,
+    pub new_tokens: Vec<Token>,
+    pub text: String,
+}
+
+/// The logit lens: `cells[layer][position]` holds the top-k tokens there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LensGrid {
+    pub prompt: String,
+    pub site: LensSite,
+    pub tokens: Vec<Token>,
+    pub cells: Vec<Vec<Vec<(Token, f32)>>>,
+    /// The model's final top-1 token at the last position, and the first layer
+    /// at which the lens already ranks it first there.
+    pub final_token: Token,
+    pub first_top1_layer: Option<usize>,
+}
+
+/// Attention patterns of every layer: `pattern[layer][head]` is `[query * key]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionPatterns {
+    pub prompt: String,
+    pub tokens: Vec<Token>,
+    pub n_heads: usize,
+    pub pattern: Vec<Vec<Vec<f32>>>,
+}
+
+/// One fact of a fact set, checked against the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactCheck {
+    pub fact: UserFact,
+    pub predicted: Token,
+    pub predicted_prob: f32,
+    pub target_prob: f32,
+    pub correct: bool,
+}
+
+/// A fact set run through the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactReport {
+    pub path: PathBuf,
+    pub checked: Vec<FactCheck>,
+    /// Records the loader skipped, with the reason.
+    pub skipped: Vec<String>,
+    /// True where the job was cancelled before the end.
+    pub partial: bool,
+}
+
+/// How far a job is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub note: String,
+}
+
+/// Called with progress; returns false to ask the job to stop.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(Progress) -> bool;
+
+/// A model loaded on one backend. Object-safe so the worker can hold any backend.
+pub trait Session {
+    fn card(&self) -> &ModelCard;
+    fn next_tokens(&self, prompt: &str, k: usize) -> Result<NextTokens, JobError>;
+    fn generate(
+        &self,
+        prompt: &str,
+        params: GenParams,
+        progress: ProgressFn<'_>,
+    ) -> Result<Generation, JobError>;
+    fn lens(&self, prompt: &str, site: LensSite, k: usize) -> Result<LensGrid, JobError>;
+    fn attention(&self, prompt: &str) -> Result<AttentionPatterns, JobError>;
+    fn check_facts(
+        &self,
+        path: &Path,
+        limit: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<FactReport, JobError>;
+}
+
+/// Resolve `source` (path, `.gguf`, hub id or `demo`) and load it.
+pub fn load_session(
+    source: &str,
+    device: DeviceSpec,
+    dtype: Dtype,
+) -> Result<Box<dyn Session>, JobError> {
+    let started = Instant::now();
+    let path = engram::hub::resolve_model(Path::new(source.trim())).map_err(JobError::load)?;
+    let job = LoadJob {
+        source: source.trim().to_string(),
+        path,
+        device,
+        dtype,
+        started,
+    };
+    with_backend(device, dtype, job).map_err(JobError::load)
+}
+
+struct LoadJob {
+    source: String,
+    path: PathBuf,
+    device: DeviceSpec,
+    dtype: Dtype,
+    started: Instant,
+}
+
+impl BackendJob for LoadJob {
+    type Output = Box<dyn Session>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Box<dyn Session>> {
+        let lm = LanguageModel::<B>::load(&self.path, &device)?;
+        let c = &lm.model.config;
+        let card = ModelCard {
+            source: self.source,
+            path: self.path,
+            architecture: c.arch.name().to_string(),
+            model_type: c.model_type.clone(),
+            parameters: c.parameter_count(),
+            n_layers: c.n_layers,
+            d_model: c.d_model,
+            d_mlp: c.d_mlp,
+            gated_mlp: c.gated_mlp,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            d_head: c.d_head,
+            vocab_size: c.vocab_size,
+            n_ctx: c.n_ctx,
+            positions: match c.rotary {
+                Some(r) => format!("rotary ({:?}, dim {}, θ {})", r.style, r.dim, r.theta),
+                None => "learned".into(),
+            },
+            block: if c.parallel_attn_mlp {
+                "parallel attention + MLP".into()
+            } else {
+                "sequential".into()
+            },
+            hooks: lm
+                .model
+                .hook_points()
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            device: self.device,
+            dtype: self.dtype,
+            load_seconds: self.started.elapsed().as_secs_f64(),
+        };
+        Ok(Box::new(Loaded { lm, card }))
+    }
+}
+
+struct Loaded<B: Backend> {
+    lm: LanguageModel<B>,
+    card: ModelCard,
+}
+
+impl<B: Backend> Loaded<B> {
+    fn token(&self, id: u32) -> Token {
+        Token {
+            id,
+            text: self.lm.tokenizer.token_text(id),
+        }
+    }
+
+    fn tokens(&self, ids: &[u32]) -> Vec<Token> {
+        ids.iter().map(|&id| self.token(id)).collect()
+    }
+}
+
+impl<B: Backend> Loaded<B> {
+    fn check_fact(&self, fact: &UserFact) -> Result<FactCheck, JobError> {
+        let target = self.lm.target_tokens(&fact.prompt, &fact.target)?;
+        let logits = self.lm.next_logits(&fact.prompt)?;
+        let top = top_k_from_logits(&logits, 1, |id| self.lm.tokenizer.token_text(id));
+        let best = top
+            .first()
+            .cloned()
+            .ok_or(JobError::Failed("empty vocabulary".into()))?;
+        Ok(FactCheck {
+            correct: best.id == target[0],
+            predicted: self.token(best.id),
+            predicted_prob: best.prob,
+            target_prob: prob_of(&logits, target[0]),
+            fact: fact.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Session for Loaded<B> {
+    fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    fn next_tokens(&self, prompt: &str, k: usize) -> Result<NextTokens, JobError> {
+        let ids = self.lm.encode_prompt(prompt)?;
+        let logits = self.lm.next_logits(prompt)?;
+        Ok(NextTokens {
+            prompt: prompt.to_string(),
+            tokens: self.tokens(&ids),
+            top: top_k_from_logits(&logits, k, |id| self.lm.tokenizer.token_text(id)),
+        })
+    }
+
+    fn generate(
+        &self,
+        prompt: &str,
+        params: GenParams,
+        progress: ProgressFn<'_>,
+    ) -> Result<Generation, JobError> {
+        let ids = self.lm.encode_prompt(prompt)?;
+        let cfg = GenerateConfig {
+            max_new_tokens: params.max_new_tokens,
+            sampling: params.sampling(),
+            stop_at_eos: true,
+            kv_cache: true,
+        };
+        let total = params.max_new_tokens;
+        let mut cancelled = false;
+        let out = generate_with(&self.lm.model, &[ids], &cfg, |rows| {
+            let so_far = &rows[0];
+            let text = self.lm.tokenizer.decode(so_far).unwrap_or_default();
+            let go_on = progress(Progress {
+                done: so_far.len(),
+                total,
+                note: text,
+            });
+            cancelled |= !go_on;
+            go_on
+        })?;
+        if cancelled {
+            return Err(JobError::Cancelled);
+        }
+        let new = out.into_iter().next().unwrap_or_default();
+        Ok(Generation {
+            prompt: prompt.to_string(),
+            text: self.lm.tokenizer.decode(&new)?,
+            new_tokens: self.tokens(&new),
+        })
+    }
+
+    fn lens(&self, prompt: &str, site: LensSite, k: usize) -> Result<LensGrid, JobError> {
+        let ids = self.lm.encode_prompt(prompt)?;
+        let lens = logit_lens(&self.lm.model, &ids, site)?;
+        let n_layers = self.lm.model.config.n_layers;
+        let mut cells = vec![Vec::with_capacity(ids.len()); n_layers];
+        for position in 0..ids.len() {
+            for (layer, top) in lens.top_k(position, k).into_iter().enumerate() {
+                cells[layer].push(top.into_iter().map(|(id, p)| (self.token(id), p)).collect());
+            }
+        }
+        let last = ids.len() - 1;
+        let logits = self.lm.next_logits(prompt)?;
+        let final_id = top_k_from_logits(&logits, 1, |_| String::new())
+            .first()
+            .map_or(0, |t| t.id);
+        Ok(LensGrid {
+            prompt: prompt.to_string(),
+            site,
+            tokens: self.tokens(&ids),
+            cells,
+            final_token: self.token(final_id),
+            first_top1_layer: lens.first_top1_layer(last, final_id),
+        })
+    }
+
+    fn attention(&self, prompt: &str) -> Result<AttentionPatterns, JobError> {
+        let ids = self.lm.encode_prompt(prompt)?;
+        let mut cache = ActivationCache::<B>::new(|p| p.site() == Some(BlockSite::Pattern));
+        self.lm.model.forward(&Batch::single(&ids), &mut cache)?;
+        let n_layers = self.lm.model.config.n_layers;
+        let n_heads = self.lm.model.config.n_heads;
+        let s = ids.len();
+        let mut pattern = Vec::with_capacity(n_layers);
+        for layer in 0..n_layers {
+            let point = HookPoint::block(layer, BlockSite::Pattern);
+            let act = cache
+                .get(point)
+                .ok_or_else(|| JobError::Failed(format!("{point} was not recorded")))?;
+            // [1, head, query, key]
+            let flat = act.to_vec()?;
+            pattern.push(
+                (0..n_heads)
+                    .map(|h| flat[h * s * s..(h + 1) * s * s].to_vec())
+                    .collect(),
+            );
+        }
+        Ok(AttentionPatterns {
+            prompt: prompt.to_string(),
+            tokens: self.tokens(&ids),
+            n_heads,
+            pattern,
+        })
+    }
+
+    fn check_facts(
+        &self,
+        path: &Path,
+        limit: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<FactReport, JobError> {
+        let loaded =
+            load_fact_set(path, OnBadRecord::Skip).map_err(|e| JobError::Failed(e.to_string()))?;
+        let facts: Vec<UserFact> = loaded.records.into_iter().take(limit).collect();
+        let total = facts.len();
+        let mut checked = Vec::with_capacity(total);
+        let mut skipped: Vec<String> = loaded.skipped.iter().map(|e| e.to_string()).collect();
+        let mut partial = false;
+        for (i, fact) in facts.into_iter().enumerate() {
+            if !progress(Progress {
+                done: i,
+                total,
+                note: fact.prompt.clone(),
+            }) {
+                partial = true;
+                break;
+            }
+            match self.check_fact(&fact) {
+                Ok(c) => checked.push(c),
+                Err(e) => skipped.push(format!("{:?}: {e}", fact.prompt)),
+            }
+        }
+        Ok(FactReport {
+            path: path.to_path_buf(),
+            checked,
+            skipped,
+            partial,
+        })
+    }
+}
+
+/// Softmax probability of one token.
+fn prob_of(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits
+        .get(id as usize)
+        .map_or(0.0, |&l| ((l as f64 - max).exp() / z) as f32)
+}

@@ -1,0 +1,140 @@
+//! What the workbench remembers between launches: the last model, prompt and
+//! panel, and the display choices. A small JSON file, written atomically.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::GenParams;
+
+/// The panels of the workbench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PanelKind {
+    Model,
+    #[default]
+    Playground,
+    Lens,
+    Attention,
+    Facts,
+}
+
+impl PanelKind {
+    pub const ALL: [PanelKind; 5] = [
+        PanelKind::Model,
+        PanelKind::Playground,
+        PanelKind::Lens,
+        PanelKind::Attention,
+        PanelKind::Facts,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            PanelKind::Model => "Model",
+            PanelKind::Playground => "Playground",
+            PanelKind::Lens => "Logit lens",
+            PanelKind::Attention => "Attention",
+            PanelKind::Facts => "Facts",
+        }
+    }
+
+    /// The name used on the command line (`--panel lens`).
+    pub fn key(self) -> &'static str {
+        match self {
+            PanelKind::Model => "model",
+            PanelKind::Playground => "playground",
+            PanelKind::Lens => "lens",
+            PanelKind::Attention => "attention",
+            PanelKind::Facts => "facts",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.key() == key)
+    }
+}
+
+/// Which residual stream the lens reads (mirrors `LensSite`, but serialisable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum LensSiteChoice {
+    Pre,
+    Mid,
+    #[default]
+    Post,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Path, `.gguf`, hub id, or `demo`.
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub prompt: String,
+    pub panel: PanelKind,
+    pub dark: bool,
+    pub top_k: usize,
+    pub generation: GenParams,
+    pub lens_site: LensSiteChoice,
+    pub facts_path: String,
+    pub facts_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: "demo".into(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            prompt: "Vomas Straford lives in the city of".into(),
+            panel: PanelKind::Playground,
+            dark: true,
+            top_k: 10,
+            generation: GenParams::default(),
+            lens_site: LensSiteChoice::Post,
+            facts_path: String::new(),
+            facts_limit: 200,
+        }
+    }
+}
+
+/// Where settings live: `$ENGRAM_CONFIG_DIR`, else `$XDG_CONFIG_HOME/engram`,
+/// else `~/.config/engram`.
+pub fn default_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("ENGRAM_CONFIG_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|d| Path::new(&d).join("engram")))
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/engram")))?;
+    Some(dir.join("app.json"))
+}
+
+impl Settings {
+    /// Read `path`; a missing file gives the defaults, a damaged one gives the
+    /// defaults and the reason (the file is left as it is).
+    pub fn load(path: &Path) -> (Self, Option<String>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(s) => (s, None),
+                Err(e) => (
+                    Self::default(),
+                    Some(format!(
+                        "{}: unreadable settings ({e}); using defaults",
+                        path.display()
+                    )),
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Self::default(), None),
+            Err(e) => (
+                Self::default(),
+                Some(format!("{}: {e}; using defaults", path.display())),
+            ),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        engram::datasets::store::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
+    }
+}

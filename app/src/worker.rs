@@ -1,0 +1,269 @@
+//! The worker thread: it owns the model and its device, takes typed commands
+//! from the panels, and answers with progress and typed results. The UI thread
+//! never touches a tensor. Jobs run one at a time, in order; each has a cancel
+//! flag that long jobs poll between steps.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use engram::analysis::lens::LensSite;
+use engram::backend::Dtype;
+use engram::model::DeviceSpec;
+
+use crate::error::JobError;
+use crate::session::{
+    load_session, AttentionPatterns, FactReport, GenParams, Generation, LensGrid, ModelCard,
+    NextTokens, Progress, Session,
+};
+
+/// What a panel asks the worker to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Load {
+        source: String,
+        device: DeviceSpec,
+        dtype: Dtype,
+    },
+    NextTokens {
+        prompt: String,
+        k: usize,
+    },
+    Generate {
+        prompt: String,
+        params: GenParams,
+    },
+    Lens {
+        prompt: String,
+        site: LensSite,
+        k: usize,
+    },
+    Attention {
+        prompt: String,
+    },
+    CheckFacts {
+        path: PathBuf,
+        limit: usize,
+    },
+}
+
+impl Command {
+    /// A short label for the status bar.
+    pub fn label(&self) -> String {
+        match self {
+            Command::Load { source, .. } => format!("Loading {source}"),
+            Command::NextTokens { .. } => "Next-token table".into(),
+            Command::Generate { params, .. } => {
+                format!("Generating {} tokens", params.max_new_tokens)
+            }
+            Command::Lens { .. } => "Logit lens".into(),
+            Command::Attention { .. } => "Attention patterns".into(),
+            Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
+        }
+    }
+}
+
+/// A typed result, one per command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Loaded(Box<ModelCard>),
+    NextTokens(NextTokens),
+    Generated(Generation),
+    Lens(LensGrid),
+    Attention(AttentionPatterns),
+    Facts(FactReport),
+}
+
+pub type JobId = u64;
+
+/// What the worker reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started(JobId),
+    Progress(JobId, Progress),
+    Finished(JobId, Result<Reply, JobError>),
+}
+
+/// Shared flag a job polls.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The UI's handle on a submitted job.
+#[derive(Debug, Clone)]
+pub struct JobHandle {
+    pub id: JobId,
+    pub label: String,
+    pub cancel: CancelToken,
+}
+
+struct Request {
+    id: JobId,
+    command: Command,
+    cancel: CancelToken,
+}
+
+/// The UI's end of the worker.
+pub struct Worker {
+    requests: Option<Sender<Request>>,
+    events: Receiver<Event>,
+    next_id: JobId,
+    outstanding: Vec<CancelToken>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("next_id", &self.next_id)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// Start the thread. `wake` is called after every event (the UI repaints).
+    pub fn spawn(wake: impl Fn() + Send + 'static) -> Self {
+        let (req_tx, req_rx) = channel::<Request>();
+        let (ev_tx, ev_rx) = channel::<Event>();
+        let spawned = std::thread::Builder::new()
+            .name("engram-worker".into())
+            .spawn(move || serve(req_rx, ev_tx, wake));
+        Self {
+            // Without a thread every submit answers with an error, below.
+            requests: spawned.ok().map(|_| req_tx),
+            events: ev_rx,
+            next_id: 1,
+            outstanding: Vec::new(),
+        }
+    }
+
+    /// Queue a command.
+    pub fn submit(&mut self, command: Command) -> JobHandle {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cancel = CancelToken::default();
+        let label = command.label();
+        let request = Request {
+            id,
+            command,
+            cancel: cancel.clone(),
+        };
+        if let Some(tx) = &self.requests {
+            if tx.send(request).is_err() {
+                self.requests = None;
+            }
+        }
+        self.outstanding.push(cancel.clone());
+        JobHandle { id, label, cancel }
+    }
+
+    /// The next event, if any; never blocks.
+    pub fn poll(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Whether the worker thread is gone (it never should be).
+    pub fn is_dead(&self) -> bool {
+        self.requests.is_none()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        for c in &self.outstanding {
+            c.cancel();
+        }
+    }
+}
+
+fn serve(requests: Receiver<Request>, events: Sender<Event>, wake: impl Fn()) {
+    let mut session: Option<Box<dyn Session>> = None;
+    let send = |ev: Event| {
+        let _ = events.send(ev);
+        wake();
+    };
+    while let Ok(Request {
+        id,
+        command,
+        cancel,
+    }) = requests.recv()
+    {
+        if cancel.is_cancelled() {
+            send(Event::Finished(id, Err(JobError::Cancelled)));
+            continue;
+        }
+        send(Event::Started(id));
+        let mut progress = |p: Progress| {
+            send(Event::Progress(id, p));
+            !cancel.is_cancelled()
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&mut session, command, &mut progress)
+        }));
+        let result = match outcome {
+            Ok(r) => r,
+            Err(payload) => Err(JobError::Panicked(panic_message(payload.as_ref()))),
+        };
+        // A job that finished after its cancel still reports as cancelled.
+        let result = match result {
+            Ok(_) if cancel.is_cancelled() => Err(JobError::Cancelled),
+            r => r,
+        };
+        send(Event::Finished(id, result));
+    }
+}
+
+fn run(
+    session: &mut Option<Box<dyn Session>>,
+    command: Command,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Reply, JobError> {
+    fn model(session: &Option<Box<dyn Session>>) -> Result<&dyn Session, JobError> {
+        session.as_deref().ok_or(JobError::NoModel)
+    }
+    Ok(match command {
+        Command::Load {
+            source,
+            device,
+            dtype,
+        } => {
+            progress(Progress {
+                done: 0,
+                total: 1,
+                note: format!("loading {source} on {device} ({dtype})"),
+            });
+            let loaded = load_session(&source, device, dtype)?;
+            let card = loaded.card().clone();
+            *session = Some(loaded);
+            Reply::Loaded(Box::new(card))
+        }
+        Command::NextTokens { prompt, k } => {
+            Reply::NextTokens(model(session)?.next_tokens(&prompt, k)?)
+        }
+        Command::Generate { prompt, params } => {
+            Reply::Generated(model(session)?.generate(&prompt, params, progress)?)
+        }
+        Command::Lens { prompt, site, k } => Reply::Lens(model(session)?.lens(&prompt, site, k)?),
+        Command::Attention { prompt } => Reply::Attention(model(session)?.attention(&prompt)?),
+        Command::CheckFacts { path, limit } => {
+            Reply::Facts(model(session)?.check_facts(&path, limit, progress)?)
+        }
+    })
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,245 @@
+//! Headless tests of the workbench with egui_kittest: the real app, the real
+//! worker thread and the real demo model, driven through accessibility queries.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use eframe::egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use engram_app::{AppOptions, EngramApp, PanelKind};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn demo_model() -> String {
+    repo().join("app/assets/demo-model").display().to_string()
+}
+
+/// The first demo fact, read from the fact list the model was trained on.
+fn first_demo_fact() -> (String, String) {
+    let text = std::fs::read_to_string(repo().join("datasets/demo/facts.jsonl"))
+        .expect("datasets/demo/facts.jsonl is in the repository");
+    let line = text.lines().next().expect("fact list is not empty");
+    let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON line");
+    (
+        v["prompt"].as_str().expect("prompt").to_string(),
+        v["target"].as_str().expect("target").to_string(),
+    )
+}
+
+fn harness(options: AppOptions) -> Harness<'static, EngramApp> {
+    Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| EngramApp::new(&cc.egui_ctx, options))
+}
+
+/// Step the app (the worker runs on its own thread) until `done` holds.
+fn wait_for(
+    h: &mut Harness<'static, EngramApp>,
+    what: &str,
+    done: impl Fn(&Harness<'static, EngramApp>) -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(h) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn has_label(h: &Harness<'static, EngramApp>, text: &str) -> bool {
+    h.query_all_by_label_contains(text).next().is_some()
+}
+
+fn loaded(options: AppOptions) -> Harness<'static, EngramApp> {
+    let mut h = harness(options);
+    wait_for(&mut h, "the model to load", |h| {
+        h.state().card().is_some() && !h.state().is_busy()
+    });
+    h
+}
+
+#[test]
+fn typing_a_demo_fact_shows_its_attribute_top1() {
+    let (prompt, target) = first_demo_fact();
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        prompt: Some(String::new()),
+        panel: Some(PanelKind::Playground),
+        ..Default::default()
+    });
+    let input = h.get_by_role(Role::TextInput);
+    input.focus();
+    input.type_text(&prompt);
+    h.step();
+    h.get_by_label("Run").click();
+    wait_for(&mut h, "the next-token table", |h| {
+        has_label(h, "top-1:") && !h.state().is_busy()
+    });
+    assert_eq!(h.state().settings().prompt, prompt);
+    let top = h
+        .get_by_label_contains("top-1:")
+        .value()
+        .unwrap_or_default();
+    assert!(
+        top.contains(&format!("'{target}'")),
+        "prompt {prompt:?}: expected {target:?} top-1, the app shows {top:?}"
+    );
+}
+
+#[test]
+fn model_card_counts_the_models_hook_points() {
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        panel: Some(PanelKind::Model),
+        ..Default::default()
+    });
+    h.step();
+    // Independently of the app: the facade loads the same checkpoint.
+    let lm = engram::model::LanguageModel::<engram::model::Cpu>::load(
+        Path::new(&demo_model()),
+        &Default::default(),
+    )
+    .expect("demo model loads");
+    let n = lm.model.hook_points().len();
+    assert!(
+        has_label(&h, &format!("Hook points ({n})")),
+        "card lacks `Hook points ({n})`"
+    );
+    let c = &lm.model.config;
+    assert!(has_label(
+        &h,
+        &format!("{} (model_type {})", c.arch.name(), c.model_type)
+    ));
+    assert!(has_label(
+        &h,
+        &format!(
+            "{} ({} key/value), d_head {}",
+            c.n_heads, c.n_kv_heads, c.d_head
+        )
+    ));
+}
+
+#[test]
+fn lens_and_attention_panels_show_results_for_the_prompt() {
+    let (prompt, target) = first_demo_fact();
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        prompt: Some(prompt),
+        panel: Some(PanelKind::Playground),
+        ..Default::default()
+    });
+    h.get_by_label("Logit lens").click();
+    wait_for(&mut h, "the lens", |h| has_label(h, "is top-1 from layer"));
+    let summary = h
+        .get_by_label_contains("is top-1 from layer")
+        .value()
+        .unwrap_or_default();
+    assert!(summary.contains(&format!("'{target}'")), "{summary}");
+    // The resid_pre toggle reruns the lens: layer 0's resid_pre is the embedding.
+    h.get_by_label("resid_pre").click();
+    wait_for(&mut h, "the resid_pre lens", |h| {
+        !h.state().is_busy() && has_label(h, "top-1")
+    });
+    h.get_by_label("Attention").click();
+    wait_for(&mut h, "attention patterns", |h| {
+        has_label(h, "blocks.0.attn.hook_pattern, head 0")
+    });
+}
+
+#[test]
+fn cancel_stops_a_fact_check_and_the_ui_keeps_answering() {
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        panel: Some(PanelKind::Facts),
+        ..Default::default()
+    });
+    h.step();
+    h.get_by_label("Check facts").click();
+    wait_for(&mut h, "the job to start", |h| has_label(h, "Cancel"));
+    // While the worker checks facts, the UI switches panels.
+    h.get_by_label("Model").click();
+    h.step();
+    assert!(has_label(&h, "Model card"));
+    h.get_by_label("Cancel").click();
+    wait_for(&mut h, "the job to stop", |h| !h.state().is_busy());
+    assert!(
+        has_label(&h, "cancelled"),
+        "status bar does not say cancelled"
+    );
+    // A full run afterwards completes: the demo model knows its facts.
+    h.get_by_label("Facts").click();
+    h.step();
+    h.get_by_label("Check facts").click();
+    wait_for(&mut h, "the fact check", |h| {
+        has_label(h, "facts right at top-1")
+    });
+    let line = h
+        .get_by_label_contains("facts right at top-1")
+        .value()
+        .unwrap_or_default();
+    let right: usize = line
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let total: usize = line
+        .split(' ')
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    assert!(
+        total >= 200 && right as f64 >= 0.95 * total as f64,
+        "{line}"
+    );
+}
+
+#[test]
+fn settings_persist_between_launches() {
+    let dir = std::env::temp_dir().join(format!("engram-app-settings-{}", std::process::id()));
+    let path = dir.join("app.json");
+    let _ = std::fs::remove_file(&path);
+    {
+        let mut h = loaded(AppOptions {
+            model: Some(demo_model()),
+            prompt: Some("Nelin Garford works as a".into()),
+            panel: Some(PanelKind::Attention),
+            settings_path: Some(path.clone()),
+            ..Default::default()
+        });
+        h.step();
+    }
+    let mut h = harness(AppOptions {
+        settings_path: Some(path.clone()),
+        ..Default::default()
+    });
+    h.step();
+    let s = h.state().settings();
+    assert_eq!(s.prompt, "Nelin Garford works as a");
+    assert_eq!(s.panel, PanelKind::Attention);
+    assert_eq!(s.model, demo_model());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_model_is_a_clear_error_not_a_crash() {
+    let mut h = harness(AppOptions {
+        model: Some("/nonexistent/engram-model".into()),
+        panel: Some(PanelKind::Model),
+        ..Default::default()
+    });
+    wait_for(&mut h, "the load to fail", |h| !h.state().is_busy());
+    assert!(h.state().card().is_none());
+    assert!(has_label(&h, "/nonexistent/engram-model"));
+    // The demo model still opens afterwards.
+    h.get_by_label("Open the demo model").click();
+    wait_for(&mut h, "the demo model", |h| h.state().card().is_some());
+}
