@@ -131,3 +131,54 @@ pub fn forward_throughput<B: Backend>(
     }
     Ok(rows)
 }
+
+/// Naive vs Engram causal trace of one fact, measured in one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceBenchRow {
+    pub tokens: usize,
+    pub layers: usize,
+    pub samples: usize,
+    pub naive_ms: f64,
+    pub engram_ms: f64,
+    pub speedup: f64,
+    /// Largest difference between the two paths' scores.
+    pub max_abs_diff: f32,
+}
+
+pub fn trace_speed<B: Backend>(
+    lm: &engram_model::LanguageModel<B>,
+    fact: &engram_datasets::facts::UserFact,
+    samples: usize,
+) -> anyhow::Result<TraceBenchRow> {
+    use engram_analysis::trace::{trace_fact, trace_naive, TraceConfig};
+    let input = crate::trace::prepare(lm, fact)?;
+    let cfg = TraceConfig {
+        samples,
+        ..TraceConfig::rome(0.1)
+    };
+    // Warm-up (allocator, kernels), then one timed run of each.
+    trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let t = Instant::now();
+    let fast = trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let engram_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let naive = trace_naive(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let naive_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut max_abs_diff = 0f32;
+    for (a, b) in fast.kinds.iter().zip(&naive.kinds) {
+        for (ra, rb) in a.scores.iter().zip(&b.scores) {
+            for (x, y) in ra.iter().zip(rb) {
+                max_abs_diff = max_abs_diff.max((x - y).abs());
+            }
+        }
+    }
+    Ok(TraceBenchRow {
+        tokens: input.ids.len(),
+        layers: lm.model.config.n_layers,
+        samples,
+        naive_ms,
+        engram_ms,
+        speedup: naive_ms / engram_ms,
+        max_abs_diff,
+    })
+}

@@ -17,3 +17,4 @@ pub mod demo;
 pub mod hub;
 pub mod lens;
 pub mod runs;
+pub mod trace;

@@ -55,6 +55,8 @@ enum Command {
         #[arg(long)]
         runs: Option<PathBuf>,
     },
+    /// Causal tracing (ROME): corrupt the subject, restore one state at a time; stored as a run.
+    Trace(TraceArgs),
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
@@ -117,6 +119,48 @@ enum RunsCommand {
         #[arg(long)]
         table: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    model: PathBuf,
+    /// A fact set: known_1000.json, CounterFact, or CSV/JSONL of subject,prompt,target.
+    #[arg(long, required_unless_present = "prompt")]
+    facts: Option<PathBuf>,
+    /// Trace this many facts the model gets right (skipping the others).
+    #[arg(long)]
+    n: Option<usize>,
+    /// One fact: the prompt, its subject and the expected answer.
+    #[arg(long, conflicts_with = "facts", requires_all = ["subject", "target"])]
+    prompt: Option<String>,
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// Comma-separated: hidden, mlp, attn.
+    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn")]
+    kind: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// Noise scale ν: `3sigma` (3 x the std of the subjects' token embeddings, ROME), `Ksigma`, or a number.
+    #[arg(long, default_value = "3sigma")]
+    noise: String,
+    /// Uniform noise in [-ν, ν] instead of Gaussian.
+    #[arg(long)]
+    uniform: bool,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The reference path: one restoration per forward pass.
+    #[arg(long)]
+    naive: bool,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    #[arg(long)]
+    runs: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -189,6 +233,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Causal tracing of one fact: the naive path (one restoration per pass) vs Engram's.
+    Trace {
+        model: PathBuf,
+        #[arg(long, default_value = "The Eiffel Tower is located in the city of")]
+        prompt: String,
+        #[arg(long, default_value = "The Eiffel Tower")]
+        subject: String,
+        #[arg(long, default_value = "Paris")]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
     Hooks {
         model: PathBuf,
@@ -241,6 +303,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             let store = engram::datasets::RunStore::open(root)?;
             engram::lens::run_lens(&lm, &model, &prompt, site, &store).map(|_| ())
         }
+        Command::Trace(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, TraceJob(args))
+        }
         Command::TrainDemo {
             out,
             facts_out,
@@ -290,6 +356,31 @@ fn dispatch(cli: Cli) -> Result<()> {
                     model,
                     iters,
                     gen_tokens,
+                    json,
+                    label: format!("{device} {:?}", Dtype::from(dtype)),
+                },
+            ),
+            BenchCommand::Trace {
+                model,
+                prompt,
+                subject,
+                target,
+                samples,
+                device,
+                dtype,
+                json,
+            } => with_backend(
+                device,
+                dtype.into(),
+                TraceBenchJob {
+                    model,
+                    fact: engram::datasets::facts::UserFact {
+                        subject,
+                        prompt,
+                        target,
+                        relation: None,
+                    },
+                    samples,
                     json,
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
@@ -378,6 +469,7 @@ fn info<B: Backend>(model: &Path, lm: &LanguageModel<B>, as_json: bool) -> Resul
 struct RunJob(RunArgs);
 
 impl BackendJob for RunJob {
+    type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let lm = load::<B>(&a.model, &device)?;
@@ -464,6 +556,7 @@ struct ForwardBenchJob {
 }
 
 impl BackendJob for ForwardBenchJob {
+    type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let lm = load::<B>(&self.model, &device)?;
         let rows = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens)?;
@@ -508,4 +601,197 @@ fn bench_hooks(model: &Path, batch: usize, seq: usize, iters: usize, as_json: bo
         );
     }
     Ok(())
+}
+
+struct TraceJob(TraceArgs);
+
+impl BackendJob for TraceJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::analysis::trace::TraceKind;
+        use engram::trace::{NoiseLevel, TraceOptions};
+        let a = self.0;
+        let kinds = a
+            .kind
+            .iter()
+            .map(|k| {
+                TraceKind::from_name(k.trim())
+                    .with_context(|| format!("unknown --kind {k:?}: use hidden, mlp or attn"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let noise =
+            match a.noise.strip_suffix("sigma") {
+                Some(m) => NoiseLevel::Spread {
+                    multiple: m.parse().with_context(|| {
+                        format!("--noise {:?}: expected e.g. 3sigma or 0.1", a.noise)
+                    })?,
+                },
+                None => NoiseLevel::Fixed(a.noise.parse().with_context(|| {
+                    format!("--noise {:?}: expected e.g. 3sigma or 0.1", a.noise)
+                })?),
+            };
+        let (facts, dataset) = match (&a.facts, &a.prompt) {
+            (Some(path), _) => {
+                let loaded = engram::datasets::facts::load_fact_set(
+                    path,
+                    engram::datasets::OnBadRecord::Skip,
+                )?;
+                for e in &loaded.skipped {
+                    eprintln!("skipped record: {e}");
+                }
+                (loaded.records, Some(path.clone()))
+            }
+            (None, Some(prompt)) => {
+                let fact = engram::datasets::facts::UserFact {
+                    subject: a.subject.clone().unwrap_or_default(),
+                    prompt: prompt.clone(),
+                    target: a.target.clone().unwrap_or_default(),
+                    relation: None,
+                };
+                (vec![fact], None)
+            }
+            (None, None) => bail!("give --facts FILE, or --prompt, --subject and --target"),
+        };
+        if facts.is_empty() {
+            bail!("the fact set is empty");
+        }
+        let lm = load::<B>(&a.model, &device)?;
+        let model_hash = engram::lens::model_hash(&a.model)?;
+        let single = a.prompt.is_some();
+        if single {
+            // One fact: say exactly what is wrong with it instead of skipping it.
+            engram::trace::prepare(&lm, &facts[0])?;
+        }
+        let opts = TraceOptions {
+            kinds,
+            samples: a.samples,
+            window: a.window,
+            noise,
+            uniform: a.uniform,
+            seed: a.seed,
+            n: a.n.unwrap_or(usize::MAX),
+            naive: a.naive,
+            ..TraceOptions::default()
+        };
+        let subjects: Vec<String> = facts.iter().map(|f| f.subject.clone()).collect();
+        let scale = engram::trace::noise_scale(&lm, &subjects, noise)?;
+        eprintln!(
+            "noise: {} with scale {scale:.4}{}",
+            if a.uniform { "uniform" } else { "gaussian" },
+            match noise {
+                NoiseLevel::Spread { multiple } => format!(
+                    " ({multiple} x the embedding std of {} subjects)",
+                    subjects.len()
+                ),
+                NoiseLevel::Fixed(_) => String::new(),
+            }
+        );
+        let started = std::time::Instant::now();
+        let want = opts.n.min(facts.len());
+        let outcomes =
+            engram::trace::trace_facts(&lm, &facts, &opts, scale, &mut |seen, total, traced| {
+                let bar = 30 * traced / want.max(1);
+                eprint!(
+                    "\r[{}{}] traced {traced}/{want}, facts read {seen}/{total}, {:.0} s ",
+                    "#".repeat(bar),
+                    " ".repeat(30 - bar.min(30)),
+                    started.elapsed().as_secs_f64()
+                );
+                true
+            })?;
+        eprintln!();
+        let traced = outcomes
+            .iter()
+            .filter(|o| matches!(o.outcome, engram::trace::Outcome::Traced(_)))
+            .count();
+        if traced == 0 {
+            let reasons: Vec<String> = outcomes
+                .iter()
+                .take(5)
+                .filter_map(|o| match &o.outcome {
+                    engram::trace::Outcome::Skipped(why) => {
+                        Some(format!("  {:?}: {why}", o.fact.prompt))
+                    }
+                    _ => None,
+                })
+                .collect();
+            bail!(
+                "no fact of {} could be traced: the model gets none of them right (top-1), so there is no answer to restore. First reasons:\n{}",
+                outcomes.len(),
+                reasons.join("\n")
+            );
+        }
+        let root = a
+            .runs
+            .unwrap_or_else(engram::datasets::RunStore::default_root);
+        let store = engram::datasets::RunStore::open(root)?;
+        let run = engram::trace::store_run(
+            &store,
+            &a.model,
+            model_hash,
+            &format!("{}", a.device),
+            dataset.as_deref(),
+            &opts,
+            scale,
+            &outcomes,
+        )?;
+        println!(
+            "traced {} facts, skipped {} (the model did not predict the target, or bad input), in {:.1} s",
+            run.traced,
+            run.skipped,
+            started.elapsed().as_secs_f64()
+        );
+        for kind in &opts.kinds {
+            if let Some(p) = engram::trace::peak(&run.effects, *kind) {
+                println!(
+                    "{:>6}: average indirect effect at the last subject token peaks at layer {} ({:+.4})",
+                    kind.name(),
+                    p.layer,
+                    p.effect
+                );
+            }
+        }
+        println!("run {} in {}", run.info.id, run.info.dir.display());
+        for f in &run.figures {
+            println!("figure {}", f.display());
+        }
+        Ok(())
+    }
+}
+
+struct TraceBenchJob {
+    model: PathBuf,
+    fact: engram::datasets::facts::UserFact,
+    samples: usize,
+    json: bool,
+    label: String,
+}
+
+impl BackendJob for TraceBenchJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let lm = load::<B>(&self.model, &device)?;
+        let row = engram::bench::trace_speed(&lm, &self.fact, self.samples)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&row)?);
+        } else {
+            println!(
+                "causal trace, one fact ({} tokens x {} layers x 3 kinds, {} samples), {}:",
+                row.tokens, row.layers, row.samples, self.label
+            );
+            println!(
+                "  naive (one restoration per forward pass): {:>9.1} ms",
+                row.naive_ms
+            );
+            println!(
+                "  engram (batched, prefix reuse):           {:>9.1} ms",
+                row.engram_ms
+            );
+            println!(
+                "  speed-up: x{:.2}   max |difference|: {:.2e}",
+                row.speedup, row.max_abs_diff
+            );
+        }
+        Ok(())
+    }
 }

@@ -152,7 +152,7 @@ pub fn plot(
     let run = store.find(id)?;
     let name = match table {
         Some(t) => t.to_string(),
-        None => ["trace", "effects", "lens", "metrics"]
+        None => ["effects", "trace", "lens", "metrics"]
             .into_iter()
             .find(|t| run.tables.iter().any(|x| x == t))
             .map(String::from)
@@ -166,7 +166,7 @@ pub fn plot(
     };
     let df = store.read_table(&run, &name)?;
     match name.as_str() {
-        "trace" => {
+        "trace" | "average" => {
             let mut cells: Vec<TraceCell> = from_frame(&df)?;
             let first = cells.first().map(|c| c.fact.clone()).unwrap_or_default();
             let want = fact.map(String::from).unwrap_or(first);

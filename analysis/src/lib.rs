@@ -3,7 +3,10 @@
 //! - [`lens`]: the logit lens (nostalgebraist 2020): each layer's residual stream
 //!   read through the final norm and unembedding.
 //!
-//! Causal tracing, activation patching and FFN key-value memories build on the
-//! same hooked forward pass.
+//! - [`trace`]: causal tracing (Meng et al. 2022): corrupt the subject, restore
+//!   one clean state at a time.
+//!
+//! Activation patching and FFN key-value memories build on the same hooked forward pass.
 
 pub mod lens;
+pub mod trace;

@@ -61,3 +61,207 @@ fn first_top1_layer_reads_ranks() {
     assert!(first == 0 || ranks[first - 1] != 0);
     assert!(logit_lens(&tiny("gptj").expect("gptj").model, &ids, LensSite::Mid).is_err());
 }
+
+mod trace {
+    use std::path::PathBuf;
+
+    use engram_analysis::trace::{
+        embedding_std, token_groups, trace_fact, trace_naive, trace_with_patch, window_layers,
+        Noise, TraceConfig, TraceError, TraceInput, TraceKind,
+    };
+    use engram_model::device::Cpu;
+    use engram_model::{HookPoint, LanguageModel};
+
+    fn demo() -> LanguageModel<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+        LanguageModel::load(&dir, &Default::default()).expect("demo model")
+    }
+
+    fn input(lm: &LanguageModel<Cpu>, prompt: &str, subject: &str, target: &str) -> TraceInput {
+        let (enc, span) = lm.tokenizer.subject_span(prompt, subject).expect("subject");
+        TraceInput {
+            target: lm.target_tokens(prompt, target).expect("target")[0],
+            ids: enc.ids,
+            subject: span,
+        }
+    }
+
+    fn small(scale: f32) -> TraceConfig {
+        TraceConfig {
+            samples: 3,
+            window: 3,
+            max_rows: 7,
+            ..TraceConfig::rome(scale)
+        }
+    }
+
+    fn scale(lm: &LanguageModel<Cpu>, subjects: &[&str]) -> f32 {
+        let ids: Vec<Vec<u32>> = subjects
+            .iter()
+            .map(|s| lm.tokenizer.encode(s).expect("encode"))
+            .collect();
+        3.0 * embedding_std(&lm.model, &ids).expect("std")
+    }
+
+    #[test]
+    fn restoring_every_state_gives_back_the_clean_probability() {
+        let lm = demo();
+        let x = input(
+            &lm,
+            "Vomas Straford lives in the city of",
+            "Vomas Straford",
+            "Lirrow",
+        );
+        let cfg = small(scale(&lm, &["Vomas Straford", "Nelin Garford"]));
+        let t = trace_fact(&lm.model, &x, &cfg, &mut |_, _| true).expect("trace");
+        assert_eq!(t.predicted, x.target, "the demo model knows this fact");
+        assert!(
+            t.corrupted_prob < t.clean_prob - 0.05,
+            "noise did nothing: {t:?}"
+        );
+        for layer in [0, lm.model.config.n_layers - 1] {
+            let all: Vec<(HookPoint, usize)> = (0..x.ids.len())
+                .map(|tok| (HookPoint::resid_post(layer), tok))
+                .collect();
+            let p = trace_with_patch(&lm.model, &x, &cfg, &all).expect("patch");
+            assert!(
+                (p - t.clean_prob).abs() < 1e-5,
+                "layer {layer}: {p} vs clean {}",
+                t.clean_prob
+            );
+        }
+        let none = trace_with_patch(&lm.model, &x, &cfg, &[]).expect("patch");
+        assert!(
+            (none - t.corrupted_prob).abs() < 1e-6,
+            "{none} vs {}",
+            t.corrupted_prob
+        );
+        // Restoring the whole subject at the embedding-adjacent block undoes the noise too.
+        let subject: Vec<(HookPoint, usize)> = x
+            .subject
+            .clone()
+            .map(|tok| (HookPoint::resid_pre(0), tok))
+            .collect();
+        let p = trace_with_patch(&lm.model, &x, &cfg, &subject).expect("patch");
+        assert!((p - t.clean_prob).abs() < 1e-5);
+    }
+
+    /// The batched, prefix-reusing path gives the reference path's numbers (1e-5).
+    #[test]
+    fn fast_path_equals_one_restoration_at_a_time() {
+        let mut cases = vec![(demo(), "Nelin Garford works as a", "Nelin Garford")];
+        for arch in ["gpt2", "llama", "gpt_neox"] {
+            if let Some(lm) = super::tiny(arch) {
+                cases.push((
+                    lm,
+                    "The Eiffel Tower is located in the city of",
+                    "The Eiffel Tower",
+                ));
+            }
+        }
+        for (lm, prompt, subject) in cases {
+            let (enc, span) = lm.tokenizer.subject_span(prompt, subject).expect("subject");
+            let x = TraceInput {
+                target: 5,
+                ids: enc.ids,
+                subject: span,
+            };
+            for noise in [
+                Noise::Gaussian { scale: 0.5 },
+                Noise::Uniform { scale: 0.5 },
+            ] {
+                let cfg = TraceConfig {
+                    noise,
+                    ..small(0.5)
+                };
+                let fast = trace_fact(&lm.model, &x, &cfg, &mut |_, _| true).expect("fast");
+                let naive = trace_naive(&lm.model, &x, &cfg, &mut |_, _| true).expect("naive");
+                assert!((fast.corrupted_prob - naive.corrupted_prob).abs() < 1e-5);
+                assert_eq!(fast.kinds.len(), 3);
+                for (f, n) in fast.kinds.iter().zip(&naive.kinds) {
+                    assert_eq!(f.kind, n.kind);
+                    for (fr, nr) in f.scores.iter().zip(&n.scores) {
+                        for (a, b) in fr.iter().zip(nr) {
+                            assert!(
+                                (a - b).abs() < 1e-5,
+                                "{:?} {:?}: {a} vs {b}",
+                                f.kind,
+                                lm.model.config.arch
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cancelling_stops_a_trace() {
+        let lm = demo();
+        let x = input(&lm, "Vomas Straford works as a", "Vomas Straford", "weaver");
+        let mut calls = 0;
+        let r = trace_fact(&lm.model, &x, &small(0.3), &mut |_, _| {
+            calls += 1;
+            calls < 2
+        });
+        assert!(matches!(r, Err(TraceError::Cancelled)));
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn windows_and_token_groups_follow_rome() {
+        // ROME: range(max(0, l - w // 2), min(n, l - (-w // 2)))
+        assert_eq!(window_layers(TraceKind::Mlp, 0, 10, 48), 0..5);
+        assert_eq!(window_layers(TraceKind::Mlp, 20, 10, 48), 15..25);
+        assert_eq!(window_layers(TraceKind::Attn, 47, 10, 48), 42..48);
+        assert_eq!(window_layers(TraceKind::Mlp, 3, 3, 6), 2..5);
+        assert_eq!(window_layers(TraceKind::Hidden, 7, 10, 48), 7..8);
+        let s = 2..5;
+        let groups: Vec<Vec<usize>> = (0..9).map(|t| token_groups(t, &s, 9)).collect();
+        assert_eq!(
+            groups,
+            vec![
+                vec![],
+                vec![],
+                vec![0],
+                vec![1],
+                vec![2],
+                vec![3],
+                vec![4],
+                vec![4],
+                vec![5]
+            ]
+        );
+        // A subject right before the last token: that token is both "first subsequent" and "last".
+        assert_eq!(token_groups(5, &(0..5), 6), vec![3, 5]);
+        assert_eq!(token_groups(0, &(0..1), 6), vec![0, 2]);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let lm = demo();
+        let mut x = input(&lm, "Vomas Straford works as a", "Vomas Straford", "weaver");
+        x.subject = 3..3;
+        let cfg = small(0.3);
+        assert!(matches!(
+            trace_fact(&lm.model, &x, &cfg, &mut |_, _| true),
+            Err(TraceError::EmptySubject)
+        ));
+        x.subject = 3..40;
+        assert!(matches!(
+            trace_fact(&lm.model, &x, &cfg, &mut |_, _| true),
+            Err(TraceError::SubjectOutOfRange { .. })
+        ));
+        x.subject = 0..2;
+        x.target = 1 << 30;
+        assert!(matches!(
+            trace_fact(&lm.model, &x, &cfg, &mut |_, _| true),
+            Err(TraceError::TargetOutOfRange(_))
+        ));
+        assert!(lm
+            .tokenizer
+            .subject_span("Vomas Straford works as a", "Nelin")
+            .is_err());
+        assert!(lm.target_tokens("Vomas Straford works as a", " ").is_err());
+    }
+}

@@ -1,0 +1,629 @@
+//! Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations
+//! in GPT", §2.1 and Appendix B). The subject's token embeddings are corrupted
+//! with noise in `samples` copies; then one clean internal state at a time is
+//! restored, and the mean probability of the answer's first token is read.
+//!
+//! Three kinds of restoration, as in ROME's `causal_trace.py`:
+//! - `hidden`: the residual stream after block `l` (`blocks.{l}.hook_resid_post`) at one token;
+//! - `mlp` / `attn`: the MLP / attention outputs of a window of layers around `l`
+//!   (`[l - w/2, l + ceil(w/2))`, clipped) at one token.
+//!
+//! [`trace_naive`] does what the reference code does: one forward pass per
+//! (token, layer). [`trace_fact`] gives the same numbers faster: the corrupted
+//! run up to the first restored layer is computed once and reused, and all
+//! tokens' restorations at a layer run as one batch (in chunks of `max_rows`).
+
+use std::ops::Range;
+
+use burn_tensor::activation::softmax;
+use burn_tensor::backend::Backend;
+use burn_tensor::{Tensor, TensorData};
+use engram_model::generate::Rng;
+use engram_model::{
+    Activation, ActivationCache, Batch, BlockSite, Hook, HookPoint, ModelError, NoHooks,
+    Transformer,
+};
+
+/// What is restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TraceKind {
+    Hidden,
+    Mlp,
+    Attn,
+}
+
+impl TraceKind {
+    pub const ALL: [TraceKind; 3] = [TraceKind::Hidden, TraceKind::Mlp, TraceKind::Attn];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceKind::Hidden => "hidden",
+            TraceKind::Mlp => "mlp",
+            TraceKind::Attn => "attn",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn site(self) -> BlockSite {
+        match self {
+            TraceKind::Hidden => BlockSite::ResidPost,
+            TraceKind::Mlp => BlockSite::MlpOut,
+            TraceKind::Attn => BlockSite::AttnOut,
+        }
+    }
+}
+
+/// The noise added to the subject's token embeddings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Noise {
+    /// `scale * N(0, 1)` per coordinate (ROME's default, with scale ν = 3σ).
+    Gaussian { scale: f32 },
+    /// `scale * U(-1, 1)` per coordinate (ROME's `uniform_noise`).
+    Uniform { scale: f32 },
+}
+
+impl Noise {
+    pub fn scale(self) -> f32 {
+        match self {
+            Noise::Gaussian { scale } | Noise::Uniform { scale } => scale,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceConfig {
+    pub noise: Noise,
+    /// Corrupted copies (ROME: 10).
+    pub samples: usize,
+    /// Layers restored together for `mlp` and `attn` (ROME: 10).
+    pub window: usize,
+    pub seed: u64,
+    pub kinds: Vec<TraceKind>,
+    /// At most this many rows per batched forward pass.
+    pub max_rows: usize,
+}
+
+impl TraceConfig {
+    /// ROME's protocol with noise scale `scale`.
+    pub fn rome(scale: f32) -> Self {
+        Self {
+            noise: Noise::Gaussian { scale },
+            samples: 10,
+            window: 10,
+            seed: 1,
+            kinds: TraceKind::ALL.to_vec(),
+            max_rows: 256,
+        }
+    }
+}
+
+/// One fact as token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceInput {
+    pub ids: Vec<u32>,
+    /// Token positions of the subject.
+    pub subject: Range<usize>,
+    /// First token of the expected answer.
+    pub target: u32,
+}
+
+/// Restoration scores of one kind: `scores[token][layer]`, mean target probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindScores {
+    pub kind: TraceKind,
+    pub scores: Vec<Vec<f32>>,
+}
+
+/// A traced fact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactTrace {
+    pub input: TraceInput,
+    /// The model's top-1 next token on the clean prompt.
+    pub predicted: u32,
+    pub clean_prob: f32,
+    pub corrupted_prob: f32,
+    pub kinds: Vec<KindScores>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the subject covers no token of the prompt")]
+    EmptySubject,
+    #[error("subject tokens {start}..{end} fall outside the prompt's {len} tokens")]
+    SubjectOutOfRange {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("target token {0} is outside the vocabulary")]
+    TargetOutOfRange(u32),
+    #[error("{0}")]
+    Config(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+type Result<T> = std::result::Result<T, TraceError>;
+
+fn check<B: Backend>(model: &Transformer<B>, input: &TraceInput, cfg: &TraceConfig) -> Result<()> {
+    let len = input.ids.len();
+    if input.subject.is_empty() {
+        return Err(TraceError::EmptySubject);
+    }
+    if input.subject.end > len {
+        return Err(TraceError::SubjectOutOfRange {
+            start: input.subject.start,
+            end: input.subject.end,
+            len,
+        });
+    }
+    if input.target as usize >= model.config.vocab_size {
+        return Err(TraceError::TargetOutOfRange(input.target));
+    }
+    if cfg.samples == 0 {
+        return Err(TraceError::Config("samples must be at least 1".into()));
+    }
+    if cfg.window == 0 {
+        return Err(TraceError::Config("window must be at least 1".into()));
+    }
+    if !cfg.noise.scale().is_finite() {
+        return Err(TraceError::Config("the noise scale is not finite".into()));
+    }
+    Ok(())
+}
+
+fn data_err(e: impl std::fmt::Debug) -> TraceError {
+    TraceError::Model(ModelError::Data(format!("{e:?}")))
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data().convert::<f32>().into_vec().map_err(data_err)
+}
+
+/// Standard deviation of the token embeddings of `subjects` (all coordinates
+/// of all their tokens), as ROME's `collect_embedding_std`. ν = 3 × this.
+pub fn embedding_std<B: Backend>(model: &Transformer<B>, subjects: &[Vec<u32>]) -> Result<f32> {
+    let mut sum = 0f64;
+    let mut sum_sq = 0f64;
+    let mut n = 0usize;
+    for ids in subjects.iter().filter(|s| !s.is_empty()) {
+        let mut cache = ActivationCache::<B>::new(|p| p == HookPoint::Embed);
+        let batch = Batch::single(ids);
+        model.embed(&batch, &mut cache)?;
+        let act = cache
+            .rank3(HookPoint::Embed)
+            .ok_or_else(|| ModelError::UnknownHook("hook_embed".into()))?;
+        for v in to_vec(act)? {
+            sum += v as f64;
+            sum_sq += (v as f64) * (v as f64);
+            n += 1;
+        }
+    }
+    if n < 2 {
+        return Err(TraceError::Config(
+            "no subject tokens to measure the embedding spread".into(),
+        ));
+    }
+    let mean = sum / n as f64;
+    // Unbiased, as torch.std.
+    let var = (sum_sq - n as f64 * mean * mean) / (n as f64 - 1.0);
+    Ok(var.max(0.0).sqrt() as f32)
+}
+
+/// The noise of each corrupted copy: `[samples, pos, d_model]`, zero outside the subject.
+fn noise_tensor<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+) -> Tensor<B, 3> {
+    let (s, t, d) = (cfg.samples, input.ids.len(), model.config.d_model);
+    let mut rng = Rng::new(cfg.seed);
+    let mut data = vec![0f32; s * t * d];
+    for sample in 0..s {
+        for pos in input.subject.clone() {
+            for k in 0..d {
+                let z = match cfg.noise {
+                    Noise::Gaussian { scale } => scale * gaussian(&mut rng),
+                    Noise::Uniform { scale } => scale * (2.0 * rng.next_f64() as f32 - 1.0),
+                };
+                data[(sample * t + pos) * d + k] = z;
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [s, t, d]), &model.device)
+}
+
+/// Box-Muller.
+fn gaussian(rng: &mut Rng) -> f32 {
+    let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+    let u2 = rng.next_f64();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+/// Adds the noise at `hook_embed` (rows are the corrupted copies, repeated).
+struct AddNoise<B: Backend> {
+    noise: Tensor<B, 3>,
+}
+
+impl<B: Backend> Hook<B> for AddNoise<B> {
+    fn wants(&self, point: HookPoint) -> bool {
+        point == HookPoint::Embed
+    }
+    fn call(&mut self, _: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
+        let x = act.as_rank3()?.clone();
+        let [rows, _, _] = x.dims();
+        let [s, _, _] = self.noise.dims();
+        let noise = self.noise.clone().repeat_dim(0, rows / s);
+        Some(Activation::Rank3(x + noise))
+    }
+}
+
+/// Replaces the activation at `points` with the clean one at each row's token:
+/// `x * (1 - m) + clean * m`, `m` one-hot over positions per row.
+struct Restore<B: Backend> {
+    /// `(point, clean [1, pos, d])`
+    clean: Vec<(HookPoint, Tensor<B, 3>)>,
+    /// `[rows, pos, 1]`
+    mask: Tensor<B, 3>,
+}
+
+impl<B: Backend> Hook<B> for Restore<B> {
+    fn wants(&self, point: HookPoint) -> bool {
+        self.clean.iter().any(|(p, _)| *p == point)
+    }
+    fn call(&mut self, point: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
+        let x = act.as_rank3()?.clone();
+        let (_, clean) = self.clean.iter().find(|(p, _)| *p == point)?;
+        Some(Activation::Rank3(restore(
+            x,
+            clean.clone(),
+            self.mask.clone(),
+        )))
+    }
+}
+
+/// # Shapes
+/// - x: `[rows, pos, d]`, clean: `[1, pos, d]`, mask: `[rows, pos, 1]`
+fn restore<B: Backend>(x: Tensor<B, 3>, clean: Tensor<B, 3>, mask: Tensor<B, 3>) -> Tensor<B, 3> {
+    let keep = mask.clone().neg().add_scalar(1.0);
+    x * keep + clean * mask
+}
+
+/// `[groups * samples, pos, 1]`: group `g` restores token `tokens[g]`.
+fn token_mask<B: Backend>(
+    tokens: &[usize],
+    samples: usize,
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let rows = tokens.len() * samples;
+    let mut m = vec![0f32; rows * len];
+    for (g, &t) in tokens.iter().enumerate() {
+        for s in 0..samples {
+            m[(g * samples + s) * len + t] = 1.0;
+        }
+    }
+    Tensor::from_data(TensorData::new(m, [rows, len, 1]), device)
+}
+
+/// Layers restored together for `kind` at `layer`.
+pub fn window_layers(
+    kind: TraceKind,
+    layer: usize,
+    window: usize,
+    n_layers: usize,
+) -> Range<usize> {
+    match kind {
+        TraceKind::Hidden => layer..layer + 1,
+        _ => {
+            let start = layer.saturating_sub(window / 2);
+            let end = (layer + window.div_ceil(2)).min(n_layers);
+            start..end
+        }
+    }
+}
+
+/// Mean probability of `target` at the last position over each group of `samples` rows.
+///
+/// # Shapes
+/// - logits: `[groups * samples, pos, vocab]`
+fn group_means<B: Backend>(logits: Tensor<B, 3>, target: u32, samples: usize) -> Result<Vec<f32>> {
+    let [rows, pos, vocab] = logits.dims();
+    let last = logits
+        .slice([0..rows, pos - 1..pos, 0..vocab])
+        .reshape([rows, vocab]);
+    let p = softmax(last, 1).slice([0..rows, target as usize..target as usize + 1]);
+    let p = to_vec(p)?;
+    Ok(p.chunks(samples)
+        .map(|c| c.iter().sum::<f32>() / c.len() as f32)
+        .collect())
+}
+
+/// Clean activations at every layer for the sites of `kinds`, and the clean prediction.
+struct Clean<B: Backend> {
+    cache: ActivationCache<B>,
+    predicted: u32,
+    prob: f32,
+}
+
+fn clean_run<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    sites: &[BlockSite],
+) -> Result<Clean<B>> {
+    let sites = sites.to_vec();
+    let mut cache =
+        ActivationCache::<B>::new(move |p| p.site().is_some_and(|s| sites.contains(&s)));
+    let logits = model.forward(&Batch::single(&input.ids), &mut cache)?;
+    let [_, pos, vocab] = logits.dims();
+    let last = logits
+        .slice([0..1, pos - 1..pos, 0..vocab])
+        .reshape([1, vocab]);
+    let probs = to_vec(softmax(last, 1))?;
+    let predicted = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32);
+    Ok(Clean {
+        cache,
+        predicted,
+        prob: probs[input.target as usize],
+    })
+}
+
+fn clean_act<B: Backend>(clean: &Clean<B>, point: HookPoint) -> Result<Tensor<B, 3>> {
+    clean
+        .cache
+        .rank3(point)
+        .ok_or_else(|| TraceError::Model(ModelError::UnknownHook(point.to_string())))
+}
+
+/// One corrupted pass with the given restorations: each `(point, token)` takes
+/// its clean value. Returns the mean target probability. This is ROME's
+/// `trace_with_patch`; the naive path and the tests use it.
+pub fn trace_with_patch<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    restores: &[(HookPoint, usize)],
+) -> Result<f32> {
+    check(model, input, cfg)?;
+    let noise = noise_tensor(model, input, cfg);
+    let mut points: Vec<HookPoint> = restores.iter().map(|(p, _)| *p).collect();
+    points.sort();
+    points.dedup();
+    let sites: Vec<BlockSite> = points.iter().filter_map(|p| p.site()).collect();
+    let clean = clean_run(model, input, &sites)?;
+    patched_prob(model, input, cfg, &noise, &clean, restores)
+}
+
+fn patched_prob<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    noise: &Tensor<B, 3>,
+    clean: &Clean<B>,
+    restores: &[(HookPoint, usize)],
+) -> Result<f32> {
+    let len = input.ids.len();
+    let rows = vec![input.ids.clone(); cfg.samples];
+    let batch = Batch::uniform(&rows)?;
+    // One Restore hook per point, each with its own token mask.
+    let mut hooks: Vec<Box<dyn Hook<B> + Send>> = Vec::new();
+    let mut points: Vec<HookPoint> = restores.iter().map(|(p, _)| *p).collect();
+    points.sort();
+    points.dedup();
+    for p in points {
+        let mut m = vec![0f32; cfg.samples * len];
+        for &(_, t) in restores.iter().filter(|(q, _)| *q == p) {
+            for s in 0..cfg.samples {
+                m[s * len + t] = 1.0;
+            }
+        }
+        let mask = Tensor::from_data(TensorData::new(m, [cfg.samples, len, 1]), &model.device);
+        hooks.push(Box::new(Restore {
+            clean: vec![(p, clean_act(clean, p)?)],
+            mask,
+        }));
+    }
+    let mut all = (
+        AddNoise {
+            noise: noise.clone(),
+        },
+        hooks,
+    );
+    let logits = model.forward(&batch, &mut all)?;
+    Ok(group_means(logits, input.target, cfg.samples)?[0])
+}
+
+/// Progress: `(done, total)` steps; return false to stop.
+pub type OnStep<'a> = &'a mut dyn FnMut(usize, usize) -> bool;
+
+fn scores_shape(len: usize, n_layers: usize) -> Vec<Vec<f32>> {
+    vec![vec![0f32; n_layers]; len]
+}
+
+/// The reference procedure: one corrupted forward pass per (kind, token, layer).
+pub fn trace_naive<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    on_step: OnStep<'_>,
+) -> Result<FactTrace> {
+    check(model, input, cfg)?;
+    let n_layers = model.config.n_layers;
+    let len = input.ids.len();
+    let noise = noise_tensor(model, input, cfg);
+    let sites: Vec<BlockSite> = cfg.kinds.iter().map(|k| k.site()).collect();
+    let clean = clean_run(model, input, &sites)?;
+    let corrupted_prob = patched_prob(model, input, cfg, &noise, &clean, &[])?;
+    let total = cfg.kinds.len() * len * n_layers;
+    let mut done = 0;
+    let mut kinds = Vec::new();
+    for &kind in &cfg.kinds {
+        let mut scores = scores_shape(len, n_layers);
+        for (token, row) in scores.iter_mut().enumerate() {
+            for (layer, cell) in row.iter_mut().enumerate() {
+                let restores: Vec<(HookPoint, usize)> =
+                    window_layers(kind, layer, cfg.window, n_layers)
+                        .map(|l| (HookPoint::block(l, kind.site()), token))
+                        .collect();
+                *cell = patched_prob(model, input, cfg, &noise, &clean, &restores)?;
+                done += 1;
+                if !on_step(done, total) {
+                    return Err(TraceError::Cancelled);
+                }
+            }
+        }
+        kinds.push(KindScores { kind, scores });
+    }
+    Ok(FactTrace {
+        input: input.clone(),
+        predicted: clean.predicted,
+        clean_prob: clean.prob,
+        corrupted_prob,
+        kinds,
+    })
+}
+
+/// The fast procedure: same numbers as [`trace_naive`], with the corrupted
+/// prefix computed once and every token's restoration at a layer in one batch.
+pub fn trace_fact<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    on_step: OnStep<'_>,
+) -> Result<FactTrace> {
+    check(model, input, cfg)?;
+    let n_layers = model.config.n_layers;
+    let len = input.ids.len();
+    let samples = cfg.samples;
+    let noise = noise_tensor(model, input, cfg);
+    let sites: Vec<BlockSite> = cfg.kinds.iter().map(|k| k.site()).collect();
+    let clean = clean_run(model, input, &sites)?;
+
+    // The corrupted run, keeping the residual stream entering every block.
+    let rows = vec![input.ids.clone(); samples];
+    let batch = Batch::uniform(&rows)?;
+    let mut corrupt_cache = ActivationCache::<B>::new(|p| p.site() == Some(BlockSite::ResidPre));
+    let logits = model.forward(
+        &batch,
+        &mut (
+            AddNoise {
+                noise: noise.clone(),
+            },
+            &mut corrupt_cache,
+        ),
+    )?;
+    let corrupted_prob = group_means(logits, input.target, samples)?[0];
+    let resid_pre = |l: usize| -> Result<Tensor<B, 3>> {
+        corrupt_cache.rank3(HookPoint::resid_pre(l)).ok_or_else(|| {
+            TraceError::Model(ModelError::UnknownHook(format!(
+                "blocks.{l}.hook_resid_pre"
+            )))
+        })
+    };
+
+    let per_chunk = (cfg.max_rows / samples).max(1).min(len);
+    let chunks: Vec<Vec<usize>> = (0..len)
+        .collect::<Vec<_>>()
+        .chunks(per_chunk)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let total = cfg.kinds.len() * n_layers * chunks.len();
+    let mut done = 0;
+    let mut kinds = Vec::new();
+    for &kind in &cfg.kinds {
+        let mut scores = scores_shape(len, n_layers);
+        for layer in 0..n_layers {
+            let mut column = vec![0f32; len];
+            let window = window_layers(kind, layer, cfg.window, n_layers);
+            // Everything before the first restored layer is the plain corrupted run.
+            let start = window.start;
+            let points: Vec<(HookPoint, Tensor<B, 3>)> = window
+                .clone()
+                .map(|l| {
+                    let p = HookPoint::block(l, kind.site());
+                    clean_act(&clean, p).map(|c| (p, c))
+                })
+                .collect::<Result<_>>()?;
+            for tokens in &chunks {
+                let groups = tokens.len();
+                let mask = token_mask::<B>(tokens, samples, len, &model.device);
+                let x = resid_pre(start)?.repeat_dim(0, groups);
+                let ctx =
+                    model.context(&Batch::uniform(&vec![input.ids.clone(); groups * samples])?)?;
+                let mut hook = Restore {
+                    clean: points.clone(),
+                    mask,
+                };
+                let out = model.run_blocks(start..n_layers, x, &ctx, &mut hook)?;
+                let logits = model.unembed(out, &mut NoHooks)?;
+                let means = group_means(logits, input.target, samples)?;
+                for (g, &t) in tokens.iter().enumerate() {
+                    column[t] = means[g];
+                }
+                done += 1;
+                if !on_step(done, total) {
+                    return Err(TraceError::Cancelled);
+                }
+            }
+            for (row, v) in scores.iter_mut().zip(column) {
+                row[layer] = v;
+            }
+        }
+        kinds.push(KindScores { kind, scores });
+    }
+    Ok(FactTrace {
+        input: input.clone(),
+        predicted: clean.predicted,
+        clean_prob: clean.prob,
+        corrupted_prob,
+        kinds,
+    })
+}
+
+/// ROME's token groups for averaging (`average_causal_effects`):
+/// first subject token, middle subject tokens, last subject token, first
+/// subsequent token, further tokens, last token.
+pub const TOKEN_GROUPS: [&str; 6] = [
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+];
+
+/// The groups token `t` counts in (a token may count in two, as in ROME).
+pub fn token_groups(t: usize, subject: &Range<usize>, len: usize) -> Vec<usize> {
+    let mut g = Vec::new();
+    let last_subject = subject.end.saturating_sub(1);
+    let first_after = subject.end;
+    let last = len.saturating_sub(1);
+    if t == subject.start {
+        g.push(0);
+    }
+    if t > subject.start && t < last_subject {
+        g.push(1);
+    }
+    if t == last_subject {
+        g.push(2);
+    }
+    if t == first_after {
+        g.push(3);
+    }
+    if t > first_after && t < last {
+        g.push(4);
+    }
+    if t == last {
+        g.push(5);
+    }
+    g
+}

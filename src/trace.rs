@@ -1,0 +1,513 @@
+//! `engram trace`: ROME's causal tracing over a fact set or one fact, stored as
+//! a run (one row per fact, kind, token and layer), with averaged indirect
+//! effects by ROME's token groups (95% t intervals) and the figures.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use engram_analysis::trace::{
+    embedding_std, token_groups, trace_fact, trace_naive, FactTrace, Noise, TraceConfig,
+    TraceInput, TraceKind, TOKEN_GROUPS,
+};
+use engram_datasets::facts::UserFact;
+use engram_datasets::figures::{effect_lines, trace_heatmaps, CurvePoint, TraceCell};
+use engram_datasets::summary::mean_ci;
+use engram_datasets::{RunInfo, RunParams, RunStore};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::LanguageModel;
+use serde::{Deserialize, Serialize};
+
+/// How the noise scale is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NoiseLevel {
+    /// ν = `multiple` × the standard deviation of the subjects' token embeddings (ROME: 3).
+    Spread {
+        multiple: f32,
+    },
+    Fixed(f32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceOptions {
+    pub kinds: Vec<TraceKind>,
+    pub samples: usize,
+    pub window: usize,
+    pub noise: NoiseLevel,
+    pub uniform: bool,
+    pub seed: u64,
+    /// Stop after this many facts have been traced.
+    pub n: usize,
+    pub max_rows: usize,
+    /// Use the reference path (one restoration per forward pass).
+    pub naive: bool,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        Self {
+            kinds: TraceKind::ALL.to_vec(),
+            samples: 10,
+            window: 10,
+            noise: NoiseLevel::Spread { multiple: 3.0 },
+            uniform: false,
+            seed: 1,
+            n: usize::MAX,
+            max_rows: 256,
+            naive: false,
+        }
+    }
+}
+
+/// What happened to one fact.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Traced(Box<FactTrace>),
+    Skipped(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct FactOutcome {
+    pub fact: UserFact,
+    /// Token texts of the prompt.
+    pub tokens: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// ν for `subjects` under `level`.
+pub fn noise_scale<B: Backend>(
+    lm: &LanguageModel<B>,
+    subjects: &[String],
+    level: NoiseLevel,
+) -> Result<f32> {
+    match level {
+        NoiseLevel::Fixed(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        NoiseLevel::Fixed(v) => bail!("the noise scale must be a finite number >= 0, not {v}"),
+        NoiseLevel::Spread { multiple } => {
+            let ids: Vec<Vec<u32>> = subjects
+                .iter()
+                .map(|s| lm.tokenizer.encode(&format!(" {}", s.trim())))
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(multiple * embedding_std(&lm.model, &ids)?)
+        }
+    }
+}
+
+pub fn config(opts: &TraceOptions, scale: f32) -> TraceConfig {
+    TraceConfig {
+        noise: if opts.uniform {
+            Noise::Uniform { scale }
+        } else {
+            Noise::Gaussian { scale }
+        },
+        samples: opts.samples,
+        window: opts.window,
+        seed: opts.seed,
+        kinds: opts.kinds.clone(),
+        max_rows: opts.max_rows,
+    }
+}
+
+/// A fact as trace input: subject tokens located, target tokenized as `" " + target`.
+pub fn prepare<B: Backend>(lm: &LanguageModel<B>, fact: &UserFact) -> Result<TraceInput> {
+    if fact.target.trim().is_empty() {
+        bail!("the target is empty; give the answer the model should produce");
+    }
+    let (enc, span) = lm.tokenizer.subject_span(&fact.prompt, &fact.subject)?;
+    if enc.ids.len() > lm.model.config.n_ctx {
+        bail!(
+            "the prompt has {} tokens, longer than the model's context of {}",
+            enc.ids.len(),
+            lm.model.config.n_ctx
+        );
+    }
+    let target = lm.target_tokens(&fact.prompt, &fact.target)?[0];
+    Ok(TraceInput {
+        ids: enc.ids,
+        subject: span,
+        target,
+    })
+}
+
+/// Trace `facts` in order until `opts.n` are traced. Facts the model does not
+/// get right (top-1 ≠ the target's first token) are skipped, as ROME does.
+/// `progress(facts_seen, facts_total, traced)` returns false to stop.
+pub fn trace_facts<B: Backend>(
+    lm: &LanguageModel<B>,
+    facts: &[UserFact],
+    opts: &TraceOptions,
+    scale: f32,
+    progress: &mut dyn FnMut(usize, usize, usize) -> bool,
+) -> Result<Vec<FactOutcome>> {
+    let cfg = config(opts, scale);
+    let mut out = Vec::new();
+    let mut traced = 0;
+    for (i, fact) in facts.iter().enumerate() {
+        if traced >= opts.n || !progress(i, facts.len(), traced) {
+            break;
+        }
+        let tokens = lm
+            .tokenizer
+            .encode(&fact.prompt)
+            .map(|ids| ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect())
+            .unwrap_or_default();
+        let outcome = match trace_one(lm, fact, &cfg, opts.naive) {
+            Ok(t) if t.predicted == t.input.target => {
+                traced += 1;
+                Outcome::Traced(Box::new(t))
+            }
+            Ok(t) => Outcome::Skipped(format!(
+                "the model predicts {:?}, not {:?}",
+                lm.tokenizer.token_text(t.predicted),
+                lm.tokenizer.token_text(t.input.target)
+            )),
+            Err(e) => Outcome::Skipped(format!("{e:#}")),
+        };
+        out.push(FactOutcome {
+            fact: fact.clone(),
+            tokens,
+            outcome,
+        });
+    }
+    Ok(out)
+}
+
+fn trace_one<B: Backend>(
+    lm: &LanguageModel<B>,
+    fact: &UserFact,
+    cfg: &TraceConfig,
+    naive: bool,
+) -> Result<FactTrace> {
+    let input = prepare(lm, fact)?;
+    // Check the prediction before spending the trace on a fact the model does not know.
+    let only_clean = TraceConfig {
+        kinds: vec![],
+        ..cfg.clone()
+    };
+    let quick = trace_fact(&lm.model, &input, &only_clean, &mut |_, _| true)?;
+    if quick.predicted != input.target {
+        return Ok(quick);
+    }
+    let run = if naive { trace_naive } else { trace_fact };
+    Ok(run(&lm.model, &input, cfg, &mut |_, _| true)?)
+}
+
+/// One row of the `trace` table (readable as a [`TraceCell`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceRow {
+    pub fact: String,
+    pub fact_index: i64,
+    pub kind: String,
+    pub token_index: i64,
+    pub token: String,
+    pub is_subject: bool,
+    pub layer: i64,
+    /// Mean probability of the target with this state restored.
+    pub score: f64,
+    pub clean_prob: f64,
+    pub corrupted_prob: f64,
+    pub indirect_effect: f64,
+}
+
+/// One row of the `facts` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FactRow {
+    pub fact_index: i64,
+    pub subject: String,
+    pub prompt: String,
+    pub target: String,
+    pub traced: bool,
+    pub skipped_because: String,
+    pub clean_prob: f64,
+    pub corrupted_prob: f64,
+}
+
+/// Averaged indirect effect of one kind at one token group and layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupEffect {
+    pub kind: String,
+    pub group: String,
+    pub layer: i64,
+    pub n: i64,
+    pub mean: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Mean restored probability (ROME's notebooks plot this).
+    pub mean_score: f64,
+}
+
+pub fn trace_rows(outcomes: &[FactOutcome]) -> Vec<TraceRow> {
+    let mut rows = Vec::new();
+    for (i, o) in outcomes.iter().enumerate() {
+        let Outcome::Traced(t) = &o.outcome else {
+            continue;
+        };
+        for k in &t.kinds {
+            for (tok, layers) in k.scores.iter().enumerate() {
+                for (layer, &score) in layers.iter().enumerate() {
+                    rows.push(TraceRow {
+                        fact: o.fact.prompt.clone(),
+                        fact_index: i as i64,
+                        kind: k.kind.name().into(),
+                        token_index: tok as i64,
+                        token: o.tokens.get(tok).cloned().unwrap_or_default(),
+                        is_subject: t.input.subject.contains(&tok),
+                        layer: layer as i64,
+                        score: score as f64,
+                        clean_prob: t.clean_prob as f64,
+                        corrupted_prob: t.corrupted_prob as f64,
+                        indirect_effect: (score - t.corrupted_prob) as f64,
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+pub fn fact_rows(outcomes: &[FactOutcome]) -> Vec<FactRow> {
+    outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (traced, why, clean, corrupted) = match &o.outcome {
+                Outcome::Traced(t) => (true, String::new(), t.clean_prob, t.corrupted_prob),
+                Outcome::Skipped(why) => (false, why.clone(), f32::NAN, f32::NAN),
+            };
+            FactRow {
+                fact_index: i as i64,
+                subject: o.fact.subject.clone(),
+                prompt: o.fact.prompt.clone(),
+                target: o.fact.target.clone(),
+                traced,
+                skipped_because: why,
+                clean_prob: clean as f64,
+                corrupted_prob: corrupted as f64,
+            }
+        })
+        .collect()
+}
+
+/// Per token group, per layer: each fact's (indirect effect, restored probability).
+type GroupSamples = Vec<Vec<(Vec<f64>, Vec<f64>)>>;
+
+/// Average indirect effects by kind, ROME token group and layer.
+pub fn group_effects(outcomes: &[FactOutcome]) -> Vec<GroupEffect> {
+    // [kind][group][layer] -> (effects, scores)
+    let mut acc: Vec<(TraceKind, GroupSamples)> = Vec::new();
+    for o in outcomes {
+        let Outcome::Traced(t) = &o.outcome else {
+            continue;
+        };
+        let len = t.input.ids.len();
+        for k in &t.kinds {
+            let n_layers = k.scores.first().map_or(0, Vec::len);
+            let slot = match acc.iter().position(|(kind, _)| *kind == k.kind) {
+                Some(s) => s,
+                None => {
+                    acc.push((
+                        k.kind,
+                        vec![vec![(Vec::new(), Vec::new()); n_layers]; TOKEN_GROUPS.len()],
+                    ));
+                    acc.len() - 1
+                }
+            };
+            // Within a fact, a group's tokens are averaged first (ROME's middle/further groups).
+            let mut per_fact = vec![vec![(0f64, 0f64, 0usize); n_layers]; TOKEN_GROUPS.len()];
+            for (tok, layers) in k.scores.iter().enumerate() {
+                for g in token_groups(tok, &t.input.subject, len) {
+                    for (layer, &s) in layers.iter().enumerate() {
+                        let cell = &mut per_fact[g][layer];
+                        cell.0 += (s - t.corrupted_prob) as f64;
+                        cell.1 += s as f64;
+                        cell.2 += 1;
+                    }
+                }
+            }
+            for (g, layers) in per_fact.into_iter().enumerate() {
+                for (layer, (ie, score, n)) in layers.into_iter().enumerate() {
+                    if n > 0 && layer < acc[slot].1[g].len() {
+                        acc[slot].1[g][layer].0.push(ie / n as f64);
+                        acc[slot].1[g][layer].1.push(score / n as f64);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (kind, groups) in acc {
+        for (g, layers) in groups.into_iter().enumerate() {
+            for (layer, (ie, scores)) in layers.into_iter().enumerate() {
+                if ie.is_empty() {
+                    continue;
+                }
+                let s = mean_ci("indirect_effect", &ie);
+                out.push(GroupEffect {
+                    kind: kind.name().into(),
+                    group: TOKEN_GROUPS[g].into(),
+                    layer: layer as i64,
+                    n: ie.len() as i64,
+                    mean: s.mean,
+                    ci_low: s.ci_low,
+                    ci_high: s.ci_high,
+                    mean_score: scores.iter().sum::<f64>() / scores.len() as f64,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The curves of ROME's figure: each kind's average indirect effect at the last subject token.
+pub fn last_subject_curves(effects: &[GroupEffect]) -> Vec<CurvePoint> {
+    effects
+        .iter()
+        .filter(|e| e.group == TOKEN_GROUPS[2])
+        .map(|e| CurvePoint {
+            series: e.kind.clone(),
+            layer: e.layer,
+            mean: e.mean,
+            ci_low: e.ci_low,
+            ci_high: e.ci_high,
+        })
+        .collect()
+}
+
+/// The averaged heatmaps: one row per token group.
+pub fn average_cells(effects: &[GroupEffect], n_facts: usize) -> Vec<TraceCell> {
+    effects
+        .iter()
+        .map(|e| {
+            let g = TOKEN_GROUPS.iter().position(|x| *x == e.group).unwrap_or(0);
+            TraceCell {
+                fact: format!("average over {n_facts} facts"),
+                kind: e.kind.clone(),
+                token_index: g as i64,
+                token: e.group.clone(),
+                is_subject: g <= 2,
+                layer: e.layer,
+                score: e.mean,
+            }
+        })
+        .collect()
+}
+
+/// Where a traced fact's MLP effect at the last subject token is largest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Peak {
+    pub layer: usize,
+    pub effect: f64,
+}
+
+/// The layer where `kind`'s average indirect effect at the last subject token peaks.
+pub fn peak(effects: &[GroupEffect], kind: TraceKind) -> Option<Peak> {
+    effects
+        .iter()
+        .filter(|e| e.kind == kind.name() && e.group == TOKEN_GROUPS[2])
+        .max_by(|a, b| a.mean.total_cmp(&b.mean))
+        .map(|e| Peak {
+            layer: e.layer as usize,
+            effect: e.mean,
+        })
+}
+
+/// Everything a trace run stores.
+pub struct TraceRun {
+    pub info: RunInfo,
+    pub traced: usize,
+    pub skipped: usize,
+    pub effects: Vec<GroupEffect>,
+    pub figures: Vec<std::path::PathBuf>,
+}
+
+/// Store the outcomes as a run and draw its figures into the run directory.
+pub fn store_run(
+    store: &RunStore,
+    model: &Path,
+    model_hash: String,
+    device: &str,
+    dataset: Option<&Path>,
+    opts: &TraceOptions,
+    scale: f32,
+    outcomes: &[FactOutcome],
+) -> Result<TraceRun> {
+    let traced = outcomes
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
+        .count();
+    let skipped = outcomes.len() - traced;
+    let params = RunParams {
+        model: model.display().to_string(),
+        model_hash,
+        hyperparameters: serde_json::json!({
+            "noise_scale": scale,
+            "noise": if opts.uniform { "uniform" } else { "gaussian" },
+            "noise_level": match opts.noise {
+                NoiseLevel::Spread { multiple } => format!("{multiple} x embedding std"),
+                NoiseLevel::Fixed(v) => format!("fixed {v}"),
+            },
+            "samples": opts.samples,
+            "window": opts.window,
+            "kinds": opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "path": if opts.naive { "naive" } else { "batched, prefix reuse" },
+            "facts_traced": traced,
+            "facts_skipped": skipped,
+        }),
+        dataset: dataset.map(|d| d.display().to_string()),
+        record_ids: outcomes.iter().map(|o| o.fact.prompt.clone()).collect(),
+        seed: Some(opts.seed),
+        engram_version: env!("CARGO_PKG_VERSION").into(),
+        device: device.into(),
+    };
+    let run = store.create("trace", params)?;
+    let rows = trace_rows(outcomes);
+    run.write_rows("trace", &rows)?;
+    run.write_rows("facts", &fact_rows(outcomes))?;
+    let effects = group_effects(outcomes);
+    let mut figures = Vec::new();
+    if !effects.is_empty() {
+        let curves = last_subject_curves(&effects);
+        run.write_rows("effects", &curves)?;
+        run.write_rows("effects_by_group", &effects)?;
+        let cells = average_cells(&effects, traced);
+        run.write_rows("average", &cells)?;
+        for ext in ["svg", "png"] {
+            let p = run.dir().join(format!("effects.{ext}"));
+            effect_lines(&curves, "average indirect effect, last subject token", &p)?;
+            figures.push(p);
+            let p = run.dir().join(format!("average.{ext}"));
+            trace_heatmaps(&cells, &p)?;
+            figures.push(p);
+        }
+        if let Some(first) = outcomes
+            .iter()
+            .find(|o| matches!(o.outcome, Outcome::Traced(_)))
+        {
+            let cells: Vec<TraceCell> = rows
+                .iter()
+                .filter(|r| r.fact == first.fact.prompt)
+                .map(|r| TraceCell {
+                    fact: r.fact.clone(),
+                    kind: r.kind.clone(),
+                    token_index: r.token_index,
+                    token: r.token.clone(),
+                    is_subject: r.is_subject,
+                    layer: r.layer,
+                    score: r.score,
+                })
+                .collect();
+            for ext in ["svg", "png"] {
+                let p = run.dir().join(format!("first-fact.{ext}"));
+                trace_heatmaps(&cells, &p)?;
+                figures.push(p);
+            }
+        }
+    }
+    let info = run.finish()?;
+    Ok(TraceRun {
+        info,
+        traced,
+        skipped,
+        effects,
+        figures,
+    })
+}
