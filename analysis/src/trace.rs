@@ -564,7 +564,10 @@ pub fn trace_fact<B: Backend>(
                     mask,
                 };
                 let out = model.run_blocks(start..n_layers, x, &ctx, &mut hook)?;
-                let logits = model.unembed(out, &mut NoHooks)?;
+                // Only the last position's distribution is read: unembed just that.
+                let [rows, _, d] = out.dims();
+                let last = out.slice([0..rows, len - 1..len, 0..d]);
+                let logits = model.unembed(last, &mut NoHooks)?;
                 let means = group_means(logits, input.target, samples)?;
                 for (g, &t) in tokens.iter().enumerate() {
                     column[t] = means[g];

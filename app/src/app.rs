@@ -14,7 +14,7 @@ use engram::model::DeviceSpec;
 use crate::error::JobError;
 use crate::panels;
 use crate::session::{
-    AttentionPatterns, FactReport, Generation, LensGrid, ModelCard, NextTokens, Progress,
+    AttentionPatterns, FactReport, Generation, LensGrid, ModelCard, NextTokens, Progress, TraceView,
 };
 use crate::settings::{LensSiteChoice, PanelKind, Settings};
 use crate::worker::{Command, Event, JobHandle, JobId, Reply, Worker};
@@ -52,6 +52,7 @@ pub struct Results {
     pub lens: Option<LensGrid>,
     pub attention: Option<AttentionPatterns>,
     pub facts: Option<FactReport>,
+    pub trace: Option<TraceView>,
     pub errors: HashMap<PanelKind, String>,
 }
 
@@ -80,6 +81,8 @@ pub struct EngramApp {
     pub(crate) lens_selected: Option<(usize, usize)>,
     pub(crate) attention_layer: usize,
     pub(crate) attention_head: usize,
+    /// The Locate panel's clicked cell: (kind index, token, layer).
+    pub(crate) trace_cell: Option<(usize, usize, usize)>,
     theme_applied: Option<bool>,
 }
 
@@ -147,6 +150,7 @@ impl EngramApp {
             lens_selected: None,
             attention_layer: 0,
             attention_head: 0,
+            trace_cell: None,
             theme_applied: None,
         };
         app.open_model();
@@ -238,8 +242,27 @@ impl EngramApp {
                 k: 5,
             }),
             PanelKind::Attention => Some(Command::Attention { prompt }),
+            PanelKind::Locate => Some(Command::Trace {
+                prompt,
+                request: self.settings.trace.clone(),
+                noise_subjects: self.noise_subjects(),
+            }),
             PanelKind::Model | PanelKind::Facts => None,
         }
+    }
+
+    /// Subjects whose embedding spread sets the trace noise: the checked fact
+    /// set's, else (empty) the traced subject's own.
+    fn noise_subjects(&self) -> Vec<String> {
+        let mut subjects: Vec<String> = Vec::new();
+        if let Some(report) = &self.results.facts {
+            for c in &report.checked {
+                if !subjects.contains(&c.fact.subject) {
+                    subjects.push(c.fact.subject.clone());
+                }
+            }
+        }
+        subjects
     }
 
     /// Check the fact set named in the settings.
@@ -367,6 +390,10 @@ impl EngramApp {
                 self.results.attention = Some(a);
             }
             Reply::Facts(f) => self.results.facts = Some(f),
+            Reply::Trace(t) => {
+                self.trace_cell = None;
+                self.results.trace = Some(*t);
+            }
         }
     }
 
@@ -539,6 +566,7 @@ impl eframe::App for EngramApp {
                     PanelKind::Lens => panels::lens::show(self, ui),
                     PanelKind::Attention => panels::attention::show(self, ui),
                     PanelKind::Facts => panels::facts::show(self, ui),
+                    PanelKind::Locate => panels::locate::show(self, ui),
                 });
         });
     }

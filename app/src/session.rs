@@ -152,6 +152,47 @@ pub struct FactReport {
     pub partial: bool,
 }
 
+/// What the Locate panel asks for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct TraceRequest {
+    pub subject: String,
+    pub target: String,
+    pub samples: usize,
+    pub window: usize,
+    /// ν = this × the embedding std of the subjects (ROME: 3).
+    pub noise_multiple: f32,
+    pub uniform: bool,
+}
+
+impl Default for TraceRequest {
+    fn default() -> Self {
+        Self {
+            subject: "Vomas Straford".into(),
+            target: "Lirrow".into(),
+            samples: 10,
+            window: 10,
+            noise_multiple: 3.0,
+            uniform: false,
+        }
+    }
+}
+
+/// A causal trace of one fact, as the Locate panel draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceView {
+    pub prompt: String,
+    pub tokens: Vec<Token>,
+    pub subject: std::ops::Range<usize>,
+    pub target: Token,
+    pub predicted: Token,
+    pub clean_prob: f32,
+    pub corrupted_prob: f32,
+    pub noise_scale: f32,
+    /// `(kind name, scores[token][layer])`
+    pub kinds: Vec<(String, Vec<Vec<f32>>)>,
+}
+
 /// How far a job is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
@@ -181,6 +222,14 @@ pub trait Session {
         limit: usize,
         progress: ProgressFn<'_>,
     ) -> Result<FactReport, JobError>;
+    /// ROME's causal trace of one fact; `noise_subjects` set the noise scale.
+    fn trace(
+        &self,
+        prompt: &str,
+        request: &TraceRequest,
+        noise_subjects: &[String],
+        progress: ProgressFn<'_>,
+    ) -> Result<TraceView, JobError>;
 }
 
 /// Resolve `source` (path, `.gguf`, hub id or `demo`) and load it.
@@ -395,6 +444,16 @@ impl<B: Backend> Session for Loaded<B> {
         })
     }
 
+    fn trace(
+        &self,
+        prompt: &str,
+        request: &TraceRequest,
+        noise_subjects: &[String],
+        progress: ProgressFn<'_>,
+    ) -> Result<TraceView, JobError> {
+        self.run_trace(prompt, request, noise_subjects, progress)
+    }
+
     fn check_facts(
         &self,
         path: &Path,
@@ -427,6 +486,72 @@ impl<B: Backend> Session for Loaded<B> {
             checked,
             skipped,
             partial,
+        })
+    }
+}
+
+impl<B: Backend> Loaded<B> {
+    fn run_trace(
+        &self,
+        prompt: &str,
+        request: &TraceRequest,
+        noise_subjects: &[String],
+        progress: ProgressFn<'_>,
+    ) -> Result<TraceView, JobError> {
+        use engram::analysis::trace::{trace_fact, TraceError, TraceKind};
+        use engram::trace::{config, noise_scale, prepare, NoiseLevel, TraceOptions};
+        let fact = UserFact {
+            subject: request.subject.trim().to_string(),
+            prompt: prompt.to_string(),
+            target: request.target.clone(),
+            relation: None,
+        };
+        let input = prepare(&self.lm, &fact).map_err(|e| JobError::Failed(format!("{e:#}")))?;
+        let mut subjects: Vec<String> = noise_subjects.to_vec();
+        if subjects.is_empty() {
+            subjects.push(fact.subject.clone());
+        }
+        let scale = noise_scale(
+            &self.lm,
+            &subjects,
+            NoiseLevel::Spread {
+                multiple: request.noise_multiple,
+            },
+        )
+        .map_err(|e| JobError::Failed(format!("{e:#}")))?;
+        let opts = TraceOptions {
+            kinds: TraceKind::ALL.to_vec(),
+            samples: request.samples.max(1),
+            window: request.window.max(1),
+            uniform: request.uniform,
+            ..TraceOptions::default()
+        };
+        let cfg = config(&opts, scale);
+        let trace = trace_fact(&self.lm.model, &input, &cfg, &mut |done, total| {
+            progress(Progress {
+                done,
+                total,
+                note: format!("restorations {done}/{total}"),
+            })
+        })
+        .map_err(|e| match e {
+            TraceError::Cancelled => JobError::Cancelled,
+            other => JobError::Failed(other.to_string()),
+        })?;
+        Ok(TraceView {
+            prompt: prompt.to_string(),
+            tokens: self.tokens(&input.ids),
+            subject: input.subject.clone(),
+            target: self.token(input.target),
+            predicted: self.token(trace.predicted),
+            clean_prob: trace.clean_prob,
+            corrupted_prob: trace.corrupted_prob,
+            noise_scale: scale,
+            kinds: trace
+                .kinds
+                .into_iter()
+                .map(|k| (k.kind.name().to_string(), k.scores))
+                .collect(),
         })
     }
 }

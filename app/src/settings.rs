@@ -16,15 +16,17 @@ pub enum PanelKind {
     Lens,
     Attention,
     Facts,
+    Locate,
 }
 
 impl PanelKind {
-    pub const ALL: [PanelKind; 5] = [
+    pub const ALL: [PanelKind; 6] = [
         PanelKind::Model,
         PanelKind::Playground,
         PanelKind::Lens,
         PanelKind::Attention,
         PanelKind::Facts,
+        PanelKind::Locate,
     ];
 
     pub fn title(self) -> &'static str {
@@ -34,6 +36,7 @@ impl PanelKind {
             PanelKind::Lens => "Logit lens",
             PanelKind::Attention => "Attention",
             PanelKind::Facts => "Facts",
+            PanelKind::Locate => "Locate",
         }
     }
 
@@ -45,6 +48,7 @@ impl PanelKind {
             PanelKind::Lens => "lens",
             PanelKind::Attention => "attention",
             PanelKind::Facts => "facts",
+            PanelKind::Locate => "locate",
         }
     }
 
@@ -77,6 +81,7 @@ pub struct Settings {
     pub lens_site: LensSiteChoice,
     pub facts_path: String,
     pub facts_limit: usize,
+    pub trace: crate::session::TraceRequest,
 }
 
 impl Default for Settings {
@@ -93,6 +98,7 @@ impl Default for Settings {
             lens_site: LensSiteChoice::Post,
             facts_path: String::new(),
             facts_limit: 200,
+            trace: crate::session::TraceRequest::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use engram::model::DeviceSpec;
 use crate::error::JobError;
 use crate::session::{
     load_session, AttentionPatterns, FactReport, GenParams, Generation, LensGrid, ModelCard,
-    NextTokens, Progress, Session,
+    NextTokens, Progress, Session, TraceRequest, TraceView,
 };
 
 /// What a panel asks the worker to do.
@@ -46,6 +46,11 @@ pub enum Command {
         path: PathBuf,
         limit: usize,
     },
+    Trace {
+        prompt: String,
+        request: TraceRequest,
+        noise_subjects: Vec<String>,
+    },
 }
 
 impl Command {
@@ -60,6 +65,7 @@ impl Command {
             Command::Lens { .. } => "Logit lens".into(),
             Command::Attention { .. } => "Attention patterns".into(),
             Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
+            Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
         }
     }
 }
@@ -73,6 +79,7 @@ pub enum Reply {
     Lens(LensGrid),
     Attention(AttentionPatterns),
     Facts(FactReport),
+    Trace(Box<TraceView>),
 }
 
 pub type JobId = u64;
@@ -257,6 +264,16 @@ fn run(
         Command::CheckFacts { path, limit } => {
             Reply::Facts(model(session)?.check_facts(&path, limit, progress)?)
         }
+        Command::Trace {
+            prompt,
+            request,
+            noise_subjects,
+        } => Reply::Trace(Box::new(model(session)?.trace(
+            &prompt,
+            &request,
+            &noise_subjects,
+            progress,
+        )?)),
     })
 }
 

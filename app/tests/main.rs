@@ -243,3 +243,56 @@ fn a_missing_model_is_a_clear_error_not_a_crash() {
     h.get_by_label("Open the demo model").click();
     wait_for(&mut h, "the demo model", |h| h.state().card().is_some());
 }
+
+#[test]
+fn locate_traces_a_fact_from_the_facts_panel() {
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        panel: Some(PanelKind::Facts),
+        ..Default::default()
+    });
+    h.step();
+    h.get_by_label("Check facts").click();
+    wait_for(&mut h, "the fact check", |h| {
+        has_label(h, "facts right at top-1")
+    });
+    // The first fact's "locate" button traces it on the Locate panel.
+    let (prompt, target) = first_demo_fact();
+    h.get_all_by_label("locate")
+        .next()
+        .expect("a locate button")
+        .click();
+    wait_for(&mut h, "the trace", |h| {
+        !h.state().is_busy() && has_label(h, "clean p =")
+    });
+    assert_eq!(h.state().settings().prompt, prompt);
+    // The clean probability shown is the model's own next-token probability.
+    let lm = engram::model::LanguageModel::<engram::model::Cpu>::load(
+        Path::new(&demo_model()),
+        &Default::default(),
+    )
+    .expect("demo model");
+    let id = lm.target_tokens(&prompt, &target).expect("target")[0];
+    let p = lm
+        .top_k(&prompt, 5)
+        .expect("top")
+        .into_iter()
+        .find(|t| t.id == id)
+        .expect("target in top 5")
+        .prob;
+    let line = h
+        .get_by_label_contains("clean p =")
+        .value()
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("clean p = {p:.4}")),
+        "{line} vs {p:.4}"
+    );
+    for title in [
+        "single restored layer (hidden state)",
+        "restored MLP window",
+        "restored attention window",
+    ] {
+        assert!(has_label(&h, title), "missing heatmap {title}");
+    }
+}

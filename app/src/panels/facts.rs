@@ -87,6 +87,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         .strong(),
     );
     let mut use_prompt = None;
+    let mut locate: Option<engram::datasets::facts::UserFact> = None;
     TableBuilder::new(ui)
         .id_salt("facts_table")
         .striped(true)
@@ -96,7 +97,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         .column(Column::initial(110.0).clip(true))
         .column(Column::exact(70.0))
         .column(Column::exact(70.0))
-        .column(Column::remainder())
+        .column(Column::remainder().at_least(110.0))
         .header(20.0, |mut h| {
             for t in [
                 "known",
@@ -146,9 +147,24 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
                     {
                         use_prompt = Some(c.fact.prompt.clone());
                     }
+                    if ui
+                        .small_button("locate")
+                        .on_hover_text("Causal trace of this fact")
+                        .clicked()
+                    {
+                        locate = Some(c.fact.clone());
+                    }
                 });
             });
         });
+    if let Some(f) = locate {
+        app.settings.prompt = f.prompt;
+        app.settings.trace.subject = f.subject;
+        app.settings.trace.target = f.target;
+        app.settings.panel = PanelKind::Locate;
+        app.run_active();
+        return;
+    }
     if let Some(p) = use_prompt {
         app.settings.prompt = p;
         app.settings.panel = PanelKind::Playground;

@@ -4,5 +4,6 @@
 pub mod attention;
 pub mod facts;
 pub mod lens;
+pub mod locate;
 pub mod model;
 pub mod playground;

@@ -1,0 +1,166 @@
+//! Locate: ROME's causal trace of one fact (Meng et al. 2022, §2.1). The
+//! subject's embeddings are corrupted with noise; each heatmap shows the
+//! answer's probability when one clean state (hidden, or an MLP / attention
+//! window) is restored at a (token, layer). Subject tokens are starred.
+
+use eframe::egui::{self, RichText, Ui, Vec2};
+
+use crate::app::{need_model, panel_error, EngramApp};
+use crate::session::TraceView;
+use crate::settings::PanelKind;
+use crate::widgets::{show_token, Heatmap};
+
+pub fn show(app: &mut EngramApp, ui: &mut Ui) {
+    if need_model(app, ui) {
+        return;
+    }
+    ui.heading("Locate a fact: causal tracing");
+    ui.label(
+        RichText::new(
+            "The prompt comes from the bar above. Pick a fact on the Facts panel (locate), or type one.",
+        )
+        .weak(),
+    );
+    let r = &mut app.settings.trace;
+    egui::Grid::new("trace_form")
+        .num_columns(2)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Subject");
+            ui.add(egui::TextEdit::singleline(&mut r.subject).desired_width(300.0));
+            ui.end_row();
+            ui.label("Answer");
+            ui.add(egui::TextEdit::singleline(&mut r.target).desired_width(300.0));
+            ui.end_row();
+        });
+    ui.horizontal_wrapped(|ui| {
+        ui.add(egui::Slider::new(&mut r.samples, 1..=50).text("noisy samples"));
+        ui.add(egui::Slider::new(&mut r.window, 1..=20).text("window"));
+        ui.add(
+            egui::Slider::new(&mut r.noise_multiple, 0.0..=10.0)
+                .text("noise (x embedding std)")
+                .fixed_decimals(1),
+        );
+        ui.checkbox(&mut r.uniform, "uniform noise");
+    });
+    let running = app.pending(PanelKind::Locate);
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(!running, egui::Button::new("Trace"))
+            .clicked()
+        {
+            app.run_active();
+        }
+        if running {
+            ui.spinner();
+        }
+    });
+    panel_error(app, ui, PanelKind::Locate);
+    let Some(view) = app.results.trace.clone() else {
+        return;
+    };
+    ui.add_space(6.0);
+    ui.label(
+        RichText::new(format!(
+            "'{}': clean p = {:.4}, corrupted p = {:.4} (noise scale {:.3}); the model predicts '{}'",
+            show_token(&view.target.text),
+            view.clean_prob,
+            view.corrupted_prob,
+            view.noise_scale,
+            show_token(&view.predicted.text)
+        ))
+        .strong(),
+    );
+    if view.predicted.id != view.target.id {
+        ui.label(
+            RichText::new(
+                "The model does not predict this answer: ROME would skip this fact. Shown anyway.",
+            )
+            .color(ui.visuals().warn_fg_color),
+        );
+    }
+    ui.add_space(6.0);
+    ui.horizontal_top(|ui| {
+        for (k, (kind, scores)) in view.kinds.iter().enumerate() {
+            ui.vertical(|ui| {
+                ui.label(RichText::new(title(kind)).strong());
+                heatmap(app, ui, &view, k, scores);
+            });
+            ui.add_space(12.0);
+        }
+    });
+    if let Some((k, t, l)) = app.trace_cell {
+        if let Some((kind, scores)) = view.kinds.get(k) {
+            if let Some(p) = scores.get(t).and_then(|row| row.get(l)) {
+                ui.add_space(8.0);
+                egui::Frame::group(ui.style()).show(ui, |ui| {
+                    ui.label(format!(
+                        "{kind}, token {t} ('{}'), layer {l}: restored p = {p:.4}, indirect effect = {:+.4}",
+                        view.tokens.get(t).map(|x| show_token(&x.text)).unwrap_or_default(),
+                        p - view.corrupted_prob
+                    ));
+                });
+            }
+        }
+    }
+}
+
+fn title(kind: &str) -> &'static str {
+    match kind {
+        "hidden" => "single restored layer (hidden state)",
+        "mlp" => "restored MLP window",
+        _ => "restored attention window",
+    }
+}
+
+fn heatmap(app: &mut EngramApp, ui: &mut Ui, view: &TraceView, k: usize, scores: &[Vec<f32>]) {
+    let n_layers = scores.first().map_or(0, Vec::len);
+    // Colour spans corrupted .. clean, as in ROME's figures.
+    let lo = view.corrupted_prob;
+    let hi = view.clean_prob.max(lo + 1e-6);
+    let value = |t: usize, l: usize| Some((scores[t][l] - lo) / (hi - lo));
+    let labels: Vec<String> = view
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let star = if view.subject.contains(&i) { "*" } else { "" };
+            format!("{}{star}", show_token(&t.text))
+        })
+        .collect();
+    let cell = Vec2::new((360.0 / n_layers.max(1) as f32).clamp(6.0, 28.0), 20.0);
+    let selected = app
+        .trace_cell
+        .filter(|(kk, _, _)| *kk == k)
+        .map(|(_, t, l)| (t, l));
+    let heat = Heatmap {
+        rows: view.tokens.len(),
+        cols: n_layers,
+        value: &value,
+        text: None,
+        row_labels: labels.clone(),
+        col_labels: (0..n_layers)
+            .map(|l| {
+                if l % 5 == 0 {
+                    l.to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .collect(),
+        cell,
+        vertical_col_labels: false,
+        marked_cols: vec![],
+        selected,
+    }
+    .show(ui);
+    if let Some((t, l)) = heat.hovered {
+        heat.response.on_hover_text_at_pointer(format!(
+            "'{}' layer {l}: p = {:.4}",
+            labels[t], scores[t][l]
+        ));
+    }
+    if let Some((t, l)) = heat.clicked {
+        app.trace_cell = Some((k, t, l));
+    }
+}
