@@ -6,7 +6,10 @@
 //! - [`trace`]: causal tracing (Meng et al. 2022): corrupt the subject, restore
 //!   one clean state at a time.
 //!
-//! Activation patching and FFN key-value memories build on the same hooked forward pass.
+//! - [`patching`]: clean/corrupted activation patching, TransformerLens style.
+//!
+//! FFN key-value memories build on the same hooked forward pass.
 
 pub mod lens;
+pub mod patching;
 pub mod trace;

@@ -265,3 +265,171 @@ mod trace {
         assert!(lm.target_tokens("Vomas Straford works as a", " ").is_err());
     }
 }
+
+mod patching {
+    use std::path::PathBuf;
+
+    use engram_analysis::patching::{patch_sweep, replace_subject, PatchError, PatchSite};
+    use engram_model::device::Cpu;
+    use engram_model::{fn_hook, Activation, Batch, HookPoint, LanguageModel};
+
+    fn demo() -> LanguageModel<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+        LanguageModel::load(&dir, &Default::default()).expect("demo model")
+    }
+
+    /// Logit difference of the corrupted run with one activation patched in by a plain hook.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        lm: &LanguageModel<Cpu>,
+        clean: &[u32],
+        corrupted: &[u32],
+        point: HookPoint,
+        index: usize,
+        per_head: bool,
+        answer: u32,
+        wrong: u32,
+    ) -> f32 {
+        let mut cache = engram_model::ActivationCache::<Cpu>::new(move |p| p == point);
+        lm.model
+            .forward(&Batch::single(clean), &mut cache)
+            .expect("clean");
+        let clean_act = cache.get(point).cloned().expect("cached");
+        let mut hook = fn_hook([point], move |_, act: &Activation<Cpu>| {
+            match (act, &clean_act) {
+                (Activation::Rank3(x), Activation::Rank3(c)) => {
+                    let [b, s, d] = x.dims();
+                    let mut x = x.clone();
+                    let c = c.clone().slice([0..1, index..index + 1, 0..d]);
+                    x = x.slice_assign([0..b, index..index + 1, 0..d], c);
+                    let _ = s;
+                    Some(Activation::Rank3(x))
+                }
+                (Activation::Rank4(x), Activation::Rank4(c)) if per_head => {
+                    let [b, s, _, d] = x.dims();
+                    let c = c.clone().slice([0..1, 0..s, index..index + 1, 0..d]);
+                    Some(Activation::Rank4(
+                        x.clone()
+                            .slice_assign([0..b, 0..s, index..index + 1, 0..d], c),
+                    ))
+                }
+                _ => None,
+            }
+        });
+        let logits = lm
+            .model
+            .forward(&Batch::single(corrupted), &mut hook)
+            .expect("patched");
+        let v: Vec<f32> = logits.into_data().into_vec().expect("vec");
+        let vocab = lm.model.config.vocab_size;
+        let last = &v[(corrupted.len() - 1) * vocab..];
+        last[answer as usize] - last[wrong as usize]
+    }
+
+    #[test]
+    fn sweep_equals_patching_one_activation_at_a_time() {
+        let lm = demo();
+        let prompt = "Vomas Straford lives in the city of";
+        let (corrupt_prompt, other) = replace_subject(
+            &lm.tokenizer,
+            prompt,
+            "Vomas Straford",
+            &["Nelin Garford".to_string()],
+        )
+        .expect("tokenize")
+        .expect("same length");
+        assert_eq!(other, "Nelin Garford");
+        let clean = lm.encode_prompt(prompt).expect("clean");
+        let corrupted = lm.encode_prompt(&corrupt_prompt).expect("corrupted");
+        let answer = lm.target_tokens(prompt, "Lirrow").expect("answer")[0];
+        let wrong = lm.top_k(&corrupt_prompt, 1).expect("top")[0].id;
+        let report = patch_sweep(
+            &lm.model,
+            &clean,
+            &corrupted,
+            answer,
+            wrong,
+            &PatchSite::ALL,
+        )
+        .expect("sweep");
+        assert!(report.clean_logit_diff > 0.0 && report.corrupted_logit_diff < 0.0);
+        for s in &report.sites {
+            for layer in 0..lm.model.config.n_layers {
+                let point = HookPoint::block(
+                    layer,
+                    match s.site {
+                        PatchSite::ResidPre => engram_model::BlockSite::ResidPre,
+                        PatchSite::AttnOut => engram_model::BlockSite::AttnOut,
+                        PatchSite::MlpOut => engram_model::BlockSite::MlpOut,
+                        PatchSite::HeadOut => engram_model::BlockSite::Z,
+                    },
+                );
+                for (i, &got) in s.logit_diff[layer].iter().enumerate() {
+                    let want = reference(
+                        &lm,
+                        &clean,
+                        &corrupted,
+                        point,
+                        i,
+                        s.site == PatchSite::HeadOut,
+                        answer,
+                        wrong,
+                    );
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{:?} layer {layer} #{i}: {got} vs {want}",
+                        s.site
+                    );
+                }
+            }
+        }
+        // Patching resid_pre of layer 0 at every subject position, one at a time, leaves
+        // other positions inert: recovery 0 where the prompts agree.
+        let resid = &report.sites[0];
+        for p in 2..clean.len() {
+            assert!(resid.recovery[0][p].abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn one_differing_token_patched_at_the_embedding_recovers_fully() {
+        let lm = demo();
+        let prompt = "Vomas Straford lives in the city of";
+        let corrupt_prompt = "Vomas Garford lives in the city of";
+        let clean = lm.encode_prompt(prompt).expect("clean");
+        let corrupted = lm.encode_prompt(corrupt_prompt).expect("corrupted");
+        let answer = lm.target_tokens(prompt, "Lirrow").expect("answer")[0];
+        // The corrupted run's best answer other than the clean one.
+        let wrong = lm
+            .top_k(corrupt_prompt, 2)
+            .expect("top")
+            .into_iter()
+            .find(|t| t.id != answer)
+            .expect("two candidates")
+            .id;
+        let r = patch_sweep(
+            &lm.model,
+            &clean,
+            &corrupted,
+            answer,
+            wrong,
+            &[PatchSite::ResidPre],
+        )
+        .expect("sweep");
+        assert!((r.sites[0].recovery[0][1] - 1.0).abs() < 1e-4);
+        assert!(matches!(
+            patch_sweep(
+                &lm.model,
+                &clean,
+                &clean[..3],
+                answer,
+                wrong,
+                &[PatchSite::ResidPre]
+            ),
+            Err(PatchError::LengthMismatch {
+                clean: 7,
+                corrupted: 3
+            })
+        ));
+    }
+}

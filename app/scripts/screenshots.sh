@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Screenshots of every panel, under Xvfb with Mesa's software GL (llvmpipe).
 #
-#   app/scripts/screenshots.sh [MODEL] [PROMPT]
+#   app/scripts/screenshots.sh [MODEL] [PROMPT] [SUBJECT] [TARGET]
 #
 # MODEL defaults to the demo model. Needs: xvfb xauth x11-apps imagemagick
 # (Debian: apt install xvfb xauth x11-apps imagemagick mesa-utils xdotool).
@@ -11,6 +11,8 @@ cd "$(dirname "$0")/../.."
 
 MODEL=${1:-demo}
 PROMPT=${2:-Vomas Straford lives in the city of}
+SUBJECT=${3:-Vomas Straford}
+TARGET=${4:-Lirrow}
 OUT=${OUT:-target/screenshots}
 WAIT=${WAIT:-4}
 NAME=${NAME:-$(basename "$MODEL" .gguf)}
@@ -26,14 +28,15 @@ fi
 DISPLAY_NUM=${DISPLAY_NUM:-97}
 Xvfb ":$DISPLAY_NUM" -screen 0 1280x800x24 -nolisten tcp &
 XVFB=$!
-trap 'kill $XVFB 2>/dev/null || true' EXIT
+trap 'kill $XVFB 2>/dev/null || true; wait $XVFB 2>/dev/null || true' EXIT
 export DISPLAY=":$DISPLAY_NUM" LIBGL_ALWAYS_SOFTWARE=1
 sleep 1
 
 shoot() { # panel, file, extra args...
   local panel=$1 file=$2
   shift 2
-  "$BIN" --no-settings --model "$MODEL" --panel "$panel" --prompt "$PROMPT" "$@" &
+  "$BIN" --no-settings --model "$MODEL" --panel "$panel" --prompt "$PROMPT" \
+    --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" "$@" &
   local app=$!
   sleep "$WAIT"
   if [ "$panel" = playground ] && command -v xdotool >/dev/null; then
@@ -45,13 +48,21 @@ shoot() { # panel, file, extra args...
       sleep "$WAIT"
     fi
   fi
+  if [ "$panel" = locate ] && command -v xdotool >/dev/null; then
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" 181 223 click 1 || true
+      sleep "${TRACE_WAIT:-$WAIT}"
+    fi
+  fi
   xwd -root -silent | "$CONVERT" xwd:- "$OUT/$file"
   kill "$app" 2>/dev/null || true
   wait "$app" 2>/dev/null || true
   echo "$OUT/$file"
 }
 
-PANELS=${PANELS:-model playground lens attention facts}
+PANELS=${PANELS:-model playground lens attention facts locate}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}
 for panel in $PANELS; do
   if [ "$panel" = facts ]; then

@@ -27,6 +27,11 @@ pub struct AppOptions {
     pub dtype: Option<String>,
     pub prompt: Option<String>,
     pub panel: Option<PanelKind>,
+    /// Subject and answer for the Locate panel.
+    pub subject: Option<String>,
+    pub target: Option<String>,
+    /// Dark (true) or light theme.
+    pub dark: Option<bool>,
     /// A fact set to check as soon as the model is loaded.
     pub facts: Option<PathBuf>,
     /// Where settings are read and saved; `None` keeps them in memory only.
@@ -117,6 +122,15 @@ impl EngramApp {
         }
         if let Some(p) = options.panel {
             settings.panel = p;
+        }
+        if let Some(s) = options.subject {
+            settings.trace.subject = s;
+        }
+        if let Some(t) = options.target {
+            settings.trace.target = t;
+        }
+        if let Some(d) = options.dark {
+            settings.dark = d;
         }
         let check_facts_on_load = options.facts.is_some();
         if let Some(f) = &options.facts {

@@ -23,6 +23,15 @@ struct Args {
     /// Start on this panel: model, playground, lens, attention, facts.
     #[arg(long)]
     panel: Option<String>,
+    /// The subject to trace on the Locate panel.
+    #[arg(long)]
+    subject: Option<String>,
+    /// The answer to trace on the Locate panel.
+    #[arg(long)]
+    target: Option<String>,
+    /// dark or light.
+    #[arg(long)]
+    theme: Option<String>,
     /// Check this fact set (known_1000, CounterFact, CSV/JSONL) once the model is loaded.
     #[arg(long)]
     facts: Option<std::path::PathBuf>,
@@ -39,7 +48,16 @@ fn main() -> Result<()> {
         })?),
         None => None,
     };
+    let dark = match args.theme.as_deref() {
+        None => None,
+        Some("dark") => Some(true),
+        Some("light") => Some(false),
+        Some(t) => return Err(anyhow!("unknown theme `{t}`; use dark or light")),
+    };
     let options = AppOptions {
+        subject: args.subject,
+        target: args.target,
+        dark,
         model: args.model,
         device: args.device,
         dtype: args.dtype,
