@@ -727,10 +727,12 @@ impl BackendJob for TraceJob {
         let store = engram::datasets::RunStore::open(root)?;
         let run = engram::trace::store_run(
             &store,
-            &a.model,
-            model_hash,
-            &format!("{}", a.device),
-            dataset.as_deref(),
+            engram::trace::RunSource {
+                model: &a.model,
+                model_hash,
+                device: a.device.to_string(),
+                dataset: dataset.as_deref(),
+            },
             &opts,
             scale,
             &outcomes,

@@ -419,17 +419,29 @@ pub struct TraceRun {
     pub figures: Vec<std::path::PathBuf>,
 }
 
+/// Where a trace ran: the model as named, its content hash, the device, the fact file.
+#[derive(Debug, Clone)]
+pub struct RunSource<'a> {
+    pub model: &'a Path,
+    pub model_hash: String,
+    pub device: String,
+    pub dataset: Option<&'a Path>,
+}
+
 /// Store the outcomes as a run and draw its figures into the run directory.
 pub fn store_run(
     store: &RunStore,
-    model: &Path,
-    model_hash: String,
-    device: &str,
-    dataset: Option<&Path>,
+    source: RunSource<'_>,
     opts: &TraceOptions,
     scale: f32,
     outcomes: &[FactOutcome],
 ) -> Result<TraceRun> {
+    let RunSource {
+        model,
+        model_hash,
+        device,
+        dataset,
+    } = source;
     let traced = outcomes
         .iter()
         .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
@@ -456,7 +468,7 @@ pub fn store_run(
         record_ids: outcomes.iter().map(|o| o.fact.prompt.clone()).collect(),
         seed: Some(opts.seed),
         engram_version: env!("CARGO_PKG_VERSION").into(),
-        device: device.into(),
+        device,
     };
     let run = store.create("trace", params)?;
     let rows = trace_rows(outcomes);

@@ -454,3 +454,97 @@ fn demo_alias_opens_the_embedded_model() {
     assert_eq!(v["config"]["n_layers"], cfg["n_layer"]);
     assert_eq!(v["config"]["vocab_size"], cfg["vocab_size"]);
 }
+
+/// `engram trace` on the demo model: a fact set with one unknown fact, stored as a
+/// run with its figures; and the bad inputs the issue names.
+#[test]
+fn trace_command_stores_a_run_and_rejects_bad_input() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-trace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let facts = dir.join("facts.csv");
+    std::fs::write(
+        &facts,
+        "subject,prompt,target\n\
+         Vomas Straford,Vomas Straford lives in the city of,Lirrow\n\
+         Nelin Garford,Nelin Garford works as a,pilot\n\
+         Nelin Garford,Nelin Garford speaks the language,Brunnic\n",
+    )
+    .expect("write facts");
+    let runs = dir.join("runs");
+    let (ok, out, err) = engram(&[
+        "trace",
+        "demo",
+        "--facts",
+        facts.to_str().unwrap_or_default(),
+        "--samples",
+        "3",
+        "--runs",
+        runs.to_str().unwrap_or_default(),
+    ]);
+    assert!(ok, "{err}");
+    // Nelin Garford is a judge in the demo facts: that fact is skipped, as ROME does.
+    assert!(out.contains("traced 2 facts, skipped 1"), "{out}");
+    let run_dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(" in ").nth(1)))
+        .map(PathBuf::from)
+        .expect("run directory");
+    for f in [
+        "trace.parquet",
+        "facts.parquet",
+        "effects.parquet",
+        "average.parquet",
+        "effects.svg",
+        "first-fact.png",
+    ] {
+        assert!(run_dir.join(f).is_file(), "missing {f}");
+    }
+    let r = runs.to_str().unwrap_or_default();
+    let bad = [
+        (
+            vec![
+                "--prompt",
+                "Vomas Straford works as a",
+                "--subject",
+                "Nelin",
+                "--target",
+                "weaver",
+            ],
+            "Nelin",
+        ),
+        (
+            vec![
+                "--prompt",
+                "Vomas Straford works as a",
+                "--subject",
+                "Vomas Straford",
+                "--target",
+                "",
+            ],
+            "target is empty",
+        ),
+    ];
+    for (args, needle) in bad {
+        let mut all = vec!["trace", "demo", "--runs", r];
+        all.extend(args);
+        let (ok, _, err) = engram(&all);
+        assert!(!ok && err.contains(needle), "{all:?}: {err}");
+    }
+    let wrong = dir.join("wrong.csv");
+    std::fs::write(
+        &wrong,
+        "subject,prompt,target\nVomas Straford,Vomas Straford works as a,pilot\n",
+    )
+    .expect("write");
+    let (ok, _, err) = engram(&[
+        "trace",
+        "demo",
+        "--facts",
+        wrong.to_str().unwrap_or_default(),
+        "--runs",
+        r,
+    ]);
+    assert!(!ok && err.contains("gets none of them right"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -449,6 +449,29 @@ fn scores_shape(len: usize, n_layers: usize) -> Vec<Vec<f32>> {
     vec![vec![0f32; n_layers]; len]
 }
 
+/// What both procedures start from: the checked input, the noise and the clean run.
+struct Setup<B: Backend> {
+    n_layers: usize,
+    len: usize,
+    noise: Tensor<B, 3>,
+    clean: Clean<B>,
+}
+
+fn setup<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+) -> Result<Setup<B>> {
+    check(model, input, cfg)?;
+    let sites: Vec<BlockSite> = cfg.kinds.iter().map(|k| k.site()).collect();
+    Ok(Setup {
+        n_layers: model.config.n_layers,
+        len: input.ids.len(),
+        noise: noise_tensor(model, input, cfg),
+        clean: clean_run(model, input, &sites)?,
+    })
+}
+
 /// The reference procedure: one corrupted forward pass per (kind, token, layer).
 pub fn trace_naive<B: Backend>(
     model: &Transformer<B>,
@@ -456,12 +479,12 @@ pub fn trace_naive<B: Backend>(
     cfg: &TraceConfig,
     on_step: OnStep<'_>,
 ) -> Result<FactTrace> {
-    check(model, input, cfg)?;
-    let n_layers = model.config.n_layers;
-    let len = input.ids.len();
-    let noise = noise_tensor(model, input, cfg);
-    let sites: Vec<BlockSite> = cfg.kinds.iter().map(|k| k.site()).collect();
-    let clean = clean_run(model, input, &sites)?;
+    let Setup {
+        n_layers,
+        len,
+        noise,
+        clean,
+    } = setup(model, input, cfg)?;
     let corrupted_prob = patched_prob(model, input, cfg, &noise, &clean, &[])?;
     let total = cfg.kinds.len() * len * n_layers;
     let mut done = 0;
@@ -500,13 +523,13 @@ pub fn trace_fact<B: Backend>(
     cfg: &TraceConfig,
     on_step: OnStep<'_>,
 ) -> Result<FactTrace> {
-    check(model, input, cfg)?;
-    let n_layers = model.config.n_layers;
-    let len = input.ids.len();
+    let Setup {
+        n_layers,
+        len,
+        noise,
+        clean,
+    } = setup(model, input, cfg)?;
     let samples = cfg.samples;
-    let noise = noise_tensor(model, input, cfg);
-    let sites: Vec<BlockSite> = cfg.kinds.iter().map(|k| k.site()).collect();
-    let clean = clean_run(model, input, &sites)?;
 
     // The corrupted run, keeping the residual stream entering every block.
     let rows = vec![input.ids.clone(); samples];

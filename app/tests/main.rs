@@ -55,6 +55,12 @@ fn wait_for(
     }
 }
 
+/// The demo model loaded directly through the facade, independently of the app.
+fn demo_lm() -> engram::model::LanguageModel<engram::model::Cpu> {
+    engram::model::LanguageModel::load(Path::new(&demo_model()), &Default::default())
+        .expect("demo model loads")
+}
+
 fn has_label(h: &Harness<'static, EngramApp>, text: &str) -> bool {
     h.query_all_by_label_contains(text).next().is_some()
 }
@@ -104,11 +110,7 @@ fn model_card_counts_the_models_hook_points() {
     });
     h.step();
     // Independently of the app: the facade loads the same checkpoint.
-    let lm = engram::model::LanguageModel::<engram::model::Cpu>::load(
-        Path::new(&demo_model()),
-        &Default::default(),
-    )
-    .expect("demo model loads");
+    let lm = demo_lm();
     let n = lm.model.hook_points().len();
     assert!(
         has_label(&h, &format!("Hook points ({n})")),
@@ -267,11 +269,7 @@ fn locate_traces_a_fact_from_the_facts_panel() {
     });
     assert_eq!(h.state().settings().prompt, prompt);
     // The clean probability shown is the model's own next-token probability.
-    let lm = engram::model::LanguageModel::<engram::model::Cpu>::load(
-        Path::new(&demo_model()),
-        &Default::default(),
-    )
-    .expect("demo model");
+    let lm = demo_lm();
     let id = lm.target_tokens(&prompt, &target).expect("target")[0];
     let p = lm
         .top_k(&prompt, 5)
