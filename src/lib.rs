@@ -16,5 +16,6 @@ pub mod bench;
 pub mod demo;
 pub mod hub;
 pub mod lens;
+pub mod patch;
 pub mod runs;
 pub mod trace;

@@ -57,6 +57,8 @@ enum Command {
     },
     /// Causal tracing (ROME): corrupt the subject, restore one state at a time; stored as a run.
     Trace(TraceArgs),
+    /// Activation patching (clean into corrupted) for one fact; stored as a `patch` run.
+    Patch(PatchArgs),
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
@@ -119,6 +121,36 @@ enum RunsCommand {
         #[arg(long)]
         table: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct PatchArgs {
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    target: String,
+    /// Corrupt by putting this subject (same token length) in place of --subject.
+    #[arg(long, required_unless_present = "corrupted_prompt")]
+    corrupt_subject: Option<String>,
+    /// Or give the whole corrupted prompt (same token length).
+    #[arg(long, conflicts_with = "corrupt_subject")]
+    corrupted_prompt: Option<String>,
+    /// Comma-separated: resid_pre, attn_out, mlp_out, head_out.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resid_pre,attn_out,mlp_out,head_out"
+    )]
+    sites: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    #[arg(long)]
+    runs: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -306,6 +338,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Trace(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, TraceJob(args))
+        }
+        Command::Patch(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, PatchJob(args))
         }
         Command::TrainDemo {
             out,
@@ -794,6 +830,83 @@ impl BackendJob for TraceBenchJob {
                 row.speedup, row.max_abs_diff
             );
         }
+        Ok(())
+    }
+}
+
+struct PatchJob(PatchArgs);
+
+impl BackendJob for PatchJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::analysis::patching::PatchSite;
+        use engram::patch::Corruption;
+        let a = self.0;
+        let sites = a
+            .sites
+            .iter()
+            .map(|s| {
+                PatchSite::ALL
+                    .into_iter()
+                    .find(|x| x.name() == s.trim())
+                    .with_context(|| {
+                        format!("unknown site {s:?}: use resid_pre, attn_out, mlp_out or head_out")
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let corruption = match (&a.corrupt_subject, &a.corrupted_prompt) {
+            (Some(s), _) => Corruption::Subject(s.clone()),
+            (None, Some(p)) => Corruption::Prompt(p.clone()),
+            (None, None) => bail!("give --corrupt-subject or --corrupted-prompt"),
+        };
+        let lm = load::<B>(&a.model, &device)?;
+        let model_hash = engram::lens::model_hash(&a.model)?;
+        let setup = engram::patch::prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
+        let root = a
+            .runs
+            .unwrap_or_else(engram::datasets::RunStore::default_root);
+        let store = engram::datasets::RunStore::open(root)?;
+        let (info, report) = engram::patch::run_patch(
+            &lm,
+            &store,
+            &a.model,
+            model_hash,
+            a.device.to_string(),
+            &a.subject,
+            &setup,
+            &sites,
+        )?;
+        println!(
+            "clean:     {:?}  logit diff {:+.4}",
+            setup.clean_prompt, report.clean_logit_diff
+        );
+        println!(
+            "corrupted: {:?}  logit diff {:+.4}  ({:?} vs {:?})",
+            setup.corrupted_prompt,
+            report.corrupted_logit_diff,
+            lm.tokenizer.token_text(setup.answer),
+            lm.tokenizer.token_text(setup.wrong)
+        );
+        for s in &report.sites {
+            let best = s
+                .recovery
+                .iter()
+                .enumerate()
+                .flat_map(|(l, row)| row.iter().enumerate().map(move |(i, &r)| (l, i, r)))
+                .max_by(|x, y| x.2.total_cmp(&y.2));
+            if let Some((layer, i, r)) = best {
+                let what = if s.site == PatchSite::HeadOut {
+                    format!("head {i}")
+                } else {
+                    format!("position {i} {:?}", lm.tokenizer.token_text(setup.clean[i]))
+                };
+                println!(
+                    "{:>9}: best recovery {r:+.3} at layer {layer}, {what}",
+                    s.site.name()
+                );
+            }
+        }
+        println!("run {} in {}", info.id, info.dir.display());
         Ok(())
     }
 }

@@ -548,3 +548,52 @@ fn trace_command_stores_a_run_and_rejects_bad_input() {
     assert!(!ok && err.contains("gets none of them right"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram patch`: symmetric subject replacement on the demo model, stored as a run;
+/// a corrupted prompt of another length is refused with both lengths named.
+#[test]
+fn patch_command_stores_a_run() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-patch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let r = runs.to_str().unwrap_or_default();
+    let base = [
+        "patch",
+        "demo",
+        "--prompt",
+        "Vomas Straford lives in the city of",
+        "--subject",
+        "Vomas Straford",
+        "--target",
+        "Lirrow",
+        "--runs",
+        r,
+    ];
+    let mut args = base.to_vec();
+    args.extend([
+        "--corrupt-subject",
+        "Nelin Garford",
+        "--sites",
+        "resid_pre,head_out",
+    ]);
+    let (ok, out, err) = engram(&args);
+    assert!(ok, "{err}");
+    assert!(out.contains("(\"Lirrow\" vs \"Tirravel\")"), "{out}");
+    let run_dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(" in ").nth(1)))
+        .map(PathBuf::from)
+        .expect("run directory");
+    assert!(run_dir.join("patch.parquet").is_file() && run_dir.join("patch.svg").is_file());
+    let mut args = base.to_vec();
+    args.extend([
+        "--corrupted-prompt",
+        "Nelin Garford lives in the old city of",
+    ]);
+    let (ok, _, err) = engram(&args);
+    assert!(
+        !ok && err.contains("has 7 tokens") || err.contains("7 tokens"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -98,8 +98,8 @@ fn shade(color: RGBColor, t: f64) -> RGBColor {
 
 fn kind_color(kind: &str) -> RGBColor {
     match kind {
-        "mlp" => RGBColor(0, 109, 44),
-        "attn" => RGBColor(165, 15, 21),
+        "mlp" | "mlp_out" => RGBColor(0, 109, 44),
+        "attn" | "attn_out" => RGBColor(165, 15, 21),
         _ => RGBColor(84, 39, 143),
     }
 }
@@ -109,8 +109,14 @@ fn kind_title(kind: &str) -> String {
         "hidden" => "Restoring the hidden state".into(),
         "mlp" => "Restoring MLP outputs (window)".into(),
         "attn" => "Restoring attention outputs (window)".into(),
+        "resid_pre" | "attn_out" | "mlp_out" => format!("Patching {kind} (clean into corrupted)"),
         other => format!("Restoring {other}"),
     }
+}
+
+/// Patching sites (`engram patch`) rather than trace kinds.
+fn is_patch(kind: &str) -> bool {
+    matches!(kind, "resid_pre" | "attn_out" | "mlp_out")
 }
 
 /// Axis ticks are placed at every half unit; only a cell's centre (`i + 0.5`) gets a label.
@@ -176,7 +182,11 @@ fn draw_traces<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_desc("single restored layer")
+            .x_desc(if is_patch(kind) {
+                "patched layer"
+            } else {
+                "single restored layer"
+            })
             .x_labels(n_layers.min(12))
             .x_label_formatter(&|v| format!("{}", v.floor() as i64))
             .y_labels(n_tokens * 2 + 1)
@@ -218,8 +228,17 @@ fn draw_traces<DB: DrawingBackend>(
         let style = ("sans-serif", 12).into_font();
         // Labels go in the strip's own coordinates: the bar starts 52 px down.
         let strip_h = bar.dim_in_pixel().1 as i32;
-        bar.draw(&Text::new("p(answer)".to_string(), (2, 14), style.clone()))
-            .map_err(err)?;
+        bar.draw(&Text::new(
+            if is_patch(kind) {
+                "recovery"
+            } else {
+                "p(answer)"
+            }
+            .to_string(),
+            (2, 14),
+            style.clone(),
+        ))
+        .map_err(err)?;
         bar.draw(&Text::new(format!("{hi:.3}"), (10, 34), style.clone()))
             .map_err(err)?;
         bar.draw(&Text::new(format!("{lo:.3}"), (10, strip_h - 48), style))
