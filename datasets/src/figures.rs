@@ -136,10 +136,17 @@ pub fn trace_heatmaps(cells: &[TraceCell], path: &Path) -> Result<()> {
         return Err(DatasetError::Figure("no trace cells to draw".into()));
     }
     let n_tokens = cells.iter().map(|c| c.token_index).max().unwrap_or(0) as usize + 1;
-    let width = 430 * kinds.len() as u32;
+    // Room for the longest row label (token groups are long).
+    let longest = cells
+        .iter()
+        .map(|c| c.token.trim().chars().count() + 1)
+        .max()
+        .unwrap_or(1) as u32;
+    let label_w = (longest * 8 + 16).clamp(70, 220);
+    let width = (340 + label_w) * kinds.len() as u32;
     let height = (140 + 26 * n_tokens as u32).max(320);
     render!(path, (width, height), |root| draw_traces(
-        &root, cells, &kinds, n_tokens
+        &root, cells, &kinds, n_tokens, label_w
     ))
 }
 
@@ -148,8 +155,11 @@ fn draw_traces<DB: DrawingBackend>(
     cells: &[TraceCell],
     kinds: &[String],
     n_tokens: usize,
+    label_w: u32,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
+    // Averaged runs hold indirect effects, single facts probabilities.
+    let averaged = cells.first().is_some_and(|c| c.fact.starts_with("average"));
     let panels = root.split_evenly((1, kinds.len()));
     for (panel, kind) in panels.iter().zip(kinds) {
         let mine: Vec<&TraceCell> = cells.iter().filter(|c| &c.kind == kind).collect();
@@ -175,7 +185,7 @@ fn draw_traces<DB: DrawingBackend>(
             .caption(kind_title(kind), ("sans-serif", 16))
             .margin(8)
             .x_label_area_size(36)
-            .y_label_area_size(90)
+            .y_label_area_size(label_w)
             .build_cartesian_2d(0f64..n_layers as f64, 0f64..n_tokens as f64)
             .map_err(err)?;
         let labels_for_axis = labels.clone();
@@ -231,6 +241,8 @@ fn draw_traces<DB: DrawingBackend>(
         bar.draw(&Text::new(
             if is_patch(kind) {
                 "recovery"
+            } else if averaged {
+                "indirect effect"
             } else {
                 "p(answer)"
             }
