@@ -286,6 +286,10 @@ fn locate_traces_a_fact_from_the_facts_panel() {
         line.contains(&format!("clean p = {p:.4}")),
         "{line} vs {p:.4}"
     );
+    assert!(has_label(
+        &h,
+        "Strongest MLP window at the last subject token: layer"
+    ));
     for title in [
         "single restored layer (hidden state)",
         "restored MLP window",

@@ -79,6 +79,12 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
             .color(ui.visuals().warn_fg_color),
         );
     }
+    if let Some((layer, effect)) = strongest_mlp_layer(&view) {
+        ui.label(format!(
+            "Strongest MLP window at the last subject token: layer {layer} (indirect effect {effect:+.4}). \
+             ROME edits there."
+        ));
+    }
     ui.add_space(6.0);
     ui.horizontal_top(|ui| {
         for (k, (kind, scores)) in view.kinds.iter().enumerate() {
@@ -163,4 +169,16 @@ fn heatmap(app: &mut EngramApp, ui: &mut Ui, view: &TraceView, k: usize, scores:
     if let Some((t, l)) = heat.clicked {
         app.trace_cell = Some((k, t, l));
     }
+}
+
+/// The layer whose MLP window restores most at the last subject token, and its effect.
+pub fn strongest_mlp_layer(view: &TraceView) -> Option<(usize, f32)> {
+    let (_, scores) = view.kinds.iter().find(|(k, _)| k == "mlp")?;
+    let last = view.subject.end.checked_sub(1)?;
+    scores
+        .get(last)?
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(l, &p)| (l, p - view.corrupted_prob))
 }
