@@ -14,7 +14,8 @@ use engram_datasets::figures::{effect_lines, trace_heatmaps, CurvePoint, TraceCe
 use engram_datasets::summary::mean_ci;
 use engram_datasets::{RunInfo, RunParams, RunStore};
 use engram_model::burn_tensor::backend::Backend;
-use engram_model::LanguageModel;
+use engram_model::lm::top_k_from_logits;
+use engram_model::{LanguageModel, ModelError};
 use serde::{Deserialize, Serialize};
 
 /// How the noise scale is chosen.
@@ -109,18 +110,15 @@ pub fn config(opts: &TraceOptions, scale: f32) -> TraceConfig {
 
 /// A fact as trace input: subject tokens located, target tokenized as `" " + target`.
 pub fn prepare<B: Backend>(lm: &LanguageModel<B>, fact: &UserFact) -> Result<TraceInput> {
-    if fact.target.trim().is_empty() {
-        bail!("the target is empty; give the answer the model should produce");
-    }
+    let target = lm.target_tokens(&fact.prompt, &fact.target)?[0];
     let (enc, span) = lm.tokenizer.subject_span(&fact.prompt, &fact.subject)?;
     if enc.ids.len() > lm.model.config.n_ctx {
-        bail!(
-            "the prompt has {} tokens, longer than the model's context of {}",
-            enc.ids.len(),
-            lm.model.config.n_ctx
-        );
+        return Err(ModelError::PromptTooLong {
+            len: enc.ids.len(),
+            n_ctx: lm.model.config.n_ctx,
+        }
+        .into());
     }
-    let target = lm.target_tokens(&fact.prompt, &fact.target)?[0];
     Ok(TraceInput {
         ids: enc.ids,
         subject: span,
@@ -151,17 +149,12 @@ pub fn trace_facts<B: Backend>(
             .map(|ids| ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect())
             .unwrap_or_default();
         let outcome = match trace_one(lm, fact, &cfg, opts.naive) {
-            Ok(t) if t.predicted == t.input.target => {
-                traced += 1;
-                Outcome::Traced(Box::new(t))
-            }
-            Ok(t) => Outcome::Skipped(format!(
-                "the model predicts {:?}, not {:?}",
-                lm.tokenizer.token_text(t.predicted),
-                lm.tokenizer.token_text(t.input.target)
-            )),
+            Ok(o) => o,
             Err(e) => Outcome::Skipped(format!("{e:#}")),
         };
+        if matches!(outcome, Outcome::Traced(_)) {
+            traced += 1;
+        }
         out.push(FactOutcome {
             fact: fact.clone(),
             tokens,
@@ -176,19 +169,26 @@ fn trace_one<B: Backend>(
     fact: &UserFact,
     cfg: &TraceConfig,
     naive: bool,
-) -> Result<FactTrace> {
+) -> Result<Outcome> {
     let input = prepare(lm, fact)?;
-    // Check the prediction before spending the trace on a fact the model does not know.
-    let only_clean = TraceConfig {
-        kinds: vec![],
-        ..cfg.clone()
-    };
-    let quick = trace_fact(&lm.model, &input, &only_clean, &mut |_, _| true)?;
-    if quick.predicted != input.target {
-        return Ok(quick);
+    // One clean pass decides whether the fact is worth a trace (ROME's filter).
+    let predicted = top_k_from_logits(&lm.next_logits(&fact.prompt)?, 1, |_| String::new())
+        .first()
+        .map_or(0, |t| t.id);
+    if predicted != input.target {
+        return Ok(Outcome::Skipped(format!(
+            "the model predicts {:?}, not {:?}",
+            lm.tokenizer.token_text(predicted),
+            lm.tokenizer.token_text(input.target)
+        )));
     }
     let run = if naive { trace_naive } else { trace_fact };
-    Ok(run(&lm.model, &input, cfg, &mut |_, _| true)?)
+    Ok(Outcome::Traced(Box::new(run(
+        &lm.model,
+        &input,
+        cfg,
+        &mut |_, _| true,
+    )?)))
 }
 
 /// One row of the `trace` table (readable as a [`TraceCell`]).

@@ -10,6 +10,8 @@
 
 use burn_tensor::backend::Backend;
 use burn_tensor::{Tensor, TensorData};
+
+use crate::trace::blend;
 use engram_model::{
     Activation, ActivationCache, Batch, BlockSite, Hook, HookPoint, ModelError, NoHooks, Tokenizer,
     Transformer,
@@ -119,12 +121,10 @@ impl<B: Backend> Hook<B> for Patch<B> {
     fn call(&mut self, _: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
         match (act, &self.clean, &self.mask) {
             (Activation::Rank3(x), Activation::Rank3(c), Activation::Rank3(m)) => {
-                let keep = m.clone().neg().add_scalar(1.0);
-                Some(Activation::Rank3(x.clone() * keep + c.clone() * m.clone()))
+                Some(Activation::Rank3(blend(x.clone(), c.clone(), m.clone())))
             }
             (Activation::Rank4(x), Activation::Rank4(c), Activation::Rank4(m)) => {
-                let keep = m.clone().neg().add_scalar(1.0);
-                Some(Activation::Rank4(x.clone() * keep + c.clone() * m.clone()))
+                Some(Activation::Rank4(blend(x.clone(), c.clone(), m.clone())))
             }
             _ => None,
         }
@@ -175,6 +175,9 @@ pub fn patch_sweep<B: Backend>(
         return Err(PatchError::NoDifference);
     }
     let device = &model.device;
+    // One attention context per batch size (positions, or heads), built once.
+    let ctx_positions = model.context(&Batch::uniform(&vec![corrupted.to_vec(); len])?)?;
+    let ctx_heads = model.context(&Batch::uniform(&vec![corrupted.to_vec(); n_heads])?)?;
     let mut out = Vec::new();
     for &site in sites {
         let mut lds = Vec::with_capacity(n_layers);
@@ -217,13 +220,17 @@ pub fn patch_sweep<B: Backend>(
                 .rank3(HookPoint::resid_pre(layer))
                 .ok_or_else(|| ModelError::UnknownHook(HookPoint::resid_pre(layer).to_string()))?
                 .repeat_dim(0, rows);
-            let ctx = model.context(&Batch::uniform(&vec![corrupted.to_vec(); rows])?)?;
+            let ctx = if site == PatchSite::HeadOut {
+                &ctx_heads
+            } else {
+                &ctx_positions
+            };
             let mut hook = Patch {
                 point,
                 clean: clean_act,
                 mask,
             };
-            let h = model.run_blocks(layer..n_layers, x, &ctx, &mut hook)?;
+            let h = model.run_blocks(layer..n_layers, x, ctx, &mut hook)?;
             let [r, _, d] = h.dims();
             let last = h.slice([0..r, len - 1..len, 0..d]);
             lds.push(logit_diffs(

@@ -279,7 +279,7 @@ impl<B: Backend> Hook<B> for Restore<B> {
     fn call(&mut self, point: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
         let x = act.as_rank3()?.clone();
         let (_, clean) = self.clean.iter().find(|(p, _)| *p == point)?;
-        Some(Activation::Rank3(restore(
+        Some(Activation::Rank3(blend(
             x,
             clean.clone(),
             self.mask.clone(),
@@ -287,9 +287,16 @@ impl<B: Backend> Hook<B> for Restore<B> {
     }
 }
 
+/// `x` where `mask` is 0, `clean` where it is 1 (broadcast). Restoring and
+/// patching both come down to this.
+///
 /// # Shapes
-/// - x: `[rows, pos, d]`, clean: `[1, pos, d]`, mask: `[rows, pos, 1]`
-fn restore<B: Backend>(x: Tensor<B, 3>, clean: Tensor<B, 3>, mask: Tensor<B, 3>) -> Tensor<B, 3> {
+/// - x: `[rows, ...]`, clean: `[1 or rows, ...]`, mask: `[rows, ...]` with 1s on broadcast axes
+pub(crate) fn blend<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    clean: Tensor<B, D>,
+    mask: Tensor<B, D>,
+) -> Tensor<B, D> {
     let keep = mask.clone().neg().add_scalar(1.0);
     x * keep + clean * mask
 }
@@ -559,6 +566,17 @@ pub fn trace_fact<B: Backend>(
         .chunks(per_chunk)
         .map(<[usize]>::to_vec)
         .collect();
+    // Masks and attention contexts depend only on the chunk: build them once.
+    let prepared: Vec<(Tensor<B, 3>, engram_model::layers::ForwardCtx<B>)> = chunks
+        .iter()
+        .map(|tokens| {
+            let rows = vec![input.ids.clone(); tokens.len() * samples];
+            Ok((
+                token_mask::<B>(tokens, samples, len, &model.device),
+                model.context(&Batch::uniform(&rows)?)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let total = cfg.kinds.len() * n_layers * chunks.len();
     let mut done = 0;
     let mut kinds = Vec::new();
@@ -576,17 +594,13 @@ pub fn trace_fact<B: Backend>(
                     clean_act(&clean, p).map(|c| (p, c))
                 })
                 .collect::<Result<_>>()?;
-            for tokens in &chunks {
-                let groups = tokens.len();
-                let mask = token_mask::<B>(tokens, samples, len, &model.device);
-                let x = resid_pre(start)?.repeat_dim(0, groups);
-                let ctx =
-                    model.context(&Batch::uniform(&vec![input.ids.clone(); groups * samples])?)?;
+            for (tokens, (mask, ctx)) in chunks.iter().zip(&prepared) {
+                let x = resid_pre(start)?.repeat_dim(0, tokens.len());
                 let mut hook = Restore {
                     clean: points.clone(),
-                    mask,
+                    mask: mask.clone(),
                 };
-                let out = model.run_blocks(start..n_layers, x, &ctx, &mut hook)?;
+                let out = model.run_blocks(start..n_layers, x, ctx, &mut hook)?;
                 // Only the last position's distribution is read: unembed just that.
                 let [rows, _, d] = out.dims();
                 let last = out.slice([0..rows, len - 1..len, 0..d]);

@@ -10,7 +10,7 @@ use engram::datasets::facts::{load_fact_set, UserFact};
 use engram::datasets::OnBadRecord;
 use engram::model::burn_tensor::backend::Backend;
 use engram::model::generate::generate_with;
-use engram::model::lm::top_k_from_logits;
+use engram::model::lm::{prob_of, top_k_from_logits};
 use engram::model::{
     ActivationCache, Batch, BlockSite, DeviceSpec, GenerateConfig, HookPoint, LanguageModel,
     Sampling, TokenProb,
@@ -554,13 +554,4 @@ impl<B: Backend> Loaded<B> {
                 .collect(),
         })
     }
-}
-
-/// Softmax probability of one token.
-fn prob_of(logits: &[f32], id: u32) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits
-        .get(id as usize)
-        .map_or(0.0, |&l| ((l as f64 - max).exp() / z) as f32)
 }

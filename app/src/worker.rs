@@ -169,6 +169,9 @@ impl Worker {
                 self.requests = None;
             }
         }
+        // Keep only tokens someone else still holds (a queued or running job).
+        self.outstanding
+            .retain(|c| std::sync::Arc::strong_count(&c.0) > 1);
         self.outstanding.push(cancel.clone());
         JobHandle { id, label, cancel }
     }

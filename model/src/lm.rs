@@ -121,6 +121,15 @@ impl<B: Backend> LanguageModel<B> {
     }
 }
 
+/// Softmax probability (in f64) of token `id`; 0 outside the vocabulary.
+pub fn prob_of(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits
+        .get(id as usize)
+        .map_or(0.0, |&l| ((l as f64 - max).exp() / z) as f32)
+}
+
 /// Softmax in f64 and the `k` best entries, best first.
 pub fn top_k_from_logits(logits: &[f32], k: usize, name: impl Fn(u32) -> String) -> Vec<TokenProb> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
