@@ -286,10 +286,12 @@ fn locate_traces_a_fact_from_the_facts_panel() {
         line.contains(&format!("clean p = {p:.4}")),
         "{line} vs {p:.4}"
     );
-    assert!(has_label(
-        &h,
-        "Strongest MLP window at the last subject token: layer"
-    ));
+    // Either verdict names the best MLP window's layer.
+    let verdict = h
+        .get_by_label_contains("MLP window at the last subject token")
+        .value()
+        .unwrap_or_default();
+    assert!(verdict.contains("layer "), "{verdict}");
     for title in [
         "single restored layer (hidden state)",
         "restored MLP window",

@@ -80,10 +80,22 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         );
     }
     if let Some((layer, effect)) = strongest_mlp_layer(&view) {
-        ui.label(format!(
-            "Strongest MLP window at the last subject token: layer {layer} (indirect effect {effect:+.4}). \
-             ROME edits there."
-        ));
+        // A window that restores under 10% of what was lost is no location.
+        let lost = view.clean_prob - view.corrupted_prob;
+        if effect > 0.1 * lost {
+            ui.label(format!(
+                "Strongest MLP window at the last subject token: layer {layer} \
+                 (indirect effect {effect:+.4}). ROME would edit there."
+            ));
+        } else {
+            ui.label(
+                RichText::new(format!(
+                    "No MLP window at the last subject token restores the answer \
+                     (best: layer {layer}, {effect:+.4}): the fact is not recalled there."
+                ))
+                .color(ui.visuals().warn_fg_color),
+            );
+        }
     }
     ui.add_space(6.0);
     ui.horizontal_top(|ui| {
