@@ -214,7 +214,8 @@ impl Heatmap<'_> {
                     .with_angle(std::f32::consts::FRAC_PI_2);
                 painter.add(shape);
             } else {
-                let max_chars = ((self.cell.x - 2.0) / 6.5).max(1.0) as usize;
+                // Sparse labels (layer numbers every few cells) may spill over narrow cells.
+                let max_chars = ((self.cell.x.max(28.0) - 2.0) / 6.5).max(1.0) as usize;
                 painter.text(
                     Pos2::new(x, label_top),
                     Align2::CENTER_TOP,

@@ -146,7 +146,9 @@ fn heatmap(app: &mut EngramApp, ui: &mut Ui, view: &TraceView, k: usize, scores:
             format!("{}{star}", show_token(&t.text))
         })
         .collect();
-    let cell = Vec2::new((360.0 / n_layers.max(1) as f32).clamp(6.0, 28.0), 20.0);
+    // Three maps side by side, each with ~90 px of token labels, fit the panel.
+    let room = (app_width(ui) / 3.0 - 110.0).max(120.0);
+    let cell = Vec2::new((room / n_layers.max(1) as f32).clamp(4.0, 28.0), 20.0);
     let selected = app
         .trace_cell
         .filter(|(kk, _, _)| *kk == k)
@@ -193,4 +195,9 @@ pub fn strongest_mlp_layer(view: &TraceView) -> Option<(usize, f32)> {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(l, &p)| (l, p - view.corrupted_prob))
+}
+
+/// The panel's width at the heatmap row (the scroll area gives unbounded width).
+fn app_width(ui: &Ui) -> f32 {
+    ui.clip_rect().width()
 }
