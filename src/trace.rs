@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use engram_analysis::trace::{
-    embedding_std, token_groups, trace_fact, trace_naive, FactTrace, Noise, TraceConfig,
-    TraceInput, TraceKind, TOKEN_GROUPS,
+    default_window, embedding_std, token_groups, trace_fact, trace_naive, FactTrace, Noise,
+    TraceConfig, TraceInput, TraceKind, TOKEN_GROUPS,
 };
 use engram_datasets::facts::UserFact;
 use engram_datasets::figures::{effect_lines, trace_heatmaps, CurvePoint, TraceCell};
@@ -32,6 +32,7 @@ pub enum NoiseLevel {
 pub struct TraceOptions {
     pub kinds: Vec<TraceKind>,
     pub samples: usize,
+    /// 0: [`default_window`] for the model's depth.
     pub window: usize,
     pub noise: NoiseLevel,
     pub uniform: bool,
@@ -48,7 +49,7 @@ impl Default for TraceOptions {
         Self {
             kinds: TraceKind::ALL.to_vec(),
             samples: 10,
-            window: 10,
+            window: 0,
             noise: NoiseLevel::Spread { multiple: 3.0 },
             uniform: false,
             seed: 1,
@@ -93,7 +94,7 @@ pub fn noise_scale<B: Backend>(
     }
 }
 
-pub fn config(opts: &TraceOptions, scale: f32) -> TraceConfig {
+pub fn config(opts: &TraceOptions, scale: f32, n_layers: usize) -> TraceConfig {
     TraceConfig {
         noise: if opts.uniform {
             Noise::Uniform { scale }
@@ -101,7 +102,10 @@ pub fn config(opts: &TraceOptions, scale: f32) -> TraceConfig {
             Noise::Gaussian { scale }
         },
         samples: opts.samples,
-        window: opts.window,
+        window: match opts.window {
+            0 => default_window(n_layers),
+            w => w,
+        },
         seed: opts.seed,
         kinds: opts.kinds.clone(),
         max_rows: opts.max_rows,
@@ -136,7 +140,7 @@ pub fn trace_facts<B: Backend>(
     scale: f32,
     progress: &mut dyn FnMut(usize, usize, usize) -> bool,
 ) -> Result<Vec<FactOutcome>> {
-    let cfg = config(opts, scale);
+    let cfg = config(opts, scale, lm.model.config.n_layers);
     let mut out = Vec::new();
     let mut traced = 0;
     for (i, fact) in facts.iter().enumerate() {
@@ -447,6 +451,14 @@ pub fn store_run(
         .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
         .count();
     let skipped = outcomes.len() - traced;
+    let n_layers = outcomes.iter().find_map(|o| match &o.outcome {
+        Outcome::Traced(t) => t.kinds.first().and_then(|k| k.scores.first()).map(Vec::len),
+        _ => None,
+    });
+    let window = match (opts.window, n_layers) {
+        (0, Some(n)) => default_window(n),
+        (w, _) => w,
+    };
     let params = RunParams {
         model: model.display().to_string(),
         model_hash,
@@ -458,7 +470,7 @@ pub fn store_run(
                 NoiseLevel::Fixed(v) => format!("fixed {v}"),
             },
             "samples": opts.samples,
-            "window": opts.window,
+            "window": window,
             "kinds": opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "path": if opts.naive { "naive" } else { "batched, prefix reuse" },
             "facts_traced": traced,

@@ -318,6 +318,18 @@ fn token_mask<B: Backend>(
     Tensor::from_data(TensorData::new(m, [rows, len, 1]), device)
 }
 
+/// The MLP/attention window for a model of `n_layers`: ROME's 10 for models of
+/// 28 layers or more (GPT-J, NeoX, GPT-2 XL), and the same share of depth as on
+/// GPT-2 XL (10 of 48) below that, at least 1. A 10-layer window on a 4-layer
+/// model would restore every layer at once and show no location.
+pub fn default_window(n_layers: usize) -> usize {
+    if n_layers >= 28 {
+        10
+    } else {
+        (n_layers * 10 / 48).max(1)
+    }
+}
+
 /// Layers restored together for `kind` at `layer`.
 pub fn window_layers(
     kind: TraceKind,

@@ -66,8 +66,8 @@ mod trace {
     use std::path::PathBuf;
 
     use engram_analysis::trace::{
-        embedding_std, token_groups, trace_fact, trace_naive, trace_with_patch, window_layers,
-        Noise, TraceConfig, TraceError, TraceInput, TraceKind,
+        default_window, embedding_std, token_groups, trace_fact, trace_naive, trace_with_patch,
+        window_layers, Noise, TraceConfig, TraceError, TraceInput, TraceKind,
     };
     use engram_model::device::Cpu;
     use engram_model::{HookPoint, LanguageModel};
@@ -108,11 +108,11 @@ mod trace {
         let lm = demo();
         let x = input(
             &lm,
-            "Vomas Straford lives in the city of",
-            "Vomas Straford",
-            "Lirrow",
+            "Quinford Belvale lives in the city of",
+            "Quinford Belvale",
+            "Quarnholm",
         );
-        let cfg = small(scale(&lm, &["Vomas Straford", "Nelin Garford"]));
+        let cfg = small(scale(&lm, &["Quinford Belvale", "Belvale Quinford"]));
         let t = trace_fact(&lm.model, &x, &cfg, &mut |_, _| true).expect("trace");
         assert_eq!(t.predicted, x.target, "the demo model knows this fact");
         assert!(
@@ -149,7 +149,7 @@ mod trace {
     /// The batched, prefix-reusing path gives the reference path's numbers (1e-5).
     #[test]
     fn fast_path_equals_one_restoration_at_a_time() {
-        let mut cases = vec![(demo(), "Nelin Garford works as a", "Nelin Garford")];
+        let mut cases = vec![(demo(), "Belvale Quinford works as a", "Belvale Quinford")];
         for arch in ["gpt2", "llama", "gpt_neox"] {
             if let Some(lm) = super::tiny(arch) {
                 cases.push((
@@ -195,10 +195,67 @@ mod trace {
         }
     }
 
+    /// ROME's finding holds on the demo model: with the subject corrupted, restoring
+    /// the MLP output at the last subject token in an early layer brings back much
+    /// of the answer, far more than at the first subject token. Averaged over the
+    /// first 12 demo facts, 5 noisy samples each.
+    #[test]
+    fn demo_model_recalls_facts_at_the_last_subject_token() {
+        let lm = demo();
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/facts.jsonl");
+        let text = std::fs::read_to_string(&path).expect("demo facts");
+        let facts: Vec<serde_json::Value> = text
+            .lines()
+            .take(12)
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let field = |f: &serde_json::Value, k: &str| f[k].as_str().expect(k).to_string();
+        let subjects: Vec<String> = facts.iter().map(|f| field(f, "subject")).collect();
+        let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+        let n_layers = lm.model.config.n_layers;
+        let cfg = TraceConfig {
+            samples: 5,
+            window: default_window(n_layers),
+            kinds: vec![TraceKind::Mlp],
+            ..TraceConfig::rome(scale(&lm, &refs))
+        };
+        let (mut first, mut last) = (vec![0f32; n_layers], vec![0f32; n_layers]);
+        for f in &facts {
+            let x = input(
+                &lm,
+                &field(f, "prompt"),
+                &field(f, "subject"),
+                &field(f, "target"),
+            );
+            let t = trace_fact(&lm.model, &x, &cfg, &mut |_, _| true).expect("trace");
+            assert_eq!(t.predicted, x.target, "the demo model knows {f}");
+            let mlp = &t.kinds[0].scores;
+            for l in 0..n_layers {
+                first[l] += (mlp[x.subject.start][l] - t.corrupted_prob) / facts.len() as f32;
+                last[l] += (mlp[x.subject.end - 1][l] - t.corrupted_prob) / facts.len() as f32;
+            }
+        }
+        eprintln!("MLP indirect effect, first subject token: {first:?}");
+        eprintln!("MLP indirect effect, last subject token:  {last:?}");
+        let (peak, size) = last
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (l, v)| if v > a.1 { (l, v) } else { a });
+        assert!(peak < n_layers / 2, "peak at layer {peak}: {last:?}");
+        assert!(size > 0.15, "peak effect {size}");
+        assert!(size > 2.0 * first.iter().copied().fold(f32::MIN, f32::max));
+    }
+
     #[test]
     fn cancelling_stops_a_trace() {
         let lm = demo();
-        let x = input(&lm, "Vomas Straford works as a", "Vomas Straford", "weaver");
+        let x = input(
+            &lm,
+            "Quinford Belvale works as a",
+            "Quinford Belvale",
+            "weaver",
+        );
         let mut calls = 0;
         let r = trace_fact(&lm.model, &x, &small(0.3), &mut |_, _| {
             calls += 1;
@@ -216,6 +273,11 @@ mod trace {
         assert_eq!(window_layers(TraceKind::Attn, 47, 10, 48), 42..48);
         assert_eq!(window_layers(TraceKind::Mlp, 3, 3, 6), 2..5);
         assert_eq!(window_layers(TraceKind::Hidden, 7, 10, 48), 7..8);
+        // ROME's 10 on its models; the same share of depth on shallow ones.
+        assert_eq!(default_window(48), 10);
+        assert_eq!(default_window(28), 10);
+        assert_eq!(default_window(12), 2);
+        assert_eq!(default_window(4), 1);
         let s = 2..5;
         let groups: Vec<Vec<usize>> = (0..9).map(|t| token_groups(t, &s, 9)).collect();
         assert_eq!(
@@ -240,7 +302,12 @@ mod trace {
     #[test]
     fn bad_input_is_a_typed_error() {
         let lm = demo();
-        let mut x = input(&lm, "Vomas Straford works as a", "Vomas Straford", "weaver");
+        let mut x = input(
+            &lm,
+            "Quinford Belvale works as a",
+            "Quinford Belvale",
+            "weaver",
+        );
         x.subject = 3..3;
         let cfg = small(0.3);
         assert!(matches!(
@@ -260,9 +327,11 @@ mod trace {
         ));
         assert!(lm
             .tokenizer
-            .subject_span("Vomas Straford works as a", "Nelin")
+            .subject_span("Quinford Belvale works as a", "Nobody")
             .is_err());
-        assert!(lm.target_tokens("Vomas Straford works as a", " ").is_err());
+        assert!(lm
+            .target_tokens("Quinford Belvale works as a", " ")
+            .is_err());
     }
 }
 
@@ -329,19 +398,19 @@ mod patching {
     #[test]
     fn sweep_equals_patching_one_activation_at_a_time() {
         let lm = demo();
-        let prompt = "Vomas Straford lives in the city of";
+        let prompt = "Quinford Belvale lives in the city of";
         let (corrupt_prompt, other) = replace_subject(
             &lm.tokenizer,
             prompt,
-            "Vomas Straford",
-            &["Nelin Garford".to_string()],
+            "Quinford Belvale",
+            &["Belvale Quinford".to_string()],
         )
         .expect("tokenize")
         .expect("same length");
-        assert_eq!(other, "Nelin Garford");
+        assert_eq!(other, "Belvale Quinford");
         let clean = lm.encode_prompt(prompt).expect("clean");
         let corrupted = lm.encode_prompt(&corrupt_prompt).expect("corrupted");
-        let answer = lm.target_tokens(prompt, "Lirrow").expect("answer")[0];
+        let answer = lm.target_tokens(prompt, "Quarnholm").expect("answer")[0];
         let wrong = lm.top_k(&corrupt_prompt, 1).expect("top")[0].id;
         let report = patch_sweep(
             &lm.model,
@@ -394,11 +463,11 @@ mod patching {
     #[test]
     fn one_differing_token_patched_at_the_embedding_recovers_fully() {
         let lm = demo();
-        let prompt = "Vomas Straford lives in the city of";
-        let corrupt_prompt = "Vomas Garford lives in the city of";
+        let prompt = "Quinford Belvale lives in the city of";
+        let corrupt_prompt = "Quinford Quinford lives in the city of";
         let clean = lm.encode_prompt(prompt).expect("clean");
         let corrupted = lm.encode_prompt(corrupt_prompt).expect("corrupted");
-        let answer = lm.target_tokens(prompt, "Lirrow").expect("answer")[0];
+        let answer = lm.target_tokens(prompt, "Quarnholm").expect("answer")[0];
         // The corrupted run's best answer other than the clean one.
         let wrong = lm
             .top_k(corrupt_prompt, 2)

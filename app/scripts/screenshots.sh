@@ -10,9 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 MODEL=${1:-demo}
-PROMPT=${2:-Vomas Straford lives in the city of}
-SUBJECT=${3:-Vomas Straford}
-TARGET=${4:-Lirrow}
+PROMPT=${2:-Quinford Belvale lives in the city of}
+SUBJECT=${3:-Quinford Belvale}
+TARGET=${4:-Quarnholm}
 OUT=${OUT:-target/screenshots}
 WAIT=${WAIT:-4}
 NAME=${NAME:-$(basename "$MODEL" .gguf)}

@@ -168,10 +168,10 @@ pub struct TraceRequest {
 impl Default for TraceRequest {
     fn default() -> Self {
         Self {
-            subject: "Vomas Straford".into(),
-            target: "Lirrow".into(),
+            subject: "Quinford Belvale".into(),
+            target: "Quarnholm".into(),
             samples: 10,
-            window: 10,
+            window: 0,
             noise_multiple: 3.0,
             uniform: false,
         }
@@ -522,11 +522,11 @@ impl<B: Backend> Loaded<B> {
         let opts = TraceOptions {
             kinds: TraceKind::ALL.to_vec(),
             samples: request.samples.max(1),
-            window: request.window.max(1),
+            window: request.window,
             uniform: request.uniform,
             ..TraceOptions::default()
         };
-        let cfg = config(&opts, scale);
+        let cfg = config(&opts, scale, self.lm.model.config.n_layers);
         let trace = trace_fact(&self.lm.model, &input, &cfg, &mut |done, total| {
             progress(Progress {
                 done,

@@ -90,7 +90,7 @@ impl Default for Settings {
             model: "demo".into(),
             device: "cpu".into(),
             dtype: "f32".into(),
-            prompt: "Vomas Straford lives in the city of".into(),
+            prompt: "Quinford Belvale lives in the city of".into(),
             panel: PanelKind::Playground,
             dark: true,
             top_k: 10,

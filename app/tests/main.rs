@@ -212,7 +212,7 @@ fn settings_persist_between_launches() {
     {
         let mut h = loaded(AppOptions {
             model: Some(demo_model()),
-            prompt: Some("Nelin Garford works as a".into()),
+            prompt: Some("Belvale Quinford works as a".into()),
             panel: Some(PanelKind::Attention),
             settings_path: Some(path.clone()),
             ..Default::default()
@@ -225,7 +225,7 @@ fn settings_persist_between_launches() {
     });
     h.step();
     let s = h.state().settings();
-    assert_eq!(s.prompt, "Nelin Garford works as a");
+    assert_eq!(s.prompt, "Belvale Quinford works as a");
     assert_eq!(s.panel, PanelKind::Attention);
     assert_eq!(s.model, demo_model());
     let _ = std::fs::remove_dir_all(&dir);

@@ -143,17 +143,43 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Distinct name words drawn for the subjects.
+const NAME_WORDS: usize = 24;
+
 /// `n_subjects` fictional people, each with one fact per relation.
+///
+/// Names are pairs of words from one small pool, and every pair is used in both
+/// orders ("Kalin Dorvek" and "Dorvek Kalin" are different people). A name is
+/// thus told apart only by reading its words in order, which a model does at the
+/// name's last token (the detokenisation stage of real models), not by looking
+/// up a bag of words at the end of the prompt.
 pub fn demo_facts(n_subjects: usize, seed: u64) -> Vec<DemoFact> {
     let mut rng = Rng(seed);
+    let mut words: Vec<String> = Vec::new();
+    while words.len() < NAME_WORDS {
+        let w = if rng.next().is_multiple_of(2) {
+            format!("{}{}", rng.pick(&FIRST_A), rng.pick(&FIRST_B))
+        } else {
+            format!("{}{}", rng.pick(&LAST_A), rng.pick(&LAST_B))
+        };
+        let w = capitalize(&w);
+        if !words.contains(&w) {
+            words.push(w);
+        }
+    }
+    let max = NAME_WORDS * (NAME_WORDS - 1);
     let mut subjects: Vec<String> = Vec::new();
-    let max = FIRST_A.len() * FIRST_B.len() * LAST_A.len() * LAST_B.len();
     while subjects.len() < n_subjects.min(max) {
-        let first = capitalize(&format!("{}{}", rng.pick(&FIRST_A), rng.pick(&FIRST_B)));
-        let last = capitalize(&format!("{}{}", rng.pick(&LAST_A), rng.pick(&LAST_B)));
-        let name = format!("{first} {last}");
-        if !subjects.contains(&name) {
-            subjects.push(name);
+        let a = (rng.next() % NAME_WORDS as u64) as usize;
+        let b = (rng.next() % NAME_WORDS as u64) as usize;
+        let name = format!("{} {}", words[a], words[b]);
+        if a == b || subjects.contains(&name) {
+            continue;
+        }
+        subjects.push(name);
+        let swapped = format!("{} {}", words[b], words[a]);
+        if subjects.len() < n_subjects && !subjects.contains(&swapped) {
+            subjects.push(swapped);
         }
     }
     let mut facts = Vec::new();
@@ -167,6 +193,37 @@ pub fn demo_facts(n_subjects: usize, seed: u64) -> Vec<DemoFact> {
         }
     }
     facts
+}
+
+/// Record lines: each subject followed directly by its attributes, once per
+/// rotation of the relation order. The token after the subject's last token is
+/// then one of its attributes, so the model must recall them at that token (the
+/// "subject enrichment" that ROME finds in real models) before any relation is
+/// named. `engram train-demo` trains on these first, then on everything.
+pub fn demo_records(facts: &[DemoFact]) -> Vec<String> {
+    let mut subjects: Vec<&str> = Vec::new();
+    for f in facts {
+        if !subjects.contains(&f.subject.as_str()) {
+            subjects.push(&f.subject);
+        }
+    }
+    let mut out = Vec::new();
+    for s in subjects {
+        let attrs: Vec<&str> = RELATIONS
+            .iter()
+            .filter_map(|r| {
+                facts
+                    .iter()
+                    .find(|f| f.subject == s && f.relation == r.id)
+                    .map(|f| f.target.as_str())
+            })
+            .collect();
+        for k in 0..attrs.len() {
+            let rotated: Vec<&str> = attrs[k..].iter().chain(&attrs[..k]).copied().collect();
+            out.push(format!("{s} {} .", rotated.join(" ")));
+        }
+    }
+    out
 }
 
 /// Training sentences: every fact in every phrasing (ending in " ."), then filler.

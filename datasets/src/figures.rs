@@ -301,6 +301,8 @@ fn draw_lines<DB: DrawingBackend>(
         .configure_mesh()
         .light_line_style(WHITE)
         .x_desc("layer")
+        // One tick per layer up to 12, so that no label repeats.
+        .x_labels((max_layer as usize + 1).min(13))
         .x_label_formatter(&|v| format!("{}", v.round() as i64))
         .y_desc(y_desc)
         .label_style(("sans-serif", 13))

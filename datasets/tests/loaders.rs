@@ -174,7 +174,7 @@ fn fact_sets_of_every_kind_load_as_subject_prompt_target() {
     let demo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/facts.jsonl");
     let facts = load_fact_set(&demo, OnBadRecord::Fail).expect("demo facts");
     assert_eq!(facts.records.len(), 450);
-    assert_eq!(facts.records[0].target, "Lirrow");
+    assert_eq!(facts.records[0].target, "Quarnholm");
     let Some(sh) = shared("known/counterfact fact sets") else {
         return;
     };

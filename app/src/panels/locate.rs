@@ -35,7 +35,20 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         });
     ui.horizontal_wrapped(|ui| {
         ui.add(egui::Slider::new(&mut r.samples, 1..=50).text("noisy samples"));
-        ui.add(egui::Slider::new(&mut r.window, 1..=20).text("window"));
+        ui.add(
+            egui::Slider::new(&mut r.window, 0..=20)
+                .text("window")
+                .custom_formatter(|v, _| {
+                    if v < 0.5 {
+                        "auto".into()
+                    } else {
+                        format!("{v:.0}")
+                    }
+                }),
+        )
+        .on_hover_text(
+            "MLP/attention layers restored together; auto is ROME's 10, scaled for shallow models",
+        );
         ui.add(
             egui::Slider::new(&mut r.noise_multiple, 0.0..=10.0)
                 .text("noise (x embedding std)")
