@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use engram_datasets::demo::{demo_corpus, demo_facts, DemoFact};
+use engram_datasets::demo::{demo_corpus, demo_facts, demo_records, DemoFact};
 use engram_model::device::{Cpu, CpuAutodiff};
 use engram_model::generate::Rng;
 use engram_model::train::{train_lm, TrainConfig};
@@ -183,6 +183,7 @@ pub fn train_demo(
 ) -> Result<DemoReport> {
     let facts = demo_facts(DEMO_SUBJECTS, seed);
     let corpus = demo_corpus(&facts, DEMO_FILLER, seed);
+    let records = demo_records(&facts);
     let vocab = vocab(&corpus);
     std::fs::create_dir_all(model_dir)
         .with_context(|| format!("creating {}", model_dir.display()))?;
@@ -190,6 +191,17 @@ pub fn train_demo(
     std::fs::write(&tok_path, serde_json::to_string(&tokenizer_json(&vocab))?)?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     let eos = 1u32;
+    let encode = |lines: &[String]| -> Result<Vec<Vec<u32>>> {
+        lines
+            .iter()
+            .map(|s| {
+                let mut ids = tokenizer.encode(s)?;
+                ids.push(eos);
+                Ok(ids)
+            })
+            .collect()
+    };
+    let records = encode(&records)?;
     let sequences: Vec<Vec<u32>> = corpus
         .iter()
         .map(|s| {
@@ -198,30 +210,58 @@ pub fn train_demo(
             Ok(ids)
         })
         .collect::<Result<_>>()?;
+    // Short documents: every sentence once more after one or two random others,
+    // so that facts are also read mid-sequence, after text (as ROME's context
+    // prefixes put them).
+    let mut rng = Rng::new(seed ^ 0xD0C5);
+    let mut documents = Vec::with_capacity(sequences.len());
+    for s in &sequences {
+        let mut doc: Vec<u32> = Vec::new();
+        for _ in 0..1 + rng.next_u64() % 2 {
+            let other = &sequences[(rng.next_u64() % sequences.len() as u64) as usize];
+            if doc.len() + other.len() - 1 + s.len() <= N_CTX {
+                doc.extend_from_slice(&other[..other.len() - 1]);
+            }
+        }
+        doc.extend_from_slice(s);
+        documents.push(doc);
+    }
 
     let config_text = serde_json::to_string_pretty(&config_json(vocab.len()))?;
     let cfg = ModelConfig::from_json_str(&config_text, &model_dir.join("config.json"))?;
     let init = random_gpt2(&cfg, seed);
     let device = Default::default();
     let mut model = Transformer::<CpuAutodiff>::from_source(cfg, &init, &device)?;
-    let train_cfg = TrainConfig {
-        steps,
-        batch_size: 32,
-        lr: 3e-3,
-        warmup: 100,
-        weight_decay: 0.01,
-        seed,
-    };
+    // Phase 1 (a third of the steps): record lines only, so that the subject's
+    // last token learns its attributes first. Phase 2: everything, records included.
+    let phase1 = steps / 3;
+    let mut all = sequences.clone();
+    all.extend(records.iter().cloned());
+    all.extend(documents);
+    let phases = [(phase1, &records), (steps - phase1, &all)];
     let start = Instant::now();
-    let losses = train_lm(&mut model, &sequences, &train_cfg, |step, loss| {
-        if !quiet && (step % 100 == 0 || step + 1 == steps) {
-            eprintln!(
-                "step {step:>5}/{steps}  loss {loss:.4}  ({:.0} s)",
-                start.elapsed().as_secs_f64()
-            );
-        }
-        true
-    })?;
+    let mut losses = Vec::with_capacity(steps);
+    for (i, (phase_steps, data)) in phases.into_iter().enumerate() {
+        let train_cfg = TrainConfig {
+            steps: phase_steps,
+            batch_size: 32,
+            lr: 3e-3,
+            warmup: 100,
+            weight_decay: 0.01,
+            seed: seed + i as u64,
+        };
+        let offset = losses.len();
+        losses.extend(train_lm(&mut model, data, &train_cfg, |step, loss| {
+            let step = offset + step;
+            if !quiet && (step % 100 == 0 || step + 1 == steps) {
+                eprintln!(
+                    "step {step:>5}/{steps}  loss {loss:.4}  ({:.0} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            true
+        })?);
+    }
     let train_seconds = start.elapsed().as_secs_f64();
 
     let tensors = engram_model::arch::gpt2::export(&model)?;
@@ -249,6 +289,13 @@ pub fn train_demo(
         final_loss: losses.last().copied().unwrap_or(f32::NAN),
         steps,
     })
+}
+
+/// The demo training sentences (facts in every phrasing, then filler), one per
+/// paragraph: the demo model's corpus for ROME's key statistics.
+pub fn demo_corpus_text() -> String {
+    let facts = demo_facts(DEMO_SUBJECTS, 0);
+    demo_corpus(&facts, DEMO_FILLER, 0).join("\n\n")
 }
 
 /// The demo checkpoint, compiled into the binary so that it opens from anywhere.

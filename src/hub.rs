@@ -21,6 +21,15 @@ pub fn looks_like_hub_id(arg: &str) -> bool {
         })
 }
 
+/// Whether `arg` names the demo model: `demo`, or the directory it resolves to.
+pub fn is_demo(arg: &Path) -> bool {
+    arg == Path::new("demo")
+        || crate::demo::demo_model_dir()
+            .ok()
+            .zip(std::fs::canonicalize(arg).ok())
+            .is_some_and(|(d, a)| std::fs::canonicalize(d).ok() == Some(a))
+}
+
 /// A local path for `arg`: the path itself if it exists, else a hub download.
 /// `demo` names the embedded demo model.
 pub fn resolve_model(arg: &Path) -> Result<PathBuf> {

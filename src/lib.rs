@@ -14,6 +14,7 @@ pub use engram_model as model;
 pub mod backend;
 pub mod bench;
 pub mod demo;
+pub mod edit;
 pub mod hub;
 pub mod lens;
 pub mod patch;

@@ -59,13 +59,15 @@ enum Command {
     Trace(TraceArgs),
     /// Activation patching (clean into corrupted) for one fact; stored as a `patch` run.
     Patch(PatchArgs),
+    /// ROME: rewrite one fact (never the checkpoint on disk); optionally export the ledger.
+    Edit(EditArgs),
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
         out: PathBuf,
         #[arg(long, default_value = "datasets/demo/facts.jsonl")]
         facts_out: PathBuf,
-        #[arg(long, default_value_t = 1500)]
+        #[arg(long, default_value_t = 3000)]
         steps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -154,6 +156,44 @@ struct PatchArgs {
 }
 
 #[derive(Args)]
+struct EditArgs {
+    model: PathBuf,
+    /// The prompt, containing the subject, e.g. "The Eiffel Tower is located in the city of".
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    subject: String,
+    /// The new answer, e.g. Rome.
+    #[arg(long)]
+    target: String,
+    /// More prompts to show before and after (paraphrases, neighbours).
+    #[arg(long = "also")]
+    also: Vec<String>,
+    /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, ...) or a JSON file.
+    #[arg(long)]
+    hparams: Option<String>,
+    /// Edit this layer instead of the hyperparameters' one.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// The update's key: consistent (r-ROME) or original (ROME's code).
+    #[arg(long, default_value = "consistent")]
+    key: String,
+    /// Text for the key statistics (default for the demo model: its corpus).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Key vectors for the statistics.
+    #[arg(long, default_value_t = 100_000)]
+    stats_tokens: usize,
+    /// Write the edit ledger (JSON) here.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: engram::model::DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
+#[derive(Args)]
 struct TraceArgs {
     model: PathBuf,
     /// A fact set: known_1000.json, CounterFact, or CSV/JSONL of subject,prompt,target.
@@ -174,7 +214,9 @@ struct TraceArgs {
     kind: Vec<String>,
     #[arg(long, default_value_t = 10)]
     samples: usize,
-    #[arg(long, default_value_t = 10)]
+    /// MLP/attention layers restored together. 0: ROME's 10 on models of 28+
+    /// layers, the same share of depth (10/48) on shallower ones.
+    #[arg(long, default_value_t = 0)]
     window: usize,
     /// Noise scale ν: `3sigma` (3 x the std of the subjects' token embeddings, ROME), `Ksigma`, or a number.
     #[arg(long, default_value = "3sigma")]
@@ -338,6 +380,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Trace(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, TraceJob(args))
+        }
+        Command::Edit(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, EditJob(args))
         }
         Command::Patch(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
@@ -637,6 +683,86 @@ fn bench_hooks(model: &Path, batch: usize, seq: usize, iters: usize, as_json: bo
         );
     }
     Ok(())
+}
+
+struct EditJob(EditArgs);
+
+impl BackendJob for EditJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::editing::rome::context::context_templates;
+        use engram::editing::rome::{rome_edit, EditRequest, KeyChoice};
+        use engram::editing::Ledger;
+        let a = self.0;
+        let mut lm = load::<B>(&a.model, &device)?;
+        let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+        if let Some(l) = a.layer {
+            hp.layers = vec![l];
+        }
+        hp.key = match a.key.as_str() {
+            "consistent" => KeyChoice::Consistent,
+            "original" => KeyChoice::Original,
+            other => bail!("unknown --key {other:?}: use consistent or original"),
+        };
+        let layer = hp.layer()?;
+        let request = EditRequest {
+            prompt: a.prompt.clone(),
+            subject: a.subject.clone(),
+            target: a.target.clone(),
+        };
+        request.template()?;
+        let cov = engram::edit::key_covariance(
+            &lm,
+            &a.model,
+            layer,
+            a.corpus.as_deref(),
+            a.stats_tokens,
+            false,
+        )?;
+        let templates = context_templates(
+            &lm.model,
+            &lm.tokenizer,
+            &hp.context_template_length_params,
+            0,
+        )?;
+        let mut prompts = vec![a.prompt.clone()];
+        prompts.extend(a.also.iter().cloned());
+        let show = |lm: &LanguageModel<B>, when: &str| -> Result<()> {
+            for p in &prompts {
+                let top = lm.top_k(p, 3)?;
+                let cells: Vec<String> = top
+                    .iter()
+                    .map(|t| format!("{:?} {:.4}", t.token, t.prob))
+                    .collect();
+                println!("{when:>6}  {p:?} -> {}", cells.join(", "));
+            }
+            Ok(())
+        };
+        show(&lm, "before")?;
+        let edit = rome_edit(&lm, &request, &hp, &cov, &templates, &mut |step, total| {
+            eprint!("\rv*: step {}/{total}", step + 1);
+            true
+        })?;
+        eprintln!();
+        for (i, s) in edit.steps.iter().enumerate() {
+            println!(
+                "v* step {i:>2}: loss {:.4} = nll {:.4} + kl {:.4} + decay {:.4}; p(target) {:.4}",
+                s.total, s.nll, s.kl, s.weight_decay, s.target_prob
+            );
+        }
+        println!(
+            "layer {layer}, key {:?}: |k*| {:.3}, |v0| {:.3}, |v* - v0| {:.3}, {} key vectors, {:.2} s",
+            edit.key, edit.k_star_norm, edit.v0_norm, edit.delta_norm, edit.stats_tokens, edit.seconds
+        );
+        let mut ledger = Ledger::new(engram::lens::model_hash(&a.model)?);
+        ledger.push(&mut lm.model, edit)?;
+        show(&lm, "after")?;
+        if let Some(path) = &a.ledger {
+            ledger.export(path)?;
+            println!("ledger written to {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 struct TraceJob(TraceArgs);

@@ -285,6 +285,14 @@ fn runs_commands_work_on_a_stored_run() {
     assert!(!ok && err.contains("no run \"nope\""), "{err}");
 }
 
+/// The demo fact set as committed (`datasets/demo/facts.jsonl`).
+fn demo_fact_records() -> Vec<engram::datasets::facts::UserFact> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl");
+    engram::datasets::facts::load_user_facts(&path, engram::datasets::OnBadRecord::Fail)
+        .expect("demo facts")
+        .records
+}
+
 fn demo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("app/assets/demo-model")
 }
@@ -380,16 +388,17 @@ fn lens_command_stores_a_plottable_run() {
     let _ = std::fs::remove_dir_all(&dir);
     let runs = dir.join("runs");
     let model = demo_dir();
+    let fact = demo_fact_records().swap_remove(0);
     let (ok, out, err) = engram(&[
         "lens",
         model.to_str().expect("utf8"),
         "--prompt",
-        "Vomas Straford lives in the city of",
+        &fact.prompt,
         "--runs",
         runs.to_str().expect("utf8"),
     ]);
     assert!(ok, "{err}");
-    // The demo model answers Lirrow; the lens shows it at the last layer, last position.
+    // The demo model knows the fact; the lens shows it at the last layer, last position.
     let last_row = out
         .lines()
         .find(|l| l.trim_start().starts_with("3 "))
@@ -399,7 +408,7 @@ fn lens_command_stores_a_plottable_run() {
             .split_whitespace()
             .last()
             .expect("cell")
-            .starts_with("Lirrow:"),
+            .starts_with(&format!("{}:", fact.target)),
         "{out}"
     );
     let id = out
@@ -430,7 +439,7 @@ fn lens_command_stores_a_plottable_run() {
     assert!(ok, "{err}");
     assert!(std::fs::read_to_string(&svg)
         .expect("svg")
-        .contains("Lirrow"));
+        .contains(&fact.target));
 }
 
 /// `demo` names the embedded demo model, from any working directory, offline.
@@ -463,12 +472,25 @@ fn trace_command_stores_a_run_and_rejects_bad_input() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let facts = dir.join("facts.csv");
+    // Two true demo facts around one with a wrong answer (another profession).
+    let demo = demo_fact_records();
+    let (city, language, job) = (&demo[0], &demo[1], &demo[2]);
+    let wrong = if job.target == "baker" {
+        "pilot"
+    } else {
+        "baker"
+    };
+    let csv = [
+        format!("{},{},{}", city.subject, city.prompt, city.target),
+        format!("{},{},{wrong}", job.subject, job.prompt),
+        format!(
+            "{},{},{}",
+            language.subject, language.prompt, language.target
+        ),
+    ];
     std::fs::write(
         &facts,
-        "subject,prompt,target\n\
-         Vomas Straford,Vomas Straford lives in the city of,Lirrow\n\
-         Nelin Garford,Nelin Garford works as a,pilot\n\
-         Nelin Garford,Nelin Garford speaks the language,Brunnic\n",
+        format!("subject,prompt,target\n{}\n", csv.join("\n")),
     )
     .expect("write facts");
     let runs = dir.join("runs");
@@ -483,7 +505,7 @@ fn trace_command_stores_a_run_and_rejects_bad_input() {
         runs.to_str().unwrap_or_default(),
     ]);
     assert!(ok, "{err}");
-    // Nelin Garford is a judge in the demo facts: that fact is skipped, as ROME does.
+    // The wrong profession is skipped, as ROME skips facts the model does not know.
     assert!(out.contains("traced 2 facts, skipped 1"), "{out}");
     let run_dir = out
         .lines()
@@ -505,20 +527,20 @@ fn trace_command_stores_a_run_and_rejects_bad_input() {
         (
             vec![
                 "--prompt",
-                "Vomas Straford works as a",
+                &job.prompt,
                 "--subject",
-                "Nelin",
+                "Nobody",
                 "--target",
-                "weaver",
+                &job.target,
             ],
-            "Nelin",
+            "Nobody",
         ),
         (
             vec![
                 "--prompt",
-                "Vomas Straford works as a",
+                &job.prompt,
                 "--subject",
-                "Vomas Straford",
+                &job.subject,
                 "--target",
                 "",
             ],
@@ -531,17 +553,20 @@ fn trace_command_stores_a_run_and_rejects_bad_input() {
         let (ok, _, err) = engram(&all);
         assert!(!ok && err.contains(needle), "{all:?}: {err}");
     }
-    let wrong = dir.join("wrong.csv");
+    let wrong_csv = dir.join("wrong.csv");
     std::fs::write(
-        &wrong,
-        "subject,prompt,target\nVomas Straford,Vomas Straford works as a,pilot\n",
+        &wrong_csv,
+        format!(
+            "subject,prompt,target\n{},{},{wrong}\n",
+            job.subject, job.prompt
+        ),
     )
     .expect("write");
     let (ok, _, err) = engram(&[
         "trace",
         "demo",
         "--facts",
-        wrong.to_str().unwrap_or_default(),
+        wrong_csv.to_str().unwrap_or_default(),
         "--runs",
         r,
     ]);
@@ -557,28 +582,36 @@ fn patch_command_stores_a_run() {
     let _ = std::fs::remove_dir_all(&dir);
     let runs = dir.join("runs");
     let r = runs.to_str().unwrap_or_default();
+    // Demo names come in both word orders: the swapped name is another person,
+    // with another city, and the same token length.
+    let demo = demo_fact_records();
+    let (fact, swapped) = (&demo[0], &demo[3]);
+    let words: Vec<&str> = fact.subject.split(' ').rev().collect();
+    assert_eq!(swapped.subject, words.join(" "));
+    assert_ne!(fact.target, swapped.target);
     let base = [
         "patch",
         "demo",
         "--prompt",
-        "Vomas Straford lives in the city of",
+        &fact.prompt,
         "--subject",
-        "Vomas Straford",
+        &fact.subject,
         "--target",
-        "Lirrow",
+        &fact.target,
         "--runs",
         r,
     ];
     let mut args = base.to_vec();
     args.extend([
         "--corrupt-subject",
-        "Nelin Garford",
+        &swapped.subject,
         "--sites",
         "resid_pre,head_out",
     ]);
     let (ok, out, err) = engram(&args);
     assert!(ok, "{err}");
-    assert!(out.contains("(\"Lirrow\" vs \"Tirravel\")"), "{out}");
+    let pair = format!("({:?} vs {:?})", fact.target, swapped.target);
+    assert!(out.contains(&pair), "{out}");
     let run_dir = out
         .lines()
         .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(" in ").nth(1)))
@@ -586,14 +619,67 @@ fn patch_command_stores_a_run() {
         .expect("run directory");
     assert!(run_dir.join("patch.parquet").is_file() && run_dir.join("patch.svg").is_file());
     let mut args = base.to_vec();
-    args.extend([
-        "--corrupted-prompt",
-        "Nelin Garford lives in the old city of",
-    ]);
+    let longer = swapped.prompt.replace(" the city", " the old city");
+    args.extend(["--corrupted-prompt", &longer]);
     let (ok, _, err) = engram(&args);
     assert!(
         !ok && err.contains("has 7 tokens") || err.contains("7 tokens"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `engram edit demo`: the new answer becomes top-1, the ledger is written, and
+/// bad requests are refused with the offending input named.
+#[test]
+fn edit_command_rewrites_a_fact_and_refuses_bad_requests() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let demo = demo_fact_records();
+    let (fact, other) = (&demo[0], &demo[3]);
+    assert_ne!(fact.target, other.target);
+    let ledger = dir.join("ledger.json");
+    let run = |target: &str, subject: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args([
+                "edit",
+                "demo",
+                "--prompt",
+                &fact.prompt,
+                "--subject",
+                subject,
+                "--target",
+                target,
+                "--ledger",
+                ledger.to_str().unwrap_or_default(),
+            ])
+            .output()
+            .expect("run engram");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&other.target, &fact.subject);
+    assert!(ok, "{err}");
+    let after = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("after"))
+        .expect("after line");
+    let first = after.split("->").nth(1).expect("answers");
+    assert!(
+        first
+            .trim_start()
+            .starts_with(&format!("{:?}", other.target)),
+        "{out}"
+    );
+    assert!(ledger.is_file());
+    let (ok, _, err) = run(&fact.target, &fact.subject);
+    assert!(!ok && err.contains("already the model's answer"), "{err}");
+    let (ok, _, err) = run(&other.target, "Nobody");
+    assert!(!ok && err.contains("Nobody"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

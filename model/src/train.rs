@@ -9,7 +9,7 @@ use burn_tensor::{Int, Tensor, TensorData};
 use crate::error::{ModelError, Result};
 use crate::generate::Rng;
 use crate::hooks::NoHooks;
-use crate::layers::{Linear, Norm};
+use crate::layers::{Attention, Block, Linear, Mlp, Norm};
 use crate::transformer::{Batch, Transformer};
 
 /// A mutable reference to one parameter tensor.
@@ -232,4 +232,56 @@ fn schedule(cfg: &TrainConfig, step: usize) -> f64 {
     let span = (cfg.steps - cfg.warmup).max(1) as f64;
     let frac = (step - cfg.warmup) as f64 / span;
     cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()))
+}
+
+fn lift_linear<B: AutodiffBackend>(l: &Linear<B::InnerBackend>) -> Linear<B> {
+    Linear {
+        weight: Tensor::from_inner(l.weight.clone()),
+        bias: l.bias.clone().map(Tensor::from_inner),
+    }
+}
+
+fn lift_norm<B: AutodiffBackend>(n: &Norm<B::InnerBackend>) -> Norm<B> {
+    Norm {
+        kind: n.kind,
+        eps: n.eps,
+        weight: Tensor::from_inner(n.weight.clone()),
+        bias: n.bias.clone().map(Tensor::from_inner),
+    }
+}
+
+impl<B: AutodiffBackend> Transformer<B> {
+    /// The same weights on the autodiff backend, sharing storage (no copy). No
+    /// parameter requires a gradient: ROME's v* optimises a vector added to an
+    /// activation, not the weights.
+    pub fn lift(m: &Transformer<B::InnerBackend>) -> Self {
+        Transformer {
+            config: m.config.clone(),
+            embed: Tensor::from_inner(m.embed.clone()),
+            pos_embed: m.pos_embed.clone().map(Tensor::from_inner),
+            blocks: m
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    ln1: lift_norm(&b.ln1),
+                    ln2: b.ln2.as_ref().map(lift_norm),
+                    attn: Attention {
+                        q: lift_linear(&b.attn.q),
+                        k: lift_linear(&b.attn.k),
+                        v: lift_linear(&b.attn.v),
+                        o: lift_linear(&b.attn.o),
+                    },
+                    mlp: Mlp {
+                        fc_in: lift_linear(&b.mlp.fc_in),
+                        up: b.mlp.up.as_ref().map(lift_linear),
+                        fc_out: lift_linear(&b.mlp.fc_out),
+                        act: b.mlp.act,
+                    },
+                })
+                .collect(),
+            ln_final: lift_norm(&m.ln_final),
+            unembed: lift_linear(&m.unembed),
+            device: m.device.clone(),
+        }
+    }
 }

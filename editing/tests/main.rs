@@ -1,0 +1,345 @@
+//! Editing tests, in one binary, on the embedded demo model (no `../shared` needed).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use engram_datasets::demo::{demo_facts, DemoFact, RELATIONS};
+use engram_editing::rome::compute_u::{subject_keys, KeyCovariance};
+use engram_editing::rome::context::context_templates;
+use engram_editing::rome::{rome_edit, EditRequest, RomeEdit, RomeHparams};
+use engram_editing::stats::{cached_stats, collect_stats, LayerStats, StatsOptions};
+use engram_editing::{EditError, Ledger};
+use engram_model::device::Cpu;
+use engram_model::LanguageModel;
+
+fn demo() -> LanguageModel<Cpu> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+    LanguageModel::load(&dir, &Default::default()).expect("demo model")
+}
+
+fn facts() -> Vec<DemoFact> {
+    demo_facts(150, 0)
+}
+
+/// The demo corpus's fact sentences: the statistics text for the demo model.
+fn corpus() -> String {
+    facts()
+        .iter()
+        .flat_map(|f| {
+            f.prompts()
+                .into_iter()
+                .map(move |p| format!("{p} {} .", f.target))
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn hparams() -> RomeHparams {
+    RomeHparams::builtin("demo").expect("demo hparams")
+}
+
+/// The demo model's layer statistics and context templates, computed once.
+fn setup() -> &'static (LayerStats, Vec<String>) {
+    static S: OnceLock<(LayerStats, Vec<String>)> = OnceLock::new();
+    S.get_or_init(|| {
+        let lm = demo();
+        let hp = hparams();
+        let opts = StatsOptions {
+            max_tokens: 20_000,
+            seq_len: 32,
+            ..StatsOptions::new(hp.layer().expect("layer"))
+        };
+        let stats = collect_stats(
+            &lm.model,
+            &lm.tokenizer,
+            &corpus(),
+            "demo",
+            &opts,
+            &mut |_, _| true,
+        )
+        .expect("stats");
+        let templates = context_templates(
+            &lm.model,
+            &lm.tokenizer,
+            &hp.context_template_length_params,
+            0,
+        )
+        .expect("templates");
+        (stats, templates)
+    })
+}
+
+fn request(f: &DemoFact, target: &str) -> EditRequest {
+    EditRequest {
+        prompt: f.prompts()[0].clone(),
+        subject: f.subject.clone(),
+        target: target.into(),
+    }
+}
+
+/// Another answer of the same relation.
+fn new_target(f: &DemoFact, k: usize) -> String {
+    let targets = RELATIONS
+        .iter()
+        .find(|r| r.id == f.relation)
+        .expect("relation")
+        .targets;
+    let i = targets.iter().position(|t| *t == f.target).expect("target");
+    targets[(i + 1 + k % (targets.len() - 1)) % targets.len()].to_string()
+}
+
+fn top1(lm: &LanguageModel<Cpu>, prompt: &str) -> String {
+    let t = lm.top_k(prompt, 1).expect("top")[0].id;
+    lm.tokenizer
+        .decode(&[t])
+        .expect("decode")
+        .trim()
+        .to_string()
+}
+
+fn edit(lm: &LanguageModel<Cpu>, req: &EditRequest) -> RomeEdit {
+    let (stats, templates) = setup();
+    let cov = KeyCovariance::new(stats).expect("C is positive definite");
+    rome_edit(lm, req, &hparams(), &cov, templates, &mut |_, _| true).expect("edit")
+}
+
+#[test]
+fn u_is_a_solve_of_the_key_second_moment() {
+    let lm = demo();
+    let (stats, templates) = setup();
+    let cov = KeyCovariance::new(stats).expect("cholesky");
+    let f = &facts()[0];
+    let keys = subject_keys(&lm, &f.prompts()[0], &f.subject, templates, 0).expect("keys");
+    let u = cov.solve(&keys.k_star).expect("solve");
+    // C u = k*, with C from its definition: Σ k kᵀ / n.
+    let c = stats.mom2();
+    let n = stats.dim;
+    let mut worst = 0f64;
+    let scale = keys
+        .k_star
+        .iter()
+        .map(|x| f64::from(x.abs()))
+        .fold(0.0, f64::max);
+    for i in 0..n {
+        let cu: f64 = (0..n).map(|j| c[i * n + j] * u[j]).sum();
+        worst = worst.max((cu - f64::from(keys.k_star[i])).abs());
+    }
+    assert!(worst < 1e-6 * scale.max(1.0), "residual {worst}");
+    // ROME's prefixes: "{}" plus 10 samples of up to 5 tokens and 10 of up to 10.
+    let rome = templates;
+    assert_eq!(rome.len(), 21, "{rome:?}");
+    assert_eq!(rome[0], "{}");
+    assert!(rome[1..]
+        .iter()
+        .all(|t| t.starts_with("The") && t.ends_with(" . {}")));
+    // Word-level tokens: at most `len` generated, then "." and "{}".
+    let words = |t: &str| t.split_whitespace().count();
+    assert!(rome[1..11].iter().all(|t| words(t) <= 5 + 2), "{rome:?}");
+    assert!(rome[11..].iter().all(|t| words(t) <= 10 + 2), "{rome:?}");
+}
+
+#[test]
+fn statistics_cache_reloads() {
+    let lm = demo();
+    let dir = std::env::temp_dir().join(format!("engram-stats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = StatsOptions {
+        max_tokens: 2_000,
+        seq_len: 32,
+        ..StatsOptions::new(1)
+    };
+    let text = corpus();
+    let (a, cached) = cached_stats(
+        &dir,
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        "demo",
+        &opts,
+        &mut |_, _| true,
+    )
+    .expect("collect");
+    assert!(!cached);
+    assert!(
+        a.key.tokens >= 1_900 && a.key.tokens <= 2_000,
+        "{}",
+        a.key.tokens
+    );
+    let (b, cached) = cached_stats(
+        &dir,
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        "demo",
+        &opts,
+        &mut |_, _| panic!("the cache was not used"),
+    )
+    .expect("reload");
+    assert!(cached);
+    assert_eq!(a, b);
+    // A truncated cache file is an error naming the file, not a panic.
+    let path = LayerStats::cache_path(&dir, &a.key);
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let err = LayerStats::load(&path).expect_err("truncated");
+    assert!(err.to_string().contains("truncated"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn apply_then_revert_restores_every_weight_bit_for_bit() {
+    let mut lm = demo();
+    let before: Vec<Vec<f32>> = lm
+        .model
+        .blocks
+        .iter()
+        .map(|b| b.mlp.fc_out.weight.to_data().into_vec().expect("w"))
+        .collect();
+    let fs = facts();
+    let e1 = edit(&lm, &request(&fs[0], &new_target(&fs[0], 0)));
+    let e2 = edit(&lm, &request(&fs[4], &new_target(&fs[4], 0)));
+    let mut ledger = Ledger::new("demo");
+    let a = ledger.push(&mut lm.model, e1).expect("push");
+    let b = ledger.push(&mut lm.model, e2).expect("push");
+    let edited: Vec<f32> = lm.model.blocks[0]
+        .mlp
+        .fc_out
+        .weight
+        .to_data()
+        .into_vec()
+        .expect("w");
+    assert_ne!(edited, before[0]);
+    // Revert in the order applied, then re-apply one and revert everything.
+    ledger
+        .set_applied(&mut lm.model, a, false)
+        .expect("revert a");
+    ledger
+        .set_applied(&mut lm.model, b, false)
+        .expect("revert b");
+    let now: Vec<f32> = lm.model.blocks[0]
+        .mlp
+        .fc_out
+        .weight
+        .to_data()
+        .into_vec()
+        .expect("w");
+    assert!(now
+        .iter()
+        .zip(&before[0])
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    ledger.set_applied(&mut lm.model, b, true).expect("apply b");
+    ledger.revert_all(&mut lm.model);
+    for (l, b) in lm.model.blocks.iter().enumerate() {
+        let w: Vec<f32> = b.mlp.fc_out.weight.to_data().into_vec().expect("w");
+        assert!(
+            w.iter()
+                .zip(&before[l])
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "layer {l}"
+        );
+    }
+    // Export and re-apply on a fresh copy of the same model: the same weights.
+    ledger.set_applied(&mut lm.model, a, true).expect("apply a");
+    let path = std::env::temp_dir().join(format!("engram-ledger-{}.json", std::process::id()));
+    ledger.export(&path).expect("export");
+    let mut fresh = demo();
+    Ledger::<Cpu>::import(&path, &mut fresh.model, "demo").expect("import");
+    let want: Vec<f32> = lm.model.blocks[0]
+        .mlp
+        .fc_out
+        .weight
+        .to_data()
+        .into_vec()
+        .expect("w");
+    let got: Vec<f32> = fresh.model.blocks[0]
+        .mlp
+        .fc_out
+        .weight
+        .to_data()
+        .into_vec()
+        .expect("w");
+    assert!(want
+        .iter()
+        .zip(&got)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(matches!(
+        Ledger::<Cpu>::import(&path, &mut fresh.model, "another"),
+        Err(EditError::WrongBase { .. })
+    ));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let lm = demo();
+    let f = &facts()[0];
+    let (stats, templates) = setup();
+    let cov = KeyCovariance::new(stats).expect("cov");
+    let hp = hparams();
+    let run = |req: EditRequest| rome_edit(&lm, &req, &hp, &cov, templates, &mut |_, _| true);
+    let mut req = request(f, &f.target);
+    assert!(matches!(
+        run(req.clone()),
+        Err(EditError::TargetIsCurrent { .. })
+    ));
+    req.target = " ".into();
+    assert!(run(req.clone()).is_err());
+    req.target = new_target(f, 0);
+    req.subject = "Nobody".into();
+    let err = run(req).expect_err("subject not in prompt");
+    assert!(err.to_string().contains("Nobody"), "{err}");
+}
+
+/// ROME on the demo model, over 60 facts (one edit at a time, reverted after each):
+/// efficacy (the new target is top-1 for the edited prompt), generalisation (for
+/// the relation's two other phrasings) and locality (12 facts of other subjects
+/// keep the model's own answers).
+#[test]
+fn demo_edits_take_generalise_and_stay_local() {
+    let mut lm = demo();
+    let fs = facts();
+    let probes: Vec<(String, String)> = fs
+        .iter()
+        .skip(300)
+        .step_by(12)
+        .map(|f| {
+            let p = f.prompts()[0].clone();
+            let a = top1(&lm, &p);
+            (p, a)
+        })
+        .collect();
+    let (mut efficacy, mut para, mut para_n, mut local, mut local_n) = (0, 0, 0, 0, 0);
+    let n = 60;
+    let mut ledger = Ledger::new("demo");
+    for (i, f) in fs.iter().step_by(5).take(n).enumerate() {
+        let target = new_target(f, i);
+        let e = edit(&lm, &request(f, &target));
+        let id = ledger.push(&mut lm.model, e).expect("push");
+        let prompts = f.prompts();
+        efficacy += usize::from(top1(&lm, &prompts[0]) == target);
+        for p in &prompts[1..] {
+            para += usize::from(top1(&lm, p) == target);
+            para_n += 1;
+        }
+        for (p, a) in &probes {
+            if !p.starts_with(&f.subject) {
+                local += usize::from(&top1(&lm, p) == a);
+                local_n += 1;
+            }
+        }
+        ledger
+            .set_applied(&mut lm.model, id, false)
+            .expect("revert");
+    }
+    let (e, p, l) = (
+        efficacy as f64 / n as f64,
+        para as f64 / para_n as f64,
+        local as f64 / local_n as f64,
+    );
+    eprintln!(
+        "demo ROME over {n} edits: efficacy {e:.3}, paraphrases {p:.3} ({para}/{para_n}), locality {l:.3} ({local}/{local_n})"
+    );
+    assert!(e >= 0.9, "efficacy {e}");
+    assert!(p >= 0.5, "paraphrases {p}");
+    assert!(l >= 0.9, "locality {l}");
+}

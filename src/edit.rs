@@ -1,0 +1,114 @@
+//! `engram edit` and `engram stats`: ROME from the command line. Finds the
+//! checked-in hyperparameters for a model, the statistics corpus (the demo
+//! corpus for the demo model, otherwise a text file such as WikiText-2), and
+//! the on-disk statistics cache.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use engram_editing::rome::compute_u::KeyCovariance;
+use engram_editing::rome::RomeHparams;
+use engram_editing::stats::{cached_stats, StatsOptions};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::LanguageModel;
+
+/// Where layer statistics are cached: `$ENGRAM_STATS_DIR`, else
+/// `$XDG_CACHE_HOME/engram/stats` or `~/.cache/engram/stats`.
+pub fn stats_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ENGRAM_STATS_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("engram")
+        .join("stats")
+}
+
+/// `--hparams`: a checked-in name, a JSON file, or (when absent) the model's own.
+pub fn resolve_hparams(model: &Path, given: Option<&str>) -> Result<RomeHparams> {
+    if let Some(g) = given {
+        if let Some(h) = RomeHparams::builtin(g) {
+            return Ok(h);
+        }
+        return RomeHparams::load(Path::new(g)).map_err(Into::into);
+    }
+    let name = model.to_string_lossy().to_lowercase();
+    let guess = if crate::hub::is_demo(model) {
+        "demo"
+    } else if name.contains("smollm2-135m") {
+        "smollm2-135m"
+    } else if name.contains("gpt2-xl") {
+        "gpt2-xl"
+    } else if name.contains("gpt-j-6b") {
+        "gpt-j-6b"
+    } else {
+        bail!(
+            "no checked-in ROME hyperparameters for {}: pass --hparams NAME|FILE \
+             (names: demo, smollm2-135m, gpt2-medium, gpt2-large, gpt2-xl, gpt-j-6b)",
+            model.display()
+        )
+    };
+    RomeHparams::builtin(guess).with_context(|| format!("hparams {guess}"))
+}
+
+/// The statistics text: `--corpus FILE`, or the demo corpus for the demo model.
+pub fn corpus_text(model: &Path, corpus: Option<&Path>) -> Result<(String, String)> {
+    match corpus {
+        Some(p) => Ok((
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the statistics corpus {}", p.display()))?,
+            p.display().to_string(),
+        )),
+        None if crate::hub::is_demo(model) => {
+            Ok((crate::demo::demo_corpus_text(), "the demo corpus".into()))
+        }
+        None => bail!(
+            "--corpus FILE is needed for the key statistics of {} (for example \
+             ../shared/datasets/wikitext-2/valid.txt)",
+            model.display()
+        ),
+    }
+}
+
+/// C at `layer` (cached on disk), factorised; prints progress to stderr.
+pub fn key_covariance<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &Path,
+    layer: usize,
+    corpus: Option<&Path>,
+    max_tokens: usize,
+    quiet: bool,
+) -> Result<KeyCovariance> {
+    let (text, name) = corpus_text(model, corpus)?;
+    let hash = crate::lens::model_hash(model)?;
+    let opts = StatsOptions {
+        max_tokens,
+        ..StatsOptions::new(layer)
+    };
+    let start = std::time::Instant::now();
+    let (stats, cached) = cached_stats(
+        &stats_dir(),
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        &hash,
+        &opts,
+        &mut |done, total| {
+            if !quiet {
+                eprint!("\rlayer {layer} statistics: {done}/{total} key vectors");
+            }
+            true
+        },
+    )?;
+    if !quiet {
+        eprintln!(
+            "\rlayer {layer} statistics: {} key vectors from {name}{} ({:.1} s)",
+            stats.key.tokens,
+            if cached { ", cached" } else { "" },
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(KeyCovariance::new(&stats)?)
+}
