@@ -112,3 +112,91 @@ pub fn key_covariance<B: Backend>(
     }
     Ok(KeyCovariance::new(&stats)?)
 }
+
+/// Demo facts as CounterFact-style cases: the first phrasing is the rewrite
+/// prompt, the other two the paraphrases, and the neighbourhood is up to five
+/// other people with the same true attribute (as CounterFact picks them). The
+/// new target is the relation's next answer.
+pub fn demo_eval_cases() -> Vec<engram_editing::eval::EvalCase> {
+    use engram_datasets::demo::{demo_facts, RELATIONS};
+    let facts = demo_facts(crate::demo::DEMO_SUBJECTS, 0);
+    facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let targets = RELATIONS
+                .iter()
+                .find(|r| r.id == f.relation)
+                .map(|r| r.targets)
+                .unwrap_or_default();
+            let at = targets.iter().position(|t| *t == f.target).unwrap_or(0);
+            let prompts = f.prompts();
+            engram_editing::eval::EvalCase {
+                case_id: i as u64,
+                subject: f.subject.clone(),
+                prompt: prompts[0].clone(),
+                target_new: targets[(at + 1) % targets.len().max(1)].to_string(),
+                target_true: f.target.clone(),
+                paraphrases: prompts[1..].to_vec(),
+                neighborhood: facts
+                    .iter()
+                    .filter(|g| {
+                        g.subject != f.subject && g.relation == f.relation && g.target == f.target
+                    })
+                    .take(5)
+                    .map(|g| g.prompts()[0].clone())
+                    .collect(),
+                neighborhood_target: f.target.clone(),
+            }
+        })
+        .collect()
+}
+
+/// CounterFact records (either form) as evaluation cases.
+pub fn counterfact_cases(path: &Path) -> Result<Vec<engram_editing::eval::EvalCase>> {
+    let loaded =
+        engram_datasets::facts::load_counterfact(path, engram_datasets::OnBadRecord::Skip)?;
+    for e in &loaded.skipped {
+        eprintln!("skipped record: {e}");
+    }
+    Ok(loaded
+        .records
+        .into_iter()
+        .map(|c| engram_editing::eval::EvalCase {
+            case_id: c.case_id,
+            prompt: c.prompt(),
+            subject: c.subject,
+            target_new: c.target_new,
+            target_true: c.target_true,
+            paraphrases: c.paraphrase_prompts,
+            neighborhood: c.neighborhood_prompts,
+            neighborhood_target: c.neighborhood_target,
+        })
+        .collect())
+}
+
+/// One evaluated case, as stored in the run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalRow {
+    pub case_id: u64,
+    pub subject: String,
+    pub prompt: String,
+    pub target_new: String,
+    pub target_true: String,
+    /// How many edits were applied when this case was scored (1 unless sequential).
+    pub edits_applied: usize,
+    pub es: f64,
+    pub em: f64,
+    pub ps: f64,
+    pub pm: f64,
+    pub ns: f64,
+    pub nm: f64,
+    pub reliability: f64,
+    pub generalization: f64,
+    pub locality: f64,
+    pub pre_es: f64,
+    pub pre_ps: f64,
+    pub pre_ns: f64,
+    pub edit_seconds: f64,
+    pub v_steps: usize,
+}

@@ -61,6 +61,8 @@ enum Command {
     Patch(PatchArgs),
     /// ROME: rewrite one fact (never the checkpoint on disk); optionally export the ledger.
     Edit(EditArgs),
+    /// Edit each case on fresh weights and score it (CounterFact conventions; stored as a run).
+    Eval(EvalArgs),
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
@@ -187,6 +189,38 @@ struct EditArgs {
     /// Write the edit ledger (JSON) here.
     #[arg(long)]
     ledger: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: engram::model::DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// counterfact (zsre is not built yet).
+    benchmark: String,
+    model: PathBuf,
+    /// CounterFact JSON (ROME's or EasyEdit's form). Default for the demo model: its facts.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluate this many usable cases (cases the edit refuses are skipped and counted).
+    #[arg(long, default_value_t = 50)]
+    n: usize,
+    #[arg(long, default_value = "rome")]
+    method: String,
+    #[arg(long)]
+    hparams: Option<String>,
+    #[arg(long, default_value = "consistent")]
+    key: String,
+    /// Keep every edit applied (sequential editing) instead of reverting after each case.
+    #[arg(long)]
+    sequential: bool,
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 100_000)]
+    stats_tokens: usize,
+    #[arg(long)]
+    runs: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: engram::model::DeviceSpec,
     #[arg(long, value_enum, default_value = "f32")]
@@ -384,6 +418,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Edit(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, EditJob(args))
+        }
+        Command::Eval(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, EvalJob(args))
         }
         Command::Patch(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
@@ -761,6 +799,198 @@ impl BackendJob for EditJob {
             ledger.export(path)?;
             println!("ledger written to {}", path.display());
         }
+        Ok(())
+    }
+}
+
+struct EvalJob(EvalArgs);
+
+impl BackendJob for EvalJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::datasets::summary::mean_ci;
+        use engram::edit::EvalRow;
+        use engram::editing::eval::{neighbourhood_argmax, rome_score, score_case};
+        use engram::editing::rome::context::context_templates;
+        use engram::editing::rome::{rome_edit, EditRequest, KeyChoice};
+        use engram::editing::{EditError, Ledger};
+        let a = self.0;
+        if a.benchmark != "counterfact" {
+            bail!(
+                "engram eval {}: only counterfact is built so far",
+                a.benchmark
+            );
+        }
+        if a.method != "rome" {
+            bail!("--method {}: only rome is built so far", a.method);
+        }
+        let mut lm = load::<B>(&a.model, &device)?;
+        let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+        hp.key = match a.key.as_str() {
+            "consistent" => KeyChoice::Consistent,
+            "original" => KeyChoice::Original,
+            other => bail!("unknown --key {other:?}: use consistent or original"),
+        };
+        let layer = hp.layer()?;
+        let (cases, dataset) = match &a.data {
+            Some(p) => (engram::edit::counterfact_cases(p)?, Some(p.clone())),
+            None if engram::hub::is_demo(&a.model) => (engram::edit::demo_eval_cases(), None),
+            None => bail!(
+                "--data FILE (CounterFact JSON) is needed for {}",
+                a.model.display()
+            ),
+        };
+        let cov = engram::edit::key_covariance(
+            &lm,
+            &a.model,
+            layer,
+            a.corpus.as_deref(),
+            a.stats_tokens,
+            false,
+        )?;
+        let templates = context_templates(
+            &lm.model,
+            &lm.tokenizer,
+            &hp.context_template_length_params,
+            0,
+        )?;
+        let hash = engram::lens::model_hash(&a.model)?;
+        let mut ledger = Ledger::new(hash.clone());
+        let mut rows: Vec<EvalRow> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        let start = std::time::Instant::now();
+        for case in &cases {
+            if rows.len() >= a.n {
+                break;
+            }
+            eprint!(
+                "\r{} of {} cases evaluated, {} skipped, {:.0} s",
+                rows.len(),
+                a.n,
+                skipped.len(),
+                start.elapsed().as_secs_f64()
+            );
+            let request = EditRequest {
+                prompt: case.prompt.clone(),
+                subject: case.subject.clone(),
+                target: case.target_new.clone(),
+            };
+            let pre_nb = neighbourhood_argmax(&lm, case)?;
+            let pre = score_case(&lm, case, &pre_nb)?;
+            let edit = match rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true) {
+                Ok(e) => e,
+                Err(e @ (EditError::TargetIsCurrent { .. } | EditError::Model(_))) => {
+                    skipped.push(format!("case {}: {e}", case.case_id));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (seconds, v_steps) = (edit.seconds, edit.steps.len());
+            let id = ledger.push(&mut lm.model, edit)?;
+            let post = score_case(&lm, case, &pre_nb)?;
+            if !a.sequential {
+                ledger.set_applied(&mut lm.model, id, false)?;
+            }
+            rows.push(EvalRow {
+                case_id: case.case_id,
+                subject: case.subject.clone(),
+                prompt: case.prompt.clone(),
+                target_new: case.target_new.clone(),
+                target_true: case.target_true.clone(),
+                edits_applied: if a.sequential { rows.len() + 1 } else { 1 },
+                es: post.es,
+                em: post.em,
+                ps: post.ps,
+                pm: post.pm,
+                ns: post.ns,
+                nm: post.nm,
+                reliability: post.reliability,
+                generalization: post.generalization,
+                locality: post.locality,
+                pre_es: pre.es,
+                pre_ps: pre.ps,
+                pre_ns: pre.ns,
+                edit_seconds: seconds,
+                v_steps,
+            });
+        }
+        eprintln!();
+        if rows.is_empty() {
+            bail!("no case could be edited ({} skipped)", skipped.len());
+        }
+        type Pick = fn(&EvalRow) -> f64;
+        let metrics: [(&str, Pick); 12] = [
+            ("ES", |r| r.es),
+            ("PS", |r| r.ps),
+            ("NS", |r| r.ns),
+            ("EM", |r| r.em),
+            ("PM", |r| r.pm),
+            ("NM", |r| r.nm),
+            ("easyedit_reliability", |r| r.reliability),
+            ("easyedit_generalization", |r| r.generalization),
+            ("easyedit_locality", |r| r.locality),
+            ("pre_ES", |r| r.pre_es),
+            ("pre_PS", |r| r.pre_ps),
+            ("pre_NS", |r| r.pre_ns),
+        ];
+        let summary: Vec<_> = metrics
+            .iter()
+            .map(|(name, f)| mean_ci(name, &rows.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        let get = |n: &str| {
+            summary
+                .iter()
+                .find(|s| s.metric == n)
+                .map_or(f64::NAN, |s| s.mean)
+        };
+        let score = rome_score(get("ES"), get("PS"), get("NS"));
+        for s in &summary {
+            println!(
+                "{:<24} {:>8.4}  [{:.4}, {:.4}]  n={}",
+                s.metric, s.mean, s.ci_low, s.ci_high, s.n
+            );
+        }
+        println!("S (harmonic mean of ES, PS, NS): {score:.4}");
+        println!(
+            "{} cases evaluated, {} skipped, {:.1} s{}",
+            rows.len(),
+            skipped.len(),
+            start.elapsed().as_secs_f64(),
+            if a.sequential { " (sequential)" } else { "" }
+        );
+        let store = engram::datasets::RunStore::open(
+            a.runs
+                .clone()
+                .unwrap_or_else(engram::datasets::RunStore::default_root),
+        )?;
+        let params = engram::datasets::RunParams {
+            model: a.model.display().to_string(),
+            model_hash: hash,
+            hyperparameters: serde_json::json!({
+                "method": "rome",
+                "benchmark": "counterfact",
+                "conventions": "ES/PS/NS/EM/PM/NM as ROME's code; easyedit_* token accuracies as EasyEdit",
+                "hparams": hp,
+                "sequential": a.sequential,
+                "stats_tokens": cov.tokens,
+                "skipped": skipped,
+                "S": score,
+            }),
+            dataset: dataset.map(|d| d.display().to_string()),
+            record_ids: rows.iter().map(|r| r.case_id.to_string()).collect(),
+            seed: Some(0),
+            engram_version: env!("CARGO_PKG_VERSION").into(),
+            device: format!("{device:?}"),
+        };
+        let run = store.create("eval", params)?;
+        run.write_rows("cases", &rows)?;
+        run.write_rows("summary", &summary)?;
+        let info = run.finish()?;
+        println!(
+            "run {} in {}",
+            info.id,
+            store.root().join("eval").join(&info.id).display()
+        );
         Ok(())
     }
 }

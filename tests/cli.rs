@@ -683,3 +683,40 @@ fn edit_command_rewrites_a_fact_and_refuses_bad_requests() {
     assert!(!ok && err.contains("Nobody"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram eval counterfact demo`: edits each case on fresh weights, prints ROME's
+/// metrics and EasyEdit's under their names, and stores the run.
+#[test]
+fn eval_command_scores_demo_cases() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .env("ENGRAM_STATS_DIR", dir.join("stats"))
+        .args(["eval", "counterfact", "demo", "--n", "3", "--runs"])
+        .arg(dir.join("runs"))
+        .output()
+        .expect("run engram");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    for name in [
+        "ES ",
+        "PS ",
+        "NS ",
+        "easyedit_reliability",
+        "easyedit_locality",
+        "S (harmonic",
+    ] {
+        assert!(stdout.contains(name), "{name} missing: {stdout}");
+    }
+    assert!(stdout.contains("3 cases evaluated"), "{stdout}");
+    let run_dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(" in ").nth(1)))
+        .map(PathBuf::from)
+        .expect("run directory");
+    assert!(run_dir.join("cases.parquet").is_file() && run_dir.join("summary.parquet").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,7 @@
 //! - [`linalg`]: the f64 Cholesky solve behind u = C⁻¹k*.
 
 pub mod error;
+pub mod eval;
 pub mod ledger;
 pub mod linalg;
 pub mod rome;

@@ -343,3 +343,65 @@ fn demo_edits_take_generalise_and_stay_local() {
     assert!(p >= 0.5, "paraphrases {p}");
     assert!(l >= 0.9, "locality {l}");
 }
+
+/// CounterFact metrics as ROME computes them: the mean token NLL equals −ln p of
+/// the next-token distribution (single-token targets), and an edit flips ES/PS
+/// on its case while the neighbours keep their answer (NS).
+#[test]
+fn counterfact_metrics_follow_rome_and_move_with_an_edit() {
+    use engram_editing::eval::{
+        neighbourhood_argmax, rome_score, score_case, teacher_force, EvalCase,
+    };
+    let mut lm = demo();
+    let fs = facts();
+    let f = &fs[0];
+    let prompts = f.prompts();
+    let forced = teacher_force(&lm, &prompts[..1], &f.target).expect("forced");
+    let logits = lm.next_logits(&prompts[0]).expect("logits");
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let t = lm.target_tokens(&prompts[0], &f.target).expect("target")[0] as usize;
+    let want = -(f64::from(logits[t] - max) - z.ln());
+    assert!(
+        (forced[0].nll() - want).abs() < 1e-4,
+        "{} vs {want}",
+        forced[0].nll()
+    );
+    assert_eq!(
+        forced[0].accuracy(),
+        1.0,
+        "the demo model knows its first fact"
+    );
+
+    let target_new = new_target(f, 0);
+    let neighbours: Vec<String> = fs
+        .iter()
+        .filter(|g| g.subject != f.subject && g.relation == f.relation && g.target == f.target)
+        .take(5)
+        .map(|g| g.prompts()[0].clone())
+        .collect();
+    assert!(!neighbours.is_empty());
+    let case = EvalCase {
+        case_id: 0,
+        subject: f.subject.clone(),
+        prompt: prompts[0].clone(),
+        target_new: target_new.clone(),
+        target_true: f.target.clone(),
+        paraphrases: prompts[1..].to_vec(),
+        neighborhood: neighbours,
+        neighborhood_target: f.target.clone(),
+    };
+    let before = neighbourhood_argmax(&lm, &case).expect("before");
+    let pre = score_case(&lm, &case, &before).expect("pre");
+    assert_eq!((pre.es, pre.ps, pre.ns, pre.locality), (0.0, 0.0, 1.0, 1.0));
+    let e = edit(&lm, &request(f, &target_new));
+    let mut ledger = Ledger::new("demo");
+    ledger.push(&mut lm.model, e).expect("push");
+    let post = score_case(&lm, &case, &before).expect("post");
+    eprintln!("before {pre:?}\nafter  {post:?}");
+    assert_eq!(post.es, 1.0);
+    assert!(post.em > 0.5, "EM {}", post.em);
+    assert_eq!(post.reliability, 1.0);
+    assert!(post.ns >= 0.8 && post.locality >= 0.8, "{post:?}");
+    assert!((rome_score(1.0, 0.5, 1.0) - 0.75).abs() < 1e-12);
+}
