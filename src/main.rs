@@ -326,6 +326,27 @@ impl From<DtypeArg> for Dtype {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// ROME: key-statistics throughput (key vectors/s) and edit latency with statistics in memory.
+    Edit {
+        model: PathBuf,
+        /// Default for the demo model: its first fact, edited to another city.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        hparams: Option<String>,
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 20_000)]
+        stats_tokens: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
     /// Forward tokens/s (batch 1 x 64, 8 x 128) and generation tokens/s.
     Forward {
         model: PathBuf,
@@ -502,6 +523,30 @@ fn dispatch(cli: Cli) -> Result<()> {
                     },
                     samples,
                     json,
+                    label: format!("{device} {:?}", Dtype::from(dtype)),
+                },
+            ),
+            BenchCommand::Edit {
+                model,
+                prompt,
+                subject,
+                target,
+                hparams,
+                corpus,
+                stats_tokens,
+                device,
+                dtype,
+            } => with_backend(
+                device,
+                dtype.into(),
+                EditBenchJob {
+                    model,
+                    prompt,
+                    subject,
+                    target,
+                    hparams,
+                    corpus,
+                    stats_tokens,
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
             ),
@@ -799,6 +844,104 @@ impl BackendJob for EditJob {
             ledger.export(path)?;
             println!("ledger written to {}", path.display());
         }
+        Ok(())
+    }
+}
+
+struct EditBenchJob {
+    model: PathBuf,
+    prompt: Option<String>,
+    subject: Option<String>,
+    target: Option<String>,
+    hparams: Option<String>,
+    corpus: Option<PathBuf>,
+    stats_tokens: usize,
+    label: String,
+}
+
+impl BackendJob for EditBenchJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::editing::rome::compute_u::KeyCovariance;
+        use engram::editing::rome::context::context_templates;
+        use engram::editing::rome::{rome_edit, EditRequest};
+        use engram::editing::stats::{collect_stats, StatsOptions};
+        use std::time::Instant;
+        let a = self;
+        let lm = load::<B>(&a.model, &device)?;
+        let hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+        let layer = hp.layer()?;
+        let request = match (a.prompt, a.subject, a.target) {
+            (Some(prompt), Some(subject), Some(target)) => EditRequest {
+                prompt,
+                subject,
+                target,
+            },
+            (None, None, None) if engram::hub::is_demo(&a.model) => {
+                let case = engram::edit::demo_eval_cases().swap_remove(0);
+                EditRequest {
+                    prompt: case.prompt,
+                    subject: case.subject,
+                    target: case.target_new,
+                }
+            }
+            _ => bail!("give --prompt, --subject and --target (all three)"),
+        };
+        let (text, _) = engram::edit::corpus_text(&a.model, a.corpus.as_deref())?;
+        let opts = StatsOptions {
+            max_tokens: a.stats_tokens,
+            ..StatsOptions::new(layer)
+        };
+        let t = Instant::now();
+        let stats = collect_stats(
+            &lm.model,
+            &lm.tokenizer,
+            &text,
+            "bench",
+            &opts,
+            &mut |_, _| true,
+        )?;
+        let stats_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let cov = KeyCovariance::new(&stats)?;
+        let chol_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let templates = context_templates(
+            &lm.model,
+            &lm.tokenizer,
+            &hp.context_template_length_params,
+            0,
+        )?;
+        let templ_s = t.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        let mut steps = 0;
+        for _ in 0..2 {
+            let t = Instant::now();
+            let e = rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true)?;
+            times.push(t.elapsed().as_secs_f64());
+            steps = e.steps.len();
+        }
+        println!(
+            "bench edit on {} ({}), layer {layer}, d_mlp {}",
+            a.model.display(),
+            a.label,
+            stats.dim
+        );
+        println!(
+            "statistics: {} key vectors in {:.2} s = {:.0} key vectors/s; Cholesky of C {:.2} s",
+            stats.key.tokens,
+            stats_s,
+            stats.key.tokens as f64 / stats_s,
+            chol_s
+        );
+        println!(
+            "edit with statistics in memory: {:.3} s, then {:.3} s ({} v* steps, {} prefixes; prefixes generated once in {:.3} s)",
+            times[0],
+            times[1],
+            steps,
+            templates.len(),
+            templ_s
+        );
         Ok(())
     }
 }
