@@ -72,6 +72,25 @@ pub fn corpus_text(model: &Path, corpus: Option<&Path>) -> Result<(String, Strin
     }
 }
 
+/// What every ROME edit at `hp`'s layer needs: C (cached on disk) factorised,
+/// and the context prefixes the model writes.
+pub fn rome_setup<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &Path,
+    hp: &RomeHparams,
+    corpus: Option<&Path>,
+    max_tokens: usize,
+) -> Result<(KeyCovariance, Vec<String>)> {
+    let cov = key_covariance(lm, model, hp.layer()?, corpus, max_tokens, false)?;
+    let templates = engram_editing::rome::context::context_templates(
+        &lm.model,
+        &lm.tokenizer,
+        &hp.context_template_length_params,
+        0,
+    )?;
+    Ok((cov, templates))
+}
+
 /// C at `layer` (cached on disk), factorised; prints progress to stderr.
 pub fn key_covariance<B: Backend>(
     lm: &LanguageModel<B>,

@@ -178,8 +178,8 @@ struct EditArgs {
     #[arg(long)]
     layer: Option<usize>,
     /// The update's key: consistent (r-ROME) or original (ROME's code).
-    #[arg(long, default_value = "consistent")]
-    key: String,
+    #[arg(long, value_enum, default_value = "consistent")]
+    key: KeyArg,
     /// Text for the key statistics (default for the demo model: its corpus).
     #[arg(long)]
     corpus: Option<PathBuf>,
@@ -210,8 +210,9 @@ struct EvalArgs {
     method: String,
     #[arg(long)]
     hparams: Option<String>,
-    #[arg(long, default_value = "consistent")]
-    key: String,
+    /// The update's key: consistent (r-ROME) or original (ROME's code).
+    #[arg(long, value_enum, default_value = "consistent")]
+    key: KeyArg,
     /// Keep every edit applied (sequential editing) instead of reverting after each case.
     #[arg(long)]
     sequential: bool,
@@ -305,6 +306,21 @@ struct RunArgs {
     dtype: DtypeArg,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyArg {
+    Consistent,
+    Original,
+}
+
+impl From<KeyArg> for engram::editing::KeyChoice {
+    fn from(k: KeyArg) -> Self {
+        match k {
+            KeyArg::Consistent => Self::Consistent,
+            KeyArg::Original => Self::Original,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -773,8 +789,7 @@ struct EditJob(EditArgs);
 impl BackendJob for EditJob {
     type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::editing::rome::context::context_templates;
-        use engram::editing::rome::{rome_edit, EditRequest, KeyChoice};
+        use engram::editing::rome::{rome_edit, EditRequest};
         use engram::editing::Ledger;
         let a = self.0;
         let mut lm = load::<B>(&a.model, &device)?;
@@ -782,11 +797,7 @@ impl BackendJob for EditJob {
         if let Some(l) = a.layer {
             hp.layers = vec![l];
         }
-        hp.key = match a.key.as_str() {
-            "consistent" => KeyChoice::Consistent,
-            "original" => KeyChoice::Original,
-            other => bail!("unknown --key {other:?}: use consistent or original"),
-        };
+        hp.key = a.key.into();
         let layer = hp.layer()?;
         let request = EditRequest {
             prompt: a.prompt.clone(),
@@ -794,20 +805,8 @@ impl BackendJob for EditJob {
             target: a.target.clone(),
         };
         request.template()?;
-        let cov = engram::edit::key_covariance(
-            &lm,
-            &a.model,
-            layer,
-            a.corpus.as_deref(),
-            a.stats_tokens,
-            false,
-        )?;
-        let templates = context_templates(
-            &lm.model,
-            &lm.tokenizer,
-            &hp.context_template_length_params,
-            0,
-        )?;
+        let (cov, templates) =
+            engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
         let mut prompts = vec![a.prompt.clone()];
         prompts.extend(a.also.iter().cloned());
         let show = |lm: &LanguageModel<B>, when: &str| -> Result<()> {
@@ -953,9 +952,8 @@ impl BackendJob for EvalJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         use engram::datasets::summary::mean_ci;
         use engram::edit::EvalRow;
-        use engram::editing::eval::{neighbourhood_argmax, rome_score, score_case};
-        use engram::editing::rome::context::context_templates;
-        use engram::editing::rome::{rome_edit, EditRequest, KeyChoice};
+        use engram::editing::eval::{rome_score, score_case};
+        use engram::editing::rome::{rome_edit, EditRequest};
         use engram::editing::{EditError, Ledger};
         let a = self.0;
         if a.benchmark != "counterfact" {
@@ -969,12 +967,7 @@ impl BackendJob for EvalJob {
         }
         let mut lm = load::<B>(&a.model, &device)?;
         let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
-        hp.key = match a.key.as_str() {
-            "consistent" => KeyChoice::Consistent,
-            "original" => KeyChoice::Original,
-            other => bail!("unknown --key {other:?}: use consistent or original"),
-        };
-        let layer = hp.layer()?;
+        hp.key = a.key.into();
         let (cases, dataset) = match &a.data {
             Some(p) => (engram::edit::counterfact_cases(p)?, Some(p.clone())),
             None if engram::hub::is_demo(&a.model) => (engram::edit::demo_eval_cases(), None),
@@ -983,20 +976,8 @@ impl BackendJob for EvalJob {
                 a.model.display()
             ),
         };
-        let cov = engram::edit::key_covariance(
-            &lm,
-            &a.model,
-            layer,
-            a.corpus.as_deref(),
-            a.stats_tokens,
-            false,
-        )?;
-        let templates = context_templates(
-            &lm.model,
-            &lm.tokenizer,
-            &hp.context_template_length_params,
-            0,
-        )?;
+        let (cov, templates) =
+            engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
         let hash = engram::lens::model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
         let mut rows: Vec<EvalRow> = Vec::new();
@@ -1018,8 +999,7 @@ impl BackendJob for EvalJob {
                 subject: case.subject.clone(),
                 target: case.target_new.clone(),
             };
-            let pre_nb = neighbourhood_argmax(&lm, case)?;
-            let pre = score_case(&lm, case, &pre_nb)?;
+            let (pre, pre_nb) = score_case(&lm, case, None)?;
             let edit = match rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true) {
                 Ok(e) => e,
                 Err(e @ (EditError::TargetIsCurrent { .. } | EditError::Model(_))) => {
@@ -1030,7 +1010,7 @@ impl BackendJob for EvalJob {
             };
             let (seconds, v_steps) = (edit.seconds, edit.steps.len());
             let id = ledger.push(&mut lm.model, edit)?;
-            let post = score_case(&lm, case, &pre_nb)?;
+            let (post, _) = score_case(&lm, case, Some(&pre_nb))?;
             if !a.sequential {
                 ledger.set_applied(&mut lm.model, id, false)?;
             }

@@ -121,20 +121,6 @@ pub fn teacher_force<B: Backend>(
         .collect())
 }
 
-/// The model's argmax at each position of the neighbourhood answer, per prompt
-/// (EasyEdit's locality compares these before and after an edit).
-pub fn neighbourhood_argmax<B: Backend>(
-    lm: &LanguageModel<B>,
-    case: &EvalCase,
-) -> Result<Vec<Vec<u32>>> {
-    Ok(
-        teacher_force(lm, &case.neighborhood, &case.neighborhood_target)?
-            .into_iter()
-            .map(|f| f.argmax)
-            .collect(),
-    )
-}
-
 /// One case's metrics, under both conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CaseScores {
@@ -157,13 +143,17 @@ fn mean(xs: &[f64]) -> f64 {
     }
 }
 
-/// Score `case` on `lm` (edited or not). `before` is [`neighbourhood_argmax`]
-/// on the unedited model.
+/// The model's argmax at each position of the neighbourhood answer, per
+/// neighbourhood prompt (EasyEdit's locality compares these across an edit).
+pub type NeighbourhoodArgmax = Vec<Vec<u32>>;
+
+/// Score `case` on `lm`. `before` is what this returned on the unedited model
+/// (`None` when scoring the unedited model itself: locality is then 1).
 pub fn score_case<B: Backend>(
     lm: &LanguageModel<B>,
     case: &EvalCase,
-    before: &[Vec<u32>],
-) -> Result<CaseScores> {
+    before: Option<&[Vec<u32>]>,
+) -> Result<(CaseScores, NeighbourhoodArgmax)> {
     let rewrite = vec![case.prompt.clone()];
     // (NLL new, NLL true, accuracy of new) per prompt.
     let pair = |prompts: &[String]| -> Result<Vec<(f64, f64, f64)>> {
@@ -199,6 +189,8 @@ pub fn score_case<B: Backend>(
         .zip(&nb_true)
         .map(|(n, t)| (-t.nll()).exp() - (-n.nll()).exp())
         .collect();
+    let now: NeighbourhoodArgmax = nb_true.iter().map(|f| f.argmax.clone()).collect();
+    let before = before.unwrap_or(&now);
     let locality: Vec<f64> = nb_true
         .iter()
         .zip(before)
@@ -207,7 +199,7 @@ pub fn score_case<B: Backend>(
             same as f64 / b.len().max(1) as f64
         })
         .collect();
-    Ok(CaseScores {
+    let scores = CaseScores {
         es: mean(&success(&r)),
         em: mean(&margin(&r)),
         ps: mean(&success(&p)),
@@ -217,7 +209,8 @@ pub fn score_case<B: Backend>(
         reliability: mean(&acc(&r)),
         generalization: mean(&acc(&p)),
         locality: mean(&locality),
-    })
+    };
+    Ok((scores, now))
 }
 
 /// ROME's score S: the harmonic mean of ES, PS and NS.

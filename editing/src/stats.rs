@@ -192,15 +192,42 @@ pub fn collect_stats<B: Backend>(
     opts: &StatsOptions,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<LayerStats> {
+    let rows = corpus_rows(model, tokenizer, text, opts)?;
+    let key = StatsKey {
+        model_hash: model_hash.into(),
+        layer: opts.layer,
+        corpus_hash: corpus_hash(text),
+        tokens: 0,
+    };
+    collect_rows(model, &rows, key, opts.batch_size, progress)
+}
+
+/// The corpus cut into rows of `opts.seq_len` tokens (at most the context).
+fn corpus_rows<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    text: &str,
+    opts: &StatsOptions,
+) -> Result<Vec<Vec<u32>>> {
+    let seq_len = opts.seq_len.clamp(2, model.config.n_ctx);
+    token_rows(tokenizer, text, seq_len, opts.max_tokens)
+}
+
+/// Σ k kᵀ over `rows`; `key.tokens` is set to the vectors read.
+fn collect_rows<B: Backend>(
+    model: &Transformer<B>,
+    rows: &[Vec<u32>],
+    mut key: StatsKey,
+    batch_size: usize,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<LayerStats> {
     let n_layers = model.config.n_layers;
-    if opts.layer >= n_layers {
+    if key.layer >= n_layers {
         return Err(EditError::Layer {
-            layer: opts.layer,
+            layer: key.layer,
             n_layers,
         });
     }
-    let seq_len = opts.seq_len.clamp(2, model.config.n_ctx);
-    let rows = token_rows(tokenizer, text, seq_len, opts.max_tokens)?;
     if rows.is_empty() {
         return Err(EditError::Invalid(
             "the statistics corpus has no text".into(),
@@ -210,8 +237,8 @@ pub fn collect_stats<B: Backend>(
     let dim = model.config.d_mlp;
     let mut sum = vec![0f64; dim * dim];
     let mut done = 0u64;
-    let point = HookPoint::block(opts.layer, BlockSite::MlpPost);
-    for chunk in rows.chunks(opts.batch_size.max(1)) {
+    let point = HookPoint::block(key.layer, BlockSite::MlpPost);
+    for chunk in rows.chunks(batch_size.max(1)) {
         if !progress(done, planned) {
             return Err(EditError::Cancelled);
         }
@@ -235,7 +262,7 @@ pub fn collect_stats<B: Backend>(
             });
             let ctx = model.context(&batch)?;
             let x = model.embed(&batch, &mut hook)?;
-            model.run_blocks(0..opts.layer + 1, x, &ctx, &mut hook)?;
+            model.run_blocks(0..key.layer + 1, x, &ctx, &mut hook)?;
             drop(hook);
             let Some(k) = keys else {
                 return Err(EditError::Invalid(format!("no activation at {point}")));
@@ -256,13 +283,9 @@ pub fn collect_stats<B: Backend>(
         }
     }
     progress(done, planned);
+    key.tokens = done;
     Ok(LayerStats {
-        key: StatsKey {
-            model_hash: model_hash.into(),
-            layer: opts.layer,
-            corpus_hash: corpus_hash(text),
-            tokens: done,
-        },
+        key,
         dim,
         sum_outer: sum,
     })
@@ -279,13 +302,9 @@ pub fn cached_stats<B: Backend>(
     opts: &StatsOptions,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<(LayerStats, bool)> {
-    // The token count is part of the key; it is known only after tokenising, so
-    // the cache is looked up by a planned count computed the same way.
-    let seq_len = opts.seq_len.clamp(2, model.config.n_ctx);
-    let planned: u64 = token_rows(tokenizer, text, seq_len, opts.max_tokens)?
-        .iter()
-        .map(|r| r.len() as u64)
-        .sum();
+    // The token count is part of the key: tokenise once, look up, collect on a miss.
+    let rows = corpus_rows(model, tokenizer, text, opts)?;
+    let planned: u64 = rows.iter().map(|r| r.len() as u64).sum();
     let key = StatsKey {
         model_hash: model_hash.into(),
         layer: opts.layer,
@@ -303,7 +322,7 @@ pub fn cached_stats<B: Backend>(
         }
         return Ok((stats, true));
     }
-    let stats = collect_stats(model, tokenizer, text, model_hash, opts, progress)?;
+    let stats = collect_rows(model, &rows, key, opts.batch_size, progress)?;
     stats.save(&path)?;
     Ok((stats, false))
 }

@@ -149,32 +149,25 @@ fn statistics_cache_reloads() {
         ..StatsOptions::new(1)
     };
     let text = corpus();
-    let (a, cached) = cached_stats(
-        &dir,
-        &lm.model,
-        &lm.tokenizer,
-        &text,
-        "demo",
-        &opts,
-        &mut |_, _| true,
-    )
-    .expect("collect");
+    let load = |progress: &mut dyn FnMut(u64, u64) -> bool| {
+        cached_stats(
+            &dir,
+            &lm.model,
+            &lm.tokenizer,
+            &text,
+            "demo",
+            &opts,
+            progress,
+        )
+    };
+    let (a, cached) = load(&mut |_, _| true).expect("collect");
     assert!(!cached);
     assert!(
         a.key.tokens >= 1_900 && a.key.tokens <= 2_000,
         "{}",
         a.key.tokens
     );
-    let (b, cached) = cached_stats(
-        &dir,
-        &lm.model,
-        &lm.tokenizer,
-        &text,
-        "demo",
-        &opts,
-        &mut |_, _| panic!("the cache was not used"),
-    )
-    .expect("reload");
+    let (b, cached) = load(&mut |_, _| panic!("the cache was not used")).expect("reload");
     assert!(cached);
     assert_eq!(a, b);
     // A truncated cache file is an error naming the file, not a panic.
@@ -186,29 +179,30 @@ fn statistics_cache_reloads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The bits of layer `l`'s MLP output projection.
+fn out_proj_bits(model: &engram_model::Transformer<Cpu>, l: usize) -> Vec<u32> {
+    let w: Vec<f32> = model.blocks[l]
+        .mlp
+        .fc_out
+        .weight
+        .to_data()
+        .into_vec()
+        .expect("weights");
+    w.iter().map(|x| x.to_bits()).collect()
+}
+
 #[test]
 fn apply_then_revert_restores_every_weight_bit_for_bit() {
     let mut lm = demo();
-    let before: Vec<Vec<f32>> = lm
-        .model
-        .blocks
-        .iter()
-        .map(|b| b.mlp.fc_out.weight.to_data().into_vec().expect("w"))
-        .collect();
+    let n_layers = lm.model.blocks.len();
+    let before: Vec<Vec<u32>> = (0..n_layers).map(|l| out_proj_bits(&lm.model, l)).collect();
     let fs = facts();
     let e1 = edit(&lm, &request(&fs[0], &new_target(&fs[0], 0)));
     let e2 = edit(&lm, &request(&fs[4], &new_target(&fs[4], 0)));
     let mut ledger = Ledger::new("demo");
     let a = ledger.push(&mut lm.model, e1).expect("push");
     let b = ledger.push(&mut lm.model, e2).expect("push");
-    let edited: Vec<f32> = lm.model.blocks[0]
-        .mlp
-        .fc_out
-        .weight
-        .to_data()
-        .into_vec()
-        .expect("w");
-    assert_ne!(edited, before[0]);
+    assert_ne!(out_proj_bits(&lm.model, 0), before[0]);
     // Revert in the order applied, then re-apply one and revert everything.
     ledger
         .set_applied(&mut lm.model, a, false)
@@ -216,27 +210,11 @@ fn apply_then_revert_restores_every_weight_bit_for_bit() {
     ledger
         .set_applied(&mut lm.model, b, false)
         .expect("revert b");
-    let now: Vec<f32> = lm.model.blocks[0]
-        .mlp
-        .fc_out
-        .weight
-        .to_data()
-        .into_vec()
-        .expect("w");
-    assert!(now
-        .iter()
-        .zip(&before[0])
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(out_proj_bits(&lm.model, 0), before[0]);
     ledger.set_applied(&mut lm.model, b, true).expect("apply b");
     ledger.revert_all(&mut lm.model);
-    for (l, b) in lm.model.blocks.iter().enumerate() {
-        let w: Vec<f32> = b.mlp.fc_out.weight.to_data().into_vec().expect("w");
-        assert!(
-            w.iter()
-                .zip(&before[l])
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "layer {l}"
-        );
+    for (l, want) in before.iter().enumerate() {
+        assert_eq!(&out_proj_bits(&lm.model, l), want, "layer {l}");
     }
     // Export and re-apply on a fresh copy of the same model: the same weights.
     ledger.set_applied(&mut lm.model, a, true).expect("apply a");
@@ -244,24 +222,7 @@ fn apply_then_revert_restores_every_weight_bit_for_bit() {
     ledger.export(&path).expect("export");
     let mut fresh = demo();
     Ledger::<Cpu>::import(&path, &mut fresh.model, "demo").expect("import");
-    let want: Vec<f32> = lm.model.blocks[0]
-        .mlp
-        .fc_out
-        .weight
-        .to_data()
-        .into_vec()
-        .expect("w");
-    let got: Vec<f32> = fresh.model.blocks[0]
-        .mlp
-        .fc_out
-        .weight
-        .to_data()
-        .into_vec()
-        .expect("w");
-    assert!(want
-        .iter()
-        .zip(&got)
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(out_proj_bits(&fresh.model, 0), out_proj_bits(&lm.model, 0));
     assert!(matches!(
         Ledger::<Cpu>::import(&path, &mut fresh.model, "another"),
         Err(EditError::WrongBase { .. })
@@ -349,9 +310,7 @@ fn demo_edits_take_generalise_and_stay_local() {
 /// on its case while the neighbours keep their answer (NS).
 #[test]
 fn counterfact_metrics_follow_rome_and_move_with_an_edit() {
-    use engram_editing::eval::{
-        neighbourhood_argmax, rome_score, score_case, teacher_force, EvalCase,
-    };
+    use engram_editing::eval::{rome_score, score_case, teacher_force, EvalCase};
     let mut lm = demo();
     let fs = facts();
     let f = &fs[0];
@@ -391,13 +350,12 @@ fn counterfact_metrics_follow_rome_and_move_with_an_edit() {
         neighborhood: neighbours,
         neighborhood_target: f.target.clone(),
     };
-    let before = neighbourhood_argmax(&lm, &case).expect("before");
-    let pre = score_case(&lm, &case, &before).expect("pre");
+    let (pre, before) = score_case(&lm, &case, None).expect("pre");
     assert_eq!((pre.es, pre.ps, pre.ns, pre.locality), (0.0, 0.0, 1.0, 1.0));
     let e = edit(&lm, &request(f, &target_new));
     let mut ledger = Ledger::new("demo");
     ledger.push(&mut lm.model, e).expect("push");
-    let post = score_case(&lm, &case, &before).expect("post");
+    let (post, _) = score_case(&lm, &case, Some(&before)).expect("post");
     eprintln!("before {pre:?}\nafter  {post:?}");
     assert_eq!(post.es, 1.0);
     assert!(post.em > 0.5, "EM {}", post.em);

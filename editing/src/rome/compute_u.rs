@@ -83,22 +83,33 @@ pub fn subject_keys<B: Backend>(
     templates: &[String],
     layer: usize,
 ) -> Result<SubjectKeys> {
-    let texts: Vec<String> = std::iter::once(prompt.to_string())
-        .chain(templates.iter().map(|t| t.replacen("{}", prompt, 1)))
+    // The unprefixed prompt is one of the templates ("{}") as ROME builds them;
+    // otherwise it is read as one extra row, outside the average.
+    let mut texts: Vec<String> = templates
+        .iter()
+        .map(|t| t.replacen("{}", prompt, 1))
         .collect();
+    let plain = match templates.iter().position(|t| t == "{}") {
+        Some(i) => i,
+        None => {
+            texts.push(prompt.to_string());
+            texts.len() - 1
+        }
+    };
     let rows = subject_rows(lm, &texts, subject)?;
     let keys = activations_at(lm, &rows, layer, BlockSite::MlpPost)?;
-    let n = (keys.len() - 1) as f32;
-    let d = keys[0].len();
-    let mut k_star = vec![0f32; d];
-    for k in &keys[1..] {
+    // No templates: k* is the plain key.
+    let averaged = &keys[..templates.len().max(1)];
+    let n = averaged.len() as f32;
+    let mut k_star = vec![0f32; keys[plain].len()];
+    for k in averaged {
         for (a, b) in k_star.iter_mut().zip(k) {
             *a += b / n;
         }
     }
     Ok(SubjectKeys {
         k_star,
-        k_plain: keys[0].clone(),
+        k_plain: keys[plain].clone(),
     })
 }
 
