@@ -9,7 +9,7 @@ use burn_tensor::{Int, Tensor, TensorData};
 use crate::error::{ModelError, Result};
 use crate::generate::Rng;
 use crate::hooks::NoHooks;
-use crate::layers::{Attention, Block, Linear, Mlp, Norm};
+use crate::layers::{Attention, Block, LayerKv, Linear, Mlp, Norm};
 use crate::transformer::{Batch, Transformer};
 
 /// A mutable reference to one parameter tensor.
@@ -232,6 +232,14 @@ fn schedule(cfg: &TrainConfig, step: usize) -> f64 {
     let span = (cfg.steps - cfg.warmup).max(1) as f64;
     let frac = (step - cfg.warmup) as f64 / span;
     cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()))
+}
+
+/// Cached keys and values as constants of the autodiff backend.
+pub fn lift_kv<B: AutodiffBackend>(kv: &LayerKv<B::InnerBackend>) -> LayerKv<B> {
+    LayerKv {
+        k: kv.k.clone().map(Tensor::from_inner),
+        v: kv.v.clone().map(Tensor::from_inner),
+    }
 }
 
 fn lift_linear<B: AutodiffBackend>(l: &Linear<B::InnerBackend>) -> Linear<B> {

@@ -326,6 +326,39 @@ impl<B: Backend> Transformer<B> {
         Ok(x)
     }
 
+    /// Run blocks `layers` on new tokens over cached keys and values (`kv[layer]`,
+    /// extended in place). `ctx` is built from the new tokens' positions and the
+    /// keep mask of every key, cached ones first.
+    ///
+    /// # Shapes
+    /// - x: `[batch, new_pos, d_model]` → `[batch, new_pos, d_model]`
+    pub fn run_blocks_cached<H: Hook<B> + ?Sized>(
+        &self,
+        layers: Range<usize>,
+        mut x: Tensor<B, 3>,
+        ctx: &ForwardCtx<B>,
+        kv: &mut [LayerKv<B>],
+        hooks: &mut H,
+    ) -> Result<Tensor<B, 3>> {
+        if layers.end > self.blocks.len() || layers.end > kv.len() {
+            return Err(ModelError::LayerOutOfRange {
+                layer: layers.end,
+                n_layers: self.blocks.len().min(kv.len()),
+            });
+        }
+        for layer in layers {
+            x = self.blocks[layer].forward(
+                layer,
+                x,
+                &self.config,
+                ctx,
+                Some(&mut kv[layer]),
+                hooks,
+            )?;
+        }
+        Ok(x)
+    }
+
     /// Run new tokens on top of a key/value cache, which is extended in place.
     /// `step.keep` covers only the new tokens; positions continue each row's sequence.
     ///

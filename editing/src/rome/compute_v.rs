@@ -10,8 +10,10 @@ use burn_autodiff::Autodiff;
 use burn_tensor::activation::log_softmax;
 use burn_tensor::backend::Backend;
 use burn_tensor::{Int, Tensor, TensorData};
-use engram_model::hooks::{Activation, BlockSite};
-use engram_model::{fn_hook, Batch, HookPoint, LanguageModel, Transformer};
+use engram_model::hooks::{BlockSite, NoHooks};
+use engram_model::layers::{ForwardCtx, LayerKv};
+use engram_model::train::lift_kv;
+use engram_model::{Batch, LanguageModel, Transformer};
 use serde::{Deserialize, Serialize};
 
 use super::compute_u::{activations_at, subject_rows};
@@ -100,34 +102,94 @@ pub fn compute_v<B: Backend>(
     let device = lm.model.device.clone();
     let d = lm.model.config.d_model;
     let pad = lm.model.config.eos_token_id.unwrap_or(0);
-    let ids: Vec<Vec<u32>> = rows.iter().map(|(ids, _)| ids.clone()).collect();
-    let batch = Batch::right_padded(&ids, pad);
-    let (b, s) = (batch.batch_size(), batch.seq_len());
+    // δ reaches only each row's subject token and what follows it (attention is
+    // causal). Split every row there: the heads, left-padded so that all rows
+    // split at one column, run once without autodiff and leave their keys and
+    // values; the tails run blocks 0..=layer once too, and only blocks above
+    // the edit under autodiff, on top of those keys and values.
+    let split = rows.iter().map(|(_, idx)| *idx).max().unwrap_or(0);
+    let tail_len = rows
+        .iter()
+        .map(|(ids, idx)| ids.len() - idx)
+        .max()
+        .unwrap_or(0);
+    let b = rows.len();
+    let mut head = Batch {
+        ids: vec![],
+        keep: vec![],
+        positions: vec![],
+    };
+    let mut tail = head.clone();
+    for (ids, idx) in &rows {
+        let n_pad = split - idx;
+        let mut h = vec![pad; n_pad];
+        h.extend_from_slice(&ids[..*idx]);
+        head.ids.push(h);
+        head.keep.push((0..split).map(|i| i >= n_pad).collect());
+        head.positions
+            .push((0..split).map(|i| i.saturating_sub(n_pad)).collect());
+        let mut t = ids[*idx..].to_vec();
+        let real = t.len();
+        t.resize(tail_len, pad);
+        tail.ids.push(t);
+        tail.keep.push((0..tail_len).map(|i| i < real).collect());
+        tail.positions.push((*idx..idx + tail_len).collect());
+    }
+    let n_layers = lm.model.config.n_layers;
+    let cfg = &lm.model.config;
+    let mut kv = vec![LayerKv::<B>::default(); n_layers];
+    if split > 0 {
+        let ctx = ForwardCtx::new(cfg, &head.positions, &head.keep, &device);
+        let x = lm.model.embed(&head, &mut NoHooks)?;
+        lm.model
+            .run_blocks_cached(0..n_layers, x, &ctx, &mut kv, &mut NoHooks)?;
+    }
+    let keep: Vec<Vec<bool>> = head
+        .keep
+        .iter()
+        .zip(&tail.keep)
+        .map(|(h, t)| h.iter().chain(t).copied().collect())
+        .collect();
+    let ctx = ForwardCtx::<B>::new(cfg, &tail.positions, &keep, &device);
+    let x = lm.model.embed(&tail, &mut NoHooks)?;
+    // [batch, tail, d_model]: the residual stream leaving the edited block.
+    let resid = lm
+        .model
+        .run_blocks_cached(0..layer + 1, x, &ctx, &mut kv, &mut NoHooks)?;
+    let resid = Tensor::<Ad<B>, 3>::from_inner(resid);
+    let kv: Vec<LayerKv<Ad<B>>> = kv.iter().map(lift_kv).collect();
+    let ctx = ForwardCtx::<Ad<B>>::new(cfg, &tail.positions, &keep, &device);
+    let s = tail_len;
     let mut mask = vec![0f32; b * s];
-    for (r, (_, idx)) in rows.iter().enumerate() {
-        mask[r * s + idx] = 1.0;
+    for r in 0..b {
+        mask[r * s] = 1.0;
     }
     let mask = Tensor::<Ad<B>, 3>::from_data(TensorData::new(mask, [b, s, 1]), &device);
-    // Rows of the flattened logits that predict a target token, and that token.
+    // Tail positions whose logits the loss reads: those predicting a target
+    // token, then the KL prompt's subject token. Only these are unembedded.
     let (mut pick, mut want) = (Vec::new(), Vec::new());
     for (r, len) in prompt_lens.iter().enumerate() {
         for (j, &t) in target_ids.iter().enumerate() {
-            pick.push((r * s + len - 1 + j) as i64);
+            pick.push((r * s + len - 1 + j - rows[r].1) as i64);
             want.push(t as i64);
         }
     }
     let n_pick = pick.len();
-    let pick = Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(pick, [n_pick]), &device);
+    pick.push((n_rewrite * s) as i64);
+    let pick = Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(pick, [n_pick + 1]), &device);
     let want = Tensor::<Ad<B>, 2, Int>::from_data(TensorData::new(want, [n_pick, 1]), &device);
-    let kl_row = (n_rewrite * s + rows[n_rewrite].1) as i64;
-    let kl_pick = Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(vec![kl_row], [1]), &device);
+    let target_rows = Tensor::<Ad<B>, 1, Int>::from_data(
+        TensorData::new((0..n_pick as i64).collect(), [n_pick]),
+        &device,
+    );
+    let kl_pick =
+        Tensor::<Ad<B>, 1, Int>::from_data(TensorData::new(vec![n_pick as i64], [1]), &device);
 
     let mut delta = vec![0f32; d];
     let (mut m, mut v) = (vec![0f32; d], vec![0f32; d]);
     let (beta1, beta2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     let mut kl_init: Option<Tensor<B, 2>> = None;
     let mut steps = Vec::new();
-    let point = HookPoint::block(layer, BlockSite::MlpOut);
     let total_steps = hp.v_num_grad_steps.max(1);
     for it in 0..total_steps {
         if !progress(it, total_steps) {
@@ -135,16 +197,16 @@ pub fn compute_v<B: Backend>(
         }
         let delta_t = Tensor::<Ad<B>, 1>::from_data(TensorData::new(delta.clone(), [d]), &device)
             .require_grad();
-        let add = mask.clone() * delta_t.clone().reshape([1, 1, d]);
-        let mut hook = fn_hook::<Ad<B>, _>([point], move |_, act: &Activation<Ad<B>>| {
-            act.as_rank3()
-                .map(|x| Activation::Rank3(x.clone() + add.clone()))
-        });
-        let logits = model.forward(&batch, &mut hook)?;
-        drop(hook);
+        // δ at the subject's last token of every row, on top of the MLP output.
+        let x = resid.clone() + mask.clone() * delta_t.clone().reshape([1, 1, d]);
+        let mut kv = kv.clone();
+        let x = model.run_blocks_cached(layer + 1..n_layers, x, &ctx, &mut kv, &mut NoHooks)?;
+        let x = x.reshape([b * s, d]).select(0, pick.clone());
+        // [1, n_pick + 1, vocab]
+        let logits = model.unembed(x.reshape([1, n_pick + 1, d]), &mut NoHooks)?;
         let v_size = logits.dims()[2];
-        let flat = logits.reshape([b * s, v_size]);
-        let logp = log_softmax(flat.clone().select(0, pick.clone()), 1);
+        let flat = logits.reshape([n_pick + 1, v_size]);
+        let logp = log_softmax(flat.clone().select(0, target_rows.clone()), 1);
         let picked = logp.gather(1, want.clone());
         let nll = picked
             .clone()
