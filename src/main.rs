@@ -189,6 +189,9 @@ struct EditArgs {
     /// Write the edit ledger (JSON) here.
     #[arg(long)]
     ledger: Option<PathBuf>,
+    /// Save the edited model as this new checkpoint directory (never overwritten).
+    #[arg(long)]
+    save: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: engram::model::DeviceSpec,
     #[arg(long, value_enum, default_value = "f32")]
@@ -792,6 +795,12 @@ impl BackendJob for EditJob {
         use engram::editing::rome::{rome_edit, EditRequest};
         use engram::editing::Ledger;
         let a = self.0;
+        if let Some(out) = a.save.as_ref().filter(|o| o.exists()) {
+            bail!(
+                "--save {}: already exists; saving never overwrites",
+                out.display()
+            );
+        }
         let mut lm = load::<B>(&a.model, &device)?;
         let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
         if let Some(l) = a.layer {
@@ -842,6 +851,10 @@ impl BackendJob for EditJob {
         if let Some(path) = &a.ledger {
             ledger.export(path)?;
             println!("ledger written to {}", path.display());
+        }
+        if let Some(out) = &a.save {
+            let path = ledger.save(&lm, out)?;
+            println!("edited model saved as {}", path.display());
         }
         Ok(())
     }

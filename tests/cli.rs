@@ -640,30 +640,32 @@ fn edit_command_rewrites_a_fact_and_refuses_bad_requests() {
     let (fact, other) = (&demo[0], &demo[3]);
     assert_ne!(fact.target, other.target);
     let ledger = dir.join("ledger.json");
-    let run = |target: &str, subject: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .env("ENGRAM_STATS_DIR", dir.join("stats"))
-            .args([
-                "edit",
-                "demo",
-                "--prompt",
-                &fact.prompt,
-                "--subject",
-                subject,
-                "--target",
-                target,
-                "--ledger",
-                ledger.to_str().unwrap_or_default(),
-            ])
-            .output()
-            .expect("run engram");
+    let saved = dir.join("saved");
+    let run = |target: &str, subject: &str, save: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
+        cmd.env("ENGRAM_STATS_DIR", dir.join("stats")).args([
+            "edit",
+            "demo",
+            "--prompt",
+            &fact.prompt,
+            "--subject",
+            subject,
+            "--target",
+            target,
+            "--ledger",
+            ledger.to_str().unwrap_or_default(),
+        ]);
+        if save {
+            cmd.arg("--save").arg(&saved);
+        }
+        let out = cmd.output().expect("run engram");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, out, err) = run(&other.target, &fact.subject);
+    let (ok, out, err) = run(&other.target, &fact.subject, true);
     assert!(ok, "{err}");
     let after = out
         .lines()
@@ -677,9 +679,15 @@ fn edit_command_rewrites_a_fact_and_refuses_bad_requests() {
         "{out}"
     );
     assert!(ledger.is_file());
-    let (ok, _, err) = run(&fact.target, &fact.subject);
+    assert!(out.contains("edited model saved as"), "{out}");
+    assert!(
+        saved.join("model.safetensors").is_file() && saved.join("engram-ledger.json").is_file()
+    );
+    let (ok, _, err) = run(&other.target, &fact.subject, true);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = run(&fact.target, &fact.subject, false);
     assert!(!ok && err.contains("already the model's answer"), "{err}");
-    let (ok, _, err) = run(&other.target, "Nobody");
+    let (ok, _, err) = run(&other.target, "Nobody", false);
     assert!(!ok && err.contains("Nobody"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

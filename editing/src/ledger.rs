@@ -6,15 +6,20 @@
 //! checked by its content hash.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn_tensor::backend::Backend;
 use burn_tensor::{Tensor, TensorData};
-use engram_model::Transformer;
+use engram_model::save::{save_checkpoint, Replaced};
+use engram_model::weights::HostTensor;
+use engram_model::{LanguageModel, Transformer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
 use crate::rome::RomeEdit;
+
+/// The ledger's name inside a saved checkpoint directory.
+pub const LEDGER_FILE: &str = "engram-ledger.json";
 
 /// One ledger entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +173,36 @@ impl<B: Backend> Ledger<B> {
         let tmp = path.with_extension("json.partial");
         std::fs::write(&tmp, text).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Save the model as it stands (applied edits in its weights) as the new
+    /// checkpoint directory `out`, with this ledger as `engram-ledger.json`.
+    /// The source checkpoint is only read. Returns the path to load.
+    pub fn save(&self, lm: &LanguageModel<B>, out: &Path) -> Result<PathBuf> {
+        let mut replaced = Vec::new();
+        for &layer in self.originals.keys() {
+            if self
+                .edits
+                .iter()
+                .any(|e| e.applied && e.edit.layer == layer)
+            {
+                let w = &lm.model.blocks[layer].mlp.fc_out.weight;
+                replaced.push(Replaced {
+                    layer,
+                    weight: HostTensor::from_tensor(w)?,
+                });
+            }
+        }
+        let text = serde_json::to_vec_pretty(&self.to_file())
+            .map_err(|e| EditError::Invalid(e.to_string()))?;
+        let extra = vec![(LEDGER_FILE.to_string(), text)];
+        Ok(save_checkpoint(
+            &lm.source,
+            &lm.model.config,
+            &replaced,
+            &extra,
+            out,
+        )?)
     }
 
     /// Read a ledger and apply its applied edits to `model`, whose content hash

@@ -363,3 +363,112 @@ fn counterfact_metrics_follow_rome_and_move_with_an_edit() {
     assert!(post.ns >= 0.8 && post.locality >= 0.8, "{post:?}");
     assert!((rome_score(1.0, 0.5, 1.0) - 0.75).abs() < 1e-12);
 }
+
+/// Raw bytes of every tensor of a safetensors file, by name.
+fn tensor_bytes(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).expect("read safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn saving_writes_a_new_checkpoint_that_loads_with_the_edit() {
+    let mut lm = demo();
+    let src = lm.source.join("model.safetensors");
+    let src_before = std::fs::read(&src).expect("source");
+    let fs = facts();
+    let req = request(&fs[0], &new_target(&fs[0], 0));
+    let e = edit(&lm, &req);
+    let mut ledger = Ledger::new("demo");
+    ledger.push(&mut lm.model, e).expect("push");
+    assert_eq!(top1(&lm, &req.prompt), req.target);
+    let out = std::env::temp_dir().join(format!("engram-saved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let path = ledger.save(&lm, &out).expect("save");
+    assert_eq!(path, out);
+    // The source is untouched; the copy differs only in the edited projection.
+    assert_eq!(std::fs::read(&src).expect("source"), src_before);
+    let (old, new) = (
+        tensor_bytes(&src),
+        tensor_bytes(&out.join("model.safetensors")),
+    );
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let changed: Vec<&String> = old.keys().filter(|k| old[*k] != new[*k]).collect();
+    assert_eq!(
+        changed,
+        ["transformer.h.0.mlp.c_proj.weight"],
+        "only the edited layer changes"
+    );
+    assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
+    assert!(out.join(engram_editing::ledger::LEDGER_FILE).is_file());
+    // The saved model answers with the new target, in its stored dtype (f16).
+    let saved = LanguageModel::<Cpu>::load(&out, &Default::default()).expect("reload");
+    assert_eq!(top1(&saved, &req.prompt), req.target);
+    for f in fs.iter().skip(1).take(10) {
+        assert_eq!(top1(&saved, &f.prompts()[0]), top1(&lm, &f.prompts()[0]));
+    }
+    // Saving again onto the same path is refused and leaves it as it was.
+    let err = ledger.save(&lm, &out).expect_err("exists");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(tensor_bytes(&out.join("model.safetensors")), new);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn saving_a_gguf_model_keeps_its_quantized_tensors() {
+    use engram_model::gguf::{GgmlType, GgufFile};
+    use engram_model::save::{save_checkpoint, Replaced};
+    use engram_model::weights::HostTensor;
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/smollm2-135m-instruct");
+    let src = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !src.is_file() {
+        eprintln!(
+            "skipped: {} is absent (../shared not checked out)",
+            src.display()
+        );
+        return;
+    }
+    let lm = LanguageModel::<Cpu>::load(&src, &Default::default()).expect("load");
+    let layer = 4;
+    let w = HostTensor::from_tensor(&lm.model.blocks[layer].mlp.fc_out.weight).expect("w");
+    let mut edited = w.clone();
+    for (i, x) in edited.data.iter_mut().enumerate() {
+        *x += ((i % 7) as f32 - 3.0) * 1e-3;
+    }
+    let out = std::env::temp_dir().join(format!("engram-saved-gguf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let replaced = [Replaced {
+        layer,
+        weight: edited.clone(),
+    }];
+    let path = save_checkpoint(&src, &lm.model.config, &replaced, &[], &out).expect("save");
+    assert_eq!(path, out.join("model.gguf"));
+    let (a, b) = (
+        GgufFile::open(&src).expect("src"),
+        GgufFile::open(&path).expect("out"),
+    );
+    assert_eq!(a.metadata, b.metadata);
+    assert_eq!(a.order, b.order);
+    for name in &a.order {
+        let (ta, tb) = (&a.tensors[name], &b.tensors[name]);
+        assert_eq!(ta.shape, tb.shape, "{name}");
+        if name == "blk.4.ffn_down.weight" {
+            assert_eq!(tb.ggml_type, GgmlType::F32);
+        } else {
+            assert_eq!(ta.ggml_type, tb.ggml_type, "{name}");
+            assert_eq!(a.bytes(ta.range), b.bytes(tb.range), "{name}");
+        }
+    }
+    // The directory loads; the edited projection comes back exactly.
+    let saved = LanguageModel::<Cpu>::load(&out, &Default::default()).expect("reload");
+    let back = HostTensor::from_tensor(&saved.model.blocks[layer].mlp.fc_out.weight).expect("w");
+    assert_eq!(back.data, edited.data);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -60,6 +60,8 @@ pub enum ModelError {
         "{path}: no checkpoint found (expected model.safetensors or model.safetensors.index.json)"
     )]
     NoCheckpoint { path: PathBuf },
+    #[error("{path} already exists; saving never overwrites, choose a new directory")]
+    OutputExists { path: PathBuf },
     #[error("{path}: tokenizer: {message}")]
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]

@@ -61,6 +61,18 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// The ggml type id written in the tensor table.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::BF16 => 30,
+        }
+    }
+
     fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,
@@ -103,6 +115,13 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: HashMap<String, MetaValue>,
     pub tensors: HashMap<String, GgufTensor>,
+    /// Tensor names in the file's order.
+    pub order: Vec<String>,
+    /// Byte range of the metadata key/value section, for copying it verbatim.
+    pub metadata_range: (usize, usize),
+    /// Key/value pairs in that section.
+    pub n_kv: usize,
+    pub alignment: usize,
 }
 
 struct Cursor<'a> {
@@ -223,6 +242,7 @@ impl GgufFile {
         }
         let n_tensors = c.len()?;
         let n_kv = c.len()?;
+        let metadata_start = c.pos;
         let mut metadata = HashMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
@@ -230,6 +250,7 @@ impl GgufFile {
             let value = c.value(ty, 0)?;
             metadata.insert(key, value);
         }
+        let metadata_range = (metadata_start, c.pos);
         let mut table = Vec::with_capacity(n_tensors);
         for _ in 0..n_tensors {
             let name = c.string()?;
@@ -253,6 +274,7 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment) * alignment;
 
         let mut tensors = HashMap::with_capacity(n_tensors);
+        let order: Vec<String> = table.iter().map(|t| t.0.clone()).collect();
         for (name, dims, ty, offset) in table {
             let ggml_type = GgmlType::from_id(ty).ok_or_else(|| ModelError::Gguf {
                 path: path.to_path_buf(),
@@ -305,7 +327,16 @@ impl GgufFile {
             version,
             metadata,
             tensors,
+            order,
+            metadata_range,
+            n_kv,
+            alignment,
         })
+    }
+
+    /// The raw bytes of a byte range of the file.
+    pub fn bytes(&self, range: (usize, usize)) -> &[u8] {
+        &self.map[range.0..range.1]
     }
 
     pub fn path(&self) -> &Path {
@@ -498,7 +529,7 @@ impl GgufCheckpoint {
     }
 
     /// The GGUF name of an HF tensor name, and how many heads to un-permute it by.
-    fn gguf_name(&self, hf: &str) -> Option<(String, Option<usize>)> {
+    pub fn gguf_name(&self, hf: &str) -> Option<(String, Option<usize>)> {
         let permute = self.config.model_type == "llama";
         let fixed = match hf {
             "model.embed_tokens.weight" => Some("token_embd.weight"),

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod hooks;
 pub mod layers;
 pub mod lm;
+pub mod save;
 pub mod tokenizer;
 pub mod train;
 pub mod transformer;

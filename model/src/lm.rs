@@ -28,7 +28,8 @@ pub struct LanguageModel<B: Backend> {
 
 impl<B: Backend> LanguageModel<B> {
     /// Load a HF model directory (`config.json`, safetensors, tokenizer), or a
-    /// `.gguf` file with a `tokenizer.json` beside it.
+    /// `.gguf` file with a `tokenizer.json` beside it (or a directory holding
+    /// `model.gguf` and `tokenizer.json`).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         if dir.is_file()
             && dir
@@ -48,6 +49,11 @@ impl<B: Backend> LanguageModel<B> {
                 dir,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
             ));
+        }
+        // A directory saved from a GGUF model holds `model.gguf` and no config.json.
+        let gguf = dir.join("model.gguf");
+        if !dir.join("config.json").exists() && gguf.is_file() {
+            return Self::load(&gguf, device);
         }
         let model = Transformer::from_dir(dir, device)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
