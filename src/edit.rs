@@ -166,6 +166,7 @@ pub fn demo_eval_cases() -> Vec<engram_editing::eval::EvalCase> {
                     .map(|g| g.prompts()[0].clone())
                     .collect(),
                 neighborhood_target: f.target.clone(),
+                generation_prompts: Vec::new(),
             }
         })
         .collect()
@@ -190,32 +191,7 @@ pub fn counterfact_cases(path: &Path) -> Result<Vec<engram_editing::eval::EvalCa
             paraphrases: c.paraphrase_prompts,
             neighborhood: c.neighborhood_prompts,
             neighborhood_target: c.neighborhood_target,
+            generation_prompts: c.generation_prompts,
         })
         .collect())
-}
-
-/// One evaluated case, as stored in the run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EvalRow {
-    pub case_id: u64,
-    pub subject: String,
-    pub prompt: String,
-    pub target_new: String,
-    pub target_true: String,
-    /// How many edits were applied when this case was scored (1 unless sequential).
-    pub edits_applied: usize,
-    pub es: f64,
-    pub em: f64,
-    pub ps: f64,
-    pub pm: f64,
-    pub ns: f64,
-    pub nm: f64,
-    pub reliability: f64,
-    pub generalization: f64,
-    pub locality: f64,
-    pub pre_es: f64,
-    pub pre_ps: f64,
-    pub pre_ns: f64,
-    pub edit_seconds: f64,
-    pub v_steps: usize,
 }

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod bench;
 pub mod demo;
 pub mod edit;
+pub mod evaluate;
 pub mod hub;
 pub mod lens;
 pub mod patch;

@@ -198,14 +198,39 @@ struct EditArgs {
     dtype: DtypeArg,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchArg {
+    Counterfact,
+    Zsre,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConventionArg {
+    Rome,
+    Easyedit,
+}
+
 #[derive(Args)]
 struct EvalArgs {
-    /// counterfact (zsre is not built yet).
-    benchmark: String,
+    benchmark: BenchArg,
     model: PathBuf,
-    /// CounterFact JSON (ROME's or EasyEdit's form). Default for the demo model: its facts.
+    /// CounterFact JSON (ROME's or EasyEdit's form) or zsRE JSON (MEND's form).
+    /// Default for the demo model with counterfact: its facts.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// zsRE only: which target the edit teaches and how metrics are named
+    /// (rome: answers[0], zsre_efficacy/_paraphrase/_specificity; easyedit: alt,
+    /// easyedit_reliability/_generalization/_locality).
+    #[arg(long, value_enum, default_value = "rome")]
+    convention: ConventionArg,
+    /// Tokens generated per prompt for the generation-entropy fluency measure
+    /// (ROME's top-5 sampling). Default: 100 with --sequential, else off (0).
+    #[arg(long)]
+    fluency_tokens: Option<usize>,
+    /// Append each finished case to this JSON-lines file and skip the cases
+    /// already in it: an interrupted run picks up where it stopped.
+    #[arg(long)]
+    journal: Option<PathBuf>,
     /// Evaluate this many usable cases (cases the edit refuses are skipped and counted).
     #[arg(long, default_value_t = 50)]
     n: usize,
@@ -964,28 +989,35 @@ impl BackendJob for EvalJob {
     type Output = ();
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         use engram::datasets::summary::mean_ci;
-        use engram::edit::EvalRow;
-        use engram::editing::eval::{rome_score, score_case};
-        use engram::editing::rome::{rome_edit, EditRequest};
-        use engram::editing::{EditError, Ledger};
+        use engram::editing::eval::rome_score;
+        use engram::editing::Ledger;
+        use engram::evaluate::{evaluate, zsre_cases, BenchCase, EvalOptions, ZsreConvention};
         let a = self.0;
-        if a.benchmark != "counterfact" {
-            bail!(
-                "engram eval {}: only counterfact is built so far",
-                a.benchmark
-            );
-        }
         if a.method != "rome" {
             bail!("--method {}: only rome is built so far", a.method);
         }
+        let conv = match a.convention {
+            ConventionArg::Rome => ZsreConvention::Rome,
+            ConventionArg::Easyedit => ZsreConvention::EasyEdit,
+        };
+        let bench = match a.benchmark {
+            BenchArg::Counterfact => "counterfact",
+            BenchArg::Zsre => "zsre",
+        };
         let mut lm = load::<B>(&a.model, &device)?;
         let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
         hp.key = a.key.into();
-        let (cases, dataset) = match &a.data {
-            Some(p) => (engram::edit::counterfact_cases(p)?, Some(p.clone())),
-            None if engram::hub::is_demo(&a.model) => (engram::edit::demo_eval_cases(), None),
-            None => bail!(
-                "--data FILE (CounterFact JSON) is needed for {}",
+        let cf = |v: Vec<engram::editing::eval::EvalCase>| -> Vec<BenchCase> {
+            v.into_iter().map(BenchCase::CounterFact).collect()
+        };
+        let cases = match (a.benchmark, &a.data) {
+            (BenchArg::Counterfact, Some(p)) => cf(engram::edit::counterfact_cases(p)?),
+            (BenchArg::Counterfact, None) if engram::hub::is_demo(&a.model) => {
+                cf(engram::edit::demo_eval_cases())
+            }
+            (BenchArg::Zsre, Some(p)) => zsre_cases(p, conv)?,
+            (_, None) => bail!(
+                "--data FILE ({bench} JSON) is needed for {}",
                 a.model.display()
             ),
         };
@@ -993,105 +1025,63 @@ impl BackendJob for EvalJob {
             engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
         let hash = engram::lens::model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
-        let mut rows: Vec<EvalRow> = Vec::new();
-        let mut skipped: Vec<String> = Vec::new();
-        let start = std::time::Instant::now();
-        for case in &cases {
-            if rows.len() >= a.n {
-                break;
-            }
-            eprint!(
-                "\r{} of {} cases evaluated, {} skipped, {:.0} s",
-                rows.len(),
-                a.n,
-                skipped.len(),
-                start.elapsed().as_secs_f64()
-            );
-            let request = EditRequest {
-                prompt: case.prompt.clone(),
-                subject: case.subject.clone(),
-                target: case.target_new.clone(),
-            };
-            let (pre, pre_nb) = score_case(&lm, case, None)?;
-            let edit = match rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true) {
-                Ok(e) => e,
-                Err(e @ (EditError::TargetIsCurrent { .. } | EditError::Model(_))) => {
-                    skipped.push(format!("case {}: {e}", case.case_id));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let (seconds, v_steps) = (edit.seconds, edit.steps.len());
-            let id = ledger.push(&mut lm.model, edit)?;
-            let (post, _) = score_case(&lm, case, Some(&pre_nb))?;
-            if !a.sequential {
-                ledger.set_applied(&mut lm.model, id, false)?;
-            }
-            rows.push(EvalRow {
-                case_id: case.case_id,
-                subject: case.subject.clone(),
-                prompt: case.prompt.clone(),
-                target_new: case.target_new.clone(),
-                target_true: case.target_true.clone(),
-                edits_applied: if a.sequential { rows.len() + 1 } else { 1 },
-                es: post.es,
-                em: post.em,
-                ps: post.ps,
-                pm: post.pm,
-                ns: post.ns,
-                nm: post.nm,
-                reliability: post.reliability,
-                generalization: post.generalization,
-                locality: post.locality,
-                pre_es: pre.es,
-                pre_ps: pre.ps,
-                pre_ns: pre.ns,
-                edit_seconds: seconds,
-                v_steps,
-            });
-        }
-        eprintln!();
-        if rows.is_empty() {
-            bail!("no case could be edited ({} skipped)", skipped.len());
-        }
-        type Pick = fn(&EvalRow) -> f64;
-        let metrics: [(&str, Pick); 12] = [
-            ("ES", |r| r.es),
-            ("PS", |r| r.ps),
-            ("NS", |r| r.ns),
-            ("EM", |r| r.em),
-            ("PM", |r| r.pm),
-            ("NM", |r| r.nm),
-            ("easyedit_reliability", |r| r.reliability),
-            ("easyedit_generalization", |r| r.generalization),
-            ("easyedit_locality", |r| r.locality),
-            ("pre_ES", |r| r.pre_es),
-            ("pre_PS", |r| r.pre_ps),
-            ("pre_NS", |r| r.pre_ns),
-        ];
-        let summary: Vec<_> = metrics
-            .iter()
-            .map(|(name, f)| mean_ci(name, &rows.iter().map(f).collect::<Vec<_>>()))
-            .collect();
-        let get = |n: &str| {
-            summary
-                .iter()
-                .find(|s| s.metric == n)
-                .map_or(f64::NAN, |s| s.mean)
+        let opts = EvalOptions {
+            n: a.n,
+            sequential: a.sequential,
+            fluency_tokens: a
+                .fluency_tokens
+                .unwrap_or(if a.sequential { 100 } else { 0 }),
+            journal: a.journal.clone(),
         };
-        let score = rome_score(get("ES"), get("PS"), get("NS"));
+        let n = a.n;
+        let out = evaluate(
+            &mut lm,
+            &mut ledger,
+            &cases,
+            &hp,
+            &cov,
+            &templates,
+            &opts,
+            &mut |done, skipped, secs| {
+                eprint!("\r{done} of {n} cases evaluated, {skipped} skipped, {secs:.0} s")
+            },
+        )?;
+        eprintln!();
+        if out.rows.is_empty() {
+            bail!("no case could be edited ({} skipped)", out.skipped.len());
+        }
+        let summary: Vec<_> = out
+            .metrics
+            .iter()
+            .map(|name| {
+                let values: Vec<f64> = out
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.get(name).and_then(serde_json::Value::as_f64))
+                    .collect();
+                mean_ci(name, &values)
+            })
+            .collect();
         for s in &summary {
             println!(
-                "{:<24} {:>8.4}  [{:.4}, {:.4}]  n={}",
+                "{:<28} {:>8.4}  [{:.4}, {:.4}]  n={}",
                 s.metric, s.mean, s.ci_low, s.ci_high, s.n
             );
         }
-        println!("S (harmonic mean of ES, PS, NS): {score:.4}");
+        let get = |n: &str| summary.iter().find(|s| s.metric == n).map(|s| s.mean);
+        let score = match (get("ES"), get("PS"), get("NS")) {
+            (Some(es), Some(ps), Some(ns)) => {
+                let s = rome_score(es, ps, ns);
+                println!("S (harmonic mean of ES, PS, NS): {s:.4}");
+                Some(s)
+            }
+            _ => None,
+        };
         println!(
             "{} cases evaluated, {} skipped, {:.1} s{}",
-            rows.len(),
-            skipped.len(),
-            start.elapsed().as_secs_f64(),
+            out.rows.len(),
+            out.skipped.len(),
+            out.seconds,
             if a.sequential { " (sequential)" } else { "" }
         );
         let store = engram::datasets::RunStore::open(
@@ -1099,27 +1089,47 @@ impl BackendJob for EvalJob {
                 .clone()
                 .unwrap_or_else(engram::datasets::RunStore::default_root),
         )?;
+        let conventions = match (a.benchmark, conv) {
+            (BenchArg::Counterfact, _) => {
+                "ES/PS/NS/EM/PM/NM as ROME's code; easyedit_* token accuracies as EasyEdit"
+            }
+            (BenchArg::Zsre, ZsreConvention::Rome) => {
+                "zsre_* token accuracies as ROME/MEMIT's code (target answers[0])"
+            }
+            (BenchArg::Zsre, ZsreConvention::EasyEdit) => {
+                "easyedit_* token accuracies as EasyEdit (target alt)"
+            }
+        };
         let params = engram::datasets::RunParams {
             model: a.model.display().to_string(),
             model_hash: hash,
             hyperparameters: serde_json::json!({
                 "method": "rome",
-                "benchmark": "counterfact",
-                "conventions": "ES/PS/NS/EM/PM/NM as ROME's code; easyedit_* token accuracies as EasyEdit",
+                "benchmark": bench,
+                "conventions": conventions,
                 "hparams": hp,
                 "sequential": a.sequential,
+                "fluency_tokens": opts.fluency_tokens,
                 "stats_tokens": cov.tokens,
-                "skipped": skipped,
+                "skipped": out.skipped,
                 "S": score,
             }),
-            dataset: dataset.map(|d| d.display().to_string()),
-            record_ids: rows.iter().map(|r| r.case_id.to_string()).collect(),
+            dataset: a.data.as_ref().map(|d| d.display().to_string()),
+            record_ids: out
+                .rows
+                .iter()
+                .map(|r| {
+                    r.get("case_id")
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                })
+                .collect(),
             seed: Some(0),
             engram_version: env!("CARGO_PKG_VERSION").into(),
             device: format!("{device:?}"),
         };
         let run = store.create("eval", params)?;
-        run.write_rows("cases", &rows)?;
+        run.write_rows("cases", &out.rows)?;
         run.write_rows("summary", &summary)?;
         let info = run.finish()?;
         println!(

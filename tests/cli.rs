@@ -728,3 +728,82 @@ fn eval_command_scores_demo_cases() {
     assert!(run_dir.join("cases.parquet").is_file() && run_dir.join("summary.parquet").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram eval zsre`: ROME's zsRE metric names, the edit raising efficacy, and
+/// a journal that lets an interrupted run resume without redoing cases.
+#[test]
+fn eval_zsre_names_its_metrics_and_resumes_from_a_journal() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-zsre-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    // zsRE records (MEND's form) from demo cases: question, rephrasing, a new
+    // answer, and another person's fact as the unrelated question.
+    let cases = engram::edit::demo_eval_cases();
+    let records: Vec<serde_json::Value> = cases
+        .iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, c)| {
+            let other = &cases[(i + 7) % cases.len()];
+            serde_json::json!({
+                "subject": c.subject, "src": c.prompt, "rephrase": c.paraphrases[0],
+                "answers": [c.target_new], "alt": c.target_new, "pred": "",
+                "loc": other.prompt, "loc_ans": other.target_true,
+            })
+        })
+        .collect();
+    let data = dir.join("zsre.json");
+    std::fs::write(&data, serde_json::to_string(&records).expect("json")).expect("write");
+    let journal = dir.join("journal.jsonl");
+    let run = |n: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args(["eval", "zsre", "demo", "--n", n, "--data"])
+            .arg(&data)
+            .arg("--journal")
+            .arg(&journal)
+            .arg("--runs")
+            .arg(dir.join("runs"))
+            .output()
+            .expect("run engram");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (first, _) = run("2");
+    assert!(first.contains("2 cases evaluated"), "{first}");
+    let (second, progress) = run("3");
+    assert!(second.contains("3 cases evaluated"), "{second}");
+    // The resumed run starts from the two journaled cases.
+    assert!(
+        progress.starts_with("2 of 3") || progress.contains("\r2 of 3"),
+        "{progress}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&journal)
+            .expect("journal")
+            .lines()
+            .count(),
+        3
+    );
+    let mean = |name: &str| -> f64 {
+        second
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next().and_then(|x| x.parse().ok()))?
+            })
+            .unwrap_or_else(|| panic!("{name} missing: {second}"))
+    };
+    assert!(second.contains("zsre_specificity"), "{second}");
+    assert!(!second.contains("S (harmonic"), "{second}");
+    assert!(
+        mean("zsre_efficacy") > mean("pre_zsre_efficacy") + 0.5,
+        "{second}"
+    );
+    assert!(
+        mean("zsre_paraphrase") > mean("pre_zsre_paraphrase"),
+        "{second}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,16 @@
 //!   under teacher forcing, on the rewrite and paraphrase prompts; locality is
 //!   the share of the neighbourhood answer's positions whose argmax is unchanged
 //!   by the edit.
+//! - **zsRE, as ROME/MEMIT's code computes it** (`compute_rewrite_quality_zsre`):
+//!   efficacy and paraphrase are the share of the new answer's tokens that are
+//!   the argmax under teacher forcing on the question and its rephrasing;
+//!   specificity the same for the unrelated NQ question's answer (`loc?` then
+//!   `loc_ans`), after the edit. ROME edits towards `answers[0]`; EasyEdit
+//!   towards `alt`, reporting reliability/generalization/locality.
+//! - **Generation entropy** (ROME's fluency): the weighted mean of the bigram
+//!   and trigram entropies (bits; weights 2/3 and 4/3) of text generated with
+//!   top-5 sampling, averaged over prompts. Words are split on letters/digits
+//!   versus punctuation, close to NLTK's `word_tokenize`.
 
 use burn_tensor::activation::log_softmax;
 use burn_tensor::backend::Backend;
@@ -31,6 +41,9 @@ pub struct EvalCase {
     pub neighborhood: Vec<String>,
     /// The expected answer on neighbourhood prompts.
     pub neighborhood_target: String,
+    /// CounterFact's generation prompts (ROME's form only).
+    #[serde(default)]
+    pub generation_prompts: Vec<String>,
 }
 
 /// Per prompt: each target token's log-probability and whether it is the argmax.
@@ -220,4 +233,147 @@ pub fn rome_score(es: f64, ps: f64, ns: f64) -> f64 {
     } else {
         3.0 / (1.0 / es + 1.0 / ps + 1.0 / ns)
     }
+}
+
+/// One zsRE case (MEND's question-answering form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZsreCase {
+    pub case_id: u64,
+    pub subject: String,
+    /// The question, containing the subject.
+    pub prompt: String,
+    /// The answer the edit teaches (ROME: `answers[0]`; EasyEdit: `alt`).
+    pub target: String,
+    pub paraphrase: String,
+    /// The unrelated question with ROME's "?" appended.
+    pub loc_prompt: String,
+    pub loc_answer: String,
+}
+
+/// A zsRE case's token accuracies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ZsreScores {
+    /// On the question (EasyEdit: reliability).
+    pub efficacy: f64,
+    /// On the rephrased question (EasyEdit: generalization).
+    pub paraphrase: f64,
+    /// `loc_ans`'s tokens that are the argmax on `loc?` (ROME's specificity).
+    pub specificity: f64,
+    /// `loc_ans`'s positions whose argmax the edit left unchanged (EasyEdit's locality).
+    pub locality: f64,
+}
+
+/// Score a zsRE case. `before` is the locality argmax this returned on the
+/// unedited model (`None` when scoring that model: locality is then 1).
+pub fn score_zsre<B: Backend>(
+    lm: &LanguageModel<B>,
+    case: &ZsreCase,
+    before: Option<&[Vec<u32>]>,
+) -> Result<(ZsreScores, NeighbourhoodArgmax)> {
+    let acc = |prompt: &str, target: &str| -> Result<Forced> {
+        teacher_force(lm, &[prompt.to_string()], target)?
+            .pop()
+            .ok_or_else(|| EditError::Invalid("no prompt scored".into()))
+    };
+    let loc = acc(&case.loc_prompt, &case.loc_answer)?;
+    let now = vec![loc.argmax.clone()];
+    let b = before.and_then(|b| b.first()).unwrap_or(&loc.argmax);
+    let same = loc.argmax.iter().zip(b).filter(|(x, y)| x == y).count();
+    Ok((
+        ZsreScores {
+            efficacy: acc(&case.prompt, &case.target)?.accuracy(),
+            paraphrase: acc(&case.paraphrase, &case.target)?.accuracy(),
+            specificity: loc.accuracy(),
+            locality: same as f64 / b.len().max(1) as f64,
+        },
+        now,
+    ))
+}
+
+/// Words and punctuation marks of `text`, lower-cased as NLTK leaves them (not).
+fn words(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    for (i, c) in text.char_indices() {
+        let word = c.is_alphanumeric() || c == '\'';
+        match (word, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push(&text[s..i]);
+                start = None;
+            }
+            _ => {}
+        }
+        if !word && !c.is_whitespace() {
+            out.push(&text[i..i + c.len_utf8()]);
+        }
+    }
+    if let Some(s) = start {
+        out.push(&text[s..]);
+    }
+    out
+}
+
+/// ROME's `compute_n_gram_entropy`: mean of 2/3·H₂ and 4/3·H₃ (bits).
+pub fn ngram_entropy(text: &str) -> f64 {
+    let w = words(text);
+    let h = |n: usize| -> f64 {
+        let mut counts: std::collections::HashMap<&[&str], usize> = Default::default();
+        for g in w.windows(n) {
+            *counts.entry(g).or_default() += 1;
+        }
+        let total = counts.values().sum::<usize>() as f64;
+        counts
+            .values()
+            .map(|&c| {
+                let p = c as f64 / total;
+                -p * p.log2()
+            })
+            .sum()
+    };
+    (2.0 / 3.0 * h(2) + 4.0 / 3.0 * h(3)) / 2.0
+}
+
+/// Generate `max_new_tokens` (at most what the context leaves) after each
+/// prompt with top-5 sampling (ROME's `generate_fast`) and return the mean
+/// n-gram entropy and the texts.
+pub fn generation_entropy<B: Backend>(
+    lm: &LanguageModel<B>,
+    prompts: &[String],
+    max_new_tokens: usize,
+    seed: u64,
+) -> Result<(f64, Vec<String>)> {
+    use engram_model::{generate, GenerateConfig, Sampling};
+    if prompts.is_empty() {
+        return Ok((f64::NAN, Vec::new()));
+    }
+    let ids = prompts
+        .iter()
+        .map(|p| lm.encode_prompt(p))
+        .collect::<engram_model::Result<Vec<_>>>()?;
+    // Models with a short context (the demo's 32) generate what fits.
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    let max_new_tokens = max_new_tokens.min(lm.model.config.n_ctx.saturating_sub(longest));
+    if max_new_tokens == 0 {
+        return Ok((f64::NAN, Vec::new()));
+    }
+    let cfg = GenerateConfig {
+        max_new_tokens,
+        sampling: Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(5),
+            top_p: None,
+            seed,
+        },
+        stop_at_eos: true,
+        kv_cache: true,
+    };
+    let out = generate(&lm.model, &ids, &cfg)?;
+    let texts = prompts
+        .iter()
+        .zip(&out)
+        .map(|(p, new)| Ok(format!("{p}{}", lm.tokenizer.decode(new)?)))
+        .collect::<engram_model::Result<Vec<_>>>()?;
+    let h = texts.iter().map(|t| ngram_entropy(t)).sum::<f64>() / texts.len() as f64;
+    Ok((h, texts))
 }

@@ -349,6 +349,7 @@ fn counterfact_metrics_follow_rome_and_move_with_an_edit() {
         paraphrases: prompts[1..].to_vec(),
         neighborhood: neighbours,
         neighborhood_target: f.target.clone(),
+        generation_prompts: Vec::new(),
     };
     let (pre, before) = score_case(&lm, &case, None).expect("pre");
     assert_eq!((pre.es, pre.ps, pre.ns, pre.locality), (0.0, 0.0, 1.0, 1.0));
@@ -471,4 +472,18 @@ fn saving_a_gguf_model_keeps_its_quantized_tensors() {
     let back = HostTensor::from_tensor(&saved.model.blocks[layer].mlp.fc_out.weight).expect("w");
     assert_eq!(back.data, edited.data);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn generation_entropy_follows_rome_n_gram_formula() {
+    use engram_editing::eval::ngram_entropy;
+    // "a b a b a b": bigrams ab×3, ba×2; trigrams aba×2, bab×2.
+    let h2 = -(0.6f64 * 0.6f64.log2() + 0.4 * 0.4f64.log2());
+    let want = (2.0 / 3.0 * h2 + 4.0 / 3.0 * 1.0) / 2.0;
+    assert!((ngram_entropy("a b a b a b") - want).abs() < 1e-12);
+    // Punctuation is its own word; a loop of one phrase scores below varied text.
+    assert!((ngram_entropy("a, b") - ngram_entropy("a , b")).abs() < 1e-12);
+    let looped = "the city of Rome. ".repeat(10);
+    let varied = "The tower stands in a city by the river, where markets open at dawn and boats carry grain north to the hills beyond the old wall.";
+    assert!(ngram_entropy(&looped) < ngram_entropy(varied));
 }
