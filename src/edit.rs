@@ -100,13 +100,42 @@ pub fn key_covariance<B: Backend>(
     max_tokens: usize,
     quiet: bool,
 ) -> Result<KeyCovariance> {
+    let start = std::time::Instant::now();
+    let (cov, cached, name) =
+        key_covariance_with(lm, model, layer, corpus, max_tokens, &mut |done, total| {
+            if !quiet {
+                eprint!("\rlayer {layer} statistics: {done}/{total} key vectors");
+            }
+            true
+        })?;
+    if !quiet {
+        eprintln!(
+            "\rlayer {layer} statistics: {} key vectors from {name}{} ({:.1} s)",
+            cov.tokens,
+            if cached { ", cached" } else { "" },
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(cov)
+}
+
+/// C at `layer` (cached on disk), factorised, reporting `progress(done, total)`
+/// key vectors (false cancels). Also returns whether it came from the cache,
+/// and the corpus's name.
+pub fn key_covariance_with<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &Path,
+    layer: usize,
+    corpus: Option<&Path>,
+    max_tokens: usize,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<(KeyCovariance, bool, String)> {
     let (text, name) = corpus_text(model, corpus)?;
     let hash = crate::lens::model_hash(model)?;
     let opts = StatsOptions {
         max_tokens,
         ..StatsOptions::new(layer)
     };
-    let start = std::time::Instant::now();
     let (stats, cached) = cached_stats(
         &stats_dir(),
         &lm.model,
@@ -114,22 +143,9 @@ pub fn key_covariance<B: Backend>(
         &text,
         &hash,
         &opts,
-        &mut |done, total| {
-            if !quiet {
-                eprint!("\rlayer {layer} statistics: {done}/{total} key vectors");
-            }
-            true
-        },
+        progress,
     )?;
-    if !quiet {
-        eprintln!(
-            "\rlayer {layer} statistics: {} key vectors from {name}{} ({:.1} s)",
-            stats.key.tokens,
-            if cached { ", cached" } else { "" },
-            start.elapsed().as_secs_f64()
-        );
-    }
-    Ok(KeyCovariance::new(&stats)?)
+    Ok((KeyCovariance::new(&stats)?, cached, name))
 }
 
 /// Demo facts as CounterFact-style cases: the first phrasing is the rewrite

@@ -56,13 +56,22 @@ shoot() { # panel, file, extra args...
       sleep "${TRACE_WAIT:-$WAIT}"
     fi
   fi
+  if [ "$panel" = edit ] && command -v xdotool >/dev/null; then
+    # Press "Apply edit" on the default demo form.
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${EDIT_X:-195}" "${EDIT_Y:-438}" click 1 || true
+      sleep "${EDIT_WAIT:-$WAIT}"
+    fi
+  fi
   xwd -root -silent | "$CONVERT" xwd:- "$OUT/$file"
   kill "$app" 2>/dev/null || true
   wait "$app" 2>/dev/null || true
   echo "$OUT/$file"
 }
 
-PANELS=${PANELS:-model playground lens attention facts locate}
+PANELS=${PANELS:-model playground lens attention facts locate edit}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}
 for panel in $PANELS; do
   if [ "$panel" = facts ]; then

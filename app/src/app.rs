@@ -11,6 +11,7 @@ use engram::analysis::lens::LensSite;
 use engram::backend::Dtype;
 use engram::model::DeviceSpec;
 
+use crate::editor::{EditView, LedgerView};
 use crate::error::JobError;
 use crate::panels;
 use crate::session::{
@@ -58,6 +59,10 @@ pub struct Results {
     pub attention: Option<AttentionPatterns>,
     pub facts: Option<FactReport>,
     pub trace: Option<TraceView>,
+    pub edit: Option<EditView>,
+    pub ledger: LedgerView,
+    /// Where the model was last saved.
+    pub saved: Option<PathBuf>,
     pub errors: HashMap<PanelKind, String>,
 }
 
@@ -179,6 +184,21 @@ impl EngramApp {
         &self.settings
     }
 
+    /// The last edit's before/after view.
+    pub fn last_edit(&self) -> Option<&EditView> {
+        self.results.edit.as_ref()
+    }
+
+    /// The edit ledger as last reported by the worker.
+    pub fn ledger(&self) -> &LedgerView {
+        &self.results.ledger
+    }
+
+    /// Where the edited model was last saved.
+    pub fn saved_model(&self) -> Option<&PathBuf> {
+        self.results.saved.as_ref()
+    }
+
     /// Whether any job is queued or running.
     pub fn is_busy(&self) -> bool {
         !self.jobs.is_empty()
@@ -261,7 +281,7 @@ impl EngramApp {
                 request: self.settings.trace.clone(),
                 noise_subjects: self.noise_subjects(),
             }),
-            PanelKind::Model | PanelKind::Facts => None,
+            PanelKind::Model | PanelKind::Facts | PanelKind::Edit => None,
         }
     }
 
@@ -385,6 +405,11 @@ impl EngramApp {
                 self.lens_selected = None;
                 self.attention_layer = 0;
                 self.attention_head = 0;
+                if let Some(h) = card.rome {
+                    self.settings.edit.hparams = h;
+                }
+                let last = card.n_layers.saturating_sub(1);
+                self.settings.edit.hparams.layer = self.settings.edit.hparams.layer.min(last);
                 self.card = Some(*card);
                 self.request_auto_run();
                 if std::mem::take(&mut self.check_facts_on_load) {
@@ -408,7 +433,31 @@ impl EngramApp {
                 self.trace_cell = None;
                 self.results.trace = Some(*t);
             }
+            Reply::Edited(e) => {
+                self.results.ledger = e.ledger.clone();
+                self.results.edit = Some(*e);
+                self.weights_changed();
+            }
+            Reply::Ledger(l) => {
+                self.results.ledger = l;
+                self.weights_changed();
+            }
+            Reply::Saved(p) => {
+                self.status = Some((format!("saved the edited model as {}", p.display()), false));
+                self.results.saved = Some(p);
+            }
         }
+    }
+
+    /// After an edit or a ledger change, the quick panels' results are stale:
+    /// drop them so they rerun when shown. (A trace stays, as the record of
+    /// where the fact was found.)
+    fn weights_changed(&mut self) {
+        self.requested.clear();
+        self.results.next = None;
+        self.results.lens = None;
+        self.results.attention = None;
+        self.results.generation = None;
     }
 
     fn save_settings_if_changed(&mut self) {
@@ -581,6 +630,7 @@ impl eframe::App for EngramApp {
                     PanelKind::Attention => panels::attention::show(self, ui),
                     PanelKind::Facts => panels::facts::show(self, ui),
                     PanelKind::Locate => panels::locate::show(self, ui),
+                    PanelKind::Edit => panels::edit::show(self, ui),
                 });
         });
     }

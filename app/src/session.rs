@@ -16,6 +16,7 @@ use engram::model::{
     Sampling, TokenProb,
 };
 
+use crate::editor::{EditSettings, EditState, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
 
 /// One token, as shown on a chip.
@@ -50,6 +51,8 @@ pub struct ModelCard {
     pub device: DeviceSpec,
     pub dtype: Dtype,
     pub load_seconds: f64,
+    /// The model's checked-in ROME hyperparameters, if it has some.
+    pub rome: Option<crate::editor::EditHparams>,
 }
 
 /// The next-token table for a prompt.
@@ -230,6 +233,12 @@ pub trait Session {
         noise_subjects: &[String],
         progress: ProgressFn<'_>,
     ) -> Result<TraceView, JobError>;
+    /// A ROME edit of the loaded weights, recorded in the ledger.
+    fn edit(&mut self, form: &EditSettings, progress: ProgressFn<'_>)
+        -> Result<EditView, JobError>;
+    fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
+    /// Save the edited model as a new checkpoint directory.
+    fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
 }
 
 /// Resolve `source` (path, `.gguf`, hub id or `demo`) and load it.
@@ -263,6 +272,9 @@ impl BackendJob for LoadJob {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Box<dyn Session>> {
         let lm = LanguageModel::<B>::load(&self.path, &device)?;
         let c = &lm.model.config;
+        let rome = engram::edit::resolve_hparams(&self.path, None)
+            .ok()
+            .map(|h| crate::editor::EditHparams::from(&h));
         let card = ModelCard {
             source: self.source,
             path: self.path,
@@ -296,14 +308,20 @@ impl BackendJob for LoadJob {
             device: self.device,
             dtype: self.dtype,
             load_seconds: self.started.elapsed().as_secs_f64(),
+            rome,
         };
-        Ok(Box::new(Loaded { lm, card }))
+        Ok(Box::new(Loaded {
+            lm,
+            card,
+            edits: EditState::default(),
+        }))
     }
 }
 
 struct Loaded<B: Backend> {
     lm: LanguageModel<B>,
     card: ModelCard,
+    edits: EditState<B>,
 }
 
 impl<B: Backend> Loaded<B> {
@@ -341,6 +359,22 @@ impl<B: Backend> Loaded<B> {
 impl<B: Backend> Session for Loaded<B> {
     fn card(&self) -> &ModelCard {
         &self.card
+    }
+
+    fn edit(
+        &mut self,
+        form: &EditSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<EditView, JobError> {
+        self.edits.edit(&mut self.lm, form, progress)
+    }
+
+    fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {
+        self.edits.ledger_op(&mut self.lm, op)
+    }
+
+    fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError> {
+        self.edits.save(&self.lm, out)
     }
 
     fn next_tokens(&self, prompt: &str, k: usize) -> Result<NextTokens, JobError> {

@@ -17,16 +17,18 @@ pub enum PanelKind {
     Attention,
     Facts,
     Locate,
+    Edit,
 }
 
 impl PanelKind {
-    pub const ALL: [PanelKind; 6] = [
+    pub const ALL: [PanelKind; 7] = [
         PanelKind::Model,
         PanelKind::Playground,
         PanelKind::Lens,
         PanelKind::Attention,
         PanelKind::Facts,
         PanelKind::Locate,
+        PanelKind::Edit,
     ];
 
     pub fn title(self) -> &'static str {
@@ -37,6 +39,7 @@ impl PanelKind {
             PanelKind::Attention => "Attention",
             PanelKind::Facts => "Facts",
             PanelKind::Locate => "Locate",
+            PanelKind::Edit => "Edit",
         }
     }
 
@@ -49,6 +52,7 @@ impl PanelKind {
             PanelKind::Attention => "attention",
             PanelKind::Facts => "facts",
             PanelKind::Locate => "locate",
+            PanelKind::Edit => "edit",
         }
     }
 
@@ -82,6 +86,7 @@ pub struct Settings {
     pub facts_path: String,
     pub facts_limit: usize,
     pub trace: crate::session::TraceRequest,
+    pub edit: crate::editor::EditSettings,
 }
 
 impl Default for Settings {
@@ -99,6 +104,7 @@ impl Default for Settings {
             facts_path: String::new(),
             facts_limit: 200,
             trace: crate::session::TraceRequest::default(),
+            edit: crate::editor::EditSettings::default(),
         }
     }
 }

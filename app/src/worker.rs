@@ -12,6 +12,7 @@ use engram::analysis::lens::LensSite;
 use engram::backend::Dtype;
 use engram::model::DeviceSpec;
 
+use crate::editor::{EditSettings, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
 use crate::session::{
     load_session, AttentionPatterns, FactReport, GenParams, Generation, LensGrid, ModelCard,
@@ -51,6 +52,9 @@ pub enum Command {
         request: TraceRequest,
         noise_subjects: Vec<String>,
     },
+    Edit(Box<EditSettings>),
+    Ledger(LedgerOp),
+    SaveModel(PathBuf),
 }
 
 impl Command {
@@ -66,6 +70,9 @@ impl Command {
             Command::Attention { .. } => "Attention patterns".into(),
             Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
             Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
+            Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
+            Command::Ledger(_) => "Updating the ledger".into(),
+            Command::SaveModel(out) => format!("Saving to {}", out.display()),
         }
     }
 }
@@ -80,6 +87,9 @@ pub enum Reply {
     Attention(AttentionPatterns),
     Facts(FactReport),
     Trace(Box<TraceView>),
+    Edited(Box<EditView>),
+    Ledger(LedgerView),
+    Saved(PathBuf),
 }
 
 pub type JobId = u64;
@@ -240,6 +250,11 @@ fn run(
     fn model(session: &Option<Box<dyn Session>>) -> Result<&dyn Session, JobError> {
         session.as_deref().ok_or(JobError::NoModel)
     }
+    fn model_mut(
+        session: &mut Option<Box<dyn Session>>,
+    ) -> Result<&mut (dyn Session + 'static), JobError> {
+        session.as_deref_mut().ok_or(JobError::NoModel)
+    }
     Ok(match command {
         Command::Load {
             source,
@@ -277,6 +292,9 @@ fn run(
             &noise_subjects,
             progress,
         )?)),
+        Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, progress)?)),
+        Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
+        Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),
     })
 }
 

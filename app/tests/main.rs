@@ -300,3 +300,116 @@ fn locate_traces_a_fact_from_the_facts_panel() {
         assert!(has_label(&h, title), "missing heatmap {title}");
     }
 }
+
+/// The n-th line of the demo fact list: (subject, prompt, target).
+fn demo_fact(n: usize) -> (String, String, String) {
+    let text = std::fs::read_to_string(repo().join("datasets/demo/facts.jsonl")).expect("facts");
+    let v: serde_json::Value =
+        serde_json::from_str(text.lines().nth(n).expect("fact")).expect("JSON line");
+    let f = |k: &str| v[k].as_str().expect("field").to_string();
+    (f("subject"), f("prompt"), f("target"))
+}
+
+fn playground_top1(h: &mut Harness<'static, EngramApp>) -> String {
+    h.get_by_label("Playground").click();
+    wait_for(h, "the next-token table", |h| {
+        !h.state().is_busy() && has_label(h, "top-1:")
+    });
+    h.get_by_label_contains("top-1:")
+        .value()
+        .unwrap_or_default()
+}
+
+/// Locate → "Edit this fact" → Apply edit: the new answer is top-1 on the
+/// prompt, a neighbour keeps its answer, the ledger toggles the edit off and
+/// on, and Save writes a new model directory.
+#[test]
+fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
+    let (subject, prompt, target) = demo_fact(0);
+    let (_, _, new_target) = demo_fact(3);
+    let (_, neighbour, neighbour_target) = demo_fact(6);
+    assert_ne!(target, new_target);
+    let dir = std::env::temp_dir().join(format!("engram-app-edit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let saved = dir.join("saved-model");
+    let settings = serde_json::json!({
+        "prompt": prompt,
+        "panel": "Locate",
+        "trace": {"subject": subject, "target": target},
+        "edit": {"prompt": "", "subject": "", "target": new_target, "paraphrases": "",
+                 "neighbours": neighbour, "save_to": saved.display().to_string()},
+    });
+    let settings_path = dir.join("app.json");
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    std::env::set_var("ENGRAM_STATS_DIR", dir.join("stats"));
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        ..Default::default()
+    });
+    h.get_by_label("Trace").click();
+    wait_for(&mut h, "the trace", |h| {
+        !h.state().is_busy() && has_label(h, "clean p =")
+    });
+    h.get_by_label("Edit this fact ->").click();
+    h.step();
+    h.step();
+    let form = h.state().settings().edit.clone();
+    assert_eq!(h.state().settings().panel, PanelKind::Edit);
+    assert_eq!(
+        (form.prompt.as_str(), form.subject.as_str()),
+        (prompt.as_str(), subject.as_str())
+    );
+    h.get_by_label("Apply edit").click();
+    wait_for(&mut h, "the edit", |h| {
+        !h.state().is_busy() && h.state().last_edit().is_some()
+    });
+    let view = h.state().last_edit().expect("edit").clone();
+    let row = |i: usize| &view.probes[i];
+    assert_eq!(row(0).before_top.0.trim(), target);
+    assert_eq!(row(0).after_top.0.trim(), new_target, "{view:?}");
+    assert!(
+        row(0).after_target > 0.5 && row(0).before_target < 0.1,
+        "{view:?}"
+    );
+    assert_eq!(row(1).before_top.0.trim(), neighbour_target);
+    assert_eq!(
+        row(1).after_top.0.trim(),
+        neighbour_target,
+        "the neighbour moved"
+    );
+    assert!(has_label(
+        &h,
+        &format!("Edit #{} at layer {}", view.id, view.layer)
+    ));
+    assert!(has_label(&h, "before") && has_label(&h, "after"));
+    assert_eq!(h.state().ledger().len(), 1);
+    // Save while the edit is applied: a new directory with the ledger.
+    h.get_by_label("Save").click();
+    wait_for(&mut h, "the save", |h| {
+        !h.state().is_busy() && h.state().saved_model().is_some()
+    });
+    assert!(saved.join("model.safetensors").is_file());
+    assert!(saved.join("engram-ledger.json").is_file());
+    // The Playground sees the edited weights, then the original ones once the
+    // ledger's checkbox turns the edit off.
+    assert!(playground_top1(&mut h).contains(&format!("'{new_target}'")));
+    h.get_by_label("Edit").click();
+    h.step();
+    h.step();
+    h.get_by_label(&format!("#{}", view.id)).click();
+    wait_for(&mut h, "the ledger update", |h| {
+        !h.state().is_busy() && h.state().ledger().first().is_some_and(|e| !e.applied)
+    });
+    assert!(playground_top1(&mut h).contains(&format!("'{target}'")));
+    // Saving onto an existing directory is refused, in the panel.
+    h.get_by_label("Edit").click();
+    h.step();
+    h.step();
+    h.get_by_label("Save").click();
+    wait_for(&mut h, "the refused save", |h| {
+        !h.state().is_busy() && has_label(h, "already exists")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

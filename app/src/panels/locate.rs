@@ -26,11 +26,13 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         .num_columns(2)
         .spacing([12.0, 6.0])
         .show(ui, |ui| {
-            ui.label("Subject");
-            ui.add(egui::TextEdit::singleline(&mut r.subject).desired_width(300.0));
+            let l = ui.label("Subject");
+            ui.add(egui::TextEdit::singleline(&mut r.subject).desired_width(300.0))
+                .labelled_by(l.id);
             ui.end_row();
-            ui.label("Answer");
-            ui.add(egui::TextEdit::singleline(&mut r.target).desired_width(300.0));
+            let l = ui.label("Answer");
+            ui.add(egui::TextEdit::singleline(&mut r.target).desired_width(300.0))
+                .labelled_by(l.id);
             ui.end_row();
         });
     ui.horizontal_wrapped(|ui| {
@@ -109,6 +111,19 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
                 .color(ui.visuals().warn_fg_color),
             );
         }
+    }
+    if ui
+        .button("Edit this fact ->")
+        .on_hover_text("Open the Edit panel with this prompt, subject and the strongest MLP layer")
+        .clicked()
+    {
+        let e = &mut app.settings.edit;
+        e.prompt = view.prompt.clone();
+        e.subject = app.settings.trace.subject.clone();
+        if let Some((layer, _)) = strongest_mlp_layer(&view) {
+            e.hparams.layer = layer;
+        }
+        app.settings.panel = PanelKind::Edit;
     }
     ui.add_space(6.0);
     ui.horizontal_top(|ui| {

@@ -2,6 +2,7 @@
 //! worker commands through [`crate::app::EngramApp::submit`].
 
 pub mod attention;
+pub mod edit;
 pub mod facts;
 pub mod lens;
 pub mod locate;

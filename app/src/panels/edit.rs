@@ -1,0 +1,304 @@
+//! Edit: ROME's rank-one edit of one fact (Meng et al. 2022, §3) at the layer
+//! Locate points to. Shows the prompt, paraphrases and neighbourhood prompts
+//! before and after, the greedy continuation, the ledger (toggle, remove,
+//! revert all) and "Save as new model".
+
+use std::path::PathBuf;
+
+use eframe::egui::{self, RichText, Ui};
+
+use crate::app::{need_model, panel_error, EngramApp};
+use crate::editor::{EditView, LedgerOp, ProbeKind};
+use crate::settings::PanelKind;
+use crate::widgets::show_token;
+use crate::worker::Command;
+
+pub fn show(app: &mut EngramApp, ui: &mut Ui) {
+    if need_model(app, ui) {
+        return;
+    }
+    ui.heading("Edit a fact: ROME");
+    ui.label(
+        RichText::new(
+            "A rank-one update of the MLP output projection at one layer. The checkpoint on disk is never changed.",
+        )
+        .weak(),
+    );
+    form(app, ui);
+    let running = app.pending(PanelKind::Edit);
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(
+                !running,
+                egui::Button::new(RichText::new("Apply edit").strong()),
+            )
+            .on_hover_text("Compute the edit and apply it (progress and Cancel in the status bar)")
+            .clicked()
+        {
+            let form = Box::new(app.settings.edit.clone());
+            app.submit(PanelKind::Edit, Command::Edit(form));
+        }
+        if running {
+            ui.spinner();
+        }
+    });
+    panel_error(app, ui, PanelKind::Edit);
+    if let Some(view) = app.results.edit.clone() {
+        ui.add_space(8.0);
+        result(ui, &view);
+    }
+    ui.add_space(8.0);
+    ledger(app, ui);
+}
+
+fn form(app: &mut EngramApp, ui: &mut Ui) {
+    let n_layers = app.card.as_ref().map_or(1, |c| c.n_layers);
+    let has_file = app.card.as_ref().is_some_and(|c| c.rome.is_some());
+    let trace_subject = app.settings.trace.subject.clone();
+    let bar_prompt = app.settings.prompt.clone();
+    let strongest = app
+        .results
+        .trace
+        .as_ref()
+        .and_then(crate::panels::locate::strongest_mlp_layer);
+    let e = &mut app.settings.edit;
+    egui::Grid::new("edit_form")
+        .num_columns(2)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            let l = ui.label("Prompt");
+            ui.horizontal(|ui| {
+                ui.add(egui::TextEdit::singleline(&mut e.prompt).desired_width(380.0))
+                    .labelled_by(l.id);
+                if ui
+                    .small_button("from Locate")
+                    .on_hover_text("The prompt bar's prompt and the traced subject")
+                    .clicked()
+                {
+                    e.prompt = bar_prompt.clone();
+                    e.subject = trace_subject.clone();
+                    if let Some((layer, _)) = strongest {
+                        e.hparams.layer = layer;
+                    }
+                }
+            });
+            ui.end_row();
+            let l = ui.label("Subject");
+            ui.add(egui::TextEdit::singleline(&mut e.subject).desired_width(380.0))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("New target");
+            ui.add(egui::TextEdit::singleline(&mut e.target).desired_width(380.0))
+                .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Paraphrases");
+            ui.add(
+                egui::TextEdit::multiline(&mut e.paraphrases)
+                    .desired_rows(2)
+                    .desired_width(380.0)
+                    .hint_text("one prompt per line"),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Neighbourhood");
+            ui.add(
+                egui::TextEdit::multiline(&mut e.neighbours)
+                    .desired_rows(2)
+                    .desired_width(380.0)
+                    .hint_text("other subjects' prompts, one per line: their answers should stay"),
+            )
+            .labelled_by(l.id);
+            ui.end_row();
+        });
+    egui::CollapsingHeader::new("Layer and hyperparameters")
+        .default_open(true)
+        .show(ui, |ui| {
+            let h = &mut e.hparams;
+            egui::Grid::new("edit_hparams")
+                .num_columns(3)
+                .spacing([18.0, 4.0])
+                .show(ui, |ui| {
+                    ui.add(
+                        egui::Slider::new(&mut h.layer, 0..=n_layers.saturating_sub(1))
+                            .text("layer"),
+                    );
+                    ui.add(egui::Slider::new(&mut h.steps, 1..=100).text("v* steps"));
+                    ui.add(
+                        egui::Slider::new(&mut h.lr, 0.01..=2.0)
+                            .logarithmic(true)
+                            .text("lr"),
+                    );
+                    ui.end_row();
+                    ui.add(
+                        egui::Slider::new(&mut h.kl_factor, 0.0..=1.0)
+                            .text("KL factor")
+                            .fixed_decimals(4),
+                    );
+                    ui.add(
+                        egui::Slider::new(&mut h.clamp_norm_factor, 0.5..=10.0)
+                            .text("clamp |delta| / |v0|"),
+                    );
+                    ui.add(egui::Slider::new(&mut h.weight_decay, 0.0..=2.0).text("weight decay"));
+                    ui.end_row();
+                });
+            ui.horizontal(|ui| {
+                ui.label("Update key:");
+                ui.radio_value(&mut h.original_key, false, "r-ROME consistent")
+                    .on_hover_text("k* in numerator and denominator (Gupta et al. 2024)");
+                ui.radio_value(&mut h.original_key, true, "ROME original");
+            });
+            ui.horizontal(|ui| {
+                let l = ui.label("Statistics corpus");
+                ui.add(
+                    egui::TextEdit::singleline(&mut e.corpus)
+                        .desired_width(320.0)
+                        .hint_text("text file; empty = the demo corpus (demo model only)"),
+                )
+                .labelled_by(l.id);
+                ui.add(egui::DragValue::new(&mut e.stats_tokens).range(1000..=10_000_000).prefix("tokens "));
+            });
+            if !has_file {
+                ui.label(
+                    RichText::new("This model has no checked-in ROME hyperparameters: the values are ROME's GPT-2 XL ones; pick the layer from Locate.")
+                        .color(ui.visuals().warn_fg_color),
+                );
+            }
+        });
+}
+
+fn result(ui: &mut Ui, v: &EditView) {
+    let last = v.steps.last();
+    ui.label(
+        RichText::new(format!(
+            "Edit #{} at layer {} ({:?} key): {} v* steps, final loss {:.4}, p(target) {:.4}; {} key vectors; {:.2} s",
+            v.id,
+            v.layer,
+            v.key,
+            v.steps.len(),
+            last.map_or(f32::NAN, |s| s.total),
+            last.map_or(f32::NAN, |s| s.target_prob),
+            v.stats_tokens,
+            v.seconds
+        ))
+        .strong(),
+    );
+    egui::Grid::new("edit_probes")
+        .striped(true)
+        .num_columns(5)
+        .spacing([14.0, 4.0])
+        .show(ui, |ui| {
+            for h in ["", "prompt", "top-1 before", "top-1 after", "p(new target)"] {
+                ui.label(RichText::new(h).strong());
+            }
+            ui.end_row();
+            for r in &v.probes {
+                let kind = match r.kind {
+                    ProbeKind::Prompt => "prompt",
+                    ProbeKind::Paraphrase => "paraphrase",
+                    ProbeKind::Neighbour => "neighbour",
+                };
+                ui.label(RichText::new(kind).weak());
+                ui.label(&r.prompt);
+                ui.label(format!(
+                    "'{}' {:.3}",
+                    show_token(&r.before_top.0),
+                    r.before_top.1
+                ));
+                let moved = r.after_top.0 != r.before_top.0;
+                let after = format!("'{}' {:.3}", show_token(&r.after_top.0), r.after_top.1);
+                // A neighbour whose answer moved is a locality failure.
+                let text = match (r.kind, moved) {
+                    (ProbeKind::Neighbour, true) => {
+                        RichText::new(after).color(ui.visuals().error_fg_color)
+                    }
+                    _ => RichText::new(after),
+                };
+                ui.label(text);
+                ui.label(format!("{:.4} -> {:.4}", r.before_target, r.after_target));
+                ui.end_row();
+            }
+        });
+    ui.add_space(4.0);
+    egui::Grid::new("edit_generations")
+        .num_columns(2)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            ui.label(RichText::new("before").weak());
+            ui.label(RichText::new(&v.generation_before).monospace());
+            ui.end_row();
+            ui.label(RichText::new("after").weak());
+            ui.label(RichText::new(&v.generation_after).monospace());
+            ui.end_row();
+        });
+}
+
+fn ledger(app: &mut EngramApp, ui: &mut Ui) {
+    ui.label(RichText::new("Ledger").strong());
+    if app.results.ledger.is_empty() {
+        ui.label(RichText::new("No edits yet.").weak());
+    }
+    let mut op = None;
+    egui::Grid::new("edit_ledger")
+        .striped(true)
+        .num_columns(5)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            for e in &app.results.ledger {
+                let mut on = e.applied;
+                if ui
+                    .checkbox(&mut on, format!("#{}", e.id))
+                    .on_hover_text("applied")
+                    .changed()
+                {
+                    op = Some(LedgerOp::Set {
+                        id: e.id,
+                        applied: on,
+                    });
+                }
+                ui.label(format!("{} -> {:?}", e.prompt, e.target));
+                ui.label(format!("layer {}", e.layer));
+                ui.label(format!("|delta| {:.2}, {:.2} s", e.delta_norm, e.seconds));
+                if ui.small_button("remove").clicked() {
+                    op = Some(LedgerOp::Remove(e.id));
+                }
+                ui.end_row();
+            }
+        });
+    let busy = app.pending(PanelKind::Edit);
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(
+                !app.results.ledger.is_empty() && !busy,
+                egui::Button::new("Revert all"),
+            )
+            .clicked()
+        {
+            op = Some(LedgerOp::RevertAll);
+        }
+    });
+    if let Some(op) = op.filter(|_| !busy) {
+        app.submit(PanelKind::Edit, Command::Ledger(op));
+    }
+    ui.add_space(6.0);
+    ui.horizontal(|ui| {
+        let l = ui.label("Save as new model");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.settings.edit.save_to)
+                .desired_width(320.0)
+                .hint_text("a new directory"),
+        )
+        .labelled_by(l.id);
+        let can = !busy && !app.settings.edit.save_to.trim().is_empty();
+        if ui
+            .add_enabled(can, egui::Button::new("Save"))
+            .on_hover_text("Writes a new checkpoint directory with the ledger; never overwrites")
+            .clicked()
+        {
+            let out = PathBuf::from(app.settings.edit.save_to.trim());
+            app.submit(PanelKind::Edit, Command::SaveModel(out));
+        }
+    });
+    if let Some(p) = &app.results.saved {
+        ui.label(RichText::new(format!("Saved: {}", p.display())).weak());
+    }
+}
