@@ -8,8 +8,11 @@
 //!
 //! - [`patching`]: clean/corrupted activation patching, TransformerLens style.
 //!
-//! FFN key-value memories build on the same hooked forward pass.
+//! - [`memories`]: FFN key-value memories (Geva et al. 2021; LM-Debugger):
+//!   values in vocabulary space, top memories per prompt, interventions,
+//!   trigger examples, knowledge neurons (Dai et al. 2022).
 
 pub mod lens;
+pub mod memories;
 pub mod patching;
 pub mod trace;

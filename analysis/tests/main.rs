@@ -502,3 +502,311 @@ mod patching {
         ));
     }
 }
+
+mod memories {
+    use std::path::PathBuf;
+
+    use engram_analysis::memories::{
+        integrated_gradients, knowledge_neurons, top_memories, value_projections, Intervention,
+        MemoryHook, Setting, TriggerSearch,
+    };
+    use engram_model::burn_tensor::Tensor;
+    use engram_model::device::Cpu;
+    use engram_model::hooks::{Activation, BlockSite};
+    use engram_model::{fn_hook, ActivationCache, Batch, HookPoint, LanguageModel, NoHooks};
+
+    fn demo() -> LanguageModel<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+        LanguageModel::load(&dir, &Default::default()).expect("demo model")
+    }
+
+    /// (subject, prompt, target) of the demo fact list.
+    fn demo_facts() -> Vec<(String, String, String)> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/facts.jsonl");
+        std::fs::read_to_string(path)
+            .expect("facts")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                let f = |k: &str| v[k].as_str().expect("field").to_string();
+                (f("subject"), f("prompt"), f("target"))
+            })
+            .collect()
+    }
+
+    fn host(t: Tensor<Cpu, 3>) -> Vec<f32> {
+        t.into_data().convert::<f32>().into_vec().expect("host")
+    }
+
+    /// Σᵢ aᵢ vᵢ + b equals hook_mlp_out at every position (plain and gated MLPs).
+    #[test]
+    fn memory_sub_updates_sum_to_the_mlp_output() {
+        let mut models = vec![("demo", demo())];
+        if let Some(l) = super::tiny("llama") {
+            models.push(("llama (gated)", l));
+        }
+        for (name, lm) in models {
+            let ids = lm
+                .tokenizer
+                .encode("Quinford Belvale lives in the city of")
+                .expect("ids");
+            for layer in 0..lm.model.config.n_layers {
+                let (post, out) = (
+                    HookPoint::block(layer, BlockSite::MlpPost),
+                    HookPoint::block(layer, BlockSite::MlpOut),
+                );
+                let mut cache = ActivationCache::<Cpu>::new(move |p| p == post || p == out);
+                lm.model
+                    .forward(&Batch::single(&ids), &mut cache)
+                    .expect("forward");
+                let a = host(cache.rank3(post).expect("post"));
+                let y = host(cache.rank3(out).expect("out"));
+                let fc = &lm.model.blocks[layer].mlp.fc_out;
+                let w: Vec<f32> = fc.weight.clone().into_data().into_vec().expect("w");
+                let bias: Vec<f32> = match &fc.bias {
+                    Some(b) => b.clone().into_data().into_vec().expect("b"),
+                    None => vec![0.0; lm.model.config.d_model],
+                };
+                let (m, d) = (lm.model.config.d_mlp, lm.model.config.d_model);
+                for pos in 0..ids.len() {
+                    for j in 0..d {
+                        let sum: f32 =
+                            (0..m).map(|i| a[pos * m + i] * w[i * d + j]).sum::<f32>() + bias[j];
+                        let got = y[pos * d + j];
+                        assert!(
+                            (sum - got).abs() < 1e-4,
+                            "{name} layer {layer} pos {pos}: {sum} vs {got}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Zeroing every memory of a layer equals replacing its MLP output by the
+    /// bias alone (zero ablation where the MLP has no bias).
+    #[test]
+    fn zeroing_every_memory_ablates_the_mlp() {
+        let lm = demo();
+        let ids = lm
+            .tokenizer
+            .encode("Quinford Belvale lives in the city of")
+            .expect("ids");
+        let layer = 1;
+        let all: Vec<Intervention> = (0..lm.model.config.d_mlp)
+            .map(|memory| Intervention {
+                layer,
+                memory,
+                setting: Setting::Zero,
+            })
+            .collect();
+        let zeroed = lm
+            .model
+            .forward(&Batch::single(&ids), &mut MemoryHook::new(&all, None))
+            .expect("forward");
+        let bias = lm.model.blocks[layer]
+            .mlp
+            .fc_out
+            .bias
+            .clone()
+            .expect("gpt2 bias");
+        let mut ablate = fn_hook::<Cpu, _>(
+            [HookPoint::block(layer, BlockSite::MlpOut)],
+            move |_, act: &Activation<Cpu>| {
+                act.as_rank3()
+                    .map(|x| Activation::Rank3(x.zeros_like() + bias.clone().unsqueeze::<3>()))
+            },
+        );
+        let ablated = lm
+            .model
+            .forward(&Batch::single(&ids), &mut ablate)
+            .expect("forward");
+        let clean = lm
+            .model
+            .forward(&Batch::single(&ids), &mut NoHooks)
+            .expect("forward");
+        let (z, a, c) = (host(zeroed), host(ablated), host(clean));
+        let diff = z
+            .iter()
+            .zip(&a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "{diff}");
+        assert!(
+            z.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-2),
+            "the ablation did nothing"
+        );
+        // An empty hook changes nothing.
+        let none = lm
+            .model
+            .forward(&Batch::single(&ids), &mut MemoryHook::new(&[], None))
+            .expect("forward");
+        assert_eq!(host(none), c);
+    }
+
+    /// MaxPlus sets a memory to the layer's largest coefficient + ε at the chosen position only.
+    #[test]
+    fn interventions_set_coefficients_where_asked() {
+        let lm = demo();
+        let ids = lm
+            .tokenizer
+            .encode("Quinford Belvale lives in the city of")
+            .expect("ids");
+        let (layer, p) = (2, ids.len() - 1);
+        let post = HookPoint::block(layer, BlockSite::MlpPost);
+        let run = |hook: MemoryHook| {
+            let mut both = (hook, ActivationCache::<Cpu>::new(move |q| q == post));
+            lm.model
+                .forward(&Batch::single(&ids), &mut both)
+                .expect("forward");
+            host(both.1.rank3(post).expect("post"))
+        };
+        let m = lm.model.config.d_mlp;
+        let clean = run(MemoryHook::new(&[], None));
+        let set = [
+            Intervention {
+                layer,
+                memory: 7,
+                setting: Setting::MaxPlus(0.5),
+            },
+            Intervention {
+                layer,
+                memory: 9,
+                setting: Setting::Value(-2.0),
+            },
+        ];
+        let after = run(MemoryHook::new(&set, Some(p)));
+        let max = clean[p * m..(p + 1) * m]
+            .iter()
+            .copied()
+            .fold(f32::MIN, f32::max);
+        assert!((after[p * m + 7] - (max + 0.5)).abs() < 1e-5);
+        assert_eq!(after[p * m + 9], -2.0);
+        assert_eq!(after[..p * m], clean[..p * m], "other positions untouched");
+        assert_eq!(after[p * m + 8], clean[p * m + 8]);
+    }
+
+    /// Completeness: with 20 steps the attributions sum to p(clean) − p(zero baseline).
+    #[test]
+    fn integrated_gradients_are_complete() {
+        let lm = demo();
+        for (subject, prompt, target) in demo_facts().into_iter().take(3) {
+            let ids = lm.tokenizer.encode(&prompt).expect("ids");
+            let t = lm.target_tokens(&prompt, &target).expect("target")[0];
+            for layer in 0..lm.model.config.n_layers {
+                let a =
+                    integrated_gradients(&lm.model, &ids, ids.len() - 1, t, layer, 20).expect("ig");
+                let sum: f32 = a.scores.iter().sum();
+                let delta = a.prob - a.baseline_prob;
+                eprintln!("{subject} layer {layer}: sum {sum:.4}, p - p0 = {delta:.4}");
+                assert!(
+                    (sum - delta).abs() <= 0.1 * delta.abs() + 0.02,
+                    "{subject} layer {layer}: {sum} vs {delta}"
+                );
+            }
+        }
+    }
+
+    /// On the demo model, zeroing a fact's knowledge neurons lowers its
+    /// answer's probability more than zeroing as many random neurons of the
+    /// same layers (over 50 facts).
+    #[test]
+    fn knowledge_neurons_matter_more_than_random_ones() {
+        let lm = demo();
+        let n_layers = lm.model.config.n_layers;
+        let m = lm.model.config.d_mlp;
+        let (mut kn_drop, mut rand_drop, mut found) = (0f64, 0f64, 0usize);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let facts = demo_facts();
+        for (_, prompt, target) in facts.iter().step_by(9).take(50) {
+            let ids = lm.tokenizer.encode(prompt).expect("ids");
+            let p = ids.len() - 1;
+            let t = lm.target_tokens(prompt, target).expect("target")[0];
+            let attrs: Vec<_> = (0..n_layers)
+                .map(|l| integrated_gradients(&lm.model, &ids, p, t, l, 20).expect("ig"))
+                .collect();
+            let kn = knowledge_neurons(&[attrs], 0.2, 0.7);
+            let prob = |set: &[(usize, usize)]| -> f64 {
+                let iv: Vec<Intervention> = set
+                    .iter()
+                    .map(|&(layer, memory)| Intervention {
+                        layer,
+                        memory,
+                        setting: Setting::Zero,
+                    })
+                    .collect();
+                let logits = lm
+                    .model
+                    .forward(&Batch::single(&ids), &mut MemoryHook::new(&iv, Some(p)))
+                    .expect("forward");
+                let v = logits.dims()[2];
+                let probs = host(engram_model::burn_tensor::activation::softmax(logits, 2));
+                f64::from(probs[p * v + t as usize])
+            };
+            let base = prob(&[]);
+            let random: Vec<(usize, usize)> = kn
+                .iter()
+                .map(|&(layer, _)| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (layer, (seed % m as u64) as usize)
+                })
+                .collect();
+            kn_drop += base - prob(&kn);
+            rand_drop += base - prob(&random);
+            found += kn.len();
+        }
+        eprintln!(
+            "50 demo facts: {found} knowledge neurons (t = 0.2); mean p drop zeroing them {:.4}, zeroing as many random ones {:.4}",
+            kn_drop / 50.0,
+            rand_drop / 50.0
+        );
+        assert!(found > 0);
+        assert!(
+            kn_drop > 2.0 * rand_drop && kn_drop / 50.0 > 0.05,
+            "{kn_drop} vs {rand_drop}"
+        );
+    }
+
+    /// The top memories at a fact's last subject token: scores sorted, each
+    /// memory's projection and sub-update reported; trigger search keeps the
+    /// highest coefficients, best first.
+    #[test]
+    fn top_memories_and_triggers_on_a_demo_fact() {
+        let lm = demo();
+        let (subject, prompt, target) = demo_facts().remove(0);
+        let (enc, span) = lm.tokenizer.subject_span(&prompt, &subject).expect("span");
+        let t = lm.target_tokens(&prompt, &target).expect("target")[0];
+        let layers =
+            top_memories(&lm.model, &enc.ids, span.end - 1, Some(t), 5, 5, NoHooks).expect("top");
+        assert_eq!(layers.len(), lm.model.config.n_layers);
+        for l in &layers {
+            assert_eq!(l.memories.len(), 5);
+            assert!(l.memories.windows(2).all(|w| w[0].score >= w[1].score));
+            assert!(l
+                .memories
+                .iter()
+                .all(|h| h.value.top.len() == 5 && h.target_with.is_some()));
+        }
+        let v = value_projections(&lm.model, 0, &[0, 3], 4).expect("values");
+        assert_eq!((v[0].memory, v[1].memory, v[0].top.len()), (0, 3, 4));
+        assert!(v[0].top[0].score >= v[0].bottom[0].score);
+        let rows: Vec<Vec<u32>> = demo_facts()
+            .iter()
+            .take(8)
+            .map(|(_, p, _)| lm.tokenizer.encode(p).expect("ids"))
+            .filter(|r| r.len() == 7)
+            .collect();
+        let mut search = TriggerSearch::new(&lm.model, &[1], 3).expect("search");
+        search.feed(&lm.model, &rows).expect("feed");
+        let found = search.finish();
+        assert_eq!(found[0].len(), lm.model.config.d_mlp);
+        for list in &found[0] {
+            assert_eq!(list.len(), 3);
+            assert!(list
+                .windows(2)
+                .all(|w| w[0].coefficient >= w[1].coefficient));
+        }
+    }
+}
