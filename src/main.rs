@@ -63,6 +63,14 @@ enum Command {
     Edit(EditArgs),
     /// Edit each case on fresh weights and score it (CounterFact conventions; stored as a run).
     Eval(EvalArgs),
+    /// FFN key-value memories: values, top memories, triggers, knowledge neurons (CPU).
+    Memories {
+        /// The run store (default: $ENGRAM_RUNS, else ./runs).
+        #[arg(long, global = true)]
+        runs: Option<PathBuf>,
+        #[command(subcommand)]
+        which: MemoriesCommand,
+    },
     /// Train the embedded demo model from its seed (CPU).
     TrainDemo {
         #[arg(long, default_value = "app/assets/demo-model")]
@@ -81,6 +89,99 @@ enum Command {
         runs: Option<PathBuf>,
         #[command(subcommand)]
         which: RunsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemoriesCommand {
+    /// What memories promote and suppress: top/bottom tokens of W_U · dir(v).
+    Values {
+        model: PathBuf,
+        #[arg(long)]
+        layer: usize,
+        /// Memory indices, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        memory: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Every memory's projection for some layers (default: all), as one table.
+    Index {
+        model: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        layer: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// The memories behind a prediction, per layer (LM-Debugger's view).
+    Top {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Read at the subject's last token (default: the last token).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Report this answer's rank and probability.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        position: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        per_layer: usize,
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Switch memories off: LAYER:INDEX,…
+        #[arg(long, default_value = "")]
+        zero: String,
+        /// Set memories to the layer's largest coefficient + 1: LAYER:INDEX,…
+        #[arg(long, default_value = "")]
+        boost: String,
+    },
+    /// The target's rank entering each block, after attention and after the MLP.
+    Lens {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Stream a corpus and keep each memory's highest-coefficient contexts.
+    Triggers {
+        model: PathBuf,
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, value_delimiter = ',', required = true)]
+        layer: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[arg(long, default_value_t = usize::MAX)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Print these memories' contexts.
+        #[arg(long, value_delimiter = ',')]
+        show: Vec<usize>,
+    },
+    /// Knowledge neurons (Dai et al. 2022) of a fact, and the effect of suppressing/amplifying them.
+    Attribute {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// More prompts of the same fact.
+        #[arg(long)]
+        also: Vec<String>,
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Keep neurons above this share of a prompt's largest attribution.
+        #[arg(long, default_value_t = 0.2)]
+        t: f32,
+        /// ... found for at least this share of the prompts.
+        #[arg(long, default_value_t = 0.7)]
+        p: f32,
     },
 }
 
@@ -476,6 +577,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let store = engram::datasets::RunStore::open(root)?;
             engram::lens::run_lens(&lm, &model, &prompt, site, &store).map(|_| ())
         }
+        Command::Memories { runs, which } => memories(runs, which),
         Command::Trace(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, TraceJob(args))
@@ -602,6 +704,100 @@ fn dispatch(cli: Cli) -> Result<()> {
                 json,
             } => bench_hooks(&model, batch, seq, iters, json),
         },
+    }
+}
+
+fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
+    use engram::memories as m;
+    let store = engram::datasets::RunStore::open(
+        runs.unwrap_or_else(engram::datasets::RunStore::default_root),
+    )?;
+    let cpu = |model: &Path| load::<engram::model::Cpu>(model, &Default::default());
+    match which {
+        MemoriesCommand::Values {
+            model,
+            layer,
+            memory,
+            k,
+        } => m::values(&cpu(&model)?, &model, layer, &memory, k, &store),
+        MemoriesCommand::Index { model, layer, k } => {
+            let lm = cpu(&model)?;
+            let layers = if layer.is_empty() {
+                (0..lm.model.config.n_layers).collect()
+            } else {
+                layer
+            };
+            m::index(&lm, &model, &layers, k, &store)
+        }
+        MemoriesCommand::Top {
+            model,
+            prompt,
+            subject,
+            target,
+            position,
+            per_layer,
+            k,
+            zero,
+            boost,
+        } => {
+            let q = m::TopQuery {
+                prompt: &prompt,
+                subject: subject.as_deref(),
+                target: target.as_deref(),
+                position,
+                per_layer,
+                k,
+                zero: m::parse_memories(&zero)?,
+                boost: m::parse_memories(&boost)?,
+            };
+            m::top(&cpu(&model)?, &model, &q, &store)
+        }
+        MemoriesCommand::Lens {
+            model,
+            prompt,
+            target,
+            position,
+        } => m::lens(&cpu(&model)?, &model, &prompt, &target, position, &store),
+        MemoriesCommand::Triggers {
+            model,
+            corpus,
+            layer,
+            top,
+            max_tokens,
+            seq_len,
+            show,
+        } => m::triggers(
+            &cpu(&model)?,
+            &model,
+            &corpus,
+            &layer,
+            top,
+            max_tokens,
+            seq_len,
+            &show,
+            &store,
+        ),
+        MemoriesCommand::Attribute {
+            model,
+            prompt,
+            also,
+            target,
+            steps,
+            t,
+            p,
+        } => {
+            let prompts: Vec<String> = std::iter::once(prompt).chain(also).collect();
+            m::attribute(
+                &cpu(&model)?,
+                &model,
+                &prompts,
+                &target,
+                steps,
+                t,
+                p,
+                &store,
+            )
+        }
     }
 }
 

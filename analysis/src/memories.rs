@@ -625,3 +625,74 @@ impl TriggerSearch {
             .collect()
     }
 }
+
+/// The target through the layers at one position: its rank and probability
+/// entering the block, after the attention output is added, and after the MLP
+/// output (the logit lens at three points per layer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FactStep {
+    pub layer: usize,
+    pub entering: TargetStanding,
+    pub after_attn: TargetStanding,
+    pub after_mlp: TargetStanding,
+}
+
+/// Where an answer appears and which sublayer raises it (ROME's and Geva et
+/// al.'s question, asked with the logit lens).
+pub fn fact_lens<B: Backend>(
+    model: &Transformer<B>,
+    ids: &[u32],
+    position: usize,
+    target: u32,
+) -> Result<Vec<FactStep>> {
+    if position >= ids.len() {
+        return Err(ModelError::Data(format!(
+            "position {position} is past the prompt's {} tokens",
+            ids.len()
+        )));
+    }
+    let want = |p: HookPoint| {
+        matches!(
+            p.site(),
+            Some(BlockSite::ResidPre | BlockSite::AttnOut | BlockSite::ResidPost)
+        )
+    };
+    let mut cache = ActivationCache::<B>::new(want);
+    model.forward(&Batch::single(ids), &mut cache)?;
+    let d = model.config.d_model;
+    let n = model.config.n_layers;
+    let mut rows = Vec::with_capacity(3 * n);
+    for layer in 0..n {
+        let at = |site: BlockSite| -> Result<Tensor<B, 2>> {
+            let point = HookPoint::block(layer, site);
+            let t = cache
+                .rank3(point)
+                .ok_or_else(|| ModelError::UnknownHook(point.to_string()))?;
+            Ok(t.slice([0..1, position..position + 1, 0..d])
+                .reshape([1, d]))
+        };
+        let pre = at(BlockSite::ResidPre)?;
+        rows.push(pre.clone());
+        rows.push(pre + at(BlockSite::AttnOut)?);
+        rows.push(at(BlockSite::ResidPost)?);
+    }
+    let x = Tensor::cat(rows, 0).reshape([1, 3 * n, d]);
+    let probs = softmax(model.unembed(x, &mut NoHooks)?, 2);
+    let vocab = probs.dims()[2];
+    let p = host(probs)?;
+    let get = |r: usize| {
+        let row = &p[r * vocab..(r + 1) * vocab];
+        TargetStanding {
+            rank: rank_of(row, target),
+            prob: row[target as usize],
+        }
+    };
+    Ok((0..n)
+        .map(|layer| FactStep {
+            layer,
+            entering: get(3 * layer),
+            after_attn: get(3 * layer + 1),
+            after_mlp: get(3 * layer + 2),
+        })
+        .collect())
+}
