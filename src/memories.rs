@@ -241,7 +241,7 @@ pub fn top(
     let hook = MemoryHook::new(&iv, None);
     let layers = top_memories(&lm.model, &ids, pos, target, q.per_layer, q.k, hook)?;
     println!(
-        "position {pos} ({:?}); memories ranked by |coefficient| x |value|",
+        "position {pos} ({:?}); memories ranked by |coefficient| x |value|, with the tokens coefficient x value promotes",
         lm.tokenizer.token_text(ids[pos])
     );
     let mut rows = Vec::new();
@@ -270,11 +270,11 @@ pub fn top(
                 h.target_with
                     .map(|s| format!(" -> target rank {} p {:.4}", s.rank, s.prob))
                     .unwrap_or_default(),
-                tokens(lm, &h.value.top)
+                tokens(lm, &h.promotes)
             );
             rows.push(row(json!({
                 "layer": l.layer, "memory": h.memory, "coefficient": h.coefficient,
-                "value_norm": h.value_norm, "score": h.score, "promotes": tokens(lm, &h.value.top),
+                "value_norm": h.value_norm, "score": h.score, "promotes": tokens(lm, &h.promotes),
                 "target_rank_before": h.target_before.map(|s| s.rank),
                 "target_prob_before": h.target_before.map(|s| s.prob),
                 "target_rank_with": h.target_with.map(|s| s.rank),
@@ -504,7 +504,7 @@ pub fn attribute(
         let zero = prob_with(Some(Setting::Zero))?;
         let doubled = amplified(lm, &ids, last, tok, &kn, 2.0)?;
         println!(
-            "{prompt:?}: p({target:?}) {clean:.4}; knowledge neurons suppressed {zero:.4}, amplified x2 {doubled:.4}"
+            "{prompt:?} -> {target:?}: p clean {clean:.4}, knowledge neurons suppressed {zero:.4}, amplified x2 {doubled:.4}"
         );
         effects.push(row(
             json!({"prompt": prompt, "clean": clean, "suppressed": zero, "amplified": doubled}),

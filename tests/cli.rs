@@ -807,3 +807,115 @@ fn eval_zsre_names_its_metrics_and_resumes_from_a_journal() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram memories` on the demo model: top memories, the fact lens,
+/// knowledge neurons whose suppression lowers the answer, triggers over a
+/// corpus file, and clear errors for bad memory names.
+#[test]
+fn memories_commands_run_on_the_demo_model() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-mem-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let demo = demo_fact_records();
+    let fact = &demo[0];
+    let runs = dir.join("runs");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .arg("memories")
+            .args(args)
+            .arg("--runs")
+            .arg(&runs)
+            .output()
+            .expect("run engram");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[
+        "top",
+        "demo",
+        "--prompt",
+        &fact.prompt,
+        "--subject",
+        &fact.subject,
+        "--target",
+        &fact.target,
+        "--zero",
+        "0:1,1:2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("layer 0: before the MLP target rank") && out.contains("memory"),
+        "{out}"
+    );
+    assert!(out.contains("with 2 intervention(s)"), "{out}");
+    let (ok, out, err) = run(&[
+        "lens",
+        "demo",
+        "--prompt",
+        &fact.prompt,
+        "--target",
+        &fact.target,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("is first top-1 after layer"), "{out}");
+    let (ok, out, err) = run(&[
+        "attribute",
+        "demo",
+        "--prompt",
+        &fact.prompt,
+        "--target",
+        &fact.target,
+    ]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("suppressed"))
+        .expect("effect line");
+    let num = |key: &str| -> f64 {
+        let rest = &line[line.find(key).expect(key) + key.len()..];
+        rest.trim_start()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .next()
+            .and_then(|x| x.parse().ok())
+            .expect("number")
+    };
+    let clean = num("p clean");
+    assert!(
+        num("suppressed") < clean && num("amplified x2") > num("suppressed"),
+        "{line}"
+    );
+    let corpus = dir.join("corpus.txt");
+    let text: Vec<String> = demo
+        .iter()
+        .take(60)
+        .map(|f| format!("{} {} .", f.prompt, f.target))
+        .collect();
+    std::fs::write(&corpus, text.join("\n\n")).expect("corpus");
+    let (ok, out, err) = run(&[
+        "triggers",
+        "demo",
+        "--corpus",
+        corpus.to_str().unwrap_or_default(),
+        "--layer",
+        "1",
+        "--top",
+        "3",
+        "--seq-len",
+        "16",
+        "--show",
+        "5",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("tokens of") && out.contains("layer 1 memory 5 #0"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["top", "demo", "--prompt", &fact.prompt, "--zero", "1-3"]);
+    assert!(!ok && err.contains("LAYER:INDEX"), "{err}");
+    let (ok, _, err) = run(&["values", "demo", "--layer", "0", "--memory", "99999"]);
+    assert!(!ok && err.contains("memory 99999 does not exist"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -187,6 +187,9 @@ pub struct MemoryHit {
     /// |coefficient| × ‖value‖, the ranking score.
     pub score: f32,
     pub value: ValueProjection,
+    /// What the sub-update aᵢvᵢ promotes: the value's top tokens, or its
+    /// bottom ones (scores negated) where the coefficient is negative.
+    pub promotes: Vec<TokenScore>,
     /// The target before the MLP, and with only this memory's sub-update added.
     pub target_before: Option<TargetStanding>,
     pub target_with: Option<TargetStanding>,
@@ -288,6 +291,18 @@ pub fn top_memories<B: Backend, H: Hook<B>>(
                 coefficient: coef[m],
                 value_norm: norms[m],
                 score: scores[m],
+                promotes: if coef[m] >= 0.0 {
+                    value.top.clone()
+                } else {
+                    value
+                        .bottom
+                        .iter()
+                        .map(|t| TokenScore {
+                            id: t.id,
+                            score: -t.score,
+                        })
+                        .collect()
+                },
                 value,
                 target_before: standing(row(0), target),
                 target_with: standing(row(2 + j), target),
