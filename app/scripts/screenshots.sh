@@ -71,7 +71,7 @@ shoot() { # panel, file, extra args...
   echo "$OUT/$file"
 }
 
-PANELS=${PANELS:-model playground lens attention facts locate edit}
+PANELS=${PANELS:-model playground lens attention facts locate memories edit}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}
 for panel in $PANELS; do
   if [ "$panel" = facts ]; then

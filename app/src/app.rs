@@ -13,6 +13,7 @@ use engram::model::DeviceSpec;
 
 use crate::editor::{EditView, LedgerView};
 use crate::error::JobError;
+use crate::memories::{AttributionView, MemoriesView, TriggersView};
 use crate::panels;
 use crate::session::{
     AttentionPatterns, FactReport, Generation, LensGrid, ModelCard, NextTokens, Progress, TraceView,
@@ -60,6 +61,9 @@ pub struct Results {
     pub facts: Option<FactReport>,
     pub trace: Option<TraceView>,
     pub edit: Option<EditView>,
+    pub memories: Option<MemoriesView>,
+    pub triggers: Option<TriggersView>,
+    pub attribution: Option<AttributionView>,
     pub ledger: LedgerView,
     /// Where the model was last saved.
     pub saved: Option<PathBuf>,
@@ -93,6 +97,8 @@ pub struct EngramApp {
     pub(crate) attention_head: usize,
     /// The Locate panel's clicked cell: (kind index, token, layer).
     pub(crate) trace_cell: Option<(usize, usize, usize)>,
+    /// Memories switched off (false) or boosted (true): (layer, memory, boost).
+    pub(crate) interventions: Vec<(usize, usize, bool)>,
     theme_applied: Option<bool>,
 }
 
@@ -170,6 +176,7 @@ impl EngramApp {
             attention_layer: 0,
             attention_head: 0,
             trace_cell: None,
+            interventions: Vec::new(),
             theme_applied: None,
         };
         app.open_model();
@@ -197,6 +204,29 @@ impl EngramApp {
     /// Where the edited model was last saved.
     pub fn saved_model(&self) -> Option<&PathBuf> {
         self.results.saved.as_ref()
+    }
+
+    pub fn memories_view(&self) -> Option<&MemoriesView> {
+        self.results.memories.as_ref()
+    }
+
+    pub fn triggers_view(&self) -> Option<&TriggersView> {
+        self.results.triggers.as_ref()
+    }
+
+    pub fn attribution(&self) -> Option<&AttributionView> {
+        self.results.attribution.as_ref()
+    }
+
+    /// The memories request for the current prompt, fact and interventions.
+    pub(crate) fn memories_command(&self) -> Command {
+        Command::Memories(Box::new(crate::memories::MemoriesRequest {
+            prompt: self.settings.prompt.clone(),
+            subject: self.settings.trace.subject.clone(),
+            target: self.settings.trace.target.clone(),
+            per_layer: self.settings.memories.per_layer,
+            interventions: self.interventions.clone(),
+        }))
     }
 
     /// Whether any job is queued or running.
@@ -258,6 +288,7 @@ impl EngramApp {
             Command::NextTokens { prompt, k } => Some(format!("{k}\u{0}{prompt}")),
             Command::Lens { prompt, site, .. } => Some(format!("{site:?}\u{0}{prompt}")),
             Command::Attention { prompt } => Some(prompt.clone()),
+            Command::Memories(r) => Some(format!("{r:?}")),
             _ => None,
         }
     }
@@ -281,6 +312,7 @@ impl EngramApp {
                 request: self.settings.trace.clone(),
                 noise_subjects: self.noise_subjects(),
             }),
+            PanelKind::Memories => Some(self.memories_command()),
             PanelKind::Model | PanelKind::Facts | PanelKind::Edit => None,
         }
     }
@@ -442,6 +474,9 @@ impl EngramApp {
                 self.results.ledger = l;
                 self.weights_changed();
             }
+            Reply::Memories(m) => self.results.memories = Some(*m),
+            Reply::Triggers(t) => self.results.triggers = Some(t),
+            Reply::Attribution(a) => self.results.attribution = Some(*a),
             Reply::Saved(p) => {
                 self.status = Some((format!("saved the edited model as {}", p.display()), false));
                 self.results.saved = Some(p);
@@ -458,6 +493,8 @@ impl EngramApp {
         self.results.lens = None;
         self.results.attention = None;
         self.results.generation = None;
+        self.results.memories = None;
+        self.results.attribution = None;
     }
 
     fn save_settings_if_changed(&mut self) {
@@ -630,6 +667,7 @@ impl eframe::App for EngramApp {
                     PanelKind::Attention => panels::attention::show(self, ui),
                     PanelKind::Facts => panels::facts::show(self, ui),
                     PanelKind::Locate => panels::locate::show(self, ui),
+                    PanelKind::Memories => panels::memories::show(self, ui),
                     PanelKind::Edit => panels::edit::show(self, ui),
                 });
         });

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod editor;
 pub mod error;
+pub mod memories;
 pub mod panels;
 pub mod session;
 pub mod settings;

@@ -18,6 +18,7 @@ use engram::model::{
 
 use crate::editor::{EditSettings, EditState, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
+use crate::memories::{AttributionView, MemoriesRequest, MemoriesView, TriggersView};
 
 /// One token, as shown on a chip.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +240,22 @@ pub trait Session {
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
     /// Save the edited model as a new checkpoint directory.
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
+    /// The memories behind a prediction, under interventions.
+    fn memories(&self, req: &MemoriesRequest) -> Result<MemoriesView, JobError>;
+    fn triggers(
+        &self,
+        corpus: Option<&Path>,
+        layer: usize,
+        memory: usize,
+        max_tokens: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<TriggersView, JobError>;
+    fn attribute(
+        &self,
+        prompt: &str,
+        target: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<AttributionView, JobError>;
 }
 
 /// Resolve `source` (path, `.gguf`, hub id or `demo`) and load it.
@@ -375,6 +392,30 @@ impl<B: Backend> Session for Loaded<B> {
 
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError> {
         self.edits.save(&self.lm, out)
+    }
+
+    fn memories(&self, req: &MemoriesRequest) -> Result<MemoriesView, JobError> {
+        crate::memories::memories(&self.lm, req)
+    }
+
+    fn triggers(
+        &self,
+        corpus: Option<&Path>,
+        layer: usize,
+        memory: usize,
+        max_tokens: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<TriggersView, JobError> {
+        crate::memories::triggers(&self.lm, corpus, layer, memory, max_tokens, progress)
+    }
+
+    fn attribute(
+        &self,
+        prompt: &str,
+        target: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<AttributionView, JobError> {
+        crate::memories::attribute(&self.lm, prompt, target, progress)
     }
 
     fn next_tokens(&self, prompt: &str, k: usize) -> Result<NextTokens, JobError> {

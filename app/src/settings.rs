@@ -17,17 +17,19 @@ pub enum PanelKind {
     Attention,
     Facts,
     Locate,
+    Memories,
     Edit,
 }
 
 impl PanelKind {
-    pub const ALL: [PanelKind; 7] = [
+    pub const ALL: [PanelKind; 8] = [
         PanelKind::Model,
         PanelKind::Playground,
         PanelKind::Lens,
         PanelKind::Attention,
         PanelKind::Facts,
         PanelKind::Locate,
+        PanelKind::Memories,
         PanelKind::Edit,
     ];
 
@@ -39,6 +41,7 @@ impl PanelKind {
             PanelKind::Attention => "Attention",
             PanelKind::Facts => "Facts",
             PanelKind::Locate => "Locate",
+            PanelKind::Memories => "Memories",
             PanelKind::Edit => "Edit",
         }
     }
@@ -52,6 +55,7 @@ impl PanelKind {
             PanelKind::Attention => "attention",
             PanelKind::Facts => "facts",
             PanelKind::Locate => "locate",
+            PanelKind::Memories => "memories",
             PanelKind::Edit => "edit",
         }
     }
@@ -87,6 +91,27 @@ pub struct Settings {
     pub facts_limit: usize,
     pub trace: crate::session::TraceRequest,
     pub edit: crate::editor::EditSettings,
+    pub memories: MemoriesSettings,
+}
+
+/// The Memories panel's choices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoriesSettings {
+    pub per_layer: usize,
+    /// Text file searched for trigger examples; empty: the demo corpus file.
+    pub corpus: String,
+    pub max_tokens: usize,
+}
+
+impl Default for MemoriesSettings {
+    fn default() -> Self {
+        Self {
+            per_layer: 5,
+            corpus: String::new(),
+            max_tokens: 50_000,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -105,6 +130,7 @@ impl Default for Settings {
             facts_limit: 200,
             trace: crate::session::TraceRequest::default(),
             edit: crate::editor::EditSettings::default(),
+            memories: MemoriesSettings::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ use engram::model::DeviceSpec;
 
 use crate::editor::{EditSettings, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
+use crate::memories::{AttributionView, MemoriesRequest, MemoriesView, TriggersView};
 use crate::session::{
     load_session, AttentionPatterns, FactReport, GenParams, Generation, LensGrid, ModelCard,
     NextTokens, Progress, Session, TraceRequest, TraceView,
@@ -55,6 +56,18 @@ pub enum Command {
     Edit(Box<EditSettings>),
     Ledger(LedgerOp),
     SaveModel(PathBuf),
+    Memories(Box<MemoriesRequest>),
+    Triggers {
+        /// None: the demo corpus.
+        corpus: Option<PathBuf>,
+        layer: usize,
+        memory: usize,
+        max_tokens: usize,
+    },
+    Attribute {
+        prompt: String,
+        target: String,
+    },
 }
 
 impl Command {
@@ -73,6 +86,11 @@ impl Command {
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
             Command::Ledger(_) => "Updating the ledger".into(),
             Command::SaveModel(out) => format!("Saving to {}", out.display()),
+            Command::Memories(_) => "Memories".into(),
+            Command::Triggers { layer, memory, .. } => {
+                format!("Trigger search for memory {layer}:{memory}")
+            }
+            Command::Attribute { .. } => "Knowledge-neuron attribution".into(),
         }
     }
 }
@@ -90,6 +108,9 @@ pub enum Reply {
     Edited(Box<EditView>),
     Ledger(LedgerView),
     Saved(PathBuf),
+    Memories(Box<MemoriesView>),
+    Triggers(TriggersView),
+    Attribution(Box<AttributionView>),
 }
 
 pub type JobId = u64;
@@ -295,6 +316,22 @@ fn run(
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, progress)?)),
         Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
         Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),
+        Command::Memories(req) => Reply::Memories(Box::new(model(session)?.memories(&req)?)),
+        Command::Triggers {
+            corpus,
+            layer,
+            memory,
+            max_tokens,
+        } => Reply::Triggers(model(session)?.triggers(
+            corpus.as_deref(),
+            layer,
+            memory,
+            max_tokens,
+            progress,
+        )?),
+        Command::Attribute { prompt, target } => Reply::Attribution(Box::new(
+            model(session)?.attribute(&prompt, &target, progress)?,
+        )),
     })
 }
 

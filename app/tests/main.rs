@@ -413,3 +413,62 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Memories: the demo fact's memories per layer, a memory switched off and
+/// the prompt re-run, trigger contexts, and knowledge neurons whose
+/// suppression lowers the answer.
+#[test]
+fn memories_panel_finds_switches_and_attributes_memories() {
+    let (subject, prompt, target) = demo_fact(0);
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        prompt: Some(prompt.clone()),
+        subject: Some(subject.clone()),
+        target: Some(target.clone()),
+        panel: Some(PanelKind::Memories),
+        ..Default::default()
+    });
+    wait_for(&mut h, "the memories", |h| {
+        !h.state().is_busy() && h.state().memories_view().is_some()
+    });
+    let view = h.state().memories_view().expect("view").clone();
+    assert_eq!(view.layers.len(), 4);
+    assert_eq!(view.next_clean[0].text.trim(), target);
+    let (enc, span) = demo_lm()
+        .tokenizer
+        .subject_span(&prompt, &subject)
+        .expect("span");
+    assert_eq!(view.position, span.end - 1);
+    assert!(enc.ids.len() > view.position);
+    let top = &view.layers[3].memories[0];
+    h.get_by_label(&format!("off 3:{}", top.memory)).click();
+    wait_for(&mut h, "the re-run", |h| {
+        !h.state().is_busy()
+            && h.state()
+                .memories_view()
+                .is_some_and(|v| v.request.interventions.len() == 1)
+    });
+    assert!(has_label(&h, "With the interventions"));
+    h.get_by_label("Clear").click();
+    wait_for(&mut h, "the cleared re-run", |h| {
+        !h.state().is_busy()
+            && h.state()
+                .memories_view()
+                .is_some_and(|v| v.request.interventions.is_empty())
+    });
+    h.get_by_label(&format!("triggers 3:{}", top.memory))
+        .click();
+    wait_for(&mut h, "the trigger search", |h| {
+        !h.state().is_busy() && h.state().triggers_view().is_some()
+    });
+    let t = h.state().triggers_view().expect("triggers").clone();
+    assert_eq!(t.contexts.len(), 10);
+    assert!(t.contexts.windows(2).all(|w| w[0].0 >= w[1].0));
+    h.get_by_label("Knowledge neurons").click();
+    wait_for(&mut h, "the attribution", |h| {
+        !h.state().is_busy() && h.state().attribution().is_some()
+    });
+    let a = h.state().attribution().expect("attribution").clone();
+    assert!(!a.neurons.is_empty() && a.suppressed < a.prob, "{a:?}");
+    assert!(has_label(&h, "Knowledge neurons of"));
+}

@@ -6,5 +6,6 @@ pub mod edit;
 pub mod facts;
 pub mod lens;
 pub mod locate;
+pub mod memories;
 pub mod model;
 pub mod playground;

@@ -1,0 +1,318 @@
+//! The model side of the Memories panel (LM-Debugger's view, Geva et al.
+//! 2022): the memories behind a prediction with interventions, a memory's
+//! trigger contexts from a corpus, and knowledge-neuron attributions (Dai et
+//! al. 2022). Runs on the worker thread.
+
+use std::path::Path;
+
+use engram::analysis::memories::{
+    integrated_gradients, knowledge_neurons, top_k, top_memories, Intervention, MemoryHook,
+    Setting, TokenScore, TriggerSearch,
+};
+use engram::model::burn_tensor::activation::softmax;
+use engram::model::burn_tensor::backend::Backend;
+use engram::model::{Batch, LanguageModel};
+
+use crate::error::JobError;
+use crate::session::{Progress, ProgressFn};
+
+/// What the panel asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoriesRequest {
+    pub prompt: String,
+    /// Read at the subject's last token; empty: the last token.
+    pub subject: String,
+    /// Report this answer's rank; empty: none.
+    pub target: String,
+    pub per_layer: usize,
+    /// (layer, memory, boost): boost sets max + 1, otherwise the memory is switched off.
+    pub interventions: Vec<(usize, usize, bool)>,
+}
+
+/// A token with its text and a score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub text: String,
+    pub score: f32,
+}
+
+/// One memory as the panel lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryRow {
+    pub memory: usize,
+    pub coefficient: f32,
+    pub value_norm: f32,
+    pub promotes: Vec<Scored>,
+    /// p(target) with only this sub-update added to the residual before the MLP.
+    pub target_with: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRow {
+    pub layer: usize,
+    pub before: Vec<Scored>,
+    pub after: Vec<Scored>,
+    pub target_before: Option<(usize, f32)>,
+    pub target_after: Option<(usize, f32)>,
+    pub memories: Vec<MemoryRow>,
+}
+
+/// The memories view of one prompt, under the given interventions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoriesView {
+    pub request: MemoriesRequest,
+    pub position: usize,
+    pub position_token: String,
+    /// Next-token distribution without and with the interventions.
+    pub next_clean: Vec<Scored>,
+    pub next_now: Vec<Scored>,
+    pub layers: Vec<LayerRow>,
+}
+
+/// Trigger contexts of one memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggersView {
+    pub layer: usize,
+    pub memory: usize,
+    /// (coefficient, context before, triggering token), best first.
+    pub contexts: Vec<(f32, String, String)>,
+    pub tokens_read: u64,
+    pub corpus: String,
+}
+
+/// Knowledge-neuron attributions of a fact at the last token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributionView {
+    pub prompt: String,
+    pub target: String,
+    /// `[layer][memory]`
+    pub scores: Vec<Vec<f32>>,
+    pub neurons: Vec<(usize, usize)>,
+    pub prob: f32,
+    pub suppressed: f32,
+}
+
+fn scored<B: Backend>(lm: &LanguageModel<B>, list: &[TokenScore]) -> Vec<Scored> {
+    list.iter()
+        .map(|t| Scored {
+            text: lm.tokenizer.token_text(t.id),
+            score: t.score,
+        })
+        .collect()
+}
+
+fn interventions(list: &[(usize, usize, bool)]) -> Vec<Intervention> {
+    list.iter()
+        .map(|&(layer, memory, boost)| Intervention {
+            layer,
+            memory,
+            setting: if boost {
+                Setting::MaxPlus(1.0)
+            } else {
+                Setting::Zero
+            },
+        })
+        .collect()
+}
+
+/// Next-token probabilities at `pos` under a hook.
+fn next_probs<B: Backend>(
+    lm: &LanguageModel<B>,
+    ids: &[u32],
+    pos: usize,
+    hook: &mut MemoryHook,
+) -> Result<Vec<f32>, JobError> {
+    let logits = lm.model.forward(&Batch::single(ids), hook)?;
+    let v = logits.dims()[2];
+    let p: Vec<f32> = softmax(logits, 2)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| JobError::Failed(format!("{e:?}")))?;
+    Ok(p[pos * v..(pos + 1) * v].to_vec())
+}
+
+pub fn memories<B: Backend>(
+    lm: &LanguageModel<B>,
+    req: &MemoriesRequest,
+) -> Result<MemoriesView, JobError> {
+    let ids = lm.encode_prompt(&req.prompt)?;
+    let position = if req.subject.trim().is_empty() {
+        ids.len() - 1
+    } else {
+        lm.tokenizer
+            .subject_span(&req.prompt, req.subject.trim())?
+            .1
+            .end
+            - 1
+    };
+    let target = if req.target.trim().is_empty() {
+        None
+    } else {
+        Some(lm.target_tokens(&req.prompt, &req.target)?[0])
+    };
+    let iv = interventions(&req.interventions);
+    let last = ids.len() - 1;
+    let clean = next_probs(lm, &ids, last, &mut MemoryHook::new(&[], None))?;
+    let now = next_probs(lm, &ids, last, &mut MemoryHook::new(&iv, None))?;
+    let layers = top_memories(
+        &lm.model,
+        &ids,
+        position,
+        target,
+        req.per_layer,
+        6,
+        MemoryHook::new(&iv, None),
+    )?;
+    let layers = layers
+        .into_iter()
+        .map(|l| LayerRow {
+            layer: l.layer,
+            before: scored(lm, &l.before),
+            after: scored(lm, &l.after),
+            target_before: l.target_before.map(|s| (s.rank, s.prob)),
+            target_after: l.target_after.map(|s| (s.rank, s.prob)),
+            memories: l
+                .memories
+                .iter()
+                .map(|h| MemoryRow {
+                    memory: h.memory,
+                    coefficient: h.coefficient,
+                    value_norm: h.value_norm,
+                    promotes: scored(lm, &h.promotes),
+                    target_with: h.target_with.map(|s| s.prob),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(MemoriesView {
+        request: req.clone(),
+        position,
+        position_token: lm.tokenizer.token_text(ids[position]),
+        next_clean: scored(lm, &top_k(&clean, 5, false)),
+        next_now: scored(lm, &top_k(&now, 5, false)),
+        layers,
+    })
+}
+
+/// Search `corpus` (a text file; `None`: the demo corpus) for the contexts
+/// where `memory` of `layer` fires most, reading at most `max_tokens`. The
+/// whole layer is searched; the one memory is returned.
+pub fn triggers<B: Backend>(
+    lm: &LanguageModel<B>,
+    corpus: Option<&Path>,
+    layer: usize,
+    memory: usize,
+    max_tokens: usize,
+    progress: ProgressFn<'_>,
+) -> Result<TriggersView, JobError> {
+    let name = corpus.map_or_else(
+        || "the demo corpus".to_string(),
+        |c| c.display().to_string(),
+    );
+    let failed = |e: String| JobError::Failed(format!("{name}: {e}"));
+    let text = match corpus {
+        Some(c) => std::fs::read_to_string(c).map_err(|e| failed(e.to_string()))?,
+        None => engram::demo::demo_corpus_text(),
+    };
+    let seq = 64.min(lm.model.config.n_ctx);
+    let mut search = TriggerSearch::new(&lm.model, &[layer], 10)?;
+    let mut rows: Vec<Vec<u32>> = Vec::new();
+    let mut current = Vec::new();
+    let mut read = 0usize;
+    'paras: for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        for id in lm.tokenizer.encode(para.trim())? {
+            current.push(id);
+            read += 1;
+            if current.len() == seq {
+                rows.push(std::mem::take(&mut current));
+                if rows.len() == 8 {
+                    search.feed(&lm.model, &rows)?;
+                    rows.clear();
+                    let go = progress(Progress {
+                        done: read.min(max_tokens),
+                        total: max_tokens,
+                        note: format!("{read} tokens"),
+                    });
+                    if !go {
+                        return Err(JobError::Cancelled);
+                    }
+                }
+            }
+            if read >= max_tokens {
+                break 'paras;
+            }
+        }
+    }
+    search.feed(&lm.model, &rows)?;
+    let tokens_read = search.tokens;
+    let found = search.finish();
+    let list = found
+        .first()
+        .and_then(|l| l.get(memory))
+        .ok_or_else(|| failed(format!("memory {memory} does not exist")))?;
+    let contexts = list
+        .iter()
+        .map(|t| {
+            let (last, before) = t.context.split_last().unwrap_or((&0, &[]));
+            Ok((
+                t.coefficient,
+                lm.tokenizer.decode(before)?,
+                lm.tokenizer.token_text(*last),
+            ))
+        })
+        .collect::<Result<_, JobError>>()?;
+    Ok(TriggersView {
+        layer,
+        memory,
+        contexts,
+        tokens_read,
+        corpus: name,
+    })
+}
+
+/// Integrated-gradients attributions at the last token for every layer, the
+/// knowledge neurons (t = 0.2 × max), and p(target) with them switched off.
+pub fn attribute<B: Backend>(
+    lm: &LanguageModel<B>,
+    prompt: &str,
+    target: &str,
+    progress: ProgressFn<'_>,
+) -> Result<AttributionView, JobError> {
+    let ids = lm.encode_prompt(prompt)?;
+    let t = lm.target_tokens(prompt, target)?[0];
+    let n = lm.model.config.n_layers;
+    let last = ids.len() - 1;
+    let mut attrs = Vec::with_capacity(n);
+    for layer in 0..n {
+        let go = progress(Progress {
+            done: layer,
+            total: n,
+            note: format!("layer {layer}"),
+        });
+        if !go {
+            return Err(JobError::Cancelled);
+        }
+        attrs.push(integrated_gradients(&lm.model, &ids, last, t, layer, 20)?);
+    }
+    let prob = attrs.first().map_or(0.0, |a| a.prob);
+    let scores = attrs.iter().map(|a| a.scores.clone()).collect();
+    let neurons = knowledge_neurons(&[attrs], 0.2, 0.7);
+    let iv: Vec<Intervention> = neurons
+        .iter()
+        .map(|&(layer, memory)| Intervention {
+            layer,
+            memory,
+            setting: Setting::Zero,
+        })
+        .collect();
+    let off = next_probs(lm, &ids, last, &mut MemoryHook::new(&iv, Some(last)))?;
+    Ok(AttributionView {
+        prompt: prompt.to_string(),
+        target: target.to_string(),
+        scores,
+        neurons,
+        prob,
+        suppressed: off[t as usize],
+    })
+}
