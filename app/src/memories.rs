@@ -7,7 +7,7 @@ use std::path::Path;
 
 use engram::analysis::memories::{
     integrated_gradients, knowledge_neurons, top_k, top_memories, Intervention, MemoryHook,
-    Setting, TokenScore, TriggerSearch,
+    Setting, TokenScore, Trigger, TriggerSearch,
 };
 use engram::model::burn_tensor::activation::softmax;
 use engram::model::burn_tensor::backend::Backend;
@@ -195,24 +195,32 @@ pub fn memories<B: Backend>(
     })
 }
 
-/// Search `corpus` (a text file; `None`: the demo corpus) for the contexts
-/// where `memory` of `layer` fires most, reading at most `max_tokens`. The
-/// whole layer is searched; the one memory is returned.
-pub fn triggers<B: Backend>(
+/// One layer's trigger search: every memory's best contexts, the tokens
+/// read and the corpus's name.
+#[derive(Debug, Clone)]
+pub struct LayerTriggers {
+    pub best: Vec<Vec<Trigger>>,
+    pub tokens_read: u64,
+    pub corpus: String,
+}
+
+/// Search `corpus` (a text file; `None`: the demo corpus) for each memory's
+/// highest coefficients at `layer`, reading at most `max_tokens`.
+pub fn search_layer<B: Backend>(
     lm: &LanguageModel<B>,
     corpus: Option<&Path>,
     layer: usize,
-    memory: usize,
     max_tokens: usize,
     progress: ProgressFn<'_>,
-) -> Result<TriggersView, JobError> {
+) -> Result<LayerTriggers, JobError> {
     let name = corpus.map_or_else(
         || "the demo corpus".to_string(),
         |c| c.display().to_string(),
     );
-    let failed = |e: String| JobError::Failed(format!("{name}: {e}"));
     let text = match corpus {
-        Some(c) => std::fs::read_to_string(c).map_err(|e| failed(e.to_string()))?,
+        Some(c) => {
+            std::fs::read_to_string(c).map_err(|e| JobError::Failed(format!("{name}: {e}")))?
+        }
         None => engram::demo::demo_corpus_text(),
     };
     let seq = 64.min(lm.model.config.n_ctx);
@@ -246,11 +254,23 @@ pub fn triggers<B: Backend>(
     }
     search.feed(&lm.model, &rows)?;
     let tokens_read = search.tokens;
-    let found = search.finish();
-    let list = found
-        .first()
-        .and_then(|l| l.get(memory))
-        .ok_or_else(|| failed(format!("memory {memory} does not exist")))?;
+    Ok(LayerTriggers {
+        best: search.finish().into_iter().next().unwrap_or_default(),
+        tokens_read,
+        corpus: name,
+    })
+}
+
+/// One memory's contexts from a layer's search.
+pub fn triggers_view<B: Backend>(
+    lm: &LanguageModel<B>,
+    found: &LayerTriggers,
+    layer: usize,
+    memory: usize,
+) -> Result<TriggersView, JobError> {
+    let list = found.best.get(memory).ok_or_else(|| {
+        JobError::Failed(format!("memory {memory} does not exist at layer {layer}"))
+    })?;
     let contexts = list
         .iter()
         .map(|t| {
@@ -266,8 +286,8 @@ pub fn triggers<B: Backend>(
         layer,
         memory,
         contexts,
-        tokens_read,
-        corpus: name,
+        tokens_read: found.tokens_read,
+        corpus: found.corpus.clone(),
     })
 }
 

@@ -18,7 +18,9 @@ use engram::model::{
 
 use crate::editor::{EditSettings, EditState, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
-use crate::memories::{AttributionView, MemoriesRequest, MemoriesView, TriggersView};
+use crate::memories::{
+    AttributionView, LayerTriggers, MemoriesRequest, MemoriesView, TriggersView,
+};
 
 /// One token, as shown on a chip.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,8 +244,9 @@ pub trait Session {
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
     /// The memories behind a prediction, under interventions.
     fn memories(&self, req: &MemoriesRequest) -> Result<MemoriesView, JobError>;
+    /// A memory's trigger contexts; each (corpus, layer, token budget) is searched once.
     fn triggers(
-        &self,
+        &mut self,
         corpus: Option<&Path>,
         layer: usize,
         memory: usize,
@@ -331,6 +334,7 @@ impl BackendJob for LoadJob {
             lm,
             card,
             edits: EditState::default(),
+            triggers: Default::default(),
         }))
     }
 }
@@ -339,6 +343,8 @@ struct Loaded<B: Backend> {
     lm: LanguageModel<B>,
     card: ModelCard,
     edits: EditState<B>,
+    /// Trigger searches done, by (corpus, layer, token budget).
+    triggers: std::collections::HashMap<(Option<PathBuf>, usize, usize), LayerTriggers>,
 }
 
 impl<B: Backend> Loaded<B> {
@@ -383,10 +389,13 @@ impl<B: Backend> Session for Loaded<B> {
         form: &EditSettings,
         progress: ProgressFn<'_>,
     ) -> Result<EditView, JobError> {
+        // Coefficients above an edited layer change: earlier searches are stale.
+        self.triggers.clear();
         self.edits.edit(&mut self.lm, form, progress)
     }
 
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {
+        self.triggers.clear();
         self.edits.ledger_op(&mut self.lm, op)
     }
 
@@ -399,14 +408,21 @@ impl<B: Backend> Session for Loaded<B> {
     }
 
     fn triggers(
-        &self,
+        &mut self,
         corpus: Option<&Path>,
         layer: usize,
         memory: usize,
         max_tokens: usize,
         progress: ProgressFn<'_>,
     ) -> Result<TriggersView, JobError> {
-        crate::memories::triggers(&self.lm, corpus, layer, memory, max_tokens, progress)
+        let key = (corpus.map(Path::to_path_buf), layer, max_tokens);
+        if !self.triggers.contains_key(&key) {
+            let found =
+                crate::memories::search_layer(&self.lm, corpus, layer, max_tokens, progress)?;
+            self.triggers.insert(key.clone(), found);
+        }
+        let found = self.triggers.get(&key).ok_or(JobError::NoModel)?;
+        crate::memories::triggers_view(&self.lm, found, layer, memory)
     }
 
     fn attribute(

@@ -322,7 +322,7 @@ fn run(
             layer,
             memory,
             max_tokens,
-        } => Reply::Triggers(model(session)?.triggers(
+        } => Reply::Triggers(model_mut(session)?.triggers(
             corpus.as_deref(),
             layer,
             memory,
