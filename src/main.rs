@@ -136,6 +136,9 @@ enum MemoriesCommand {
         /// Set memories to the layer's largest coefficient + 1: LAYER:INDEX,…
         #[arg(long, default_value = "")]
         boost: String,
+        /// Set memories' coefficients to values: LAYER:INDEX=VALUE,…
+        #[arg(long, default_value = "")]
+        set: String,
     },
     /// The target's rank entering each block, after attention and after the MLP.
     Lens {
@@ -739,6 +742,7 @@ fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
             k,
             zero,
             boost,
+            set,
         } => {
             let q = m::TopQuery {
                 prompt: &prompt,
@@ -749,6 +753,7 @@ fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
                 k,
                 zero: m::parse_memories(&zero)?,
                 boost: m::parse_memories(&boost)?,
+                set: m::parse_settings(&set)?,
             };
             m::top(&cpu(&model)?, &model, &q, &store)
         }

@@ -152,6 +152,31 @@ pub fn parse_memories(text: &str) -> Result<Vec<(usize, usize)>> {
         .collect()
 }
 
+/// Parse `L:i=v,L:i=v` into (layer, memory, value) settings.
+pub fn parse_settings(text: &str) -> Result<Vec<(usize, usize, f32)>> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let (mem, v) = s
+                .trim()
+                .split_once('=')
+                .with_context(|| format!("`{s}`: write LAYER:INDEX=VALUE"))?;
+            let (l, i) = parse_memories(mem)?
+                .first()
+                .copied()
+                .with_context(|| format!("`{s}`: write LAYER:INDEX=VALUE"))?;
+            let v: f32 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("`{s}`: bad value"))?;
+            if !v.is_finite() {
+                bail!("`{s}`: the value must be finite");
+            }
+            Ok((l, i, v))
+        })
+        .collect()
+}
+
 /// Where to read: `position`, else the subject's last token, else the last token.
 fn resolve_position(
     lm: &LanguageModel<Cpu>,
@@ -181,6 +206,8 @@ pub struct TopQuery<'a> {
     pub k: usize,
     pub zero: Vec<(usize, usize)>,
     pub boost: Vec<(usize, usize)>,
+    /// Coefficients set to a value: (layer, memory, value).
+    pub set: Vec<(usize, usize, f32)>,
 }
 
 /// `top`: the memories behind a prediction, layer by layer, optionally with
@@ -209,6 +236,11 @@ pub fn top(
         layer,
         memory,
         setting: Setting::MaxPlus(1.0),
+    }));
+    iv.extend(q.set.iter().map(|&(layer, memory, v)| Intervention {
+        layer,
+        memory,
+        setting: Setting::Value(v),
     }));
     if !iv.is_empty() {
         let before = lm.top_k(q.prompt, 5)?;
@@ -287,7 +319,7 @@ pub fn top(
         model,
         "top",
         json!({"prompt": q.prompt, "position": pos, "target": q.target, "per_layer": q.per_layer,
-               "zero": q.zero, "boost": q.boost}),
+               "zero": q.zero, "boost": q.boost, "set": q.set}),
         &[("memories", &rows)],
     )?;
     Ok(())

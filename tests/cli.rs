@@ -844,13 +844,15 @@ fn memories_commands_run_on_the_demo_model() {
         &fact.target,
         "--zero",
         "0:1,1:2",
+        "--set",
+        "2:5=3.5",
     ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("layer 0: before the MLP target rank") && out.contains("memory"),
         "{out}"
     );
-    assert!(out.contains("with 2 intervention(s)"), "{out}");
+    assert!(out.contains("with 3 intervention(s)"), "{out}");
     let (ok, out, err) = run(&[
         "lens",
         "demo",
