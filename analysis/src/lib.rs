@@ -11,8 +11,11 @@
 //! - [`memories`]: FFN key-value memories (Geva et al. 2021; LM-Debugger):
 //!   values in vocabulary space, top memories per prompt, interventions,
 //!   trigger examples, knowledge neurons (Dai et al. 2022).
+//!
+//! - [`probe`]: linear probes per layer with control tasks (Hewitt & Liang 2019).
 
 pub mod lens;
 pub mod memories;
 pub mod patching;
+pub mod probe;
 pub mod trace;

@@ -810,3 +810,127 @@ mod memories {
         }
     }
 }
+
+mod probe {
+    use engram_analysis::probe::{
+        grouped_folds, probe_layer, ridge_probe, LogisticOptions, ProbeTask, Rng,
+    };
+    use engram_model::device::Cpu;
+
+    /// 4 "layers" of 16-d activations for 300 samples of 3 classes (60
+    /// subjects × 5); only layer 2 carries the label, linearly.
+    fn planted() -> (Vec<Vec<f32>>, Vec<usize>, Vec<usize>) {
+        let mut rng = Rng::new(7);
+        let mut noise = || (rng.below(2001) as f32 / 1000.0) - 1.0;
+        let (n, d) = (300, 16);
+        let groups: Vec<usize> = (0..n).map(|i| i / 5).collect();
+        let labels: Vec<usize> = (0..n).map(|i| (i * 7 + i / 5) % 3).collect();
+        let layers = (0..4)
+            .map(|layer| {
+                let mut x = Vec::with_capacity(n * d);
+                for &label in &labels {
+                    for j in 0..d {
+                        let signal = if layer == 2 && j == label { 2.0 } else { 0.0 };
+                        x.push(signal + noise());
+                    }
+                }
+                x
+            })
+            .collect();
+        (layers, labels, groups)
+    }
+
+    fn task<'a>(labels: &'a [usize], groups: &'a [usize], seed: u64) -> ProbeTask<'a> {
+        ProbeTask {
+            labels,
+            n_classes: 3,
+            types: groups,
+            groups,
+            folds: 5,
+            seed,
+            control: true,
+            opts: LogisticOptions::default(),
+        }
+    }
+
+    #[test]
+    fn probe_finds_the_planted_layer_and_control_stays_near_chance() {
+        let (layers, labels, groups) = planted();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let mut acc = Vec::new();
+        for (layer, x) in layers.iter().enumerate() {
+            let folds = probe_layer::<Cpu>(
+                x,
+                16,
+                layer,
+                &task(&labels, &groups, 1),
+                &Default::default(),
+            )
+            .expect("probe");
+            assert_eq!(folds.len(), 5);
+            let a = mean(&folds.iter().map(|f| f.accuracy).collect::<Vec<_>>());
+            let c = mean(&folds.iter().map(|f| f.control_accuracy).collect::<Vec<_>>());
+            eprintln!("layer {layer}: accuracy {a:.3}, control {c:.3}");
+            assert!(c < 0.5, "layer {layer}: control {c}");
+            acc.push(a);
+        }
+        assert!(acc[2] > 0.9, "{acc:?}");
+        assert!(
+            acc.iter().enumerate().all(|(l, &a)| l == 2 || a < 0.5),
+            "{acc:?}"
+        );
+    }
+
+    #[test]
+    fn grouped_folds_never_split_a_group() {
+        let groups: Vec<usize> = (0..500).map(|i| (i * 31) % 97).collect();
+        let folds = grouped_folds(&groups, 5, 3);
+        for g in 0..97 {
+            let mut seen: Vec<usize> = (0..500)
+                .filter(|&i| groups[i] == g)
+                .map(|i| folds[i])
+                .collect();
+            seen.dedup();
+            assert_eq!(seen.len(), 1, "group {g} in folds {seen:?}");
+        }
+        let sizes: Vec<usize> = (0..5)
+            .map(|f| folds.iter().filter(|&&x| x == f).count())
+            .collect();
+        assert!(sizes.iter().all(|&s| s > 50), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_seed_fixes_every_number() {
+        let (layers, labels, groups) = planted();
+        let run = |seed| {
+            probe_layer::<Cpu>(
+                &layers[2],
+                16,
+                2,
+                &task(&labels, &groups, seed),
+                &Default::default(),
+            )
+            .expect("probe")
+        };
+        assert_eq!(run(5), run(5));
+        assert_ne!(grouped_folds(&groups, 5, 5), grouped_folds(&groups, 5, 6));
+    }
+
+    #[test]
+    fn ridge_recovers_a_linear_target() {
+        let (layers, _, _) = planted();
+        let x = &layers[0];
+        let y: Vec<f64> = (0..300)
+            .map(|i| 2.0 * f64::from(x[i * 16]) - f64::from(x[i * 16 + 3]) + 0.5)
+            .collect();
+        let train: Vec<usize> = (0..250).collect();
+        let test: Vec<usize> = (250..300).collect();
+        let pred = ridge_probe(x, 16, &y, &train, &test, 1e-3).expect("ridge");
+        let err = test
+            .iter()
+            .zip(&pred)
+            .map(|(&i, p)| (p - y[i]).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-2, "{err}");
+    }
+}
