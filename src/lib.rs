@@ -20,5 +20,6 @@ pub mod hub;
 pub mod lens;
 pub mod memories;
 pub mod patch;
+pub mod probe;
 pub mod runs;
 pub mod trace;

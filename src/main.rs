@@ -63,6 +63,40 @@ enum Command {
     Edit(EditArgs),
     /// Edit each case on fresh weights and score it (CounterFact conventions; stored as a run).
     Eval(EvalArgs),
+    /// Linear probes per layer with control tasks; stored as a `probe` run with its figure (CPU).
+    Probe {
+        model: PathBuf,
+        /// Labelled prompts: a JSON array (e.g. known_1000.json) or JSON lines.
+        #[arg(long)]
+        data: PathBuf,
+        /// The label field (e.g. relation_id).
+        #[arg(long)]
+        label: String,
+        /// The text field.
+        #[arg(long, default_value = "prompt")]
+        text: String,
+        /// The subject field: groups the folds, and `--position subject` reads its last token.
+        #[arg(long)]
+        subject: Option<String>,
+        /// The hook site, e.g. resid_post, resid_pre, mlp_out, attn_out, mlp.hook_post.
+        #[arg(long, default_value = "resid_post")]
+        hook: String,
+        /// last, or subject (the subject's last token).
+        #[arg(long, default_value = "last")]
+        position: String,
+        /// Also fit Hewitt & Liang's control task and report selectivity.
+        #[arg(long)]
+        control: bool,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep labels with at least this many samples.
+        #[arg(long, default_value_t = 30)]
+        min_count: usize,
+        #[arg(long)]
+        runs: Option<PathBuf>,
+    },
     /// FFN key-value memories: values, top memories, triggers, knowledge neurons (CPU).
     Memories {
         /// The run store (default: $ENGRAM_RUNS, else ./runs).
@@ -581,6 +615,38 @@ fn dispatch(cli: Cli) -> Result<()> {
             engram::lens::run_lens(&lm, &model, &prompt, site, &store).map(|_| ())
         }
         Command::Memories { runs, which } => memories(runs, which),
+        Command::Probe {
+            model,
+            data,
+            label,
+            text,
+            subject,
+            hook,
+            position,
+            control,
+            folds,
+            seed,
+            min_count,
+            runs,
+        } => {
+            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
+            let store = engram::datasets::RunStore::open(
+                runs.unwrap_or_else(engram::datasets::RunStore::default_root),
+            )?;
+            let args = engram::probe::ProbeArgs {
+                data: &data,
+                label: &label,
+                text: &text,
+                subject: subject.as_deref(),
+                hook: &hook,
+                position: &position,
+                control,
+                folds,
+                seed,
+                min_count,
+            };
+            engram::probe::run_probe(&lm, &model, &args, &store)
+        }
         Command::Trace(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, TraceJob(args))

@@ -261,15 +261,38 @@ fn draw_traces<DB: DrawingBackend>(
 
 /// Averaged indirect effect per layer, one line per series, with confidence bands.
 pub fn effect_lines(points: &[CurvePoint], y_desc: &str, path: &Path) -> Result<()> {
+    curve_lines(points, "Average indirect effect", y_desc, path)
+}
+
+/// Per-layer curves with confidence bands under any title (e.g. probing
+/// accuracy, control and selectivity). Series other than mlp/attn take
+/// colours from a fixed palette in order of appearance.
+pub fn curve_lines(points: &[CurvePoint], title: &str, y_desc: &str, path: &Path) -> Result<()> {
     if points.is_empty() {
         return Err(DatasetError::Figure("no points to draw".into()));
     }
-    render!(path, (720, 440), |root| draw_lines(&root, points, y_desc))
+    render!(path, (720, 440), |root| draw_lines(
+        &root, points, title, y_desc
+    ))
+}
+
+fn series_color(name: &str, index: usize) -> RGBColor {
+    const PALETTE: [RGBColor; 4] = [
+        RGBColor(84, 39, 143),
+        RGBColor(230, 97, 1),
+        RGBColor(0, 109, 44),
+        RGBColor(33, 102, 172),
+    ];
+    match name {
+        "mlp" | "mlp_out" | "attn" | "attn_out" | "hidden" => kind_color(name),
+        _ => PALETTE[index % PALETTE.len()],
+    }
 }
 
 fn draw_lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     points: &[CurvePoint],
+    title: &str,
     y_desc: &str,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
@@ -291,7 +314,7 @@ fn draw_lines<DB: DrawingBackend>(
         .min(0.0);
     let pad = ((y_hi - y_lo) * 0.08).max(1e-6);
     let mut chart = ChartBuilder::on(root)
-        .caption("Average indirect effect", ("sans-serif", 18))
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -308,10 +331,10 @@ fn draw_lines<DB: DrawingBackend>(
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
-    for name in &series {
+    for (index, name) in series.iter().enumerate() {
         let mut mine: Vec<&CurvePoint> = points.iter().filter(|p| &p.series == name).collect();
         mine.sort_by_key(|p| p.layer);
-        let color = kind_color(name);
+        let color = series_color(name, index);
         let mut band: Vec<(f64, f64)> = mine.iter().map(|p| (p.layer as f64, p.ci_high)).collect();
         band.extend(mine.iter().rev().map(|p| (p.layer as f64, p.ci_low)));
         chart

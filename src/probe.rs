@@ -1,0 +1,371 @@
+//! `engram probe`: per-layer linear probes on a labelled prompt set, with
+//! control tasks (`analysis::probe`). Activations are collected once per
+//! (model, hook, position, dataset) and cached on disk as safetensors chunks
+//! (`layer.{l}`: `[rows, d_model]` f32, 32 prompts per chunk), so a second
+//! probe reads them back without running the model; memory while collecting
+//! is one chunk. Results go to the run store with a figure.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use engram_analysis::probe::{collect_activations, probe_layer, LogisticOptions, ProbeTask};
+use engram_datasets::figures::{curve_lines, CurvePoint};
+use engram_datasets::summary::mean_ci;
+use engram_datasets::{RunParams, RunStore};
+use engram_model::device::Cpu;
+use engram_model::hooks::BlockSite;
+use engram_model::weights::{HostTensor, SafetensorsCheckpoint, TensorSource};
+use engram_model::LanguageModel;
+use serde_json::{json, Value};
+
+/// What `engram probe` is asked.
+pub struct ProbeArgs<'a> {
+    pub data: &'a Path,
+    pub label: &'a str,
+    pub text: &'a str,
+    pub subject: Option<&'a str>,
+    pub hook: &'a str,
+    /// "last" or "subject" (the subject's last token).
+    pub position: &'a str,
+    pub control: bool,
+    pub folds: usize,
+    pub seed: u64,
+    pub min_count: usize,
+}
+
+/// A hook site by its TransformerLens name, with or without `hook_`.
+pub fn parse_site(name: &str) -> Result<BlockSite> {
+    BlockSite::ALL
+        .into_iter()
+        .find(|s| s.name() == name || s.name() == format!("hook_{name}"))
+        .filter(|s| {
+            matches!(
+                s,
+                BlockSite::ResidPre
+                    | BlockSite::Ln1Normalized
+                    | BlockSite::AttnOut
+                    | BlockSite::ResidMid
+                    | BlockSite::Ln2Normalized
+                    | BlockSite::MlpPre
+                    | BlockSite::MlpPreLinear
+                    | BlockSite::MlpPost
+                    | BlockSite::MlpOut
+                    | BlockSite::ResidPost
+            )
+        })
+        .with_context(|| {
+            format!("--hook {name}: use a residual-width or MLP site, e.g. resid_post, resid_pre, mlp_out, attn_out, mlp.hook_post")
+        })
+}
+
+/// Records of a JSON array or a JSON-lines file.
+fn read_records(path: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a JSON array", path.display()));
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn field(v: &Value, key: &str, i: usize, path: &Path) -> Result<String> {
+    match v.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        _ => bail!("{} record {i}: no field `{key}`", path.display()),
+    }
+}
+
+fn fnv(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.as_bytes().iter().chain(&[0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Where activations are cached: `$ENGRAM_ACTS_DIR`, else next to the statistics cache.
+fn acts_dir() -> PathBuf {
+    std::env::var_os("ENGRAM_ACTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::edit::stats_dir().with_file_name("activations"))
+}
+
+pub fn run_probe(
+    lm: &LanguageModel<Cpu>,
+    model: &Path,
+    a: &ProbeArgs<'_>,
+    store: &RunStore,
+) -> Result<()> {
+    let start = Instant::now();
+    let site = parse_site(a.hook)?;
+    let records = read_records(a.data)?;
+    // Samples: (ids, position, label name, group, word type).
+    let mut samples = Vec::new();
+    let mut skipped = 0usize;
+    for (i, r) in records.iter().enumerate() {
+        let text = field(r, a.text, i, a.data)?;
+        let label = field(r, a.label, i, a.data)?;
+        let subject = match a.subject {
+            Some(k) => Some(field(r, k, i, a.data)?),
+            None => None,
+        };
+        let (ids, pos) = match (a.position, &subject) {
+            ("last", _) => {
+                let ids = lm.encode_prompt(&text)?;
+                let p = ids.len() - 1;
+                (ids, p)
+            }
+            ("subject", Some(s)) => match lm.tokenizer.subject_span(&text, s) {
+                Ok((enc, span)) => (enc.ids, span.end - 1),
+                Err(_) => {
+                    skipped += 1;
+                    continue;
+                }
+            },
+            ("subject", None) => bail!("--position subject needs --subject COLUMN"),
+            (other, _) => bail!("--position {other}: use last or subject"),
+        };
+        let group = subject.clone().unwrap_or_else(|| text.clone());
+        let word_type = ids[pos];
+        samples.push((ids, pos, label, group, word_type));
+    }
+    // Labels with at least `min_count` samples.
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for s in &samples {
+        *counts.entry(s.2.clone()).or_default() += 1;
+    }
+    let classes: Vec<String> = counts
+        .iter()
+        .filter(|(_, &c)| c >= a.min_count)
+        .map(|(k, _)| k.clone())
+        .collect();
+    samples.retain(|s| classes.contains(&s.2));
+    if classes.len() < 2 || samples.is_empty() {
+        bail!(
+            "fewer than two labels of `{}` have {} or more samples",
+            a.label,
+            a.min_count
+        );
+    }
+    let labels: Vec<usize> = samples
+        .iter()
+        .map(|s| classes.iter().position(|c| *c == s.2).unwrap_or(0))
+        .collect();
+    let index = |v: Vec<String>| -> Vec<usize> {
+        let mut names = v.clone();
+        names.sort();
+        names.dedup();
+        v.iter()
+            .map(|x| names.binary_search(x).unwrap_or(0))
+            .collect()
+    };
+    let groups = index(samples.iter().map(|s| s.3.clone()).collect());
+    let types: Vec<usize> = samples.iter().map(|s| s.4 as usize).collect();
+    println!(
+        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
+        samples.len(),
+        classes.len(),
+        a.label,
+        a.min_count,
+        skipped
+    );
+
+    // Activations: cached chunks, or collect them now.
+    let model_hash = crate::lens::model_hash(model)?;
+    let data_hash = engram_datasets::store::hash_files(&[a.data.to_path_buf()])?;
+    let key = fnv(&[
+        &model_hash,
+        site.name(),
+        a.position,
+        &data_hash,
+        a.label,
+        a.text,
+        a.subject.unwrap_or(""),
+        &a.min_count.to_string(),
+    ]);
+    let dir = acts_dir().join(&key);
+    let n_layers = lm.model.config.n_layers;
+    let d = match site {
+        BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => lm.model.config.d_mlp,
+        _ => lm.model.config.d_model,
+    };
+    let chunk = 32usize;
+    let meta = dir.join("meta.json");
+    let cached = meta.is_file();
+    if !cached {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let items: Vec<(Vec<u32>, usize)> = samples.iter().map(|s| (s.0.clone(), s.1)).collect();
+        let mut pending: Vec<Vec<f32>> = vec![Vec::new(); n_layers];
+        let mut k = 0usize;
+        let write_chunk = |k: usize, pending: &mut Vec<Vec<f32>>| -> Result<()> {
+            let tensors: Vec<(String, HostTensor)> = pending
+                .iter_mut()
+                .enumerate()
+                .map(|(l, rows)| {
+                    let n = rows.len() / d;
+                    (
+                        format!("layer.{l}"),
+                        HostTensor::new(vec![n, d], std::mem::take(rows)),
+                    )
+                })
+                .collect();
+            engram_model::weights::write_safetensors(
+                &dir.join(format!("chunk{k:05}.safetensors")),
+                &tensors,
+                safetensors::Dtype::F32,
+            )?;
+            Ok(())
+        };
+        for part in items.chunks(chunk) {
+            collect_activations(
+                &lm.model,
+                part,
+                site,
+                chunk,
+                &mut |layer, rows| {
+                    pending[layer].extend_from_slice(rows);
+                    Ok(())
+                },
+                &mut |_, _| true,
+            )?;
+            write_chunk(k, &mut pending)?;
+            k += 1;
+            eprint!(
+                "\ractivations: {}/{} prompts",
+                (k * chunk).min(items.len()),
+                items.len()
+            );
+        }
+        eprintln!();
+        let m = json!({"samples": items.len(), "d_model": d, "n_layers": n_layers, "chunks": k,
+                       "hook": site.name(), "position": a.position});
+        engram_datasets::store::write_atomic(&meta, m.to_string().as_bytes())?;
+    }
+    let n_chunks = {
+        let m: Value = serde_json::from_str(&std::fs::read_to_string(&meta)?)?;
+        m["chunks"].as_u64().unwrap_or(0) as usize
+    };
+    println!(
+        "activations {} {}",
+        if cached {
+            "read from the cache"
+        } else {
+            "collected and cached"
+        },
+        dir.display()
+    );
+
+    let task = ProbeTask {
+        labels: &labels,
+        n_classes: classes.len(),
+        types: &types,
+        groups: &groups,
+        folds: a.folds,
+        seed: a.seed,
+        control: a.control,
+        opts: LogisticOptions::default(),
+    };
+    let mut rows = Vec::new();
+    let mut points = Vec::new();
+    println!(
+        "{:>6} {:>18} {:>10} {:>18} {:>12}",
+        "layer", "accuracy [95% CI]", "macro-F1", "control", "selectivity"
+    );
+    for layer in 0..n_layers {
+        let mut x = Vec::with_capacity(samples.len() * d);
+        for k in 0..n_chunks {
+            let ck = SafetensorsCheckpoint::open(&dir.join(format!("chunk{k:05}.safetensors")))?;
+            x.extend(ck.tensor(&format!("layer.{layer}"))?.data);
+        }
+        let folds = probe_layer::<Cpu>(&x, d, layer, &task, &Default::default())?;
+        let acc: Vec<f64> = folds.iter().map(|f| f.accuracy).collect();
+        let ctl: Vec<f64> = folds.iter().map(|f| f.control_accuracy).collect();
+        let sel: Vec<f64> = folds
+            .iter()
+            .map(|f| f.accuracy - f.control_accuracy)
+            .collect();
+        let f1: Vec<f64> = folds.iter().map(|f| f.macro_f1).collect();
+        let (ma, mc, ms, mf) = (
+            mean_ci("accuracy", &acc),
+            mean_ci("control", &ctl),
+            mean_ci("selectivity", &sel),
+            mean_ci("f1", &f1),
+        );
+        println!(
+            "{layer:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
+            ma.mean, ma.ci_low, ma.ci_high, mf.mean, mc.mean, ms.mean
+        );
+        for (series, s) in [("accuracy", &ma), ("control", &mc), ("selectivity", &ms)] {
+            if s.mean.is_finite() {
+                points.push(CurvePoint {
+                    series: series.into(),
+                    layer: layer as i64,
+                    mean: s.mean,
+                    ci_low: s.ci_low,
+                    ci_high: s.ci_high,
+                });
+            }
+        }
+        for f in &folds {
+            rows.push(json!({
+                "layer": layer, "hook": site.name(), "position": a.position, "fold": f.fold,
+                "accuracy": f.accuracy, "macro_f1": f.macro_f1,
+                "control_accuracy": f.control_accuracy, "control_f1": f.control_f1,
+                "selectivity": f.accuracy - f.control_accuracy, "majority": f.majority,
+            }));
+        }
+    }
+    let run = store.create(
+        "probe",
+        RunParams {
+            model: model.display().to_string(),
+            model_hash,
+            hyperparameters: json!({
+                "label": a.label, "text": a.text, "subject": a.subject, "hook": site.name(),
+                "position": a.position, "folds": a.folds, "grouped_by": a.subject.unwrap_or(a.text),
+                "control": a.control, "min_count": a.min_count, "classes": classes,
+                "probe": "multinomial logistic, L2 1e-3, Adam lr 0.05, 300 full-batch steps, standardised features",
+            }),
+            dataset: Some(a.data.display().to_string()),
+            record_ids: vec![],
+            seed: Some(a.seed),
+            engram_version: env!("CARGO_PKG_VERSION").into(),
+            device: "cpu".into(),
+        },
+    )?;
+    let rows: Vec<serde_json::Map<String, Value>> = rows
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    run.write_rows("folds", &rows)?;
+    run.write_rows("curve", &points)?;
+    let title = format!("Probing `{}` at {} ({})", a.label, site.name(), a.position);
+    let y = format!("accuracy ({}-fold mean, 95% CI)", a.folds);
+    curve_lines(&points, &title, &y, &run.dir().join("probe.svg"))?;
+    curve_lines(&points, &title, &y, &run.dir().join("probe.png"))?;
+    let info = run.finish()?;
+    println!(
+        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
+        start.elapsed().as_secs_f64(),
+        info.id,
+        info.dir.display()
+    );
+    Ok(())
+}
