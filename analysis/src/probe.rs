@@ -172,6 +172,7 @@ fn gather<B: Backend>(
 
 /// Fit a multinomial logistic probe on `train` rows of `x` (`[n, d]`) and
 /// return its predictions for `test` rows.
+#[allow(clippy::too_many_arguments)]
 pub fn logistic_probe<B: Backend>(
     x: &[f32],
     d: usize,
