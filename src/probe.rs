@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use engram_analysis::probe::{collect_activations, probe_layer, LogisticOptions, ProbeTask};
 use engram_datasets::figures::{curve_lines, CurvePoint};
-use engram_datasets::summary::mean_ci;
+use engram_datasets::summary::{mean_ci, MetricSummary};
 use engram_datasets::{RunParams, RunStore};
 use engram_model::device::Cpu;
 use engram_model::hooks::BlockSite;
@@ -104,12 +104,93 @@ fn acts_dir() -> PathBuf {
         .unwrap_or_else(|| crate::edit::stats_dir().with_file_name("activations"))
 }
 
+/// One layer's probing summary.
+#[derive(Debug, Clone)]
+pub struct LayerSummary {
+    pub layer: usize,
+    pub accuracy: MetricSummary,
+    pub macro_f1: MetricSummary,
+    pub control: MetricSummary,
+    pub selectivity: MetricSummary,
+    /// `[truth][predicted]` over the held-out folds.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// A finished probing run.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub samples: usize,
+    pub classes: Vec<String>,
+    pub skipped: usize,
+    pub cached: bool,
+    pub layers: Vec<LayerSummary>,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub seconds: f64,
+}
+
+/// `engram probe`: probe, store, and print the per-layer table.
 pub fn run_probe(
     lm: &LanguageModel<Cpu>,
     model: &Path,
     a: &ProbeArgs<'_>,
     store: &RunStore,
 ) -> Result<()> {
+    let r = probe_report(lm, model, a, store, &mut |what, done, total| {
+        eprint!("\r{what}: {done}/{total}");
+        true
+    })?;
+    eprintln!();
+    println!(
+        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
+        r.samples,
+        r.classes.len(),
+        a.label,
+        a.min_count,
+        r.skipped
+    );
+    println!(
+        "activations {}",
+        if r.cached {
+            "read from the cache"
+        } else {
+            "collected and cached"
+        }
+    );
+    println!(
+        "{:>6} {:>18} {:>10} {:>18} {:>12}",
+        "layer", "accuracy [95% CI]", "macro-F1", "control", "selectivity"
+    );
+    for l in &r.layers {
+        println!(
+            "{:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
+            l.layer,
+            l.accuracy.mean,
+            l.accuracy.ci_low,
+            l.accuracy.ci_high,
+            l.macro_f1.mean,
+            l.control.mean,
+            l.selectivity.mean
+        );
+    }
+    println!(
+        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
+        r.seconds,
+        r.run_id,
+        r.run_dir.display()
+    );
+    Ok(())
+}
+
+/// Probe every layer, store the run and its figure, and return the summary.
+/// `progress(what, done, total)` returns false to stop.
+pub fn probe_report(
+    lm: &LanguageModel<Cpu>,
+    model: &Path,
+    a: &ProbeArgs<'_>,
+    store: &RunStore,
+    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+) -> Result<ProbeReport> {
     let start = Instant::now();
     let site = parse_site(a.hook)?;
     let records = read_records(a.data)?;
@@ -175,14 +256,6 @@ pub fn run_probe(
     };
     let groups = index(samples.iter().map(|s| s.3.clone()).collect());
     let types: Vec<usize> = samples.iter().map(|s| s.4 as usize).collect();
-    println!(
-        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
-        samples.len(),
-        classes.len(),
-        a.label,
-        a.min_count,
-        skipped
-    );
 
     // Activations: cached chunks, or collect them now.
     let model_hash = crate::lens::model_hash(model)?;
@@ -244,13 +317,10 @@ pub fn run_probe(
             )?;
             write_chunk(k, &mut pending)?;
             k += 1;
-            eprint!(
-                "\ractivations: {}/{} prompts",
-                (k * chunk).min(items.len()),
-                items.len()
-            );
+            if !progress("activations", (k * chunk).min(items.len()), items.len()) {
+                bail!("cancelled");
+            }
         }
-        eprintln!();
         let m = json!({"samples": items.len(), "d_model": d, "n_layers": n_layers, "chunks": k,
                        "hook": site.name(), "position": a.position});
         engram_datasets::store::write_atomic(&meta, m.to_string().as_bytes())?;
@@ -259,15 +329,6 @@ pub fn run_probe(
         let m: Value = serde_json::from_str(&std::fs::read_to_string(&meta)?)?;
         m["chunks"].as_u64().unwrap_or(0) as usize
     };
-    println!(
-        "activations {} {}",
-        if cached {
-            "read from the cache"
-        } else {
-            "collected and cached"
-        },
-        dir.display()
-    );
 
     let task = ProbeTask {
         labels: &labels,
@@ -281,17 +342,18 @@ pub fn run_probe(
     };
     let mut rows = Vec::new();
     let mut points = Vec::new();
-    println!(
-        "{:>6} {:>18} {:>10} {:>18} {:>12}",
-        "layer", "accuracy [95% CI]", "macro-F1", "control", "selectivity"
-    );
+    let mut layers = Vec::with_capacity(n_layers);
     for layer in 0..n_layers {
+        if !progress("probing layers", layer, n_layers) {
+            bail!("cancelled");
+        }
         let mut x = Vec::with_capacity(samples.len() * d);
         for k in 0..n_chunks {
             let ck = SafetensorsCheckpoint::open(&dir.join(format!("chunk{k:05}.safetensors")))?;
             x.extend(ck.tensor(&format!("layer.{layer}"))?.data);
         }
-        let folds = probe_layer::<Cpu>(&x, d, layer, &task, &Default::default())?;
+        let probed = probe_layer::<Cpu>(&x, d, layer, &task, &Default::default())?;
+        let folds = &probed.folds;
         let acc: Vec<f64> = folds.iter().map(|f| f.accuracy).collect();
         let ctl: Vec<f64> = folds.iter().map(|f| f.control_accuracy).collect();
         let sel: Vec<f64> = folds
@@ -305,10 +367,6 @@ pub fn run_probe(
             mean_ci("selectivity", &sel),
             mean_ci("f1", &f1),
         );
-        println!(
-            "{layer:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
-            ma.mean, ma.ci_low, ma.ci_high, mf.mean, mc.mean, ms.mean
-        );
         for (series, s) in [("accuracy", &ma), ("control", &mc), ("selectivity", &ms)] {
             if s.mean.is_finite() {
                 points.push(CurvePoint {
@@ -320,7 +378,7 @@ pub fn run_probe(
                 });
             }
         }
-        for f in &folds {
+        for f in folds {
             rows.push(json!({
                 "layer": layer, "hook": site.name(), "position": a.position, "fold": f.fold,
                 "accuracy": f.accuracy, "macro_f1": f.macro_f1,
@@ -328,6 +386,14 @@ pub fn run_probe(
                 "selectivity": f.accuracy - f.control_accuracy, "majority": f.majority,
             }));
         }
+        layers.push(LayerSummary {
+            layer,
+            accuracy: ma,
+            macro_f1: mf,
+            control: mc,
+            selectivity: ms,
+            confusion: probed.confusion,
+        });
     }
     let run = store.create(
         "probe",
@@ -361,11 +427,14 @@ pub fn run_probe(
     curve_lines(&points, &title, &y, &run.dir().join("probe.svg"))?;
     curve_lines(&points, &title, &y, &run.dir().join("probe.png"))?;
     let info = run.finish()?;
-    println!(
-        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
-        start.elapsed().as_secs_f64(),
-        info.id,
-        info.dir.display()
-    );
-    Ok(())
+    Ok(ProbeReport {
+        samples: samples.len(),
+        classes,
+        skipped,
+        cached,
+        layers,
+        run_id: info.id,
+        run_dir: info.dir,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }

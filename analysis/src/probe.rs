@@ -329,6 +329,14 @@ pub struct ProbeTask<'a> {
     pub opts: LogisticOptions,
 }
 
+/// One layer's probe: the folds' scores and the confusion matrix of the
+/// task probe's held-out predictions over all folds (`[truth][predicted]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProbe {
+    pub folds: Vec<FoldScore>,
+    pub confusion: Vec<Vec<usize>>,
+}
+
 /// Probe one layer's activations `x` (`[n, d]`) with k grouped folds.
 pub fn probe_layer<B: Backend>(
     x: &[f32],
@@ -336,7 +344,7 @@ pub fn probe_layer<B: Backend>(
     layer: usize,
     task: &ProbeTask<'_>,
     device: &B::Device,
-) -> Result<Vec<FoldScore>> {
+) -> Result<LayerProbe> {
     let n = task.labels.len();
     if x.len() != n * d {
         return Err(ModelError::Data(format!(
@@ -347,6 +355,8 @@ pub fn probe_layer<B: Backend>(
     let fold_of = grouped_folds(task.groups, task.folds, task.seed);
     let control = control_labels(task.types, task.labels, task.seed);
     let mut out = Vec::new();
+    let c = task.n_classes.max(1);
+    let mut confusion = vec![vec![0usize; c]; c];
     for fold in 0..task.folds.max(2) {
         let test: Vec<usize> = (0..n).filter(|&i| fold_of[i] == fold).collect();
         let train: Vec<usize> = (0..n).filter(|&i| fold_of[i] != fold).collect();
@@ -365,6 +375,11 @@ pub fn probe_layer<B: Backend>(
             device,
         )?;
         let (accuracy, macro_f1) = accuracy_f1(&truth, &pred);
+        for (&t, &p) in truth.iter().zip(&pred) {
+            if t < c && p < c {
+                confusion[t][p] += 1;
+            }
+        }
         let (control_accuracy, control_f1) = if task.control {
             let ctruth: Vec<usize> = test.iter().map(|&i| control[i]).collect();
             let cpred = logistic_probe::<B>(
@@ -397,7 +412,10 @@ pub fn probe_layer<B: Backend>(
             majority,
         });
     }
-    Ok(out)
+    Ok(LayerProbe {
+        folds: out,
+        confusion,
+    })
 }
 
 /// Where to read each prompt's activation.

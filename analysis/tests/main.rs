@@ -867,6 +867,10 @@ mod probe {
                 &Default::default(),
             )
             .expect("probe");
+            // Every held-out sample is counted once in the confusion matrix.
+            let counted: usize = folds.confusion.iter().flatten().sum();
+            assert_eq!(counted, labels.len());
+            let folds = folds.folds;
             assert_eq!(folds.len(), 5);
             let a = mean(&folds.iter().map(|f| f.accuracy).collect::<Vec<_>>());
             let c = mean(&folds.iter().map(|f| f.control_accuracy).collect::<Vec<_>>());
