@@ -184,8 +184,8 @@ pub fn run_probe(
 
 /// Probe every layer, store the run and its figure, and return the summary.
 /// `progress(what, done, total)` returns false to stop.
-pub fn probe_report(
-    lm: &LanguageModel<Cpu>,
+pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
+    lm: &LanguageModel<B>,
     model: &Path,
     a: &ProbeArgs<'_>,
     store: &RunStore,
@@ -352,7 +352,7 @@ pub fn probe_report(
             let ck = SafetensorsCheckpoint::open(&dir.join(format!("chunk{k:05}.safetensors")))?;
             x.extend(ck.tensor(&format!("layer.{layer}"))?.data);
         }
-        let probed = probe_layer::<Cpu>(&x, d, layer, &task, &Default::default())?;
+        let probed = probe_layer::<B>(&x, d, layer, &task, &lm.model.device)?;
         let folds = &probed.folds;
         let acc: Vec<f64> = folds.iter().map(|f| f.accuracy).collect();
         let ctl: Vec<f64> = folds.iter().map(|f| f.control_accuracy).collect();

@@ -56,6 +56,15 @@ shoot() { # panel, file, extra args...
       sleep "${TRACE_WAIT:-$WAIT}"
     fi
   fi
+  if [ "$panel" = probe ] && command -v xdotool >/dev/null; then
+    # Press "Run probe" on the demo relation set.
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${PROBE_X:-196}" "${PROBE_Y:-303}" click 1 || true
+      sleep "${PROBE_WAIT:-$WAIT}"
+    fi
+  fi
   if [ "$panel" = edit ] && command -v xdotool >/dev/null; then
     # Press "Apply edit" on the default demo form.
     local win
@@ -71,7 +80,7 @@ shoot() { # panel, file, extra args...
   echo "$OUT/$file"
 }
 
-PANELS=${PANELS:-model playground lens attention facts locate memories edit}
+PANELS=${PANELS:-model playground lens attention facts locate memories probe edit}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}
 for panel in $PANELS; do
   if [ "$panel" = facts ]; then

@@ -64,6 +64,7 @@ pub struct Results {
     pub memories: Option<MemoriesView>,
     pub triggers: Option<TriggersView>,
     pub attribution: Option<AttributionView>,
+    pub probe: Option<crate::session::ProbeView>,
     pub ledger: LedgerView,
     /// Where the model was last saved.
     pub saved: Option<PathBuf>,
@@ -99,6 +100,8 @@ pub struct EngramApp {
     pub(crate) trace_cell: Option<(usize, usize, usize)>,
     /// Memories switched off (false) or boosted (true): (layer, memory, boost).
     pub(crate) interventions: Vec<(usize, usize, bool)>,
+    /// The Probe panel's selected layer (its confusion matrix is shown).
+    pub(crate) probe_layer: usize,
     theme_applied: Option<bool>,
 }
 
@@ -177,6 +180,7 @@ impl EngramApp {
             attention_head: 0,
             trace_cell: None,
             interventions: Vec::new(),
+            probe_layer: 0,
             theme_applied: None,
         };
         app.open_model();
@@ -216,6 +220,10 @@ impl EngramApp {
 
     pub fn attribution(&self) -> Option<&AttributionView> {
         self.results.attribution.as_ref()
+    }
+
+    pub fn probe_view(&self) -> Option<&crate::session::ProbeView> {
+        self.results.probe.as_ref()
     }
 
     /// The memories request for the current prompt, fact and interventions.
@@ -313,7 +321,7 @@ impl EngramApp {
                 noise_subjects: self.noise_subjects(),
             }),
             PanelKind::Memories => Some(self.memories_command()),
-            PanelKind::Model | PanelKind::Facts | PanelKind::Edit => None,
+            PanelKind::Model | PanelKind::Facts | PanelKind::Edit | PanelKind::Probe => None,
         }
     }
 
@@ -477,6 +485,15 @@ impl EngramApp {
             Reply::Memories(m) => self.results.memories = Some(*m),
             Reply::Triggers(t) => self.results.triggers = Some(t),
             Reply::Attribution(a) => self.results.attribution = Some(*a),
+            Reply::Probe(p) => {
+                self.probe_layer = p
+                    .report
+                    .layers
+                    .iter()
+                    .max_by(|a, b| a.accuracy.mean.total_cmp(&b.accuracy.mean))
+                    .map_or(0, |l| l.layer);
+                self.results.probe = Some(*p);
+            }
             Reply::Saved(p) => {
                 self.status = Some((format!("saved the edited model as {}", p.display()), false));
                 self.results.saved = Some(p);
@@ -668,6 +685,7 @@ impl eframe::App for EngramApp {
                     PanelKind::Facts => panels::facts::show(self, ui),
                     PanelKind::Locate => panels::locate::show(self, ui),
                     PanelKind::Memories => panels::memories::show(self, ui),
+                    PanelKind::Probe => panels::probe::show(self, ui),
                     PanelKind::Edit => panels::edit::show(self, ui),
                 });
         });

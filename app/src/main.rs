@@ -20,7 +20,7 @@ struct Args {
     /// Start with this prompt.
     #[arg(long)]
     prompt: Option<String>,
-    /// Start on this panel: model, playground, lens, attention, facts, locate, memories, edit.
+    /// Start on this panel: model, playground, lens, attention, facts, locate, memories, probe, edit.
     #[arg(long)]
     panel: Option<String>,
     /// The subject to trace on the Locate panel.
@@ -44,7 +44,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let panel = match &args.panel {
         Some(p) => Some(PanelKind::from_key(p).ok_or_else(|| {
-            anyhow!("unknown panel `{p}`; use model, playground, lens, attention, facts, locate, memories or edit")
+            anyhow!("unknown panel `{p}`; use model, playground, lens, attention, facts, locate, memories, probe or edit")
         })?),
         None => None,
     };

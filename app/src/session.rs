@@ -259,6 +259,26 @@ pub trait Session {
         target: &str,
         progress: ProgressFn<'_>,
     ) -> Result<AttributionView, JobError>;
+    /// Linear probes per layer on a labelled prompt set; stored as a run.
+    fn probe(
+        &self,
+        req: &crate::settings::ProbeSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<ProbeView, JobError>;
+}
+
+/// A finished probe, as the Probe panel shows it.
+#[derive(Debug, Clone)]
+pub struct ProbeView {
+    pub report: engram::probe::ProbeReport,
+    pub label: String,
+}
+
+/// Two views are the same run.
+impl PartialEq for ProbeView {
+    fn eq(&self, other: &Self) -> bool {
+        self.report.run_id == other.report.run_id && self.label == other.label
+    }
 }
 
 /// Resolve `source` (path, `.gguf`, hub id or `demo`) and load it.
@@ -432,6 +452,53 @@ impl<B: Backend> Session for Loaded<B> {
         progress: ProgressFn<'_>,
     ) -> Result<AttributionView, JobError> {
         crate::memories::attribute(&self.lm, prompt, target, progress)
+    }
+
+    fn probe(
+        &self,
+        req: &crate::settings::ProbeSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<ProbeView, JobError> {
+        let data = PathBuf::from(req.data.trim());
+        let subject = req.subject.trim();
+        let args = engram::probe::ProbeArgs {
+            data: &data,
+            label: req.label.trim(),
+            text: req.text.trim(),
+            subject: (!subject.is_empty()).then_some(subject),
+            hook: req.hook.trim(),
+            position: req.position.trim(),
+            control: req.control,
+            folds: 5,
+            seed: 0,
+            min_count: req.min_count,
+        };
+        let store = engram::datasets::RunStore::open(engram::datasets::RunStore::default_root())
+            .map_err(|e| JobError::Failed(e.to_string()))?;
+        let report = engram::probe::probe_report(
+            &self.lm,
+            &self.card.path,
+            &args,
+            &store,
+            &mut |what, done, total| {
+                progress(Progress {
+                    done,
+                    total,
+                    note: what.to_string(),
+                })
+            },
+        )
+        .map_err(|e| {
+            if e.to_string() == "cancelled" {
+                JobError::Cancelled
+            } else {
+                JobError::Failed(format!("{e:#}"))
+            }
+        })?;
+        Ok(ProbeView {
+            report,
+            label: req.label.clone(),
+        })
     }
 
     fn next_tokens(&self, prompt: &str, k: usize) -> Result<NextTokens, JobError> {

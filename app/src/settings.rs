@@ -18,11 +18,12 @@ pub enum PanelKind {
     Facts,
     Locate,
     Memories,
+    Probe,
     Edit,
 }
 
 impl PanelKind {
-    pub const ALL: [PanelKind; 8] = [
+    pub const ALL: [PanelKind; 9] = [
         PanelKind::Model,
         PanelKind::Playground,
         PanelKind::Lens,
@@ -30,6 +31,7 @@ impl PanelKind {
         PanelKind::Facts,
         PanelKind::Locate,
         PanelKind::Memories,
+        PanelKind::Probe,
         PanelKind::Edit,
     ];
 
@@ -42,6 +44,7 @@ impl PanelKind {
             PanelKind::Facts => "Facts",
             PanelKind::Locate => "Locate",
             PanelKind::Memories => "Memories",
+            PanelKind::Probe => "Probe",
             PanelKind::Edit => "Edit",
         }
     }
@@ -56,6 +59,7 @@ impl PanelKind {
             PanelKind::Facts => "facts",
             PanelKind::Locate => "locate",
             PanelKind::Memories => "memories",
+            PanelKind::Probe => "probe",
             PanelKind::Edit => "edit",
         }
     }
@@ -92,6 +96,44 @@ pub struct Settings {
     pub trace: crate::session::TraceRequest,
     pub edit: crate::editor::EditSettings,
     pub memories: MemoriesSettings,
+    pub probe: ProbeSettings,
+}
+
+/// The Probe panel's form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProbeSettings {
+    /// Labelled prompts (JSON array or JSON lines).
+    pub data: String,
+    pub label: String,
+    pub text: String,
+    /// Subject field (groups the folds; `subject` position); empty: none.
+    pub subject: String,
+    pub hook: String,
+    /// `last` or `subject`.
+    pub position: String,
+    pub control: bool,
+    pub min_count: usize,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/relations.jsonl");
+        Self {
+            data: if demo.is_file() {
+                demo.display().to_string()
+            } else {
+                String::new()
+            },
+            label: "relation".into(),
+            text: "prompt".into(),
+            subject: "subject".into(),
+            hook: "resid_post".into(),
+            position: "subject".into(),
+            control: true,
+            min_count: 30,
+        }
+    }
 }
 
 /// The Memories panel's choices.
@@ -131,6 +173,7 @@ impl Default for Settings {
             trace: crate::session::TraceRequest::default(),
             edit: crate::editor::EditSettings::default(),
             memories: MemoriesSettings::default(),
+            probe: ProbeSettings::default(),
         }
     }
 }

@@ -68,6 +68,7 @@ pub enum Command {
         prompt: String,
         target: String,
     },
+    Probe(Box<crate::settings::ProbeSettings>),
 }
 
 impl Command {
@@ -91,6 +92,7 @@ impl Command {
                 format!("Trigger search for memory {layer}:{memory}")
             }
             Command::Attribute { .. } => "Knowledge-neuron attribution".into(),
+            Command::Probe(p) => format!("Probing `{}`", p.label),
         }
     }
 }
@@ -111,6 +113,7 @@ pub enum Reply {
     Memories(Box<MemoriesView>),
     Triggers(TriggersView),
     Attribution(Box<AttributionView>),
+    Probe(Box<crate::session::ProbeView>),
 }
 
 pub type JobId = u64;
@@ -329,6 +332,7 @@ fn run(
             max_tokens,
             progress,
         )?),
+        Command::Probe(req) => Reply::Probe(Box::new(model(session)?.probe(&req, progress)?)),
         Command::Attribute { prompt, target } => Reply::Attribution(Box::new(
             model(session)?.attribute(&prompt, &target, progress)?,
         )),

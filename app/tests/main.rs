@@ -472,3 +472,42 @@ fn memories_panel_finds_switches_and_attributes_memories() {
     assert!(!a.neurons.is_empty() && a.suppressed < a.prob, "{a:?}");
     assert!(has_label(&h, "Knowledge neurons of"));
 }
+
+/// Probe: the demo relation set, probed at the subject's last token, gives a
+/// curve above the control; clicking a layer shows its confusion matrix.
+#[test]
+fn probe_panel_runs_a_probe_and_shows_a_layer() {
+    let dir = std::env::temp_dir().join(format!("engram-app-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("ENGRAM_ACTS_DIR", dir.join("acts"));
+    std::env::set_var("ENGRAM_RUNS", dir.join("runs"));
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        panel: Some(PanelKind::Probe),
+        ..Default::default()
+    });
+    assert!(h.state().settings().probe.data.ends_with("relations.jsonl"));
+    h.get_by_label("Run probe").click();
+    wait_for(&mut h, "the probe", |h| {
+        !h.state().is_busy() && h.state().probe_view().is_some()
+    });
+    let v = h.state().probe_view().expect("probe").clone();
+    assert_eq!(v.report.layers.len(), 4);
+    assert_eq!(v.report.classes.len(), 3);
+    let best = v
+        .report
+        .layers
+        .iter()
+        .max_by(|a, b| a.accuracy.mean.total_cmp(&b.accuracy.mean))
+        .expect("layers");
+    assert!(
+        best.accuracy.mean > 0.8 && best.selectivity.mean > 0.2,
+        "{best:?}"
+    );
+    assert!(v.report.run_dir.join("probe.png").is_file());
+    h.get_by_label("0").click();
+    h.step();
+    h.step();
+    assert!(has_label(&h, "Layer 0: accuracy"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

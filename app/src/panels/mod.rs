@@ -9,3 +9,4 @@ pub mod locate;
 pub mod memories;
 pub mod model;
 pub mod playground;
+pub mod probe;
