@@ -81,7 +81,7 @@ enum Command {
         /// The hook site, e.g. resid_post, resid_pre, mlp_out, attn_out, mlp.hook_post.
         #[arg(long, default_value = "resid_post")]
         hook: String,
-        /// last, or subject (the subject's last token).
+        /// last, subject (the subject's last token) or every (each token a sample).
         #[arg(long, default_value = "last")]
         position: String,
         /// Also fit Hewitt & Liang's control task and report selectivity.
@@ -94,6 +94,9 @@ enum Command {
         /// Keep labels with at least this many samples.
         #[arg(long, default_value_t = 30)]
         min_count: usize,
+        /// The label is a number: fit ridge probes and report R² per layer.
+        #[arg(long)]
+        regress: bool,
         #[arg(long)]
         runs: Option<PathBuf>,
     },
@@ -627,6 +630,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             folds,
             seed,
             min_count,
+            regress,
             runs,
         } => {
             let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
@@ -644,6 +648,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 folds,
                 seed,
                 min_count,
+                regress,
             };
             engram::probe::run_probe(&lm, &model, &args, &store)
         }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use engram_analysis::probe::{collect_activations, probe_layer, LogisticOptions, ProbeTask};
+use engram_analysis::probe::{
+    collect_activations, probe_layer, regress_layer, LogisticOptions, ProbeTask,
+};
 use engram_datasets::figures::{curve_lines, CurvePoint};
 use engram_datasets::summary::{mean_ci, MetricSummary};
 use engram_datasets::{RunParams, RunStore};
@@ -26,12 +28,14 @@ pub struct ProbeArgs<'a> {
     pub text: &'a str,
     pub subject: Option<&'a str>,
     pub hook: &'a str,
-    /// "last" or "subject" (the subject's last token).
+    /// "last", "subject" (the subject's last token) or "every" (each token a sample).
     pub position: &'a str,
     pub control: bool,
     pub folds: usize,
     pub seed: u64,
     pub min_count: usize,
+    /// A ridge probe of a numeric label (R² per layer) instead of classes.
+    pub regress: bool,
 }
 
 /// A hook site by its TransformerLens name, with or without `hook_`.
@@ -159,7 +163,15 @@ pub fn run_probe(
     );
     println!(
         "{:>6} {:>18} {:>10} {:>18} {:>12}",
-        "layer", "accuracy [95% CI]", "macro-F1", "control", "selectivity"
+        "layer",
+        if a.regress {
+            "R² [95% CI]"
+        } else {
+            "accuracy [95% CI]"
+        },
+        if a.regress { "MSE" } else { "macro-F1" },
+        "control",
+        "selectivity"
     );
     for l in &r.layers {
         println!(
@@ -204,6 +216,17 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             Some(k) => Some(field(r, k, i, a.data)?),
             None => None,
         };
+        let group = subject.clone().unwrap_or_else(|| text.clone());
+        if a.position == "every" {
+            // Every token is a sample with its prompt's label; the prompt's
+            // tokens share its group, so they stay in one fold.
+            let ids = lm.encode_prompt(&text)?;
+            for pos in 0..ids.len() {
+                let word_type = ids[pos];
+                samples.push((ids.clone(), pos, label.clone(), group.clone(), word_type));
+            }
+            continue;
+        }
         let (ids, pos) = match (a.position, &subject) {
             ("last", _) => {
                 let ids = lm.encode_prompt(&text)?;
@@ -218,24 +241,47 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
                 }
             },
             ("subject", None) => bail!("--position subject needs --subject COLUMN"),
-            (other, _) => bail!("--position {other}: use last or subject"),
+            (other, _) => bail!("--position {other}: use last, subject or every"),
         };
-        let group = subject.clone().unwrap_or_else(|| text.clone());
         let word_type = ids[pos];
         samples.push((ids, pos, label, group, word_type));
     }
-    // Labels with at least `min_count` samples.
+    // A continuous target: every sample's label read as a number.
+    let targets: Vec<f64> = if a.regress {
+        samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.2.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .with_context(|| {
+                        format!("sample {i}: `{}` = {:?} is not a number", a.label, s.2)
+                    })
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    // Labels with at least `min_count` samples (classification only).
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for s in &samples {
         *counts.entry(s.2.clone()).or_default() += 1;
     }
-    let classes: Vec<String> = counts
-        .iter()
-        .filter(|(_, &c)| c >= a.min_count)
-        .map(|(k, _)| k.clone())
-        .collect();
-    samples.retain(|s| classes.contains(&s.2));
-    if classes.len() < 2 || samples.is_empty() {
+    let classes: Vec<String> = if a.regress {
+        vec!["target".into()]
+    } else {
+        counts
+            .iter()
+            .filter(|(_, &c)| c >= a.min_count)
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    if !a.regress {
+        samples.retain(|s| classes.contains(&s.2));
+    }
+    if (!a.regress && classes.len() < 2) || samples.is_empty() {
         bail!(
             "fewer than two labels of `{}` have {} or more samples",
             a.label,
@@ -352,7 +398,11 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             let ck = SafetensorsCheckpoint::open(&dir.join(format!("chunk{k:05}.safetensors")))?;
             x.extend(ck.tensor(&format!("layer.{layer}"))?.data);
         }
-        let probed = probe_layer::<B>(&x, d, layer, &task, &lm.model.device)?;
+        let probed = if a.regress {
+            regress_layer(&x, d, layer, &targets, &task, 1.0)?
+        } else {
+            probe_layer::<B>(&x, d, layer, &task, &lm.model.device)?
+        };
         let folds = &probed.folds;
         let acc: Vec<f64> = folds.iter().map(|f| f.accuracy).collect();
         let ctl: Vec<f64> = folds.iter().map(|f| f.control_accuracy).collect();
@@ -379,12 +429,21 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             }
         }
         for f in folds {
-            rows.push(json!({
-                "layer": layer, "hook": site.name(), "position": a.position, "fold": f.fold,
-                "accuracy": f.accuracy, "macro_f1": f.macro_f1,
-                "control_accuracy": f.control_accuracy, "control_f1": f.control_f1,
-                "selectivity": f.accuracy - f.control_accuracy, "majority": f.majority,
-            }));
+            rows.push(if a.regress {
+                json!({
+                    "layer": layer, "hook": site.name(), "position": a.position, "fold": f.fold,
+                    "r2": f.accuracy, "mse": f.macro_f1,
+                    "control_r2": f.control_accuracy, "control_mse": f.control_f1,
+                    "selectivity": f.accuracy - f.control_accuracy,
+                })
+            } else {
+                json!({
+                    "layer": layer, "hook": site.name(), "position": a.position, "fold": f.fold,
+                    "accuracy": f.accuracy, "macro_f1": f.macro_f1,
+                    "control_accuracy": f.control_accuracy, "control_f1": f.control_f1,
+                    "selectivity": f.accuracy - f.control_accuracy, "majority": f.majority,
+                })
+            });
         }
         layers.push(LayerSummary {
             layer,
@@ -404,7 +463,11 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
                 "label": a.label, "text": a.text, "subject": a.subject, "hook": site.name(),
                 "position": a.position, "folds": a.folds, "grouped_by": a.subject.unwrap_or(a.text),
                 "control": a.control, "min_count": a.min_count, "classes": classes,
-                "probe": "multinomial logistic, L2 1e-3, Adam lr 0.05, 300 full-batch steps, standardised features",
+                "probe": if a.regress {
+                    "ridge, lambda 1.0, standardised features, closed form"
+                } else {
+                    "multinomial logistic, L2 1e-3, Adam lr 0.05, 300 full-batch steps, standardised features"
+                },
             }),
             dataset: Some(a.data.display().to_string()),
             record_ids: vec![],

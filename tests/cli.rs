@@ -996,5 +996,47 @@ fn probe_decodes_the_demo_relation_above_control() {
         table(&second),
         "the same seed gives the same numbers"
     );
+    // --regress: a numeric label gets ridge probes and R² per layer; a
+    // label that is not a number is named in the error.
+    let numeric: Vec<String> = engram::datasets::demo::demo_facts(150, 0)
+        .iter()
+        .map(|f| {
+            serde_json::json!({"prompt": f.prompts()[1], "subject": f.subject,
+                               "length": f.subject.len(), "relation": f.relation})
+            .to_string()
+        })
+        .collect();
+    let data2 = dir.join("lengths.jsonl");
+    std::fs::write(&data2, numeric.join("\n")).expect("data");
+    let regress = |label: &str| {
+        Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_ACTS_DIR", dir.join("acts"))
+            .args([
+                "probe",
+                "demo",
+                "--subject",
+                "subject",
+                "--position",
+                "subject",
+            ])
+            .args(["--regress", "--control", "--label", label, "--data"])
+            .arg(&data2)
+            .arg("--runs")
+            .arg(dir.join("runs"))
+            .output()
+            .expect("run engram")
+    };
+    let out = regress("length");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("R² [95% CI]"),
+        "{text}"
+    );
+    let out = regress("relation");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a number"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -466,3 +466,72 @@ pub fn collect_activations<B: Backend>(
     progress(items.len(), items.len());
     Ok(())
 }
+
+/// R² of `pred` against `truth` (1 − SSE / SST around the truth's mean).
+pub fn r_squared(truth: &[f64], pred: &[f64]) -> f64 {
+    let mean = truth.iter().sum::<f64>() / truth.len().max(1) as f64;
+    let sst: f64 = truth.iter().map(|t| (t - mean) * (t - mean)).sum();
+    let sse: f64 = truth.iter().zip(pred).map(|(t, p)| (t - p) * (t - p)).sum();
+    if sst <= 0.0 {
+        f64::NAN
+    } else {
+        1.0 - sse / sst
+    }
+}
+
+/// Ridge probes of a continuous target with the same grouped folds; the
+/// control gives each word type one target drawn from the targets. In the
+/// returned scores `accuracy` holds R² and `macro_f1` the test MSE (the
+/// `control_*` fields likewise); `majority` is NaN and `confusion` empty.
+pub fn regress_layer(
+    x: &[f32],
+    d: usize,
+    layer: usize,
+    y: &[f64],
+    task: &ProbeTask<'_>,
+    lambda: f64,
+) -> Result<LayerProbe> {
+    let n = y.len();
+    if x.len() != n * d {
+        return Err(ModelError::Data(format!(
+            "{} activations for {n} samples of width {d}",
+            x.len()
+        )));
+    }
+    let fold_of = grouped_folds(task.groups, task.folds, task.seed);
+    let pick = control_labels(task.types, &(0..n).collect::<Vec<_>>(), task.seed);
+    let control: Vec<f64> = pick.iter().map(|&i| y[i]).collect();
+    let mse = |t: &[f64], p: &[f64]| {
+        t.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum::<f64>() / t.len().max(1) as f64
+    };
+    let mut folds = Vec::new();
+    for fold in 0..task.folds.max(2) {
+        let test: Vec<usize> = (0..n).filter(|&i| fold_of[i] == fold).collect();
+        let train: Vec<usize> = (0..n).filter(|&i| fold_of[i] != fold).collect();
+        if test.is_empty() || train.is_empty() {
+            continue;
+        }
+        let truth: Vec<f64> = test.iter().map(|&i| y[i]).collect();
+        let pred = ridge_probe(x, d, y, &train, &test, lambda)?;
+        let (control_accuracy, control_f1) = if task.control {
+            let ct: Vec<f64> = test.iter().map(|&i| control[i]).collect();
+            let cp = ridge_probe(x, d, &control, &train, &test, lambda)?;
+            (r_squared(&ct, &cp), mse(&ct, &cp))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        folds.push(FoldScore {
+            layer,
+            fold,
+            accuracy: r_squared(&truth, &pred),
+            macro_f1: mse(&truth, &pred),
+            control_accuracy,
+            control_f1,
+            majority: f64::NAN,
+        });
+    }
+    Ok(LayerProbe {
+        folds,
+        confusion: Vec::new(),
+    })
+}

@@ -472,6 +472,7 @@ impl<B: Backend> Session for Loaded<B> {
             folds: 5,
             seed: 0,
             min_count: req.min_count,
+            regress: false,
         };
         let store = engram::datasets::RunStore::open(engram::datasets::RunStore::default_root())
             .map_err(|e| JobError::Failed(e.to_string()))?;
