@@ -66,7 +66,7 @@ enum Command {
     /// Linear probes per layer with control tasks; stored as a `probe` run with its figure (CPU).
     Probe {
         model: PathBuf,
-        /// Labelled prompts: a JSON array (e.g. known_1000.json) or JSON lines.
+        /// Labelled prompts: CSV with a header, a JSON array (e.g. known_1000.json) or JSON lines.
         #[arg(long)]
         data: PathBuf,
         /// The label field (e.g. relation_id).

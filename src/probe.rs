@@ -63,8 +63,14 @@ pub fn parse_site(name: &str) -> Result<BlockSite> {
         })
 }
 
-/// Records of a JSON array or a JSON-lines file.
+/// Records of a CSV file with a header, a JSON array or a JSON-lines file.
 fn read_records(path: &Path) -> Result<Vec<Value>> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        return Ok(engram_datasets::facts::read_csv_records(path)?);
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if text.trim_start().starts_with('[') {

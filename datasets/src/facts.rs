@@ -205,7 +205,7 @@ pub fn load_user_facts(path: &Path, on_bad: OnBadRecord) -> Result<Loaded<UserFa
 }
 
 /// CSV rows as JSON objects keyed by the header.
-fn read_csv_records(path: &Path) -> Result<Vec<serde_json::Value>> {
+pub fn read_csv_records(path: &Path) -> Result<Vec<serde_json::Value>> {
     let mut reader = csv::Reader::from_path(path).map_err(|e| DatasetError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
