@@ -21,24 +21,12 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
         .map_err(|e| ModelError::Data(format!("{e:?}")))
 }
 
-/// A small seeded generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+/// The generator the sampler uses (SplitMix64), so a seed means the same everywhere.
+pub use engram_model::generate::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
+/// A draw in `0..n`.
+fn below(rng: &mut Rng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
 }
 
 /// The fold of each sample: groups are shuffled with `seed` and dealt to
@@ -49,7 +37,7 @@ pub fn grouped_folds(groups: &[usize], k: usize, seed: u64) -> Vec<usize> {
     distinct.dedup();
     let mut rng = Rng::new(seed);
     for i in (1..distinct.len()).rev() {
-        let j = rng.below(i + 1);
+        let j = below(&mut rng, i + 1);
         distinct.swap(i, j);
     }
     let k = k.max(2);
@@ -70,7 +58,7 @@ pub fn control_labels(types: &[usize], labels: &[usize], seed: u64) -> Vec<usize
     order.sort_unstable();
     order.dedup();
     for t in order {
-        let draw = labels[rng.below(labels.len())];
+        let draw = labels[below(&mut rng, labels.len())];
         assigned.insert(t, draw);
     }
     types.iter().map(|t| assigned[t]).collect()

@@ -821,7 +821,7 @@ mod probe {
     /// subjects × 5); only layer 2 carries the label, linearly.
     fn planted() -> (Vec<Vec<f32>>, Vec<usize>, Vec<usize>) {
         let mut rng = Rng::new(7);
-        let mut noise = || (rng.below(2001) as f32 / 1000.0) - 1.0;
+        let mut noise = || ((rng.next_u64() % 2001) as f32 / 1000.0) - 1.0;
         let (n, d) = (300, 16);
         let groups: Vec<usize> = (0..n).map(|i| i / 5).collect();
         let labels: Vec<usize> = (0..n).map(|i| (i * 7 + i / 5) % 3).collect();
