@@ -8,7 +8,7 @@ use engram::editing::eval::teacher_force;
 use engram::editing::rome::compute_u::KeyCovariance;
 use engram::editing::rome::compute_v::VStep;
 use engram::editing::rome::{rome_edit, EditRequest, KeyChoice, RomeHparams};
-use engram::editing::{EditError, Ledger};
+use engram::editing::{EditError, EditPayload, Ledger};
 use engram::model::burn_tensor::backend::Backend;
 use engram::model::{generate, GenerateConfig, LanguageModel, Sampling};
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,12 @@ pub struct ProbeRow {
 pub struct LedgerEntry {
     pub id: usize,
     pub applied: bool,
+    /// "rome", "r-rome" or "memit".
+    pub method: String,
+    /// MEMIT: the entries of one batch share it and toggle together.
+    pub batch: Option<usize>,
+    /// Requests the entry carries (1 for ROME).
+    pub n_requests: usize,
     pub subject: String,
     pub prompt: String,
     pub target: String,
@@ -222,15 +228,29 @@ impl<B: Backend> EditState<B> {
         ledger
             .edits()
             .iter()
-            .map(|e| LedgerEntry {
-                id: e.id,
-                applied: e.applied,
-                subject: e.edit.request.subject.clone(),
-                prompt: e.edit.request.prompt.clone(),
-                target: e.edit.request.target.clone(),
-                layer: e.edit.layer,
-                delta_norm: e.edit.delta_norm,
-                seconds: e.edit.seconds,
+            .map(|e| {
+                let requests = e.edit.requests();
+                let first = requests.first().cloned().unwrap_or(EditRequest {
+                    prompt: String::new(),
+                    subject: String::new(),
+                    target: String::new(),
+                });
+                LedgerEntry {
+                    id: e.id,
+                    applied: e.applied,
+                    method: e.method.clone(),
+                    batch: e.batch,
+                    n_requests: requests.len(),
+                    subject: first.subject,
+                    prompt: first.prompt,
+                    target: first.target,
+                    layer: e.edit.layer(),
+                    delta_norm: match &e.edit {
+                        EditPayload::Rome(r) => r.delta_norm,
+                        EditPayload::Memit(m) => m.residual_norm,
+                    },
+                    seconds: e.edit.seconds(),
+                }
             })
             .collect()
     }

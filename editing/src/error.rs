@@ -28,6 +28,21 @@ pub enum EditError {
     NoSuchEdit(usize),
     #[error("this ledger was made on model {expected}, not on {found}")]
     WrongBase { expected: String, found: String },
+    #[error("request {index} ({subject:?}): {source}")]
+    BadRequest {
+        index: usize,
+        subject: String,
+        #[source]
+        source: Box<EditError>,
+    },
+    #[error("requests {first} and {second} ask {prompt:?} to answer both {first_target:?} and {second_target:?}")]
+    Conflict {
+        first: usize,
+        second: usize,
+        prompt: String,
+        first_target: String,
+        second_target: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("cancelled")]

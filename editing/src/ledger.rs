@@ -1,7 +1,8 @@
 //! The edit ledger: every edit with its request, vectors, norms, losses and time.
 //! Edits are toggled in any order; a layer's weight is always recomputed from its
 //! original matrix plus the applied edits in id order, so reverting every edit
-//! gives back the original weights bit for bit. The checkpoint on disk is never
+//! gives back the original weights bit for bit. A MEMIT batch is one entry per
+//! layer sharing a batch number; toggling or removing any of them acts on all. The checkpoint on disk is never
 //! touched. A ledger exports to JSON and re-applies to the same base model,
 //! checked by its content hash.
 
@@ -16,7 +17,8 @@ use engram_model::{LanguageModel, Transformer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
-use crate::rome::RomeEdit;
+use crate::memit::MemitLayerEdit;
+use crate::rome::{EditRequest, KeyChoice, RomeEdit};
 
 /// The ledger's name inside a saved checkpoint directory.
 pub const LEDGER_FILE: &str = "engram-ledger.json";
@@ -25,9 +27,52 @@ pub const LEDGER_FILE: &str = "engram-ledger.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Edit {
     pub id: usize,
+    /// "rome", "r-rome" or "memit".
     pub method: String,
     pub applied: bool,
-    pub edit: RomeEdit,
+    /// Entries of one MEMIT batch share this number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    pub edit: EditPayload,
+}
+
+/// What an entry changes: a rank-one ROME edit, or one layer of a MEMIT batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EditPayload {
+    Rome(RomeEdit),
+    Memit(MemitLayerEdit),
+}
+
+impl EditPayload {
+    pub fn layer(&self) -> usize {
+        match self {
+            Self::Rome(e) => e.layer,
+            Self::Memit(e) => e.layer,
+        }
+    }
+
+    pub fn requests(&self) -> &[EditRequest] {
+        match self {
+            Self::Rome(e) => std::slice::from_ref(&e.request),
+            Self::Memit(e) => &e.requests,
+        }
+    }
+
+    /// `(rank, u [rank][d_mlp], r [rank][d_model])`: the update is Σ u_i r_iᵀ.
+    pub fn factors(&self) -> (usize, &[f32], &[f32]) {
+        match self {
+            Self::Rome(e) => (1, &e.u, &e.r),
+            Self::Memit(e) => (e.requests.len(), &e.u, &e.r),
+        }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Self::Rome(e) => e.seconds,
+            Self::Memit(e) => e.seconds,
+        }
+    }
 }
 
 /// The ledger as written to disk.
@@ -59,42 +104,98 @@ impl<B: Backend> Ledger<B> {
         &self.edits
     }
 
-    /// Add `edit` to the ledger and apply it. Returns its id.
+    /// Add a ROME edit to the ledger and apply it. Returns its id.
     pub fn push(&mut self, model: &mut Transformer<B>, edit: RomeEdit) -> Result<usize> {
-        let layer = edit.layer;
+        let method = match edit.key {
+            KeyChoice::Consistent => "r-rome",
+            KeyChoice::Original => "rome",
+        };
+        self.push_entry(model, method, None, EditPayload::Rome(edit))
+    }
+
+    /// A batch number for [`Self::push_memit`], unused so far.
+    pub fn next_batch(&self) -> usize {
+        self.edits
+            .iter()
+            .filter_map(|e| e.batch.map(|b| b + 1))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Add one layer of MEMIT batch `batch` and apply it. Returns its id.
+    pub fn push_memit(
+        &mut self,
+        model: &mut Transformer<B>,
+        edit: MemitLayerEdit,
+        batch: usize,
+    ) -> Result<usize> {
+        self.push_entry(model, "memit", Some(batch), EditPayload::Memit(edit))
+    }
+
+    fn push_entry(
+        &mut self,
+        model: &mut Transformer<B>,
+        method: &str,
+        batch: Option<usize>,
+        edit: EditPayload,
+    ) -> Result<usize> {
+        let layer = edit.layer();
         let n_layers = model.config.n_layers;
         if layer >= n_layers {
             return Err(EditError::Layer { layer, n_layers });
         }
         let [d_mlp, d_model] = model.blocks[layer].mlp.fc_out.weight.dims();
-        if edit.u.len() != d_mlp || edit.r.len() != d_model {
+        let (rank, u, r) = edit.factors();
+        if u.len() != rank * d_mlp || r.len() != rank * d_model {
             return Err(EditError::Invalid(format!(
-                "edit vectors are {} x {}, layer {layer} is {d_mlp} x {d_model}",
-                edit.u.len(),
-                edit.r.len()
+                "edit vectors are {} and {} long, layer {layer} is {d_mlp} x {d_model} (rank {rank})",
+                u.len(),
+                r.len()
             )));
         }
         let id = self.edits.iter().map(|e| e.id + 1).max().unwrap_or(0);
         self.edits.push(Edit {
             id,
-            method: "rome".into(),
+            method: method.into(),
             applied: true,
+            batch,
             edit,
         });
         self.rebuild(model, layer);
         Ok(id)
     }
 
-    /// Apply or revert one edit.
-    pub fn set_applied(&mut self, model: &mut Transformer<B>, id: usize, on: bool) -> Result<()> {
+    /// Ids of the entries that act together with `id` (its batch, or itself).
+    fn unit(&self, id: usize) -> Result<Vec<usize>> {
         let e = self
             .edits
-            .iter_mut()
+            .iter()
             .find(|e| e.id == id)
             .ok_or(EditError::NoSuchEdit(id))?;
-        e.applied = on;
-        let layer = e.edit.layer;
-        self.rebuild(model, layer);
+        Ok(match e.batch {
+            Some(b) => self
+                .edits
+                .iter()
+                .filter(|x| x.batch == Some(b))
+                .map(|x| x.id)
+                .collect(),
+            None => vec![id],
+        })
+    }
+
+    /// Apply or revert one edit (a MEMIT batch as a whole).
+    pub fn set_applied(&mut self, model: &mut Transformer<B>, id: usize, on: bool) -> Result<()> {
+        let unit = self.unit(id)?;
+        let mut layers = Vec::new();
+        for e in self.edits.iter_mut().filter(|e| unit.contains(&e.id)) {
+            e.applied = on;
+            layers.push(e.edit.layer());
+        }
+        layers.sort_unstable();
+        layers.dedup();
+        for layer in layers {
+            self.rebuild(model, layer);
+        }
         Ok(())
     }
 
@@ -108,16 +209,20 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
-    /// Drop an edit from the ledger (reverting it first).
-    pub fn remove(&mut self, model: &mut Transformer<B>, id: usize) -> Result<Edit> {
-        let i = self
-            .edits
-            .iter()
-            .position(|e| e.id == id)
-            .ok_or(EditError::NoSuchEdit(id))?;
-        let e = self.edits.remove(i);
-        self.rebuild(model, e.edit.layer);
-        Ok(e)
+    /// Drop an edit from the ledger (a MEMIT batch as a whole), reverting it.
+    pub fn remove(&mut self, model: &mut Transformer<B>, id: usize) -> Result<Vec<Edit>> {
+        let unit = self.unit(id)?;
+        let (gone, kept): (Vec<Edit>, Vec<Edit>) = std::mem::take(&mut self.edits)
+            .into_iter()
+            .partition(|e| unit.contains(&e.id));
+        self.edits = kept;
+        let mut layers: Vec<usize> = gone.iter().map(|e| e.edit.layer()).collect();
+        layers.sort_unstable();
+        layers.dedup();
+        for layer in layers {
+            self.rebuild(model, layer);
+        }
+        Ok(gone)
     }
 
     /// W = W₀ + Σ u rᵀ over the applied edits at `layer`, in id order.
@@ -127,26 +232,30 @@ impl<B: Backend> Ledger<B> {
             .entry(layer)
             .or_insert_with(|| model.blocks[layer].mlp.fc_out.weight.clone())
             .clone();
-        let on: Vec<&RomeEdit> = self
+        let on: Vec<(usize, &[f32], &[f32])> = self
             .edits
             .iter()
-            .filter(|e| e.applied && e.edit.layer == layer)
-            .map(|e| &e.edit)
+            .filter(|e| e.applied && e.edit.layer() == layer)
+            .map(|e| e.edit.factors())
             .collect();
         let w = if on.is_empty() {
             w0
         } else {
             let [d_mlp, d_model] = w0.dims();
-            let n = on.len();
+            let n: usize = on.iter().map(|(rank, _, _)| rank).sum();
             let device = &model.device;
             // U: [d_mlp, n], R: [n, d_model]
             let mut u = vec![0f32; d_mlp * n];
-            for (j, e) in on.iter().enumerate() {
-                for (i, x) in e.u.iter().enumerate() {
-                    u[i * n + j] = *x;
+            let mut j = 0;
+            for (rank, us, _) in &on {
+                for row in us.chunks(d_mlp).take(*rank) {
+                    for (i, x) in row.iter().enumerate() {
+                        u[i * n + j] = *x;
+                    }
+                    j += 1;
                 }
             }
-            let r: Vec<f32> = on.iter().flat_map(|e| e.r.iter().copied()).collect();
+            let r: Vec<f32> = on.iter().flat_map(|(_, _, r)| r.iter().copied()).collect();
             let u = Tensor::<B, 2>::from_data(TensorData::new(u, [d_mlp, n]), device);
             let r = Tensor::<B, 2>::from_data(TensorData::new(r, [n, d_model]), device);
             w0 + u.matmul(r)
@@ -184,7 +293,7 @@ impl<B: Backend> Ledger<B> {
             if self
                 .edits
                 .iter()
-                .any(|e| e.applied && e.edit.layer == layer)
+                .any(|e| e.applied && e.edit.layer() == layer)
             {
                 let w = &lm.model.blocks[layer].mlp.fc_out.weight;
                 replaced.push(Replaced {
@@ -222,20 +331,21 @@ impl<B: Backend> Ledger<B> {
             });
         }
         let mut ledger = Self::new(model_hash);
-        let layers: Vec<usize> = file.edits.iter().map(|e| e.edit.layer).collect();
+        let layers: Vec<usize> = file.edits.iter().map(|e| e.edit.layer()).collect();
         for e in &file.edits {
             let [d_mlp, d_model] = model
                 .blocks
-                .get(e.edit.layer)
+                .get(e.edit.layer())
                 .ok_or(EditError::Layer {
-                    layer: e.edit.layer,
+                    layer: e.edit.layer(),
                     n_layers: model.config.n_layers,
                 })?
                 .mlp
                 .fc_out
                 .weight
                 .dims();
-            if e.edit.u.len() != d_mlp || e.edit.r.len() != d_model {
+            let (rank, u, r) = e.edit.factors();
+            if u.len() != rank * d_mlp || r.len() != rank * d_model {
                 return Err(bad(format!("edit {} does not fit this model", e.id)));
             }
         }

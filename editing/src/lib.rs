@@ -2,17 +2,20 @@
 //!
 //! - [`stats`]: the second moment C = E[k kᵀ] of an MLP's keys over a text corpus;
 //! - [`rome`]: ROME's rank-one edit (Meng et al. 2022), one file per step of §3;
+//! - [`memit`]: MEMIT's batched edit over several layers (Meng et al. 2023);
 //! - [`ledger`]: applied edits, reversible in any order, exportable;
-//! - [`linalg`]: the f64 Cholesky solve behind u = C⁻¹k*.
+//! - [`linalg`]: the f64 Cholesky solves behind u = C⁻¹k* and MEMIT's update.
 
 pub mod error;
 pub mod eval;
 pub mod ledger;
 pub mod linalg;
+pub mod memit;
 pub mod rome;
 pub mod stats;
 
 pub use error::{EditError, Result};
-pub use ledger::{Edit, Ledger};
+pub use ledger::{Edit, EditPayload, Ledger};
+pub use memit::MemitHparams;
 pub use rome::{EditRequest, KeyChoice, RomeHparams};
 pub use stats::{LayerStats, StatsOptions};

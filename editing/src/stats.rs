@@ -217,14 +217,27 @@ fn corpus_rows<B: Backend>(
 fn collect_rows<B: Backend>(
     model: &Transformer<B>,
     rows: &[Vec<u32>],
-    mut key: StatsKey,
+    key: StatsKey,
     batch_size: usize,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<LayerStats> {
+    let mut out = collect_layers(model, rows, vec![key], batch_size, progress)?;
+    out.pop()
+        .ok_or_else(|| EditError::Invalid("no statistics collected".into()))
+}
+
+/// Σ k kᵀ of several layers in one pass over `rows` (one key per layer).
+fn collect_layers<B: Backend>(
+    model: &Transformer<B>,
+    rows: &[Vec<u32>],
+    mut keys: Vec<StatsKey>,
+    batch_size: usize,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<Vec<LayerStats>> {
     let n_layers = model.config.n_layers;
-    if key.layer >= n_layers {
+    if let Some(k) = keys.iter().find(|k| k.layer >= n_layers) {
         return Err(EditError::Layer {
-            layer: key.layer,
+            layer: k.layer,
             n_layers,
         });
     }
@@ -233,11 +246,17 @@ fn collect_rows<B: Backend>(
             "the statistics corpus has no text".into(),
         ));
     }
+    let Some(top) = keys.iter().map(|k| k.layer).max() else {
+        return Ok(Vec::new());
+    };
     let planned: u64 = rows.iter().map(|r| r.len() as u64).sum();
     let dim = model.config.d_mlp;
-    let mut sum = vec![0f64; dim * dim];
+    let mut sums = vec![vec![0f64; dim * dim]; keys.len()];
     let mut done = 0u64;
-    let point = HookPoint::block(key.layer, BlockSite::MlpPost);
+    let points: Vec<HookPoint> = keys
+        .iter()
+        .map(|k| HookPoint::block(k.layer, BlockSite::MlpPost))
+        .collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         if !progress(done, planned) {
             return Err(EditError::Cancelled);
@@ -255,40 +274,107 @@ fn collect_rows<B: Backend>(
         };
         for rows in groups {
             let batch = Batch::uniform(&rows)?;
-            let mut keys: Option<Tensor<B, 3>> = None;
-            let mut hook = fn_hook::<B, _>([point], |_, act: &Activation<B>| {
-                keys = act.as_rank3().cloned();
+            let mut seen: Vec<Option<Tensor<B, 3>>> = vec![None; points.len()];
+            let mut hook = fn_hook::<B, _>(points.clone(), |p, act: &Activation<B>| {
+                if let Some(i) = points.iter().position(|q| *q == p) {
+                    seen[i] = act.as_rank3().cloned();
+                }
                 None
             });
             let ctx = model.context(&batch)?;
             let x = model.embed(&batch, &mut hook)?;
-            model.run_blocks(0..key.layer + 1, x, &ctx, &mut hook)?;
+            model.run_blocks(0..top + 1, x, &ctx, &mut hook)?;
             drop(hook);
-            let Some(k) = keys else {
-                return Err(EditError::Invalid(format!("no activation at {point}")));
-            };
-            // [batch, pos, d_mlp] -> [n, d_mlp]; kᵀk: [d_mlp, d_mlp]
-            let [b, s, d] = k.dims();
-            let k = k.reshape([b * s, d]);
-            let outer = k.clone().transpose().matmul(k);
-            let v: Vec<f32> = outer
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .map_err(|e| EditError::Invalid(format!("reading statistics: {e:?}")))?;
-            for (acc, x) in sum.iter_mut().zip(&v) {
-                *acc += f64::from(*x);
+            let mut n = 0;
+            for ((k, sum), point) in seen.into_iter().zip(&mut sums).zip(&points) {
+                let Some(k) = k else {
+                    return Err(EditError::Invalid(format!("no activation at {point}")));
+                };
+                // [batch, pos, d_mlp] -> [n, d_mlp]; kᵀk: [d_mlp, d_mlp]
+                let [b, s, d] = k.dims();
+                n = b * s;
+                let k = k.reshape([b * s, d]);
+                let outer = k.clone().transpose().matmul(k);
+                let v: Vec<f32> = outer
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec()
+                    .map_err(|e| EditError::Invalid(format!("reading statistics: {e:?}")))?;
+                for (acc, x) in sum.iter_mut().zip(&v) {
+                    *acc += f64::from(*x);
+                }
             }
-            done += (b * s) as u64;
+            done += n as u64;
         }
     }
     progress(done, planned);
-    key.tokens = done;
-    Ok(LayerStats {
-        key,
-        dim,
-        sum_outer: sum,
-    })
+    Ok(keys
+        .iter_mut()
+        .zip(sums)
+        .map(|(key, sum)| {
+            key.tokens = done;
+            LayerStats {
+                key: key.clone(),
+                dim,
+                sum_outer: sum,
+            }
+        })
+        .collect())
+}
+
+/// The statistics of every layer in `layers`, each from the cache under `dir`
+/// where it is there; the missing ones are collected together in one pass and
+/// cached. `opts.layer` is ignored. Also says which came from the cache.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_stats_layers<B: Backend>(
+    dir: &Path,
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    text: &str,
+    model_hash: &str,
+    layers: &[usize],
+    opts: &StatsOptions,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<Vec<(LayerStats, bool)>> {
+    let rows = corpus_rows(model, tokenizer, text, opts)?;
+    let planned: u64 = rows.iter().map(|r| r.len() as u64).sum();
+    let corpus = corpus_hash(text);
+    let mut out: Vec<Option<(LayerStats, bool)>> = vec![None; layers.len()];
+    let mut missing = Vec::new();
+    for (i, &layer) in layers.iter().enumerate() {
+        let key = StatsKey {
+            model_hash: model_hash.into(),
+            layer,
+            corpus_hash: corpus.clone(),
+            tokens: planned,
+        };
+        let path = LayerStats::cache_path(dir, &key);
+        if path.is_file() {
+            let stats = LayerStats::load(&path)?;
+            if stats.key != key || stats.dim != model.config.d_mlp {
+                return Err(EditError::StatsMismatch {
+                    what: format!("{:?}", stats.key),
+                    expected: format!("{key:?}"),
+                });
+            }
+            out[i] = Some((stats, true));
+        } else {
+            missing.push((i, key));
+        }
+    }
+    if !missing.is_empty() {
+        let keys = missing.iter().map(|(_, k)| k.clone()).collect();
+        let collected = collect_layers(model, &rows, keys, opts.batch_size, progress)?;
+        for ((i, key), mut stats) in missing.into_iter().zip(collected) {
+            // Cached under the planned count, as `cached_stats` looks it up.
+            stats.key.tokens = key.tokens;
+            stats.save(&LayerStats::cache_path(dir, &stats.key))?;
+            out[i] = Some((stats, false));
+        }
+    }
+    out.into_iter()
+        .map(|o| o.ok_or_else(|| EditError::Invalid("statistics missing".into())))
+        .collect()
 }
 
 /// Load the statistics from the cache under `dir`, or collect and cache them.

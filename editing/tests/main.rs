@@ -12,6 +12,8 @@ use engram_editing::{EditError, Ledger};
 use engram_model::device::Cpu;
 use engram_model::LanguageModel;
 
+mod memit;
+
 fn demo() -> LanguageModel<Cpu> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
     LanguageModel::load(&dir, &Default::default()).expect("demo model")
