@@ -1,14 +1,16 @@
-//! `engram edit` and `engram stats`: ROME from the command line. Finds the
-//! checked-in hyperparameters for a model, the statistics corpus (the demo
-//! corpus for the demo model, otherwise a text file such as WikiText-2), and
-//! the on-disk statistics cache.
+//! `engram edit`, `engram memit` and `engram stats`: ROME and MEMIT from the
+//! command line. Finds the checked-in hyperparameters for a model, the
+//! statistics corpus (the demo corpus for the demo model, otherwise a text file
+//! such as WikiText-2), and the on-disk statistics cache.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use engram_editing::memit::update::LayerMom2;
+use engram_editing::memit::MemitHparams;
 use engram_editing::rome::compute_u::KeyCovariance;
-use engram_editing::rome::RomeHparams;
-use engram_editing::stats::{cached_stats, StatsOptions};
+use engram_editing::rome::{EditRequest, RomeHparams};
+use engram_editing::stats::{cached_stats, cached_stats_layers, StatsOptions};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
 
@@ -208,6 +210,125 @@ pub fn counterfact_cases(path: &Path) -> Result<Vec<engram_editing::eval::EvalCa
             neighborhood: c.neighborhood_prompts,
             neighborhood_target: c.neighborhood_target,
             generation_prompts: c.generation_prompts,
+        })
+        .collect())
+}
+
+/// `--hparams` for MEMIT: a checked-in name, a JSON file, or the model's own.
+pub fn resolve_memit_hparams(model: &Path, given: Option<&str>) -> Result<MemitHparams> {
+    if let Some(g) = given {
+        if let Some(h) = MemitHparams::builtin(g) {
+            return Ok(h);
+        }
+        return MemitHparams::load(Path::new(g)).map_err(Into::into);
+    }
+    let name = model.to_string_lossy().to_lowercase();
+    let guess = if crate::hub::is_demo(model) {
+        "demo"
+    } else if name.contains("smollm2-135m") {
+        "smollm2-135m"
+    } else if name.contains("gpt2-xl") {
+        "gpt2-xl"
+    } else if name.contains("gpt-j-6b") {
+        "gpt-j-6b"
+    } else {
+        bail!(
+            "no checked-in MEMIT hyperparameters for {}: pass --hparams NAME|FILE \
+             (names: demo, smollm2-135m, gpt2-xl, gpt-j-6b)",
+            model.display()
+        )
+    };
+    MemitHparams::builtin(guess).with_context(|| format!("MEMIT hparams {guess}"))
+}
+
+/// What every MEMIT batch with `hp` needs: C of each edited layer (collected
+/// together in one pass where not cached) and MEMIT's context prefixes in groups.
+/// `progress(done, total)` key vectors; false cancels.
+pub fn memit_setup<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &Path,
+    hp: &MemitHparams,
+    corpus: Option<&Path>,
+    max_tokens: usize,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<(Vec<LayerMom2>, Vec<Vec<String>>)> {
+    let (covs, _) = memit_covs(lm, model, hp, corpus, max_tokens, progress)?;
+    let groups = engram_editing::rome::context::context_template_groups(
+        &lm.model,
+        &lm.tokenizer,
+        &engram_editing::rome::context::MEMIT_STARTS,
+        &hp.context_template_length_params,
+        0,
+    )?;
+    Ok((covs, groups))
+}
+
+/// C of each of `hp.layers` (identity without `mom2_adjustment`), and the
+/// corpus's name.
+pub fn memit_covs<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &Path,
+    hp: &MemitHparams,
+    corpus: Option<&Path>,
+    max_tokens: usize,
+    progress: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<(Vec<LayerMom2>, String)> {
+    let d = lm.model.config.d_mlp;
+    if !hp.mom2_adjustment {
+        let covs = hp
+            .layers
+            .iter()
+            .map(|&l| LayerMom2::identity(l, d))
+            .collect();
+        return Ok((covs, "identity".into()));
+    }
+    let (text, name) = corpus_text(model, corpus)?;
+    let hash = crate::lens::model_hash(model)?;
+    let opts = StatsOptions {
+        max_tokens,
+        ..StatsOptions::new(hp.layers[0])
+    };
+    let stats = cached_stats_layers(
+        &stats_dir(),
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        &hash,
+        &hp.layers,
+        &opts,
+        progress,
+    )?;
+    Ok((stats.iter().map(|(s, _)| LayerMom2::new(s)).collect(), name))
+}
+
+/// Edit requests from a file: CounterFact (the requested rewrite: its
+/// `target_new`), or subject/prompt/target records (CSV, JSON, JSONL), where
+/// the prompt contains the subject or `{}`.
+pub fn load_requests(path: &Path) -> Result<Vec<EditRequest>> {
+    let is_cf = !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        && engram_datasets::records::read_json_records(path)?
+            .first()
+            .is_some_and(|v| v.get("requested_rewrite").is_some() || v.get("target_new").is_some());
+    if is_cf {
+        return Ok(counterfact_cases(path)?
+            .into_iter()
+            .map(|c| EditRequest {
+                prompt: c.prompt,
+                subject: c.subject,
+                target: c.target_new,
+            })
+            .collect());
+    }
+    let loaded = engram_datasets::facts::load_user_facts(path, engram_datasets::OnBadRecord::Fail)?;
+    Ok(loaded
+        .records
+        .into_iter()
+        .map(|f| EditRequest {
+            prompt: f.prompt,
+            subject: f.subject,
+            target: f.target,
         })
         .collect())
 }

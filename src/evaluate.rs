@@ -2,13 +2,17 @@
 //! with `--sequential`), score it before and after under its convention's
 //! metric names (`editing::eval`), and collect a row per case.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use engram_editing::eval::{
-    generation_entropy, score_case, score_zsre, EvalCase, NeighbourhoodArgmax, ZsreCase,
+    generation_entropy, rome_score, score_case, score_zsre, EvalCase, NeighbourhoodArgmax, ZsreCase,
 };
+use engram_editing::memit::compute_z::{compute_zs, Z};
+use engram_editing::memit::update::LayerMom2;
+use engram_editing::memit::{apply_memit, MemitHparams};
 use engram_editing::rome::compute_u::KeyCovariance;
 use engram_editing::rome::{rome_edit, EditRequest, RomeHparams};
 use engram_editing::{EditError, Ledger};
@@ -49,6 +53,24 @@ impl BenchCase {
             prompt: prompt.clone(),
             subject: subject.clone(),
             target: target.clone(),
+        }
+    }
+
+    /// The case without the neighbourhood prompts that name a subject in
+    /// `edited` (other than its own): a neighbour that is itself edited is no
+    /// longer a neighbour. Only CounterFact cases have such lists.
+    pub fn without_edited_neighbours(&self, edited: &HashSet<String>) -> BenchCase {
+        match self {
+            Self::CounterFact(c) => {
+                let mut c = c.clone();
+                c.neighborhood.retain(|p| {
+                    !edited
+                        .iter()
+                        .any(|s| *s != c.subject && !s.is_empty() && p.contains(s.as_str()))
+                });
+                Self::CounterFact(c)
+            }
+            other => other.clone(),
         }
     }
 
@@ -155,6 +177,13 @@ pub fn zsre_cases(path: &Path, conv: ZsreConvention) -> Result<Vec<BenchCase>> {
 pub struct EvalOptions {
     pub n: usize,
     pub sequential: bool,
+    /// Skip a case whose subject an earlier case already edits (MEMIT always
+    /// does: one subject's requests share its key, so their targets would be
+    /// averaged). Makes ROME runs select the same cases as MEMIT's.
+    pub distinct_subjects: bool,
+    /// Numbers of edits after which every case edited so far is scored again
+    /// on the model as it then is (the metric-against-edits curve).
+    pub checkpoints: Vec<usize>,
     /// Measure generation entropy (tokens generated per prompt; 0 = off).
     pub fluency_tokens: usize,
     /// A JSON-lines file that receives each case as it finishes; cases already
@@ -212,6 +241,9 @@ fn append(path: &Path, v: &Value) -> Result<()> {
 pub struct EvalOutcome {
     /// One object per evaluated case: identity, metrics, `pre_` metrics, timing.
     pub rows: Vec<Map<String, Value>>,
+    /// One object per checkpoint: `edits`, and the mean of each metric over
+    /// the cases edited so far, scored then.
+    pub curve: Vec<Row>,
     /// Metric columns, in order (post-edit names, then `pre_` names).
     pub metrics: Vec<String>,
     pub skipped: Vec<String>,
@@ -233,6 +265,25 @@ pub fn evaluate<B: Backend>(
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<EvalOutcome> {
     let start = Instant::now();
+    // Sequential runs: neighbours that later cases edit are left out, judged
+    // on the first `n` cases (of distinct subjects where asked).
+    let filtered: Vec<BenchCase>;
+    let cases = if opts.sequential {
+        let mut seen = HashSet::new();
+        let subjects: HashSet<String> = cases
+            .iter()
+            .map(|c| c.request().subject)
+            .filter(|s| !opts.distinct_subjects || seen.insert(s.clone()))
+            .take(opts.n)
+            .collect();
+        filtered = cases
+            .iter()
+            .map(|c| c.without_edited_neighbours(&subjects))
+            .collect();
+        &filtered[..]
+    } else {
+        cases
+    };
     let (mut rows, done_skips) = match &opts.journal {
         Some(_) if opts.sequential => bail!("--journal cannot resume a sequential run"),
         Some(p) => read_journal(p)?,
@@ -248,6 +299,12 @@ pub fn evaluate<B: Backend>(
         .chain(done_skips.iter().map(|(id, _)| *id))
         .collect();
     rows.truncate(opts.n);
+    let mut curve = Vec::new();
+    let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
+    let mut subjects: std::collections::HashSet<String> = rows
+        .iter()
+        .filter_map(|r| r.get("subject").and_then(Value::as_str).map(String::from))
+        .collect();
     let mut metrics: Vec<String> = Vec::new();
     if let Some(first) = rows.first() {
         metrics = first
@@ -267,6 +324,13 @@ pub fn evaluate<B: Backend>(
             break;
         }
         if done.contains(&case.id()) {
+            continue;
+        }
+        if opts.distinct_subjects && !subjects.insert(case.request().subject) {
+            skipped.push(format!(
+                "case {}: its subject is edited by an earlier case",
+                case.id()
+            ));
             continue;
         }
         progress(rows.len(), skipped.len(), start.elapsed().as_secs_f64());
@@ -335,12 +399,370 @@ pub fn evaluate<B: Backend>(
             append(p, &Value::Object(row.clone()))?;
         }
         rows.push(row);
+        if opts.sequential {
+            edited.push((case, pre_nb));
+            if opts.checkpoints.contains(&rows.len()) {
+                curve.push(curve_point(lm, &edited)?);
+            }
+        }
     }
     progress(rows.len(), skipped.len(), start.elapsed().as_secs_f64());
     Ok(EvalOutcome {
+        curve,
         rows,
         metrics,
         skipped,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Score every case in `edited` on the model as it stands: the mean of each
+/// metric, with `edits` the number of cases, and S where ES/PS/NS exist.
+fn curve_point<B: Backend>(
+    lm: &LanguageModel<B>,
+    edited: &[(&BenchCase, NeighbourhoodArgmax)],
+) -> Result<Row> {
+    // (name, sum, count): a case without a measure (NaN, e.g. no neighbours) is left out of its mean.
+    let mut sums: Vec<(&'static str, f64, usize)> = Vec::new();
+    for (case, nb) in edited {
+        let (post, _) = case.score(lm, Some(nb))?;
+        for (name, v) in post {
+            let i = match sums.iter().position(|(n, _, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    sums.push((name, 0.0, 0));
+                    sums.len() - 1
+                }
+            };
+            if v.is_finite() {
+                sums[i].1 += v;
+                sums[i].2 += 1;
+            }
+        }
+    }
+    let mut row = Map::new();
+    row.insert("edits".into(), edited.len().into());
+    for (name, s, n) in &sums {
+        if *n > 0 {
+            row.insert((*name).into(), (s / *n as f64).into());
+        }
+    }
+    let get = |k: &str| row.get(k).and_then(Value::as_f64);
+    if let (Some(es), Some(ps), Some(ns)) = (get("ES"), get("PS"), get("NS")) {
+        row.insert("S".into(), rome_score(es, ps, ns).into());
+    }
+    Ok(row)
+}
+
+/// What MEMIT's evaluation needs besides the cases.
+pub struct MemitSetup<'a> {
+    pub hp: &'a MemitHparams,
+    /// C for each of `hp.layers`, in order.
+    pub covs: &'a [LayerMom2],
+    /// Context prefixes, in MEMIT's groups.
+    pub groups: &'a [Vec<String>],
+    /// Requests per MEMIT batch.
+    pub batch: usize,
+    /// Requests per z optimisation batch.
+    pub z_chunk: usize,
+    /// A JSON-lines cache of computed z vectors: reused when the model, layer,
+    /// optimiser settings, request and the weights' edits match.
+    pub z_cache: Option<PathBuf>,
+    pub model_hash: String,
+}
+
+/// The z cache key of a request on the model as it is (`edits` applied before).
+fn z_key(setup: &MemitSetup<'_>, r: &EditRequest, edits: usize) -> Result<String> {
+    let hp = setup.hp;
+    Ok(engram_editing::stats::corpus_hash(&format!(
+        "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}\u{1}{}\u{1}{}",
+        setup.model_hash,
+        hp.z_layer()?,
+        hp.v_num_grad_steps,
+        hp.v_lr,
+        hp.v_weight_decay,
+        hp.clamp_norm_factor,
+        hp.kl_factor,
+        edits,
+        setup.groups,
+        r.prompt,
+        r.subject,
+        r.target
+    )))
+}
+
+fn read_z_cache(path: &Path) -> Result<std::collections::HashMap<String, Z>> {
+    let mut out = std::collections::HashMap::new();
+    if !path.exists() {
+        return Ok(out);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // A line cut short by an interruption is skipped; it is recomputed.
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            if let (Some(k), Some(z)) = (v.get("key").and_then(Value::as_str), v.get("z")) {
+                if let Ok(z) = serde_json::from_value::<Z>(z.clone()) {
+                    out.insert(k.to_string(), z);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// z for `requests` on the model as it is, through the cache where given.
+fn zs_for<B: Backend>(
+    lm: &LanguageModel<B>,
+    setup: &MemitSetup<'_>,
+    requests: &[EditRequest],
+    edits: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Z>, f64)> {
+    let flat: Vec<String> = setup.groups.iter().flatten().cloned().collect();
+    let cache = match &setup.z_cache {
+        Some(p) => read_z_cache(p)?,
+        None => Default::default(),
+    };
+    let keys: Vec<String> = requests
+        .iter()
+        .map(|r| z_key(setup, r, edits))
+        .collect::<Result<_>>()?;
+    let mut out: Vec<Option<Z>> = keys.iter().map(|k| cache.get(k).cloned()).collect();
+    let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
+    let mut seconds = 0.0;
+    let total = requests.len();
+    for part in missing.chunks(setup.z_chunk.max(1)) {
+        let reqs: Vec<EditRequest> = part.iter().map(|&i| requests[i].clone()).collect();
+        progress(out.iter().filter(|z| z.is_some()).count(), total);
+        let (zs, secs) = compute_zs(lm, &reqs, setup.hp, &flat, setup.z_chunk, &mut |_, _| true)
+            .map_err(|e| remap_index(e, part))?;
+        seconds += secs;
+        for (&i, z) in part.iter().zip(zs) {
+            if let Some(p) = &setup.z_cache {
+                append(p, &serde_json::json!({"key": keys[i], "z": z}))?;
+            }
+            out[i] = Some(z);
+        }
+    }
+    progress(total, total);
+    Ok((out.into_iter().flatten().collect(), seconds))
+}
+
+/// A bad request's index within a sub-batch, as its index in the whole batch.
+fn remap_index(e: EditError, part: &[usize]) -> anyhow::Error {
+    match e {
+        EditError::BadRequest {
+            index,
+            subject,
+            source,
+        } => EditError::BadRequest {
+            index: part.get(index).copied().unwrap_or(index),
+            subject,
+            source,
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+/// Evaluate MEMIT on up to `opts.n` usable cases, `setup.batch` requests per
+/// batch: each batch on fresh weights, or applied cumulatively with
+/// `opts.sequential`. A case is scored after its batch is in. Without
+/// `sequential`, each checkpoint N below the batch size is a MEMIT batch of the
+/// first N cases (their z reused), scored and removed.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_memit<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    ledger: &mut Ledger<B>,
+    cases: &[BenchCase],
+    setup: &MemitSetup<'_>,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<EvalOutcome> {
+    let start = Instant::now();
+    if opts.journal.is_some() {
+        bail!("--journal is for ROME; MEMIT resumes through --z-cache");
+    }
+    // Usable cases: the request is well formed, its target is not already the
+    // answer, and no earlier case edits its subject.
+    let mut skipped = Vec::new();
+    let mut chosen: Vec<&BenchCase> = Vec::new();
+    let mut asked: std::collections::HashMap<String, u64> = Default::default();
+    let mut requests: Vec<EditRequest> = Vec::new();
+    for case in cases {
+        if chosen.len() >= opts.n {
+            break;
+        }
+        let r = case.request();
+        if let Err(e) = engram_editing::memit::check_batch(lm, std::slice::from_ref(&r)) {
+            let e = match e {
+                EditError::BadRequest { source, .. } => *source,
+                other => other,
+            };
+            skipped.push(format!("case {}: {e}", case.id()));
+            continue;
+        }
+        if let Some(id) = asked.get(&r.subject) {
+            skipped.push(format!(
+                "case {}: its subject is edited by case {id} (one key, so MEMIT would average their targets)",
+                case.id()
+            ));
+            continue;
+        }
+        let ids = lm.target_tokens(&r.prompt, &r.target)?;
+        let top = lm.top_k(&r.prompt, 1)?;
+        if ids.len() == 1 && top.first().map(|t| t.id) == Some(ids[0]) {
+            skipped.push(format!(
+                "case {}: {}",
+                case.id(),
+                EditError::TargetIsCurrent {
+                    prompt: r.prompt.clone(),
+                    target: r.target.clone()
+                }
+            ));
+            continue;
+        }
+        asked.insert(r.subject.clone(), case.id());
+        chosen.push(case);
+        requests.push(r);
+    }
+    // Neighbours that the run itself edits are left out.
+    let subjects: HashSet<String> = requests.iter().map(|r| r.subject.clone()).collect();
+    let owned: Vec<BenchCase> = chosen
+        .iter()
+        .map(|c| c.without_edited_neighbours(&subjects))
+        .collect();
+    let chosen: Vec<&BenchCase> = owned.iter().collect();
+    let warnings = engram_editing::memit::check_batch(lm, &requests)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let batch = setup.batch.max(1);
+    let mut rows = Vec::new();
+    let mut curve = Vec::new();
+    let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
+    let mut metrics: Vec<String> = Vec::new();
+    let mut applied = 0usize;
+    for (b, (cases_b, reqs_b)) in chosen.chunks(batch).zip(requests.chunks(batch)).enumerate() {
+        progress(&format!(
+            "batch {} of {}: scoring before",
+            b + 1,
+            chosen.len().div_ceil(batch)
+        ));
+        let mut pre = Vec::with_capacity(cases_b.len());
+        for c in cases_b {
+            pre.push(c.score(lm, None)?);
+        }
+        let (zs, z_seconds) = zs_for(lm, setup, reqs_b, applied, &mut |d, t| {
+            progress(&format!("batch {}: z {d}/{t}", b + 1))
+        })?;
+        // Checkpoints inside a single fresh batch: the first N cases alone.
+        if !opts.sequential {
+            for &n in opts.checkpoints.iter().filter(|&&n| n < cases_b.len()) {
+                progress(&format!("checkpoint {n}"));
+                let out = apply_memit(
+                    lm,
+                    ledger,
+                    &reqs_b[..n],
+                    &zs[..n],
+                    setup.hp,
+                    setup.covs,
+                    setup.groups,
+                    &mut |_, _| true,
+                )?;
+                let firsts: Vec<(&BenchCase, NeighbourhoodArgmax)> = cases_b[..n]
+                    .iter()
+                    .zip(&pre)
+                    .map(|(c, (_, nb))| (*c, nb.clone()))
+                    .collect();
+                curve.push(curve_point(lm, &firsts)?);
+                ledger.remove(&mut lm.model, first_id(&out)?)?;
+            }
+        }
+        progress(&format!("batch {}: solving", b + 1));
+        let out = apply_memit(
+            lm,
+            ledger,
+            reqs_b,
+            &zs,
+            setup.hp,
+            setup.covs,
+            setup.groups,
+            &mut |_, _| true,
+        )?;
+        applied += reqs_b.len();
+        let per_case = (z_seconds + out.keys_seconds + out.solve_seconds) / reqs_b.len() as f64;
+        for ((case, (pre_m, pre_nb)), z) in cases_b.iter().zip(pre).zip(&zs) {
+            let (post, _) = case.score(lm, Some(&pre_nb))?;
+            let request = case.request();
+            let mut row = Map::new();
+            row.insert("case_id".into(), case.id().into());
+            row.insert("subject".into(), request.subject.into());
+            row.insert("prompt".into(), request.prompt.into());
+            row.insert("target_new".into(), request.target.into());
+            row.insert("target_true".into(), case.target_true().into());
+            row.insert(
+                "edits_applied".into(),
+                (if opts.sequential {
+                    applied
+                } else {
+                    reqs_b.len()
+                })
+                .into(),
+            );
+            for (name, v) in &post {
+                row.insert((*name).into(), (*v).into());
+            }
+            for (name, v) in &pre_m {
+                row.insert(format!("pre_{name}"), (*v).into());
+            }
+            row.insert("edit_seconds".into(), per_case.into());
+            row.insert("v_steps".into(), z.steps.len().into());
+            if metrics.is_empty() {
+                metrics = post.iter().map(|(n, _)| n.to_string()).collect();
+                metrics.extend(pre_m.iter().map(|(n, _)| format!("pre_{n}")));
+            }
+            rows.push(row);
+            edited.push((case, pre_nb));
+        }
+        eprintln!(
+            "batch {}: {} requests, z {:.1} s, keys {:.1} s, solve {:.1} s, residual {:?}",
+            b + 1,
+            reqs_b.len(),
+            z_seconds,
+            out.keys_seconds,
+            out.solve_seconds,
+            out.residual_norms
+        );
+        if opts.sequential {
+            if opts
+                .checkpoints
+                .iter()
+                .any(|&n| n <= applied && n > applied - reqs_b.len())
+            {
+                curve.push(curve_point(lm, &edited)?);
+            }
+        } else {
+            if opts.checkpoints.contains(&reqs_b.len()) {
+                let firsts = &edited[edited.len() - reqs_b.len()..];
+                curve.push(curve_point(lm, firsts)?);
+            }
+            ledger.remove(&mut lm.model, first_id(&out)?)?;
+        }
+    }
+    Ok(EvalOutcome {
+        rows,
+        curve,
+        metrics,
+        skipped,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn first_id(out: &engram_editing::memit::MemitOutcome) -> Result<usize> {
+    out.ids
+        .first()
+        .copied()
+        .context("the MEMIT batch has no layers")
 }

@@ -18,6 +18,7 @@ pub mod edit;
 pub mod evaluate;
 pub mod hub;
 pub mod lens;
+pub mod memit;
 pub mod memories;
 pub mod patch;
 pub mod probe;

@@ -61,6 +61,8 @@ enum Command {
     Patch(PatchArgs),
     /// ROME: rewrite one fact (never the checkpoint on disk); optionally export the ledger.
     Edit(EditArgs),
+    /// MEMIT: rewrite a batch of facts over several layers; optionally export the ledger or save.
+    Memit(MemitArgs),
     /// Edit each case on fresh weights and score it (CounterFact conventions; stored as a run).
     Eval(EvalArgs),
     /// Linear probes per layer with control tasks; stored as a `probe` run with its figure (CPU).
@@ -259,6 +261,17 @@ enum RunsCommand {
         #[arg(long)]
         fact: Option<String>,
     },
+    /// Metric against number of edits: each eval run's `curve` table as one
+    /// series (named by its method), one figure per metric (edits-ES.png, …).
+    Curve {
+        ids: Vec<String>,
+        /// The directory for the figures.
+        #[arg(long)]
+        out: PathBuf,
+        /// Metrics to draw.
+        #[arg(long, value_delimiter = ',', default_value = "ES,PS,NS,S")]
+        metrics: Vec<String>,
+    },
     /// Metric summaries of two runs side by side.
     Compare {
         a: String,
@@ -375,16 +388,36 @@ struct EvalArgs {
     /// Evaluate this many usable cases (cases the edit refuses are skipped and counted).
     #[arg(long, default_value_t = 50)]
     n: usize,
-    #[arg(long, default_value = "rome")]
-    method: String,
+    /// rome (ROME's code: the plain prompt's key in the update), r-rome (the
+    /// consistent key, Gupta et al. 2024) or memit.
+    #[arg(long, value_enum, default_value = "r-rome")]
+    method: MethodArg,
     #[arg(long)]
     hparams: Option<String>,
-    /// The update's key: consistent (r-ROME) or original (ROME's code).
-    #[arg(long, value_enum, default_value = "consistent")]
-    key: KeyArg,
-    /// Keep every edit applied (sequential editing) instead of reverting after each case.
+    /// ROME's key, overriding the one --method implies.
+    #[arg(long, value_enum)]
+    key: Option<KeyArg>,
+    /// Keep every edit applied (sequential editing) instead of reverting after
+    /// each case; with memit, batches are applied cumulatively.
     #[arg(long)]
     sequential: bool,
+    /// Skip cases whose subject an earlier case edits (MEMIT always does), so
+    /// that ROME runs take the same cases as MEMIT runs.
+    #[arg(long)]
+    distinct_subjects: bool,
+    /// MEMIT: requests per batch (default: all --n cases in one batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Numbers of edits at which every case edited so far is scored again
+    /// (the metric-against-edits curve), e.g. 1,10,50,100,200.
+    #[arg(long, value_delimiter = ',')]
+    checkpoints: Vec<usize>,
+    /// MEMIT: requests per z optimisation batch.
+    #[arg(long, default_value_t = 16)]
+    z_chunk: usize,
+    /// MEMIT: a JSON-lines cache of z vectors, reused by later runs.
+    #[arg(long)]
+    z_cache: Option<PathBuf>,
     #[arg(long)]
     corpus: Option<PathBuf>,
     #[arg(long, default_value_t = 100_000)]
@@ -477,6 +510,62 @@ struct RunArgs {
     json: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MethodArg {
+    Rome,
+    RRome,
+    Memit,
+}
+
+impl MethodArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rome => "rome",
+            Self::RRome => "r-rome",
+            Self::Memit => "memit",
+        }
+    }
+}
+
+#[derive(Args)]
+struct MemitArgs {
+    model: PathBuf,
+    /// Requests: CounterFact JSON (its requested rewrites) or subject/prompt/target
+    /// records (CSV with a header, JSON, JSON lines).
+    #[arg(long)]
+    requests: PathBuf,
+    /// Use the first N requests.
+    #[arg(long)]
+    n: Option<usize>,
+    /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, gpt-j-6b) or a JSON file.
+    #[arg(long)]
+    hparams: Option<String>,
+    /// Edit these layers instead of the hyperparameters' (comma-separated, increasing).
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// λ, the weight of the key statistics.
+    #[arg(long)]
+    lambda: Option<f64>,
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 100_000)]
+    stats_tokens: usize,
+    /// Requests per z optimisation batch.
+    #[arg(long, default_value_t = 16)]
+    z_chunk: usize,
+    /// Show the top answers before and after for this many requests.
+    #[arg(long, default_value_t = 5)]
+    show: usize,
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    #[arg(long)]
+    save: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    device: engram::model::DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum KeyArg {
     Consistent,
@@ -511,6 +600,28 @@ impl From<DtypeArg> for Dtype {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// MEMIT: the time for N edits in one batch, split into z, keys and solve.
+    Memit {
+        model: PathBuf,
+        /// Requests: CounterFact JSON or subject/prompt/target records (default for
+        /// the demo model: its facts, each edited to another answer).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long)]
+        hparams: Option<String>,
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        stats_tokens: usize,
+        #[arg(long, default_value_t = 16)]
+        z_chunk: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
     /// ROME: key-statistics throughput (key vectors/s) and edit latency with statistics in memory.
     Edit {
         model: PathBuf,
@@ -664,6 +775,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, EvalJob(args))
         }
+        Command::Memit(args) => {
+            let (device, dtype) = (args.device, args.dtype.into());
+            with_backend(device, dtype, MemitJob(args))
+        }
         Command::Patch(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
             with_backend(device, dtype, PatchJob(args))
@@ -697,6 +812,12 @@ fn dispatch(cli: Cli) -> Result<()> {
                     table,
                     fact,
                 } => engram::runs::plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
+                RunsCommand::Curve { ids, out, metrics } => {
+                    for p in engram::runs::curve(&store, &ids, &metrics, &out)? {
+                        println!("figure {}", p.display());
+                    }
+                    Ok(())
+                }
                 RunsCommand::Compare { a, b, table } => {
                     engram::runs::compare(&store, &a, &b, table.as_deref())
                 }
@@ -743,6 +864,30 @@ fn dispatch(cli: Cli) -> Result<()> {
                     },
                     samples,
                     json,
+                    label: format!("{device} {:?}", Dtype::from(dtype)),
+                },
+            ),
+            BenchCommand::Memit {
+                model,
+                data,
+                n,
+                hparams,
+                corpus,
+                stats_tokens,
+                z_chunk,
+                device,
+                dtype,
+            } => with_backend(
+                device,
+                dtype.into(),
+                MemitBenchJob {
+                    model,
+                    data,
+                    n,
+                    hparams,
+                    corpus,
+                    stats_tokens,
+                    z_chunk,
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
             ),
@@ -1157,6 +1302,153 @@ impl BackendJob for EditJob {
     }
 }
 
+struct MemitJob(MemitArgs);
+
+impl BackendJob for MemitJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::editing::Ledger;
+        use engram::memit::{memit_batch, MemitRun};
+        let a = self.0;
+        if let Some(out) = a.save.as_ref().filter(|o| o.exists()) {
+            bail!(
+                "--save {}: already exists; saving never overwrites",
+                out.display()
+            );
+        }
+        let mut requests = engram::edit::load_requests(&a.requests)?;
+        if let Some(n) = a.n {
+            requests.truncate(n);
+        }
+        let mut lm = load::<B>(&a.model, &device)?;
+        let mut hp = engram::edit::resolve_memit_hparams(&a.model, a.hparams.as_deref())?;
+        if !a.layers.is_empty() {
+            hp.layers = a.layers.clone();
+        }
+        if let Some(l) = a.lambda {
+            hp.mom2_update_weight = l;
+        }
+        let shown: Vec<_> = requests.iter().take(a.show).cloned().collect();
+        let show = |lm: &LanguageModel<B>, when: &str| -> Result<()> {
+            for r in &shown {
+                let top = lm.top_k(&r.prompt, 3)?;
+                let cells: Vec<String> = top
+                    .iter()
+                    .map(|t| format!("{:?} {:.4}", t.token, t.prob))
+                    .collect();
+                println!("{when:>6}  {:?} -> {}", r.prompt, cells.join(", "));
+            }
+            Ok(())
+        };
+        show(&lm, "before")?;
+        let mut ledger = Ledger::new(engram::lens::model_hash(&a.model)?);
+        let run = MemitRun {
+            model: &a.model,
+            hp: &hp,
+            corpus: a.corpus.as_deref(),
+            stats_tokens: a.stats_tokens,
+            z_chunk: a.z_chunk,
+        };
+        let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
+        show(&lm, "after")?;
+        println!(
+            "MEMIT: {} requests over layers {:?} (λ {}): mean |z - h| {}",
+            requests.len(),
+            hp.layers,
+            hp.mom2_update_weight,
+            out.residual_norms
+                .iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+        println!(
+            "time: statistics {:.1} s, z {:.1} s, keys {:.1} s, solve {:.1} s, total {:.1} s",
+            t.stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
+        );
+        if let Some(path) = &a.ledger {
+            ledger.export(path)?;
+            println!("ledger written to {}", path.display());
+        }
+        if let Some(out) = &a.save {
+            let path = ledger.save(&lm, out)?;
+            println!("edited model saved as {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+struct MemitBenchJob {
+    model: PathBuf,
+    data: Option<PathBuf>,
+    n: usize,
+    hparams: Option<String>,
+    corpus: Option<PathBuf>,
+    stats_tokens: usize,
+    z_chunk: usize,
+    label: String,
+}
+
+impl BackendJob for MemitBenchJob {
+    type Output = ();
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram::editing::Ledger;
+        use engram::memit::{bench_requests, memit_batch, MemitRun};
+        let requests = bench_requests(&self.model, self.data.as_ref(), self.n)?;
+        let mut lm = load::<B>(&self.model, &device)?;
+        let hp = engram::edit::resolve_memit_hparams(&self.model, self.hparams.as_deref())?;
+        let mut ledger = Ledger::new(engram::lens::model_hash(&self.model)?);
+        let run = MemitRun {
+            model: &self.model,
+            hp: &hp,
+            corpus: self.corpus.as_deref(),
+            stats_tokens: self.stats_tokens,
+            z_chunk: self.z_chunk,
+        };
+        let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
+        let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;
+        println!(
+            "bench memit on {} ({}): {} edits in one batch over layers {:?}, z in chunks of {}",
+            self.model.display(),
+            self.label,
+            t.requests,
+            hp.layers,
+            self.z_chunk
+        );
+        println!(
+            "  statistics (cached or collected): {:>9.1} s",
+            t.stats_seconds
+        );
+        println!(
+            "  z (v* optimisation, batched):     {:>9.1} s  ({:.2} s per edit, {:.0}%)",
+            t.z_seconds,
+            t.z_seconds / t.requests.max(1) as f64,
+            100.0 * t.z_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  keys and residuals:               {:>9.1} s  ({:.0}%)",
+            t.keys_seconds,
+            100.0 * t.keys_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  solve (f64 Cholesky, {} layers):   {:>9.1} s  ({:.0}%)",
+            hp.layers.len(),
+            t.solve_seconds,
+            100.0 * t.solve_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  edit total (z + keys + solve):    {:>9.1} s  ({:.2} s per edit)",
+            edit,
+            edit / t.requests.max(1) as f64
+        );
+        println!(
+            "  mean |z - h| before and after each layer: {:?}",
+            out.residual_norms
+        );
+        Ok(())
+    }
+}
+
 struct EditBenchJob {
     model: PathBuf,
     prompt: Option<String>,
@@ -1263,10 +1555,13 @@ impl BackendJob for EvalJob {
         use engram::datasets::summary::mean_ci;
         use engram::editing::eval::rome_score;
         use engram::editing::Ledger;
-        use engram::evaluate::{evaluate, zsre_cases, BenchCase, EvalOptions, ZsreConvention};
+        use engram::evaluate::{
+            evaluate, evaluate_memit, zsre_cases, BenchCase, EvalOptions, MemitSetup,
+            ZsreConvention,
+        };
         let a = self.0;
-        if a.method != "rome" {
-            bail!("--method {}: only rome is built so far", a.method);
+        if a.method != MethodArg::Memit && (a.batch.is_some() || a.z_cache.is_some()) {
+            bail!("--batch and --z-cache are for --method memit");
         }
         let conv = match a.convention {
             ConventionArg::Rome => ZsreConvention::Rome,
@@ -1277,8 +1572,6 @@ impl BackendJob for EvalJob {
             BenchArg::Zsre => "zsre",
         };
         let mut lm = load::<B>(&a.model, &device)?;
-        let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
-        hp.key = a.key.into();
         let cf = |v: Vec<engram::editing::eval::EvalCase>| -> Vec<BenchCase> {
             v.into_iter().map(BenchCase::CounterFact).collect()
         };
@@ -1293,32 +1586,80 @@ impl BackendJob for EvalJob {
                 a.model.display()
             ),
         };
-        let (cov, templates) =
-            engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
         let hash = engram::lens::model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
         let opts = EvalOptions {
             n: a.n,
             sequential: a.sequential,
-            fluency_tokens: a
-                .fluency_tokens
-                .unwrap_or(if a.sequential { 100 } else { 0 }),
+            checkpoints: a.checkpoints.clone(),
+            distinct_subjects: a.distinct_subjects || a.method == MethodArg::Memit,
+            fluency_tokens: a.fluency_tokens.unwrap_or(
+                if a.sequential && a.method != MethodArg::Memit {
+                    100
+                } else {
+                    0
+                },
+            ),
             journal: a.journal.clone(),
         };
         let n = a.n;
-        let out = evaluate(
-            &mut lm,
-            &mut ledger,
-            &cases,
-            &hp,
-            &cov,
-            &templates,
-            &opts,
-            &mut |done, skipped, secs| {
-                eprint!("\r{done} of {n} cases evaluated, {skipped} skipped, {secs:.0} s")
-            },
-        )?;
-        eprintln!();
+        let (out, hparams, stats_tokens) = if a.method == MethodArg::Memit {
+            if opts.fluency_tokens > 0 {
+                bail!("--fluency-tokens is measured for ROME runs only so far");
+            }
+            let hp = engram::edit::resolve_memit_hparams(&a.model, a.hparams.as_deref())?;
+            let layers = hp.layers.clone();
+            let (covs, groups) = engram::edit::memit_setup(
+                &lm,
+                &a.model,
+                &hp,
+                a.corpus.as_deref(),
+                a.stats_tokens,
+                &mut |done, total| {
+                    eprint!("\rlayers {layers:?} statistics: {done}/{total} key vectors");
+                    true
+                },
+            )?;
+            eprintln!();
+            let setup = MemitSetup {
+                hp: &hp,
+                covs: &covs,
+                groups: &groups,
+                batch: a.batch.unwrap_or(a.n),
+                z_chunk: a.z_chunk,
+                z_cache: a.z_cache.clone(),
+                model_hash: hash.clone(),
+            };
+            let start = std::time::Instant::now();
+            let out = evaluate_memit(&mut lm, &mut ledger, &cases, &setup, &opts, &mut |what| {
+                eprintln!("[{:.0} s] {what}", start.elapsed().as_secs_f64())
+            })?;
+            let tokens = covs.first().map_or(0, |c| c.tokens);
+            (out, serde_json::to_value(&hp)?, tokens)
+        } else {
+            let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+            hp.key = match (a.key, a.method) {
+                (Some(k), _) => k.into(),
+                (None, MethodArg::Rome) => engram::editing::KeyChoice::Original,
+                (None, _) => engram::editing::KeyChoice::Consistent,
+            };
+            let (cov, templates) =
+                engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
+            let out = evaluate(
+                &mut lm,
+                &mut ledger,
+                &cases,
+                &hp,
+                &cov,
+                &templates,
+                &opts,
+                &mut |done, skipped, secs| {
+                    eprint!("\r{done} of {n} cases evaluated, {skipped} skipped, {secs:.0} s")
+                },
+            )?;
+            eprintln!();
+            (out, serde_json::to_value(&hp)?, cov.tokens)
+        };
         if out.rows.is_empty() {
             bail!("no case could be edited ({} skipped)", out.skipped.len());
         }
@@ -1376,13 +1717,16 @@ impl BackendJob for EvalJob {
             model: a.model.display().to_string(),
             model_hash: hash,
             hyperparameters: serde_json::json!({
-                "method": "rome",
+                "method": a.method.name(),
                 "benchmark": bench,
                 "conventions": conventions,
-                "hparams": hp,
+                "hparams": hparams,
                 "sequential": a.sequential,
+                "batch": a.batch,
+                "checkpoints": a.checkpoints,
+                "distinct_subjects": opts.distinct_subjects,
                 "fluency_tokens": opts.fluency_tokens,
-                "stats_tokens": cov.tokens,
+                "stats_tokens": stats_tokens,
                 "skipped": out.skipped,
                 "S": score,
             }),
@@ -1403,6 +1747,25 @@ impl BackendJob for EvalJob {
         let run = store.create("eval", params)?;
         run.write_rows("cases", &out.rows)?;
         run.write_rows("summary", &summary)?;
+        if !out.curve.is_empty() {
+            for c in &out.curve {
+                println!(
+                    "after {:>5} edits: {}",
+                    c.get("edits")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0),
+                    ["ES", "PS", "NS", "S"]
+                        .iter()
+                        .filter_map(|m| c
+                            .get(*m)
+                            .and_then(serde_json::Value::as_f64)
+                            .map(|v| format!("{m} {v:.4}")))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                );
+            }
+            run.write_rows("curve", &out.curve)?;
+        }
         let info = run.finish()?;
         println!(
             "run {} in {}",

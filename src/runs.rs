@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use engram_datasets::figures::{
-    effect_lines, lens_grid, metric_bars, trace_heatmaps, CurvePoint, LensCell, MetricBar,
-    TraceCell,
+    curves_over, effect_lines, lens_grid, metric_bars, trace_heatmaps, CurvePoint, LensCell,
+    MetricBar, TraceCell,
 };
 use engram_datasets::polars::prelude::DataFrame;
 use engram_datasets::store::write_csv;
@@ -226,4 +226,75 @@ pub fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Resul
         );
     }
     Ok(())
+}
+
+/// Metric against number of edits: each run's `curve` table (from `engram eval
+/// --checkpoints`) as a series named by its method (and `sequential` where
+/// set), one figure per metric, `out/edits-<metric>.png`. Returns the paths.
+pub fn curve(
+    store: &RunStore,
+    ids: &[String],
+    metrics: &[String],
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
+    if ids.is_empty() {
+        bail!("name at least one eval run");
+    }
+    let mut series: Vec<(String, Vec<serde_json::Map<String, serde_json::Value>>)> = Vec::new();
+    for id in ids {
+        let run = store.find(id)?;
+        if !run.tables.iter().any(|t| t == "curve") {
+            bail!(
+                "run {} has no curve table: run `engram eval` with --checkpoints",
+                run.id
+            );
+        }
+        let rows = from_frame(&store.read_table(&run, "curve")?)?;
+        let h = &run.params.hyperparameters;
+        let method = h
+            .get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let batch = h.get("batch").and_then(|b| b.as_u64());
+        let name = match (h.get("sequential").and_then(|s| s.as_bool()), batch) {
+            (Some(true), Some(b)) => format!("{method} (batches of {b})"),
+            (Some(true), None) => format!("{method} (sequential)"),
+            _ => method,
+        };
+        series.push((name, rows));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut paths = Vec::new();
+    for metric in metrics {
+        let points: Vec<CurvePoint> = series
+            .iter()
+            .flat_map(|(name, rows)| {
+                rows.iter().filter_map(move |r| {
+                    let x = r.get("edits")?.as_i64()?;
+                    let y = r.get(metric.as_str())?.as_f64()?;
+                    Some(CurvePoint {
+                        series: name.clone(),
+                        layer: x,
+                        mean: y,
+                        ci_low: y,
+                        ci_high: y,
+                    })
+                })
+            })
+            .collect();
+        if points.is_empty() {
+            bail!("no run's curve has {metric}");
+        }
+        let path = out.join(format!("edits-{metric}.png"));
+        curves_over(
+            &points,
+            &format!("{metric} against edits applied"),
+            "edits applied",
+            metric,
+            &path,
+        )?;
+        paths.push(path);
+    }
+    Ok(paths)
 }

@@ -268,11 +268,23 @@ pub fn effect_lines(points: &[CurvePoint], y_desc: &str, path: &Path) -> Result<
 /// accuracy, control and selectivity). Series other than mlp/attn take
 /// colours from a fixed palette in order of appearance.
 pub fn curve_lines(points: &[CurvePoint], title: &str, y_desc: &str, path: &Path) -> Result<()> {
+    curves_over(points, title, "layer", y_desc, path)
+}
+
+/// [`curve_lines`] over any integer x (`CurvePoint::layer`), named `x_desc`,
+/// e.g. the number of edits applied.
+pub fn curves_over(
+    points: &[CurvePoint],
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    path: &Path,
+) -> Result<()> {
     if points.is_empty() {
         return Err(DatasetError::Figure("no points to draw".into()));
     }
     render!(path, (720, 440), |root| draw_lines(
-        &root, points, title, y_desc
+        &root, points, title, x_desc, y_desc
     ))
 }
 
@@ -293,6 +305,7 @@ fn draw_lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     points: &[CurvePoint],
     title: &str,
+    x_desc: &str,
     y_desc: &str,
 ) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
@@ -323,7 +336,7 @@ fn draw_lines<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .light_line_style(WHITE)
-        .x_desc("layer")
+        .x_desc(x_desc)
         // One tick per layer up to 12, so that no label repeats.
         .x_labels((max_layer as usize + 1).min(13))
         .x_label_formatter(&|v| format!("{}", v.round() as i64))
