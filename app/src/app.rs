@@ -61,6 +61,7 @@ pub struct Results {
     pub facts: Option<FactReport>,
     pub trace: Option<TraceView>,
     pub edit: Option<EditView>,
+    pub batch: Option<crate::editor::BatchView>,
     pub memories: Option<MemoriesView>,
     pub triggers: Option<TriggersView>,
     pub attribution: Option<AttributionView>,
@@ -198,6 +199,11 @@ impl EngramApp {
     /// The last edit's before/after view.
     pub fn last_edit(&self) -> Option<&EditView> {
         self.results.edit.as_ref()
+    }
+
+    /// The last MEMIT batch.
+    pub fn last_batch(&self) -> Option<&crate::editor::BatchView> {
+        self.results.batch.as_ref()
     }
 
     /// The edit ledger as last reported by the worker.
@@ -476,6 +482,11 @@ impl EngramApp {
             Reply::Edited(e) => {
                 self.results.ledger = e.ledger.clone();
                 self.results.edit = Some(*e);
+                self.weights_changed();
+            }
+            Reply::Batch(b) => {
+                self.results.ledger = b.ledger.clone();
+                self.results.batch = Some(*b);
                 self.weights_changed();
             }
             Reply::Ledger(l) => {

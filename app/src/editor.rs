@@ -1,10 +1,14 @@
-//! The model side of the Edit panel: ROME edits (Meng et al. 2022) through the
-//! `engram-editing` ledger, before/after probes of the prompt, paraphrases and
-//! neighbourhood prompts, ledger toggles and saving. Runs on the worker thread.
+//! The model side of the Edit panel: ROME edits (Meng et al. 2022) and MEMIT
+//! batches (Meng et al. 2023) through the `engram-editing` ledger, before/after
+//! probes of the prompt, paraphrases and neighbourhood prompts, ledger toggles
+//! and saving. Runs on the worker thread.
 
 use std::path::{Path, PathBuf};
 
 use engram::editing::eval::teacher_force;
+use engram::editing::memit::compute_z::compute_zs;
+use engram::editing::memit::update::LayerMom2;
+use engram::editing::memit::{apply_memit, check_batch, MemitHparams};
 use engram::editing::rome::compute_u::KeyCovariance;
 use engram::editing::rome::compute_v::VStep;
 use engram::editing::rome::{rome_edit, EditRequest, KeyChoice, RomeHparams};
@@ -33,6 +37,11 @@ pub struct EditSettings {
     pub stats_tokens: usize,
     /// Where "Save as new model" writes.
     pub save_to: String,
+    /// MEMIT batch: one request per line, `subject | prompt | target`.
+    pub batch: String,
+    /// MEMIT batch from a file instead (CSV/JSON/JSONL of subject, prompt,
+    /// target, or CounterFact); used when not empty.
+    pub batch_file: String,
 }
 
 impl Default for EditSettings {
@@ -49,6 +58,11 @@ impl Default for EditSettings {
             corpus: String::new(),
             stats_tokens: 100_000,
             save_to: String::new(),
+            batch: "Quinford Belvale | Quinford Belvale lives in the city of | Belmoth\n\
+                    Quinford Salin | Quinford Salin speaks the language | Velari\n\
+                    Zusin Belvale | Zusin Belvale works as a | poet"
+                .into(),
+            batch_file: String::new(),
         }
     }
 }
@@ -150,6 +164,58 @@ pub struct LedgerEntry {
 
 pub type LedgerView = Vec<LedgerEntry>;
 
+/// One request of a MEMIT batch before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRow {
+    pub request: EditRequest,
+    pub before_top: (String, f32),
+    pub after_top: (String, f32),
+    pub before_target: f32,
+    pub after_target: f32,
+}
+
+/// A finished MEMIT batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchView {
+    /// The ledger batch; `ids` are its entries (one per layer).
+    pub batch: usize,
+    pub ids: Vec<usize>,
+    pub layers: Vec<usize>,
+    pub lambda: f64,
+    pub rows: Vec<BatchRow>,
+    pub warnings: Vec<String>,
+    /// Mean |z − h| before each layer and after the last.
+    pub residual_norms: Vec<f32>,
+    pub z_seconds: f64,
+    pub keys_seconds: f64,
+    pub solve_seconds: f64,
+    pub ledger: LedgerView,
+}
+
+/// `subject | prompt | target` lines as requests; a bad line is named.
+pub fn parse_batch(text: &str) -> Result<Vec<EditRequest>, JobError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let parts: Vec<&str> = l.split('|').map(str::trim).collect();
+            match parts.as_slice() {
+                [subject, prompt, target] if !subject.is_empty() && !prompt.is_empty() => {
+                    Ok(EditRequest {
+                        prompt: prompt.to_string(),
+                        subject: subject.to_string(),
+                        target: target.to_string(),
+                    })
+                }
+                _ => Err(failed(format!(
+                    "batch line {}: expected `subject | prompt | target`, got {l:?}",
+                    i + 1
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// A finished edit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EditView {
@@ -181,7 +247,15 @@ pub struct EditState<B: Backend> {
     /// (layer, corpus, tokens) → C factorised.
     cov: Option<((usize, String, usize), KeyCovariance)>,
     templates: Option<Vec<String>>,
+    /// MEMIT: (layers, corpus, tokens) → C per layer, and the template groups.
+    memit: Option<MemitCache>,
 }
+
+type MemitCache = (
+    (Vec<usize>, String, usize),
+    Vec<LayerMom2>,
+    Vec<Vec<String>>,
+);
 
 impl<B: Backend> Default for EditState<B> {
     fn default() -> Self {
@@ -189,6 +263,7 @@ impl<B: Backend> Default for EditState<B> {
             ledger: None,
             cov: None,
             templates: None,
+            memit: None,
         }
     }
 }
@@ -401,6 +476,125 @@ impl<B: Backend> EditState<B> {
         })
     }
 
+    /// Check, compute and apply a MEMIT batch, probing each request's prompt
+    /// before and after.
+    pub fn memit(
+        &mut self,
+        lm: &mut LanguageModel<B>,
+        form: &EditSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<BatchView, JobError> {
+        let requests = if form.batch_file.trim().is_empty() {
+            parse_batch(&form.batch)?
+        } else {
+            engram::edit::load_requests(std::path::Path::new(form.batch_file.trim()))
+                .map_err(|e| failed(format!("{e:#}")))?
+        };
+        if requests.is_empty() {
+            return Err(failed("the batch has no requests"));
+        }
+        let warnings = check_batch(lm, &requests).map_err(edit_error)?;
+        let hp = memit_hparams(lm, form);
+        let corpus = form.corpus.trim();
+        let key = (hp.layers.clone(), corpus.to_string(), form.stats_tokens);
+        if self.memit.as_ref().map(|(k, _, _)| k) != Some(&key) {
+            let path = (!corpus.is_empty()).then(|| PathBuf::from(corpus));
+            let layers = hp.layers.clone();
+            let (covs, groups) = engram::edit::memit_setup(
+                lm,
+                &lm.source,
+                &hp,
+                path.as_deref(),
+                form.stats_tokens,
+                &mut |done, total| {
+                    progress(Progress {
+                        done: done as usize,
+                        total: total as usize,
+                        note: format!("layers {layers:?} statistics: {done}/{total} key vectors"),
+                    })
+                },
+            )
+            .map_err(|e| {
+                if e.downcast_ref::<EditError>()
+                    .is_some_and(|e| matches!(e, EditError::Cancelled))
+                {
+                    JobError::Cancelled
+                } else {
+                    JobError::Failed(format!("{e:#}"))
+                }
+            })?;
+            self.memit = Some((key, covs, groups));
+        }
+        let Some((_, covs, groups)) = &self.memit else {
+            return Err(JobError::NoModel);
+        };
+        let prompts: Vec<(ProbeKind, String)> = requests
+            .iter()
+            .map(|r| (ProbeKind::Prompt, r.prompt.clone()))
+            .collect();
+        let before: Vec<Probe> = requests
+            .iter()
+            .zip(&prompts)
+            .map(|(r, p)| probe(lm, std::slice::from_ref(p), &r.target).map(|mut v| v.remove(0)))
+            .collect::<Result<_, _>>()?;
+        let flat: Vec<String> = groups.iter().flatten().cloned().collect();
+        let n = requests.len();
+        let (zs, z_seconds) = compute_zs(lm, &requests, &hp, &flat, 16, &mut |done, total| {
+            progress(Progress {
+                done,
+                total,
+                note: format!("z: {done}/{total} requests"),
+            })
+        })
+        .map_err(edit_error)?;
+        let (covs, groups) = (covs.clone(), groups.clone());
+        let ledger = self.ledger(lm)?;
+        let out = apply_memit(
+            lm,
+            ledger,
+            &requests,
+            &zs,
+            &hp,
+            &covs,
+            &groups,
+            &mut |i, l| {
+                progress(Progress {
+                    done: n,
+                    total: n,
+                    note: format!("update: layer {}/{l}", i + 1),
+                })
+            },
+        )
+        .map_err(edit_error)?;
+        let rows = requests
+            .iter()
+            .zip(before)
+            .map(|(r, b)| {
+                let a = probe(lm, &[(ProbeKind::Prompt, r.prompt.clone())], &r.target)?.remove(0);
+                Ok(BatchRow {
+                    request: r.clone(),
+                    before_top: b.0,
+                    after_top: a.0,
+                    before_target: b.1,
+                    after_target: a.1,
+                })
+            })
+            .collect::<Result<_, JobError>>()?;
+        Ok(BatchView {
+            batch: out.batch,
+            ids: out.ids.clone(),
+            layers: hp.layers.clone(),
+            lambda: hp.mom2_update_weight,
+            rows,
+            warnings,
+            residual_norms: out.residual_norms.clone(),
+            z_seconds,
+            keys_seconds: out.keys_seconds,
+            solve_seconds: out.solve_seconds,
+            ledger: self.view(),
+        })
+    }
+
     pub fn ledger_op(
         &mut self,
         lm: &mut LanguageModel<B>,
@@ -426,6 +620,34 @@ impl<B: Backend> EditState<B> {
         }
         self.ledger(lm)?.save(lm, out).map_err(edit_error)
     }
+}
+
+/// The model's checked-in MEMIT hyperparameters, else MEMIT's GPT-2 XL values
+/// at the form's layer.
+fn memit_hparams<B: Backend>(lm: &LanguageModel<B>, form: &EditSettings) -> MemitHparams {
+    engram::edit::resolve_memit_hparams(&lm.source, None)
+        .ok()
+        .or_else(|| {
+            MemitHparams::builtin("gpt2-xl").map(|mut h| {
+                h.layers = vec![form.hparams.layer];
+                h.v_loss_layer = lm.model.config.n_layers.saturating_sub(1);
+                h
+            })
+        })
+        .unwrap_or_else(|| MemitHparams {
+            layers: vec![form.hparams.layer],
+            fact_token: "subject_last".into(),
+            v_num_grad_steps: 20,
+            v_lr: 0.5,
+            v_loss_layer: 0,
+            v_weight_decay: 0.5,
+            clamp_norm_factor: 0.75,
+            kl_factor: 0.0625,
+            mom2_adjustment: true,
+            mom2_update_weight: 20000.0,
+            context_template_length_params: vec![(10, 5)],
+            source: String::new(),
+        })
 }
 
 /// A prompt's top-1 token with its probability, and p(target).

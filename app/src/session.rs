@@ -16,7 +16,7 @@ use engram::model::{
     Sampling, TokenProb,
 };
 
-use crate::editor::{EditSettings, EditState, EditView, LedgerOp, LedgerView};
+use crate::editor::{BatchView, EditSettings, EditState, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
 use crate::memories::{
     AttributionView, LayerTriggers, MemoriesRequest, MemoriesView, TriggersView,
@@ -239,6 +239,12 @@ pub trait Session {
     /// A ROME edit of the loaded weights, recorded in the ledger.
     fn edit(&mut self, form: &EditSettings, progress: ProgressFn<'_>)
         -> Result<EditView, JobError>;
+    /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit.
+    fn memit(
+        &mut self,
+        form: &EditSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<BatchView, JobError>;
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
     /// Save the edited model as a new checkpoint directory.
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
@@ -412,6 +418,15 @@ impl<B: Backend> Session for Loaded<B> {
         // Coefficients above an edited layer change: earlier searches are stale.
         self.triggers.clear();
         self.edits.edit(&mut self.lm, form, progress)
+    }
+
+    fn memit(
+        &mut self,
+        form: &EditSettings,
+        progress: ProgressFn<'_>,
+    ) -> Result<BatchView, JobError> {
+        self.triggers.clear();
+        self.edits.memit(&mut self.lm, form, progress)
     }
 
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {

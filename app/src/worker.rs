@@ -12,7 +12,7 @@ use engram::analysis::lens::LensSite;
 use engram::backend::Dtype;
 use engram::model::DeviceSpec;
 
-use crate::editor::{EditSettings, EditView, LedgerOp, LedgerView};
+use crate::editor::{BatchView, EditSettings, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
 use crate::memories::{AttributionView, MemoriesRequest, MemoriesView, TriggersView};
 use crate::session::{
@@ -54,6 +54,8 @@ pub enum Command {
         noise_subjects: Vec<String>,
     },
     Edit(Box<EditSettings>),
+    /// A MEMIT batch from the form's batch list or file.
+    Memit(Box<EditSettings>),
     Ledger(LedgerOp),
     SaveModel(PathBuf),
     Memories(Box<MemoriesRequest>),
@@ -85,6 +87,7 @@ impl Command {
             Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
             Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
+            Command::Memit(_) => "MEMIT batch".into(),
             Command::Ledger(_) => "Updating the ledger".into(),
             Command::SaveModel(out) => format!("Saving to {}", out.display()),
             Command::Memories(_) => "Memories".into(),
@@ -108,6 +111,7 @@ pub enum Reply {
     Facts(FactReport),
     Trace(Box<TraceView>),
     Edited(Box<EditView>),
+    Batch(Box<BatchView>),
     Ledger(LedgerView),
     Saved(PathBuf),
     Memories(Box<MemoriesView>),
@@ -317,6 +321,7 @@ fn run(
             progress,
         )?)),
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, progress)?)),
+        Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, progress)?)),
         Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
         Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),
         Command::Memories(req) => Reply::Memories(Box::new(model(session)?.memories(&req)?)),

@@ -386,7 +386,7 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     assert!(has_label(&h, "before") && has_label(&h, "after"));
     assert_eq!(h.state().ledger().len(), 1);
     // Save while the edit is applied: a new directory with the ledger.
-    h.get_by_label("Save").click();
+    h.get_by_label("Save").click_accesskit();
     wait_for(&mut h, "the save", |h| {
         !h.state().is_busy() && h.state().saved_model().is_some()
     });
@@ -398,7 +398,7 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     h.get_by_label("Edit").click();
     h.step();
     h.step();
-    h.get_by_label(&format!("#{}", view.id)).click();
+    h.get_by_label(&format!("#{}", view.id)).click_accesskit();
     wait_for(&mut h, "the ledger update", |h| {
         !h.state().is_busy() && h.state().ledger().first().is_some_and(|e| !e.applied)
     });
@@ -407,10 +407,106 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     h.get_by_label("Edit").click();
     h.step();
     h.step();
-    h.get_by_label("Save").click();
+    h.get_by_label("Save").click_accesskit();
     wait_for(&mut h, "the refused save", |h| {
         !h.state().is_busy() && has_label(h, "already exists")
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A MEMIT batch from the Edit panel: three demo facts rewritten at once,
+/// reviewed per request, then reverted as one unit (every layer entry off).
+#[test]
+fn edit_panel_runs_a_memit_batch_and_reverts_it_as_a_unit() {
+    let dir = std::env::temp_dir().join(format!("engram-app-memit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let rows: Vec<(String, String, String)> =
+        [0usize, 7, 14].iter().map(|&i| demo_fact(i)).collect();
+    // Each fact's new target: another fact's answer of the same relation.
+    let facts = std::fs::read_to_string(repo().join("datasets/demo/facts.jsonl")).expect("facts");
+    let all: Vec<serde_json::Value> = facts
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let relation = |prompt: &str| {
+        all.iter()
+            .find(|v| v["prompt"] == prompt)
+            .and_then(|v| v["relation"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let batch: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|(subject, prompt, target)| {
+            let rel = relation(prompt);
+            let new = all
+                .iter()
+                .filter(|v| v["relation"] == rel.as_str())
+                .filter_map(|v| v["target"].as_str())
+                .find(|t| t != target)
+                .expect("another answer")
+                .to_string();
+            (subject.clone(), prompt.clone(), target.clone(), new)
+        })
+        .collect();
+    let text: Vec<String> = batch
+        .iter()
+        .map(|(s, p, _, new)| format!("{s} | {p} | {new}"))
+        .collect();
+    let settings = serde_json::json!({
+        "prompt": batch[0].1,
+        "panel": "Edit",
+        "edit": {"batch": text.join("\n")},
+    });
+    let settings_path = dir.join("app.json");
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    std::env::set_var("ENGRAM_STATS_DIR", dir.join("stats"));
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        ..Default::default()
+    });
+    h.get_by_label("Run MEMIT").click();
+    wait_for(&mut h, "the MEMIT batch", |h| {
+        !h.state().is_busy() && h.state().last_batch().is_some()
+    });
+    let view = h.state().last_batch().expect("batch").clone();
+    assert_eq!(view.rows.len(), 3);
+    let took = view
+        .rows
+        .iter()
+        .filter(|r| r.after_top.0.trim() == r.request.target.trim())
+        .count();
+    eprintln!("MEMIT batch in the app: {took}/3 new targets top-1; {view:?}");
+    assert!(took >= 2, "{view:?}");
+    for (r, (_, _, target, _)) in view.rows.iter().zip(&batch) {
+        assert_eq!(
+            r.before_top.0.trim(),
+            target,
+            "before: the model's own answer"
+        );
+        assert!(r.after_target > r.before_target, "{r:?}");
+    }
+    assert!(has_label(
+        &h,
+        &format!("MEMIT batch {}: 3 requests", view.batch)
+    ));
+    let entries = h.state().ledger().to_vec();
+    assert_eq!(entries.len(), view.ids.len());
+    assert!(entries
+        .iter()
+        .all(|e| e.batch == Some(view.batch) && e.applied));
+    assert!(playground_top1(&mut h).contains(&format!("'{}'", batch[0].3)));
+    h.get_by_label("Edit").click();
+    h.step();
+    h.step();
+    // The button sits below the 1280 x 800 view: press it through AccessKit.
+    h.get_by_label("Revert batch").click_accesskit();
+    wait_for(&mut h, "the revert", |h| {
+        !h.state().is_busy() && h.state().ledger().iter().all(|e| !e.applied)
+    });
+    assert!(playground_top1(&mut h).contains(&format!("'{}'", batch[0].2)));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,14 +1,15 @@
 //! Edit: ROME's rank-one edit of one fact (Meng et al. 2022, §3) at the layer
 //! Locate points to. Shows the prompt, paraphrases and neighbourhood prompts
 //! before and after, the greedy continuation, the ledger (toggle, remove,
-//! revert all) and "Save as new model".
+//! revert all) and "Save as new model". A MEMIT batch (Meng et al. 2023) is
+//! pasted or loaded from a file, reviewed per request and reverted as a unit.
 
 use std::path::PathBuf;
 
 use eframe::egui::{self, RichText, Ui};
 
 use crate::app::{need_model, panel_error, EngramApp};
-use crate::editor::{EditView, LedgerOp, ProbeKind};
+use crate::editor::{BatchView, EditView, LedgerOp, ProbeKind};
 use crate::settings::PanelKind;
 use crate::widgets::show_token;
 use crate::worker::Command;
@@ -48,7 +49,137 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         result(ui, &view);
     }
     ui.add_space(8.0);
+    batch(app, ui);
+    ui.add_space(8.0);
     ledger(app, ui);
+}
+
+/// MEMIT: a batch of requests, pasted or from a file, applied as one unit.
+fn batch(app: &mut EngramApp, ui: &mut Ui) {
+    let running = app.pending(PanelKind::Edit);
+    egui::CollapsingHeader::new(RichText::new("Batch edit: MEMIT").strong())
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "Many facts at once, spread over the model's MEMIT layers (Meng et al. 2023). One request per line: subject | prompt | target.",
+                )
+                .weak(),
+            );
+            let e = &mut app.settings.edit;
+            let l = ui.label("Requests");
+            ui.add(
+                egui::TextEdit::multiline(&mut e.batch)
+                    .desired_rows(3)
+                    .desired_width(560.0)
+                    .font(egui::TextStyle::Monospace),
+            )
+            .labelled_by(l.id);
+            ui.horizontal(|ui| {
+                let l = ui.label("or a file");
+                ui.add(
+                    egui::TextEdit::singleline(&mut e.batch_file)
+                        .desired_width(380.0)
+                        .hint_text("CSV/JSONL of subject, prompt, target, or CounterFact JSON"),
+                )
+                .labelled_by(l.id);
+            });
+            if ui
+                .add_enabled(
+                    !running,
+                    egui::Button::new(RichText::new("Run MEMIT").strong()),
+                )
+                .on_hover_text("Compute and apply the batch (progress and Cancel in the status bar)")
+                .clicked()
+            {
+                let form = Box::new(app.settings.edit.clone());
+                app.submit(PanelKind::Edit, Command::Memit(form));
+            }
+            if let Some(view) = app.results.batch.clone() {
+                batch_result(app, ui, &view, running);
+            }
+        });
+}
+
+fn batch_result(app: &mut EngramApp, ui: &mut Ui, v: &BatchView, running: bool) {
+    let applied = app
+        .results
+        .ledger
+        .iter()
+        .any(|e| e.batch == Some(v.batch) && e.applied);
+    ui.label(
+        RichText::new(format!(
+            "MEMIT batch {}: {} requests over layers {:?} (λ {}); mean |z - h| {}; z {:.1} s, keys {:.1} s, solve {:.1} s{}",
+            v.batch,
+            v.rows.len(),
+            v.layers,
+            v.lambda,
+            v.residual_norms
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" -> "),
+            v.z_seconds,
+            v.keys_seconds,
+            v.solve_seconds,
+            if applied { "" } else { " (reverted)" }
+        ))
+        .strong(),
+    );
+    for w in &v.warnings {
+        ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
+    }
+    egui::Grid::new("batch_rows")
+        .striped(true)
+        .num_columns(4)
+        .spacing([14.0, 4.0])
+        .show(ui, |ui| {
+            for h in [
+                "prompt -> new target",
+                "top-1 before",
+                "top-1 after",
+                "p(new target)",
+            ] {
+                ui.label(RichText::new(h).strong());
+            }
+            ui.end_row();
+            for r in &v.rows {
+                ui.label(format!("{} -> {:?}", r.request.prompt, r.request.target));
+                ui.label(format!(
+                    "'{}' {:.3}",
+                    show_token(&r.before_top.0),
+                    r.before_top.1
+                ));
+                ui.label(format!(
+                    "'{}' {:.3}",
+                    show_token(&r.after_top.0),
+                    r.after_top.1
+                ));
+                ui.label(format!("{:.4} -> {:.4}", r.before_target, r.after_target));
+                ui.end_row();
+            }
+        });
+    let Some(&first) = v.ids.first() else {
+        return;
+    };
+    let label = if applied {
+        "Revert batch"
+    } else {
+        "Re-apply batch"
+    };
+    if ui
+        .add_enabled(!running, egui::Button::new(label))
+        .on_hover_text("All layers of the batch together")
+        .clicked()
+    {
+        app.submit(
+            PanelKind::Edit,
+            Command::Ledger(LedgerOp::Set {
+                id: first,
+                applied: !applied,
+            }),
+        );
+    }
 }
 
 fn form(app: &mut EngramApp, ui: &mut Ui) {
@@ -255,9 +386,20 @@ fn ledger(app: &mut EngramApp, ui: &mut Ui) {
                         applied: on,
                     });
                 }
-                ui.label(format!("{} -> {:?}", e.prompt, e.target));
-                ui.label(format!("layer {}", e.layer));
-                ui.label(format!("|delta| {:.2}, {:.2} s", e.delta_norm, e.seconds));
+                match e.batch {
+                    Some(b) => ui.label(format!(
+                        "MEMIT batch {b}: {} requests ({} -> {:?}, …)",
+                        e.n_requests, e.prompt, e.target
+                    )),
+                    None => ui.label(format!("{} -> {:?}", e.prompt, e.target)),
+                };
+                ui.label(format!("{} layer {}", e.method, e.layer));
+                let what = if e.batch.is_some() {
+                    "|z - h|"
+                } else {
+                    "|delta|"
+                };
+                ui.label(format!("{what} {:.2}, {:.2} s", e.delta_norm, e.seconds));
                 if ui.small_button("remove").clicked() {
                     op = Some(LedgerOp::Remove(e.id));
                 }
