@@ -187,8 +187,9 @@ pub struct EvalOptions {
     /// Measure generation entropy (tokens generated per prompt; 0 = off).
     pub fluency_tokens: usize,
     /// A JSON-lines file that receives each case as it finishes; cases already
-    /// in it are taken as done, so an interrupted run resumes. Not with
-    /// `sequential` (the edits before the break would be missing).
+    /// in it are taken as done, so an interrupted run resumes. A sequential
+    /// run also keeps its ledger beside it ([`journal_ledger`]) and resumes on
+    /// the edits it had made.
     pub journal: Option<PathBuf>,
 }
 
@@ -197,11 +198,28 @@ pub type Row = Map<String, Value>;
 /// A case the edit refused, and why.
 type Skip = (u64, String);
 
+/// What a journal holds: rows, skip notes, each row's neighbourhood argmax
+/// before its edit (sequential runs), and curve points.
+#[derive(Default)]
+struct Journal {
+    rows: Vec<Row>,
+    skipped: Vec<Skip>,
+    pre_nb: std::collections::HashMap<u64, NeighbourhoodArgmax>,
+    curve: Vec<Row>,
+}
+
+/// The ledger a sequential run keeps beside its journal.
+pub fn journal_ledger(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".ledger.json");
+    PathBuf::from(name)
+}
+
 /// Rows and skip notes already in a journal.
-fn read_journal(path: &Path) -> Result<(Vec<Row>, Vec<Skip>)> {
-    let (mut rows, mut skipped) = (Vec::new(), Vec::new());
+fn read_journal(path: &Path) -> Result<Journal> {
+    let mut j = Journal::default();
     if !path.exists() {
-        return Ok((rows, skipped));
+        return Ok(j);
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -210,20 +228,32 @@ fn read_journal(path: &Path) -> Result<(Vec<Row>, Vec<Skip>)> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let v: Map<String, Value> = match serde_json::from_str(line) {
+        let mut v: Map<String, Value> = match serde_json::from_str(line) {
             Ok(v) => v,
             // A line cut short by an interruption is the last one; drop it.
             Err(_) if i + 1 == text.lines().count() => break,
             Err(e) => bail!("{} line {}: {e}", path.display(), i + 1),
         };
+        if let Some(Value::Object(c)) = v.remove("curve") {
+            j.curve.push(c);
+            continue;
+        }
+        let nb = v.remove("pre_nb");
         let id = v.get("case_id").and_then(Value::as_u64);
         match (id, v.get("skipped").and_then(Value::as_str)) {
-            (Some(id), Some(why)) => skipped.push((id, why.to_string())),
-            (Some(_), None) => rows.push(v),
+            (Some(id), Some(why)) => j.skipped.push((id, why.to_string())),
+            (Some(id), None) => {
+                if let Some(nb) = nb {
+                    let nb = serde_json::from_value(nb)
+                        .with_context(|| format!("{} line {}: pre_nb", path.display(), i + 1))?;
+                    j.pre_nb.insert(id, nb);
+                }
+                j.rows.push(v)
+            }
             _ => bail!("{} line {}: no case_id", path.display(), i + 1),
         }
     }
-    Ok((rows, skipped))
+    Ok(j)
 }
 
 fn append(path: &Path, v: &Value) -> Result<()> {
@@ -284,11 +314,11 @@ pub fn evaluate<B: Backend>(
     } else {
         cases
     };
-    let (mut rows, done_skips) = match &opts.journal {
-        Some(_) if opts.sequential => bail!("--journal cannot resume a sequential run"),
+    let journal = match &opts.journal {
         Some(p) => read_journal(p)?,
-        None => (Vec::new(), Vec::new()),
+        None => Journal::default(),
     };
+    let (mut rows, done_skips) = (journal.rows, journal.skipped);
     let mut skipped: Vec<String> = done_skips
         .iter()
         .map(|(id, why)| format!("case {id}: {why}"))
@@ -299,8 +329,55 @@ pub fn evaluate<B: Backend>(
         .chain(done_skips.iter().map(|(id, _)| *id))
         .collect();
     rows.truncate(opts.n);
-    let mut curve = Vec::new();
+    let mut curve = journal.curve;
     let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
+    // A sequential run resumes on the edits it had made: its ledger, saved
+    // beside the journal after each case, is applied again.
+    if let (true, Some(jp)) = (opts.sequential, &opts.journal) {
+        let lp = journal_ledger(jp);
+        if !rows.is_empty() {
+            if !lp.is_file() {
+                bail!(
+                    "{} has {} cases but {} is missing: the edits cannot be restored",
+                    jp.display(),
+                    rows.len(),
+                    lp.display()
+                );
+            }
+            let hash = ledger.base_model_hash.clone();
+            *ledger = Ledger::import(&lp, &mut lm.model, &hash)?;
+            // Saved after the edit but before its journal line: redo that case.
+            if ledger.edits().len() == rows.len() + 1 {
+                if let Some(last) = ledger.edits().iter().map(|e| e.id).max() {
+                    ledger.remove(&mut lm.model, last)?;
+                }
+            }
+            if ledger.edits().len() != rows.len() {
+                bail!(
+                    "{} holds {} edits for {} journalled cases",
+                    lp.display(),
+                    ledger.edits().len(),
+                    rows.len()
+                );
+            }
+            for r in &rows {
+                let id = r.get("case_id").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                let case = cases
+                    .iter()
+                    .find(|c| c.id() == id)
+                    .with_context(|| format!("journalled case {id} is not in the data"))?;
+                let nb = journal.pre_nb.get(&id).cloned().with_context(|| {
+                    format!("journalled case {id} has no pre_nb (written by an older engram)")
+                })?;
+                edited.push((case, nb));
+            }
+            eprintln!(
+                "resumed: {} edits restored from {}",
+                rows.len(),
+                lp.display()
+            );
+        }
+    }
     let mut subjects: std::collections::HashSet<String> = rows
         .iter()
         .filter_map(|r| r.get("subject").and_then(Value::as_str).map(String::from))
@@ -396,13 +473,22 @@ pub fn evaluate<B: Backend>(
             metrics.extend(pre.iter().map(|(n, _)| format!("pre_{n}")));
         }
         if let Some(p) = &opts.journal {
-            append(p, &Value::Object(row.clone()))?;
+            let mut line = row.clone();
+            if opts.sequential {
+                ledger.export(&journal_ledger(p))?;
+                line.insert("pre_nb".into(), serde_json::to_value(&pre_nb)?);
+            }
+            append(p, &Value::Object(line))?;
         }
         rows.push(row);
         if opts.sequential {
             edited.push((case, pre_nb));
             if opts.checkpoints.contains(&rows.len()) {
-                curve.push(curve_point(lm, &edited)?);
+                let point = curve_point(lm, &edited)?;
+                if let Some(p) = &opts.journal {
+                    append(p, &serde_json::json!({ "curve": point }))?;
+                }
+                curve.push(point);
             }
         }
     }

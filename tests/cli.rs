@@ -1040,3 +1040,105 @@ fn probe_decodes_the_demo_relation_above_control() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// MEMIT and sequential ROME through `engram eval` on the demo: the curve of
+/// metrics against edits, a sequential run resumed from its journal and
+/// ledger, and `runs curve` drawing both runs.
+#[test]
+fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-memit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args(args)
+            .arg("--runs")
+            .arg(&runs)
+            .output()
+            .expect("run engram");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let run_id = |stdout: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(' ').next()))
+            .map(String::from)
+            .expect("run id")
+    };
+    let (ok, memit, err) = run(&[
+        "eval",
+        "counterfact",
+        "demo",
+        "--method",
+        "memit",
+        "--n",
+        "6",
+        "--checkpoints",
+        "3,6",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        memit.contains("after     3 edits") && memit.contains("after     6 edits"),
+        "{memit}"
+    );
+    assert!(memit.contains("6 cases evaluated"), "{memit}");
+    // Same-subject cases are skipped, with the reason.
+    let skipped: usize = memit
+        .lines()
+        .find_map(|l| l.split(" cases evaluated, ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("skipped count");
+    assert!(skipped > 0, "{memit}");
+    // Sequential r-ROME, interrupted after 2 cases, then resumed to 3.
+    let journal = dir.join("seq.jsonl");
+    let j = journal.to_str().expect("path");
+    let seq = [
+        "eval",
+        "counterfact",
+        "demo",
+        "--method",
+        "r-rome",
+        "--sequential",
+        "--distinct-subjects",
+        "--fluency-tokens",
+        "0",
+        "--checkpoints",
+        "1,3",
+        "--journal",
+        j,
+    ];
+    let (ok, _, err) = run(&[&seq[..], &["--n", "2"]].concat());
+    assert!(ok, "{err}");
+    assert!(std::path::Path::new(&format!("{j}.ledger.json")).is_file());
+    let (ok, rome, err) = run(&[&seq[..], &["--n", "3"]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("resumed: 2 edits restored"), "{err}");
+    assert!(rome.contains("3 cases evaluated"), "{rome}");
+    assert!(
+        rome.contains("after     1 edits") && rome.contains("after     3 edits"),
+        "{rome}"
+    );
+    let figs = dir.join("figs");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["runs", "curve", &run_id(&memit), &run_id(&rome), "--out"])
+        .arg(&figs)
+        .arg("--runs")
+        .arg(&runs)
+        .output()
+        .expect("run engram");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in ["ES", "PS", "NS", "S"] {
+        assert!(figs.join(format!("edits-{m}.png")).is_file(), "{m}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

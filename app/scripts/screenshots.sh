@@ -33,9 +33,11 @@ export DISPLAY=":$DISPLAY_NUM" LIBGL_ALWAYS_SOFTWARE=1
 sleep 1
 
 shoot() { # panel, file, extra args...
-  local panel=$1 file=$2
+  local panel=$1 file=$2 open=$1
   shift 2
-  "$BIN" --no-settings --model "$MODEL" --panel "$panel" --prompt "$PROMPT" \
+  # edit-batch: the Edit panel with "Run MEMIT" pressed on its default batch.
+  [ "$panel" = edit-batch ] && open=edit
+  "$BIN" --no-settings --model "$MODEL" --panel "$open" --prompt "$PROMPT" \
     --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" "$@" &
   local app=$!
   sleep "$WAIT"
@@ -74,13 +76,21 @@ shoot() { # panel, file, extra args...
       sleep "${EDIT_WAIT:-$WAIT}"
     fi
   fi
+  if [ "$panel" = edit-batch ] && command -v xdotool >/dev/null; then
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${MEMIT_X:-216}" "${MEMIT_Y:-627}" click 1 || true
+      sleep "${EDIT_WAIT:-$WAIT}"
+    fi
+  fi
   xwd -root -silent | "$CONVERT" xwd:- "$OUT/$file"
   kill "$app" 2>/dev/null || true
   wait "$app" 2>/dev/null || true
   echo "$OUT/$file"
 }
 
-PANELS=${PANELS:-model playground lens attention facts locate memories probe edit}
+PANELS=${PANELS:-model playground lens attention facts locate memories probe edit edit-batch}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}
 for panel in $PANELS; do
   if [ "$panel" = facts ]; then
