@@ -622,6 +622,18 @@ enum BenchCommand {
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
     },
+    /// MEMIT's solve alone at given sizes (default GPT-2 XL's: d_mlp 6400,
+    /// d_model 1600, 5 layers), on random keys and a random C (CPU, f64).
+    MemitSolve {
+        #[arg(long, default_value_t = 6400)]
+        d_mlp: usize,
+        #[arg(long, default_value_t = 1600)]
+        d_model: usize,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 5)]
+        layers: usize,
+    },
     /// ROME: key-statistics throughput (key vectors/s) and edit latency with statistics in memory.
     Edit {
         model: PathBuf,
@@ -867,6 +879,12 @@ fn dispatch(cli: Cli) -> Result<()> {
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
             ),
+            BenchCommand::MemitSolve {
+                d_mlp,
+                d_model,
+                n,
+                layers,
+            } => engram::memit::bench_solve(d_mlp, d_model, n, layers),
             BenchCommand::Memit {
                 model,
                 data,

@@ -145,3 +145,43 @@ pub fn bench_requests(model: &Path, data: Option<&PathBuf>, n: usize) -> Result<
     }
     Ok(out)
 }
+
+/// Time MEMIT's per-layer solve at the given sizes: C = E[k kᵀ] of random
+/// keys plus a ridge, n random request keys and residuals, `layers` times.
+pub fn bench_solve(d_mlp: usize, d_model: usize, n: usize, layers: usize) -> Result<()> {
+    use engram_editing::memit::update::layer_update;
+    // A well-conditioned SPD C: I + B Bᵀ / m with B of 64 random columns (uniform in [-1, 1]).
+    let mut rng = engram_model::generate::Rng::new(7);
+    let mut unit = move || (rng.next_f64() * 2.0 - 1.0) as f32;
+    let m = 64;
+    let b: Vec<f64> = (0..d_mlp * m).map(|_| f64::from(unit())).collect();
+    let mut c = vec![0f64; d_mlp * d_mlp];
+    for i in 0..d_mlp {
+        for j in 0..=i {
+            let s: f64 = (0..m).map(|k| b[i * m + k] * b[j * m + k]).sum::<f64>() / m as f64;
+            c[i * d_mlp + j] = s;
+            c[j * d_mlp + i] = s;
+        }
+        c[i * d_mlp + i] += 1.0;
+    }
+    let keys: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..d_mlp).map(|_| unit()).collect())
+        .collect();
+    let targets: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..d_model).map(|_| unit()).collect())
+        .collect();
+    let mut times = Vec::new();
+    for l in 0..layers {
+        let t = Instant::now();
+        layer_update(&c, d_mlp, 20000.0, &keys, &targets, 1.0 / (layers - l) as f64)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let total: f64 = times.iter().sum();
+    println!(
+        "bench memit-solve: d_mlp {d_mlp}, d_model {d_model}, {n} requests, {layers} layers, {} threads: \
+         {total:.1} s in all ({:.1} s per layer; f64 Cholesky of λC + K Kᵀ and {n} solves)",
+        std::thread::available_parallelism().map_or(1, |p| p.get()),
+        total / layers.max(1) as f64
+    );
+    Ok(())
+}
