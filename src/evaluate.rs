@@ -492,6 +492,18 @@ pub fn evaluate<B: Backend>(
             }
         }
     }
+    // Cases ran out (some refused) before the last checkpoint: score where it ended.
+    let last = curve
+        .last()
+        .and_then(|c| c.get("edits"))
+        .and_then(Value::as_u64);
+    if opts.sequential
+        && !edited.is_empty()
+        && opts.checkpoints.iter().any(|&c| c > rows.len())
+        && last != Some(rows.len() as u64)
+    {
+        curve.push(curve_point(lm, &edited)?);
+    }
     progress(rows.len(), skipped.len(), start.elapsed().as_secs_f64());
     Ok(EvalOutcome {
         curve,

@@ -405,6 +405,10 @@ struct EvalArgs {
     /// that ROME runs take the same cases as MEMIT runs.
     #[arg(long)]
     distinct_subjects: bool,
+    /// Evaluate exactly the cases of this earlier run (its case ids, in order),
+    /// e.g. ROME on a MEMIT run's cases.
+    #[arg(long)]
+    cases_from: Option<String>,
     /// MEMIT: requests per batch (default: all --n cases in one batch).
     #[arg(long)]
     batch: Option<usize>,
@@ -1604,6 +1608,39 @@ impl BackendJob for EvalJob {
                 a.model.display()
             ),
         };
+        // --cases-from RUN: exactly that run's cases, in its order.
+        let cases = match &a.cases_from {
+            Some(id) => {
+                let store = engram::datasets::RunStore::open(
+                    a.runs
+                        .clone()
+                        .unwrap_or_else(engram::datasets::RunStore::default_root),
+                )?;
+                let run = store.find(id)?;
+                let ids: Vec<u64> = run
+                    .params
+                    .record_ids
+                    .iter()
+                    .filter_map(|r| r.trim_matches('"').parse().ok())
+                    .collect();
+                if ids.is_empty() {
+                    bail!("run {id} lists no case ids");
+                }
+                let picked: Vec<BenchCase> = ids
+                    .iter()
+                    .filter_map(|i| cases.iter().find(|c| c.id() == *i).cloned())
+                    .collect();
+                if picked.len() != ids.len() {
+                    bail!(
+                        "{} of run {id}'s {} cases are not in this data",
+                        ids.len() - picked.len(),
+                        ids.len()
+                    );
+                }
+                picked
+            }
+            None => cases,
+        };
         let hash = engram::lens::model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
         let opts = EvalOptions {
@@ -1743,6 +1780,7 @@ impl BackendJob for EvalJob {
                 "batch": a.batch,
                 "checkpoints": a.checkpoints,
                 "distinct_subjects": opts.distinct_subjects,
+                "cases_from": a.cases_from,
                 "fluency_tokens": opts.fluency_tokens,
                 "stats_tokens": stats_tokens,
                 "skipped": out.skipped,

@@ -173,7 +173,14 @@ pub fn bench_solve(d_mlp: usize, d_model: usize, n: usize, layers: usize) -> Res
     let mut times = Vec::new();
     for l in 0..layers {
         let t = Instant::now();
-        layer_update(&c, d_mlp, 20000.0, &keys, &targets, 1.0 / (layers - l) as f64)?;
+        layer_update(
+            &c,
+            d_mlp,
+            20000.0,
+            &keys,
+            &targets,
+            1.0 / (layers - l) as f64,
+        )?;
         times.push(t.elapsed().as_secs_f64());
     }
     let total: f64 = times.iter().sum();

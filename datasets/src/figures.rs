@@ -366,6 +366,15 @@ fn draw_lines<DB: DrawingBackend>(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        // Few points (e.g. checkpoints of an edit curve): mark each.
+        if mine.len() <= 12 {
+            chart
+                .draw_series(
+                    mine.iter()
+                        .map(|p| Circle::new((p.layer as f64, p.mean), 3, color.filled())),
+                )
+                .map_err(err)?;
+        }
     }
     chart
         .configure_series_labels()
