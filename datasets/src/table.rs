@@ -37,10 +37,19 @@ pub fn to_frame<T: Serialize>(rows: &[T]) -> Result<DataFrame> {
             Err(e) => Err(DatasetError::Store(e.to_string())),
         })
         .collect::<Result<_>>()?;
-    let names: Vec<String> = match objects.first() {
-        Some(first) => first.keys().cloned().collect(),
-        None => return Ok(DataFrame::empty()),
-    };
+    if objects.is_empty() {
+        return Ok(DataFrame::empty());
+    }
+    // Every key of every row, in first-seen order: a row may lack a measure
+    // (null there) that later rows have.
+    let mut names: Vec<String> = Vec::new();
+    for o in &objects {
+        for k in o.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+    }
     let mut columns = Vec::with_capacity(names.len());
     for name in &names {
         let values: Vec<&Value> = objects
