@@ -119,8 +119,8 @@ pub fn demo_requests() -> Vec<EditRequest> {
         .collect()
 }
 
-/// The requests of `data` (or the demo's), first `n`, leaving out exact
-/// repeats and later contradictions of an earlier request (listed on stderr).
+/// The requests of `data` (or the demo's), first `n`, one per subject (as
+/// `engram eval --method memit` picks them: a subject's requests share a key).
 pub fn bench_requests(model: &Path, data: Option<&PathBuf>, n: usize) -> Result<Vec<EditRequest>> {
     let all = match data {
         Some(p) => crate::edit::load_requests(p)?,
@@ -136,7 +136,7 @@ pub fn bench_requests(model: &Path, data: Option<&PathBuf>, n: usize) -> Result<
         if out.len() >= n {
             break;
         }
-        if seen.insert((r.prompt.clone(), r.subject.clone())) {
+        if seen.insert(r.subject.clone()) {
             out.push(r);
         }
     }
