@@ -175,7 +175,26 @@ fn a_memit_batch_applies_and_reverts_as_a_unit_bit_for_bit() {
     ledger.export(&path).expect("export");
     let mut fresh = demo();
     let imported = Ledger::<Cpu>::import(&path, &mut fresh.model, "demo").expect("import");
-    assert_eq!(imported.edits(), ledger.edits());
+    // Entries come back with the same identity and factors (f64 timings may
+    // differ in the last bit: serde_json's float parsing is not exact).
+    let key = |l: &Ledger<Cpu>| -> Vec<_> {
+        l.edits()
+            .iter()
+            .map(|e| {
+                let (rank, u, r) = e.edit.factors();
+                (
+                    e.id,
+                    e.method.clone(),
+                    e.applied,
+                    e.batch,
+                    rank,
+                    u.to_vec(),
+                    r.to_vec(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&imported), key(&ledger));
     for (l, want) in applied.iter().enumerate() {
         assert_eq!(&out_proj_bits(&fresh.model, l), want, "layer {l} imported");
     }
