@@ -335,3 +335,61 @@ fn memit_hparams_are_checked_in_for_the_published_models() {
         assert!(!h.source.is_empty() && h.z_layer().is_ok(), "{name}");
     }
 }
+
+/// Several layers' statistics collected in one pass equal each layer's own.
+#[test]
+fn statistics_of_several_layers_in_one_pass_equal_single_layers() {
+    use engram_editing::stats::collect_stats;
+    let lm = demo();
+    let text = engram_datasets::demo::demo_corpus(&facts(), 40, 0).join("\n\n");
+    let dir = std::env::temp_dir().join(format!("engram-multi-stats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = StatsOptions {
+        max_tokens: 3_000,
+        seq_len: 32,
+        ..StatsOptions::new(0)
+    };
+    let both = cached_stats_layers(
+        &dir,
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        "demo",
+        &[0, 2],
+        &opts,
+        &mut |_, _| true,
+    )
+    .expect("two layers");
+    assert!(both.iter().all(|(_, cached)| !cached));
+    for (stats, _) in &both {
+        let one = collect_stats(
+            &lm.model,
+            &lm.tokenizer,
+            &text,
+            "demo",
+            &StatsOptions {
+                layer: stats.key.layer,
+                ..opts.clone()
+            },
+            &mut |_, _| true,
+        )
+        .expect("one layer");
+        assert_eq!(one.key.tokens, stats.key.tokens);
+        assert_eq!(one.sum_outer, stats.sum_outer, "layer {}", stats.key.layer);
+    }
+    // Read back from the cache, without collecting.
+    let again = cached_stats_layers(
+        &dir,
+        &lm.model,
+        &lm.tokenizer,
+        &text,
+        "demo",
+        &[2, 0],
+        &opts,
+        &mut |_, _| panic!("the cache was not used"),
+    )
+    .expect("cached");
+    assert_eq!(again[0].0, both[1].0);
+    assert!(again.iter().all(|(_, cached)| *cached));
+    let _ = std::fs::remove_dir_all(&dir);
+}
