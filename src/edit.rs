@@ -28,6 +28,33 @@ pub fn stats_dir() -> PathBuf {
         .join("stats")
 }
 
+/// The checked-in hyperparameter name for a model path (both methods use it).
+fn builtin_name(model: &Path) -> Option<&'static str> {
+    let name = model.to_string_lossy().to_lowercase();
+    if crate::hub::is_demo(model) {
+        Some("demo")
+    } else if name.contains("smollm2-135m") {
+        Some("smollm2-135m")
+    } else if name.contains("gpt2-xl") {
+        Some("gpt2-xl")
+    } else if name.contains("gpt-j-6b") {
+        Some("gpt-j-6b")
+    } else {
+        None
+    }
+}
+
+/// `--save DIR` is refused up front where DIR exists: saving never overwrites.
+pub fn refuse_existing(save: Option<&Path>) -> Result<()> {
+    if let Some(out) = save.filter(|o| o.exists()) {
+        bail!(
+            "--save {}: already exists; saving never overwrites",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// `--hparams`: a checked-in name, a JSON file, or (when absent) the model's own.
 pub fn resolve_hparams(model: &Path, given: Option<&str>) -> Result<RomeHparams> {
     if let Some(g) = given {
@@ -36,22 +63,13 @@ pub fn resolve_hparams(model: &Path, given: Option<&str>) -> Result<RomeHparams>
         }
         return RomeHparams::load(Path::new(g)).map_err(Into::into);
     }
-    let name = model.to_string_lossy().to_lowercase();
-    let guess = if crate::hub::is_demo(model) {
-        "demo"
-    } else if name.contains("smollm2-135m") {
-        "smollm2-135m"
-    } else if name.contains("gpt2-xl") {
-        "gpt2-xl"
-    } else if name.contains("gpt-j-6b") {
-        "gpt-j-6b"
-    } else {
-        bail!(
+    let guess = builtin_name(model).with_context(|| {
+        format!(
             "no checked-in ROME hyperparameters for {}: pass --hparams NAME|FILE \
              (names: demo, smollm2-135m, gpt2-medium, gpt2-large, gpt2-xl, gpt-j-6b)",
             model.display()
         )
-    };
+    })?;
     RomeHparams::builtin(guess).with_context(|| format!("hparams {guess}"))
 }
 
@@ -222,22 +240,13 @@ pub fn resolve_memit_hparams(model: &Path, given: Option<&str>) -> Result<MemitH
         }
         return MemitHparams::load(Path::new(g)).map_err(Into::into);
     }
-    let name = model.to_string_lossy().to_lowercase();
-    let guess = if crate::hub::is_demo(model) {
-        "demo"
-    } else if name.contains("smollm2-135m") {
-        "smollm2-135m"
-    } else if name.contains("gpt2-xl") {
-        "gpt2-xl"
-    } else if name.contains("gpt-j-6b") {
-        "gpt-j-6b"
-    } else {
-        bail!(
+    let guess = builtin_name(model).with_context(|| {
+        format!(
             "no checked-in MEMIT hyperparameters for {}: pass --hparams NAME|FILE \
              (names: demo, smollm2-135m, gpt2-xl, gpt-j-6b)",
             model.display()
         )
-    };
+    })?;
     MemitHparams::builtin(guess).with_context(|| format!("MEMIT hparams {guess}"))
 }
 

@@ -1259,12 +1259,7 @@ impl BackendJob for EditJob {
         use engram::editing::rome::{rome_edit, EditRequest};
         use engram::editing::Ledger;
         let a = self.0;
-        if let Some(out) = a.save.as_ref().filter(|o| o.exists()) {
-            bail!(
-                "--save {}: already exists; saving never overwrites",
-                out.display()
-            );
-        }
+        engram::edit::refuse_existing(a.save.as_deref())?;
         let mut lm = load::<B>(&a.model, &device)?;
         let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
         if let Some(l) = a.layer {
@@ -1332,12 +1327,7 @@ impl BackendJob for MemitJob {
         use engram::editing::Ledger;
         use engram::memit::{memit_batch, MemitRun};
         let a = self.0;
-        if let Some(out) = a.save.as_ref().filter(|o| o.exists()) {
-            bail!(
-                "--save {}: already exists; saving never overwrites",
-                out.display()
-            );
-        }
+        engram::edit::refuse_existing(a.save.as_deref())?;
         let mut requests = engram::edit::load_requests(&a.requests)?;
         if let Some(n) = a.n {
             requests.truncate(n);

@@ -366,7 +366,7 @@ pub fn cached_stats_layers<B: Backend>(
         let keys = missing.iter().map(|(_, k)| k.clone()).collect();
         let collected = collect_layers(model, &rows, keys, opts.batch_size, progress)?;
         for ((i, key), mut stats) in missing.into_iter().zip(collected) {
-            // Cached under the planned count, as `cached_stats` looks it up.
+            // The token count is part of the key: the planned count is looked up.
             stats.key.tokens = key.tokens;
             stats.save(&LayerStats::cache_path(dir, &stats.key))?;
             out[i] = Some((stats, false));
@@ -388,27 +388,16 @@ pub fn cached_stats<B: Backend>(
     opts: &StatsOptions,
     progress: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<(LayerStats, bool)> {
-    // The token count is part of the key: tokenise once, look up, collect on a miss.
-    let rows = corpus_rows(model, tokenizer, text, opts)?;
-    let planned: u64 = rows.iter().map(|r| r.len() as u64).sum();
-    let key = StatsKey {
-        model_hash: model_hash.into(),
-        layer: opts.layer,
-        corpus_hash: corpus_hash(text),
-        tokens: planned,
-    };
-    let path = LayerStats::cache_path(dir, &key);
-    if path.is_file() {
-        let stats = LayerStats::load(&path)?;
-        if stats.key != key || stats.dim != model.config.d_mlp {
-            return Err(EditError::StatsMismatch {
-                what: format!("{:?}", stats.key),
-                expected: format!("{key:?}"),
-            });
-        }
-        return Ok((stats, true));
-    }
-    let stats = collect_rows(model, &rows, key, opts.batch_size, progress)?;
-    stats.save(&path)?;
-    Ok((stats, false))
+    let mut one = cached_stats_layers(
+        dir,
+        model,
+        tokenizer,
+        text,
+        model_hash,
+        &[opts.layer],
+        opts,
+        progress,
+    )?;
+    one.pop()
+        .ok_or_else(|| EditError::Invalid("no statistics collected".into()))
 }

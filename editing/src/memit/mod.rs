@@ -66,14 +66,7 @@ fn length_params() -> Vec<(usize, usize)> {
 
 impl MemitHparams {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        let hp: Self = serde_json::from_str(&text).map_err(|e| EditError::File {
-            path: path.into(),
-            message: format!("not MEMIT hyperparameters: {e}"),
-        })?;
+        let hp: Self = crate::rome::load_json(path, "MEMIT hyperparameters")?;
         hp.check().map_err(|e| EditError::File {
             path: path.into(),
             message: e.to_string(),

@@ -56,6 +56,18 @@ pub struct RomeHparams {
     pub source: String,
 }
 
+/// A JSON file as `T`; errors name the file and what it should have been.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| EditError::File {
+        path: path.into(),
+        message: format!("not {what}: {e}"),
+    })
+}
+
 fn subject_last() -> String {
     "subject_last".into()
 }
@@ -68,14 +80,7 @@ fn length_params() -> Vec<(usize, usize)> {
 
 impl RomeHparams {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        serde_json::from_str(&text).map_err(|e| EditError::File {
-            path: path.into(),
-            message: format!("not ROME hyperparameters: {e}"),
-        })
+        load_json(path, "ROME hyperparameters")
     }
 
     /// The checked-in hyperparameters for a known model name (`gpt2-xl`, `demo`, …).
