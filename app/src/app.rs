@@ -243,6 +243,11 @@ impl EngramApp {
         }))
     }
 
+    /// The errors panels show now, one per panel.
+    pub fn panel_errors(&self) -> Vec<String> {
+        self.results.errors.values().cloned().collect()
+    }
+
     /// Whether any job is queued or running.
     pub fn is_busy(&self) -> bool {
         !self.jobs.is_empty()

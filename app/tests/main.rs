@@ -35,6 +35,17 @@ fn harness(options: AppOptions) -> Harness<'static, EngramApp> {
         .build_eframe(move |cc| EngramApp::new(&cc.egui_ctx, options))
 }
 
+/// One statistics cache for every test in this binary, set once: tests run on
+/// parallel threads, and a per-test directory in the environment would be
+/// swapped (and deleted) under another test's worker.
+fn shared_stats_dir() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir().join(format!("engram-app-stats-{}", std::process::id()));
+        std::env::set_var("ENGRAM_STATS_DIR", dir);
+    });
+}
+
 /// Step the app (the worker runs on its own thread) until `done` holds.
 fn wait_for(
     h: &mut Harness<'static, EngramApp>,
@@ -46,6 +57,11 @@ fn wait_for(
         h.step();
         if done(h) {
             return;
+        }
+        if !h.state().is_busy() {
+            if let Some(e) = h.state().panel_errors().first() {
+                panic!("waiting for {what}, a panel shows an error: {e}");
+            }
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
@@ -342,7 +358,7 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     });
     let settings_path = dir.join("app.json");
     std::fs::write(&settings_path, settings.to_string()).expect("settings");
-    std::env::set_var("ENGRAM_STATS_DIR", dir.join("stats"));
+    shared_stats_dir();
     let mut h = loaded(AppOptions {
         model: Some(demo_model()),
         settings_path: Some(settings_path),
@@ -461,7 +477,7 @@ fn edit_panel_runs_a_memit_batch_and_reverts_it_as_a_unit() {
     });
     let settings_path = dir.join("app.json");
     std::fs::write(&settings_path, settings.to_string()).expect("settings");
-    std::env::set_var("ENGRAM_STATS_DIR", dir.join("stats"));
+    shared_stats_dir();
     let mut h = loaded(AppOptions {
         model: Some(demo_model()),
         settings_path: Some(settings_path),

@@ -83,7 +83,10 @@ impl LayerStats {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension("mom2.partial");
+        // A name of its own, so two writers of one layer never share a file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("mom2.{}-{n}.partial", std::process::id()));
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
         let header =
             serde_json::json!({ "format": "engram-mom2-v1", "dim": self.dim, "key": self.key });
