@@ -707,6 +707,14 @@ enum BenchCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // `engram ... | head` ends quietly, as Unix tools do, rather than
+    // panicking in `println!` on the closed pipe.
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

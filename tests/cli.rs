@@ -464,6 +464,22 @@ fn demo_alias_opens_the_embedded_model() {
     assert_eq!(v["config"]["vocab_size"], cfg["vocab_size"]);
 }
 
+/// A reader that stops early (`engram ... | head`) ends engram quietly: no panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["info", "demo", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run engram");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
+
 /// `engram trace` on the demo model: a fact set with one unknown fact, stored as a
 /// run with its figures; and the bad inputs the issue names.
 #[test]

@@ -31,7 +31,8 @@ fn t975(df: usize) -> f64 {
     }
 }
 
-/// Mean and 95% interval of `values` (NaNs ignored).
+/// Mean and 95% interval of `values` (NaNs ignored). Where every value lies
+/// in [0, 1] (rates, probabilities) the interval is clipped to [0, 1].
 pub fn mean_ci(metric: &str, values: &[f64]) -> MetricSummary {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
@@ -46,12 +47,16 @@ pub fn mean_ci(metric: &str, values: &[f64]) -> MetricSummary {
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         t975(n - 1) * (var / n as f64).sqrt()
     };
+    let (mut low, mut high) = (mean - half, mean + half);
+    if n > 0 && v.iter().all(|x| (0.0..=1.0).contains(x)) {
+        (low, high) = (low.max(0.0), high.min(1.0));
+    }
     MetricSummary {
         metric: metric.into(),
         n: n as i64,
         mean,
-        ci_low: mean - half,
-        ci_high: mean + half,
+        ci_low: low,
+        ci_high: high,
     }
 }
 
@@ -74,7 +79,8 @@ pub fn summarize(df: &DataFrame, skip: &[&str]) -> Result<Vec<MetricSummary>> {
     Ok(out)
 }
 
-/// A LaTeX `tabular` of metric, n and mean ± half-interval.
+/// A LaTeX `tabular` of metric, n and mean ± half-interval (the interval
+/// itself where clipping made it lopsided).
 pub fn latex_table(rows: &[MetricSummary], caption: &str) -> String {
     let esc = |s: &str| {
         s.replace('\\', "\\textbackslash{}")
@@ -86,13 +92,18 @@ pub fn latex_table(rows: &[MetricSummary], caption: &str) -> String {
     t.push_str("\\begin{table}[t]\n\\centering\n\\begin{tabular}{lrr}\n\\toprule\n");
     t.push_str("Metric & $n$ & Mean $\\pm$ 95\\% CI \\\\\n\\midrule\n");
     for r in rows {
-        let half = (r.ci_high - r.ci_low) / 2.0;
+        let (below, above) = (r.mean - r.ci_low, r.ci_high - r.mean);
+        let spread = if (below - above).abs() <= 1e-12 * (1.0 + below.abs()) {
+            format!("$\\pm$ {:.4}", above)
+        } else {
+            format!("[{:.4}, {:.4}]", r.ci_low, r.ci_high)
+        };
         t.push_str(&format!(
-            "{} & {} & {:.4} $\\pm$ {:.4} \\\\\n",
+            "{} & {} & {:.4} {} \\\\\n",
             esc(&r.metric),
             r.n,
             r.mean,
-            half
+            spread
         ));
     }
     t.push_str("\\bottomrule\n\\end{tabular}\n");

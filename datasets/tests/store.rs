@@ -116,6 +116,17 @@ fn summaries_and_latex() {
     assert_eq!(s.mean, 2.5);
     // sd = 1.2910, se = 0.6455, t(3) = 3.182
     assert!((s.ci_high - 2.5 - 3.182 * 0.645_497).abs() < 1e-4, "{s:?}");
+    // A rate's interval stays inside [0, 1]; other values are not clipped.
+    // 9 of 10: se 0.1, t(9) 2.262, so 0.9 ± 0.226 before clipping.
+    let mut hits = vec![1.0; 9];
+    hits.push(0.0);
+    let rate = mean_ci("rate", &hits);
+    assert_eq!(rate.ci_high, 1.0, "{rate:?}");
+    assert!((rate.ci_low - (0.9 - 0.2262)).abs() < 1e-3, "{rate:?}");
+    let wide = mean_ci("x", &[1.0, 1.0, 1.0, 0.0, 2.0]);
+    assert!(wide.ci_high > 1.0 && wide.ci_low < 0.5, "{wide:?}");
+    let tex = latex_table(&[rate], "rates");
+    assert!(tex.contains("rate & 10 & 0.9000 [0.6738, 1.0000]"), "{tex}");
     let df = to_frame(&rows()).expect("frame");
     let sums = summarize(&df, &["case_id"]).expect("summary");
     let names: Vec<&str> = sums.iter().map(|s| s.metric.as_str()).collect();
