@@ -1656,7 +1656,7 @@ impl BackendJob for EvalJob {
             journal: a.journal.clone(),
         };
         let n = a.n;
-        let (out, hparams, stats_tokens) = if a.method == MethodArg::Memit {
+        let (out, hparams, stats_tokens, templates) = if a.method == MethodArg::Memit {
             if opts.fluency_tokens > 0 {
                 bail!("--fluency-tokens is measured for ROME runs only so far");
             }
@@ -1688,7 +1688,12 @@ impl BackendJob for EvalJob {
                 eprintln!("[{:.0} s] {what}", start.elapsed().as_secs_f64())
             })?;
             let tokens = covs.first().map_or(0, |c| c.tokens);
-            (out, serde_json::to_value(&hp)?, tokens)
+            (
+                out,
+                serde_json::to_value(&hp)?,
+                tokens,
+                serde_json::to_value(&groups)?,
+            )
         } else {
             let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
             hp.key = match (a.key, a.method) {
@@ -1711,7 +1716,12 @@ impl BackendJob for EvalJob {
                 },
             )?;
             eprintln!();
-            (out, serde_json::to_value(&hp)?, cov.tokens)
+            (
+                out,
+                serde_json::to_value(&hp)?,
+                cov.tokens,
+                serde_json::to_value(&templates)?,
+            )
         };
         if out.rows.is_empty() {
             bail!("no case could be edited ({} skipped)", out.skipped.len());
@@ -1774,6 +1784,7 @@ impl BackendJob for EvalJob {
                 "benchmark": bench,
                 "conventions": conventions,
                 "hparams": hparams,
+                "context_templates": templates,
                 "sequential": a.sequential,
                 "batch": a.batch,
                 "checkpoints": a.checkpoints,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engram_datasets::demo::{demo_facts, DemoFact, RELATIONS};
-use engram_editing::rome::compute_u::{subject_keys, KeyCovariance};
+use engram_editing::rome::compute_u::{fill_template, subject_keys, subject_rows, KeyCovariance};
 use engram_editing::rome::context::context_templates;
 use engram_editing::rome::{rome_edit, EditRequest, RomeEdit, RomeHparams};
 use engram_editing::stats::{cached_stats, collect_stats, LayerStats, StatsOptions};
@@ -138,6 +138,25 @@ fn u_is_a_solve_of_the_key_second_moment() {
     let words = |t: &str| t.split_whitespace().count();
     assert!(rome[1..11].iter().all(|t| words(t) <= 5 + 2), "{rome:?}");
     assert!(rome[11..].iter().all(|t| words(t) <= 10 + 2), "{rome:?}");
+}
+
+/// A generated prefix that itself names the subject: the key is read at the
+/// prompt's subject (the `{}` slot), never inside the prefix.
+#[test]
+fn a_subject_named_in_the_prefix_is_not_taken_for_the_prompts() {
+    let lm = demo();
+    let f = &facts()[0];
+    let prompt = f.prompts()[0].clone();
+    let template = format!("{} and {} . {{}}", f.subject, f.subject);
+    let (text, from) = fill_template(&template, &prompt);
+    assert_eq!(&text[from..], prompt);
+    let rows = subject_rows(&lm, &[(text, from)], &f.subject).expect("templated");
+    let plain = subject_rows(&lm, &[(prompt.clone(), 0)], &f.subject).expect("plain");
+    let (ids, at) = &rows[0];
+    let (plain_ids, plain_at) = &plain[0];
+    // Same distance from the end as in the bare prompt, so past the prefix.
+    assert_eq!(ids.len() - at, plain_ids.len() - plain_at, "{ids:?} {at}");
+    assert!(*at >= ids.len() - plain_ids.len());
 }
 
 #[test]

@@ -334,6 +334,28 @@ fn memit_hparams_are_checked_in_for_the_published_models() {
         let h = MemitHparams::builtin(name).expect(name);
         assert!(!h.source.is_empty() && h.z_layer().is_ok(), "{name}");
     }
+    // Values that would run quietly wrong are refused, naming the field.
+    let dir = std::env::temp_dir().join(format!("engram-memit-hp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = serde_json::to_value(&xl).expect("json");
+    for (field, value) in [
+        ("clamp_norm_factor", serde_json::json!(-0.75)),
+        ("mom2_update_weight", serde_json::json!(0.0)),
+        ("kl_factor", serde_json::json!(-1.0)),
+        ("v_lr", serde_json::json!(0.0)),
+        ("fact_token", serde_json::json!("last")),
+    ] {
+        let mut v = base.clone();
+        v[field] = value;
+        let path = dir.join(format!("{field}.json"));
+        std::fs::write(&path, v.to_string()).expect("write");
+        let err = MemitHparams::load(&path).expect_err(field).to_string();
+        assert!(
+            err.contains(field) && err.contains(&*path.to_string_lossy()),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Several layers' statistics collected in one pass equal each layer's own.

@@ -136,6 +136,18 @@ impl Tokenizer {
 
     /// The token range covering the first occurrence of `subject` in `prompt`.
     pub fn subject_span(&self, prompt: &str, subject: &str) -> Result<(Encoded, Range<usize>)> {
+        self.subject_span_from(prompt, subject, 0)
+    }
+
+    /// As [`Self::subject_span`], with the first occurrence at or after byte
+    /// `from` (a prompt placed after a generated prefix is searched from
+    /// where it starts, so a subject named in the prefix is never taken).
+    pub fn subject_span_from(
+        &self,
+        prompt: &str,
+        subject: &str,
+        from: usize,
+    ) -> Result<(Encoded, Range<usize>)> {
         let not_found = || ModelError::SubjectNotFound {
             subject: subject.into(),
             prompt: prompt.into(),
@@ -143,7 +155,11 @@ impl Tokenizer {
         if subject.trim().is_empty() {
             return Err(not_found());
         }
-        let start = prompt.find(subject).ok_or_else(not_found)?;
+        let start = from
+            + prompt
+                .get(from..)
+                .and_then(|rest| rest.find(subject))
+                .ok_or_else(not_found)?;
         let end = start + subject.len();
         let enc = self.encode_with_offsets(prompt)?;
         let span = token_span(&enc.offsets, start..end).ok_or_else(not_found)?;

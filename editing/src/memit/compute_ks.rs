@@ -10,7 +10,7 @@ use engram_model::hooks::BlockSite;
 use engram_model::LanguageModel;
 
 use crate::error::Result;
-use crate::rome::compute_u::{activations_at, subject_rows};
+use crate::rome::compute_u::{activations_at, fill_template, subject_rows};
 use crate::rome::EditRequest;
 
 /// Rows per forward pass.
@@ -19,7 +19,7 @@ const ROWS: usize = 64;
 /// The activation at `site` of `layer` for each text's subject, in chunks.
 fn at_subjects<B: Backend>(
     lm: &LanguageModel<B>,
-    texts: &[(String, &str)],
+    texts: &[((String, usize), &str)],
     layer: usize,
     site: BlockSite,
 ) -> Result<Vec<Vec<f32>>> {
@@ -42,11 +42,11 @@ pub fn compute_ks<B: Backend>(
     layer: usize,
 ) -> Result<Vec<Vec<f32>>> {
     let flat: Vec<&String> = groups.iter().flatten().collect();
-    let texts: Vec<(String, &str)> = requests
+    let texts: Vec<((String, usize), &str)> = requests
         .iter()
         .flat_map(|r| {
             flat.iter()
-                .map(move |t| (t.replacen("{}", &r.prompt, 1), r.subject.as_str()))
+                .map(move |t| (fill_template(t, &r.prompt), r.subject.as_str()))
         })
         .collect();
     let keys = at_subjects(lm, &texts, layer, BlockSite::MlpPost)?;
@@ -77,9 +77,9 @@ pub fn current_zs<B: Backend>(
     requests: &[EditRequest],
     layer: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let texts: Vec<(String, &str)> = requests
+    let texts: Vec<((String, usize), &str)> = requests
         .iter()
-        .map(|r| (r.prompt.clone(), r.subject.as_str()))
+        .map(|r| ((r.prompt.clone(), 0), r.subject.as_str()))
         .collect();
     at_subjects(lm, &texts, layer, BlockSite::ResidPost)
 }

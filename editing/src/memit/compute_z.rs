@@ -38,6 +38,13 @@ pub fn compute_zs<B: Backend>(
 ) -> Result<(Vec<Z>, f64)> {
     let start = Instant::now();
     let layer = hp.z_layer()?;
+    // z₀ is read from each request's first row, which must be the bare prompt.
+    if templates.first().map(String::as_str) != Some("{}") {
+        return Err(EditError::Invalid(format!(
+            "MEMIT's templates must start with \"{{}}\" (the bare prompt), not {:?}",
+            templates.first()
+        )));
+    }
     let opts = hp.delta_options();
     let mut out = Vec::with_capacity(requests.len());
     let chunk = chunk.max(1);

@@ -38,6 +38,8 @@ pub struct MemitHparams {
     pub fact_token: String,
     pub v_num_grad_steps: usize,
     pub v_lr: f64,
+    /// Read for compatibility; the loss is taken at the final layer, as in
+    /// every published file (where it is the last layer).
     pub v_loss_layer: usize,
     pub v_weight_decay: f64,
     pub clamp_norm_factor: f64,
@@ -96,11 +98,34 @@ impl MemitHparams {
                 self.layers
             )));
         }
-        if !(self.mom2_update_weight.is_finite() && self.mom2_update_weight >= 0.0) {
+        if self.fact_token != "subject_last" {
             return Err(EditError::Invalid(format!(
-                "\"mom2_update_weight\" is {}",
-                self.mom2_update_weight
+                "\"fact_token\" is {:?}; only \"subject_last\" is supported",
+                self.fact_token
             )));
+        }
+        // λ = 0 would leave K Kᵀ alone, singular for fewer requests than d_mlp.
+        let positive = [
+            ("v_lr", self.v_lr),
+            ("clamp_norm_factor", self.clamp_norm_factor),
+            ("mom2_update_weight", self.mom2_update_weight),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(EditError::Invalid(format!(
+                    "\"{name}\" is {v}; it must be a positive number"
+                )));
+            }
+        }
+        for (name, v) in [
+            ("v_weight_decay", self.v_weight_decay),
+            ("kl_factor", self.kl_factor),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(EditError::Invalid(format!(
+                    "\"{name}\" is {v}; it must be zero or more"
+                )));
+            }
         }
         Ok(())
     }

@@ -272,10 +272,17 @@ pub fn apply_memit<B: Backend>(
             residual_norms,
         })
     })();
-    if result.is_err() {
-        if let Some(&first) = ids.first() {
-            ledger.remove(&mut lm.model, first)?;
+    let Err(e) = result else {
+        return result;
+    };
+    // The error that stopped the batch is the one to report; a failed
+    // rollback is added to it.
+    if let Some(&first) = ids.first() {
+        if let Err(undo) = ledger.remove(&mut lm.model, first) {
+            return Err(EditError::Invalid(format!(
+                "{e}; removing the layers already applied also failed: {undo}"
+            )));
         }
     }
-    result
+    Err(e)
 }

@@ -20,16 +20,27 @@ pub struct SubjectKeys {
     pub k_plain: Vec<f32>,
 }
 
-/// Each text's token ids and the index of the subject's last token in it.
+/// `template` with `prompt` in its `{}`, and the byte where the prompt starts
+/// there: the subject is looked for from that byte, as ROME and MEMIT place it
+/// at the `{}` slot, never in the generated prefix.
+pub fn fill_template(template: &str, prompt: &str) -> (String, usize) {
+    match template.find("{}") {
+        Some(at) => (template.replacen("{}", prompt, 1), at),
+        None => (template.to_string(), 0),
+    }
+}
+
+/// Each text's token ids and the index of the subject's last token in it; the
+/// subject is the first occurrence at or after the text's byte offset.
 pub fn subject_rows<B: Backend>(
     lm: &LanguageModel<B>,
-    texts: &[String],
+    texts: &[(String, usize)],
     subject: &str,
 ) -> Result<Vec<(Vec<u32>, usize)>> {
     texts
         .iter()
-        .map(|t| {
-            let (enc, span) = lm.tokenizer.subject_span(t, subject)?;
+        .map(|(t, from)| {
+            let (enc, span) = lm.tokenizer.subject_span_from(t, subject, *from)?;
             if enc.ids.len() > lm.model.config.n_ctx {
                 return Err(EditError::Model(engram_model::ModelError::PromptTooLong {
                     len: enc.ids.len(),
@@ -85,14 +96,12 @@ pub fn subject_keys<B: Backend>(
 ) -> Result<SubjectKeys> {
     // The unprefixed prompt is one of the templates ("{}") as ROME builds them;
     // otherwise it is read as one extra row, outside the average.
-    let mut texts: Vec<String> = templates
-        .iter()
-        .map(|t| t.replacen("{}", prompt, 1))
-        .collect();
+    let mut texts: Vec<(String, usize)> =
+        templates.iter().map(|t| fill_template(t, prompt)).collect();
     let plain = match templates.iter().position(|t| t == "{}") {
         Some(i) => i,
         None => {
-            texts.push(prompt.to_string());
+            texts.push((prompt.to_string(), 0));
             texts.len() - 1
         }
     };

@@ -19,7 +19,7 @@ use engram_model::train::lift_kv;
 use engram_model::{Batch, LanguageModel, Transformer};
 use serde::{Deserialize, Serialize};
 
-use super::compute_u::{activations_at, subject_rows};
+use super::compute_u::{activations_at, fill_template, subject_rows};
 use super::RomeHparams;
 use crate::error::{EditError, Result};
 
@@ -89,16 +89,18 @@ impl DeltaJob {
         if n_t == 0 {
             return Err(EditError::Model(engram_model::ModelError::EmptyTarget));
         }
-        let texts: Vec<String> = templates
-            .iter()
-            .map(|t| t.replacen("{}", prompt, 1))
-            .collect();
+        let texts: Vec<(String, usize)> =
+            templates.iter().map(|t| fill_template(t, prompt)).collect();
         let mut rows = subject_rows(lm, &texts, subject)?;
         let prompt_lens = rows.iter().map(|(ids, _)| ids.len()).collect();
         for (ids, _) in &mut rows {
             ids.extend_from_slice(&target_ids[..n_t - 1]);
         }
-        rows.extend(subject_rows(lm, &[format!("{subject} is a")], subject)?);
+        rows.extend(subject_rows(
+            lm,
+            &[(format!("{subject} is a"), 0)],
+            subject,
+        )?);
         let n_ctx = lm.model.config.n_ctx;
         if let Some(long) = rows.iter().map(|(ids, _)| ids.len()).max() {
             if long > n_ctx {
@@ -158,7 +160,7 @@ pub fn compute_v<B: Backend>(
 ) -> Result<VResult> {
     let job = DeltaJob::new(lm, prompt, subject, target_ids, templates)?;
     // v₀: the MLP output at the subject's last token of the unprefixed prompt.
-    let plain = subject_rows(lm, &[prompt.to_string()], subject)?;
+    let plain = subject_rows(lm, &[(prompt.to_string(), 0)], subject)?;
     let v0 = activations_at(lm, &plain, layer, BlockSite::MlpOut)?.remove(0);
     let mut out = optimise_deltas(
         lm,

@@ -2,8 +2,8 @@
 //! start with short texts the model writes itself ("{}" plus `count` samples of
 //! up to `len` tokens per `(len, count)`, top-k 5, from the starts "The",
 //! "Therefore", "Because", "I", "You"), each followed by ". {}" (" . {}" where the
-//! tokenizer splits words on whitespace only). MEMIT uses the same prefixes
-//! with its own starts and lengths, averaged per group.
+//! tokenizer splits words on whitespace only). MEMIT uses the same starts with
+//! its own lengths, and averages per group.
 
 use burn_tensor::backend::Backend;
 use engram_model::generate::{generate_with, GenerateConfig, Sampling};
@@ -11,10 +11,10 @@ use engram_model::{Tokenizer, Transformer};
 
 use crate::error::Result;
 
-/// ROME's starts.
+/// ROME's starts (`rome_main.get_context_templates`).
 pub const ROME_STARTS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
-/// MEMIT's starts (`memit_main.get_context_templates`).
-pub const MEMIT_STARTS: [&str; 5] = ["The", "She", "He", "They", "It"];
+/// MEMIT's starts (`memit_main.get_context_templates`): ROME's own.
+pub const MEMIT_STARTS: [&str; 5] = ROME_STARTS;
 
 /// `["{}", "<generated>. {}", …]` with ROME's starts. Starts the tokenizer
 /// cannot spell (the demo model's word vocabulary has no "Therefore") are left
