@@ -348,6 +348,16 @@ impl<B: Backend> Ledger<B> {
             if u.len() != rank * d_mlp || r.len() != rank * d_model {
                 return Err(bad(format!("edit {} does not fit this model", e.id)));
             }
+            if u.iter().chain(r).any(|x| !x.is_finite()) {
+                return Err(bad(format!("edit {} has a non-finite factor", e.id)));
+            }
+            if matches!(e.edit, EditPayload::Memit(_)) && e.batch.is_none() {
+                return Err(bad(format!("MEMIT edit {} has no batch", e.id)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(e) = file.edits.iter().find(|e| !seen.insert(e.id)) {
+            return Err(bad(format!("edit id {} appears twice", e.id)));
         }
         ledger.edits = file.edits;
         for layer in layers {

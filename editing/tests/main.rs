@@ -248,6 +248,27 @@ fn apply_then_revert_restores_every_weight_bit_for_bit() {
         Ledger::<Cpu>::import(&path, &mut fresh.model, "another"),
         Err(EditError::WrongBase { .. })
     ));
+    // A hand-edited ledger with a repeated id, or a factor past f32's range,
+    // is refused by name before any weight changes.
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let entry = v["edits"][0].clone();
+    v["edits"].as_array_mut().expect("edits").push(entry);
+    std::fs::write(&path, v.to_string()).expect("write");
+    let mut clean = demo();
+    let before = out_proj_bits(&clean.model, 0);
+    match Ledger::<Cpu>::import(&path, &mut clean.model, "demo") {
+        Err(e) => assert!(e.to_string().contains("appears twice"), "{e}"),
+        Ok(_) => panic!("a repeated edit id was accepted"),
+    }
+    v["edits"].as_array_mut().expect("edits").pop();
+    v["edits"][0]["edit"]["u"][0] = serde_json::json!(1e39);
+    std::fs::write(&path, v.to_string()).expect("write");
+    match Ledger::<Cpu>::import(&path, &mut clean.model, "demo") {
+        Err(e) => assert!(e.to_string().contains("non-finite factor"), "{e}"),
+        Ok(_) => panic!("a factor of 1e39 was accepted"),
+    }
+    assert_eq!(out_proj_bits(&clean.model, 0), before);
     let _ = std::fs::remove_file(&path);
 }
 

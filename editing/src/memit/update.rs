@@ -118,6 +118,7 @@ pub fn layer_update(
     let k: Vec<f64> = keys.iter().flatten().map(|&x| f64::from(x)).collect();
     add_outer_lower(&mut m, dim, &k, n);
     let l = cholesky(&m, dim)?;
+    drop(m);
     let adj = cholesky_solve_many(&l, dim, &k, n);
     let u: Vec<f32> = adj.iter().map(|&x| x as f32).collect();
     let r: Vec<f32> = targets
@@ -200,6 +201,13 @@ pub fn apply_memit<B: Backend>(
                 expected: format!("layer {l} with {d_mlp}"),
             });
         }
+    }
+    let d_model = lm.model.config.d_model;
+    if let Some((i, z)) = zs.iter().enumerate().find(|(_, z)| z.z.len() != d_model) {
+        return Err(EditError::Invalid(format!(
+            "z of request {i} has {} entries, the model's residual {d_model}",
+            z.z.len()
+        )));
     }
     let batch = ledger.next_batch();
     let mut ids = Vec::new();
