@@ -483,7 +483,7 @@ fn edit_panel_runs_a_memit_batch_and_reverts_it_as_a_unit() {
         settings_path: Some(settings_path),
         ..Default::default()
     });
-    h.get_by_label("Run MEMIT").click();
+    h.get_by_label("Run MEMIT").click_accesskit();
     wait_for(&mut h, "the MEMIT batch", |h| {
         !h.state().is_busy() && h.state().last_batch().is_some()
     });
