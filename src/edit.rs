@@ -250,6 +250,18 @@ pub fn resolve_memit_hparams(model: &Path, given: Option<&str>) -> Result<MemitH
     MemitHparams::builtin(guess).with_context(|| format!("MEMIT hparams {guess}"))
 }
 
+/// Threads for MEMIT's z chunks: `requested`, or where 0, every core on the
+/// CPU (one chunk there keeps about one core busy) and 1 on a GPU.
+pub fn z_workers(requested: usize, device: &engram_model::DeviceSpec) -> usize {
+    match (requested, device) {
+        (0, engram_model::DeviceSpec::Cpu) => {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }
+        (0, _) => 1,
+        (n, _) => n,
+    }
+}
+
 /// What every MEMIT batch with `hp` needs: C of each edited layer (collected
 /// together in one pass where not cached) and MEMIT's context prefixes in groups.
 /// `progress(done, total)` key vectors; false cancels.

@@ -563,6 +563,8 @@ pub struct MemitSetup<'a> {
     pub batch: usize,
     /// Requests per z optimisation batch.
     pub z_chunk: usize,
+    /// Threads optimising z chunks at once.
+    pub z_workers: usize,
     /// A JSON-lines cache of computed z vectors: reused when the model, layer,
     /// optimiser settings, request and the weights' edits match.
     pub z_cache: Option<PathBuf>,
@@ -630,11 +632,21 @@ fn zs_for<B: Backend>(
     let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
     let mut seconds = 0.0;
     let total = requests.len();
-    for part in missing.chunks(setup.z_chunk.max(1)) {
+    // One chunk per worker between cache writes, so an interruption loses little.
+    let step = setup.z_chunk.max(1) * setup.z_workers.max(1);
+    for part in missing.chunks(step) {
         let reqs: Vec<EditRequest> = part.iter().map(|&i| requests[i].clone()).collect();
         progress(out.iter().filter(|z| z.is_some()).count(), total);
-        let (zs, secs) = compute_zs(lm, &reqs, setup.hp, &flat, setup.z_chunk, &mut |_, _| true)
-            .map_err(|e| remap_index(e, part))?;
+        let (zs, secs) = compute_zs(
+            lm,
+            &reqs,
+            setup.hp,
+            &flat,
+            setup.z_chunk,
+            setup.z_workers,
+            &mut |_, _| true,
+        )
+        .map_err(|e| remap_index(e, part))?;
         seconds += secs;
         for (&i, z) in part.iter().zip(zs) {
             if let Some(p) = &setup.z_cache {

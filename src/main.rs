@@ -419,6 +419,9 @@ struct EvalArgs {
     /// MEMIT: requests per z optimisation batch.
     #[arg(long, default_value_t = 16)]
     z_chunk: usize,
+    /// MEMIT: threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
+    #[arg(long, default_value_t = 0)]
+    z_workers: usize,
     /// MEMIT: a JSON-lines cache of z vectors, reused by later runs.
     #[arg(long)]
     z_cache: Option<PathBuf>,
@@ -557,6 +560,9 @@ struct MemitArgs {
     /// Requests per z optimisation batch.
     #[arg(long, default_value_t = 16)]
     z_chunk: usize,
+    /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
+    #[arg(long, default_value_t = 0)]
+    z_workers: usize,
     /// Show the top answers before and after for this many requests.
     #[arg(long, default_value_t = 5)]
     show: usize,
@@ -621,6 +627,9 @@ enum BenchCommand {
         stats_tokens: usize,
         #[arg(long, default_value_t = 16)]
         z_chunk: usize,
+        /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
+        #[arg(long, default_value_t = 0)]
+        z_workers: usize,
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
         #[arg(long, value_enum, default_value = "f32")]
@@ -905,6 +914,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 corpus,
                 stats_tokens,
                 z_chunk,
+                z_workers,
                 device,
                 dtype,
             } => with_backend(
@@ -918,6 +928,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     corpus,
                     stats_tokens,
                     z_chunk,
+                    z_workers: engram::edit::z_workers(z_workers, &device),
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
             ),
@@ -1368,6 +1379,7 @@ impl BackendJob for MemitJob {
             corpus: a.corpus.as_deref(),
             stats_tokens: a.stats_tokens,
             z_chunk: a.z_chunk,
+            z_workers: engram::edit::z_workers(a.z_workers, &a.device),
         };
         let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
         show(&lm, "after")?;
@@ -1406,6 +1418,7 @@ struct MemitBenchJob {
     corpus: Option<PathBuf>,
     stats_tokens: usize,
     z_chunk: usize,
+    z_workers: usize,
     label: String,
 }
 
@@ -1424,6 +1437,7 @@ impl BackendJob for MemitBenchJob {
             corpus: self.corpus.as_deref(),
             stats_tokens: self.stats_tokens,
             z_chunk: self.z_chunk,
+            z_workers: self.z_workers,
         };
         let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
         let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;
@@ -1680,6 +1694,7 @@ impl BackendJob for EvalJob {
                 groups: &groups,
                 batch: a.batch.unwrap_or(a.n),
                 z_chunk: a.z_chunk,
+                z_workers: engram::edit::z_workers(a.z_workers, &a.device),
                 z_cache: a.z_cache.clone(),
                 model_hash: hash.clone(),
             };

@@ -21,6 +21,8 @@ pub struct MemitRun<'a> {
     pub corpus: Option<&'a Path>,
     pub stats_tokens: usize,
     pub z_chunk: usize,
+    /// Threads optimising z chunks at once.
+    pub z_workers: usize,
 }
 
 /// Timings of one batch.
@@ -72,6 +74,7 @@ pub fn memit_batch<B: Backend>(
         run.hp,
         &flat,
         run.z_chunk,
+        run.z_workers,
         &mut |done, total| {
             eprint!(
                 "\rz: {done}/{total} requests, {:.0} s",

@@ -482,6 +482,7 @@ impl<B: Backend> EditState<B> {
         &mut self,
         lm: &mut LanguageModel<B>,
         form: &EditSettings,
+        z_workers: usize,
         progress: ProgressFn<'_>,
     ) -> Result<BatchView, JobError> {
         let requests = if form.batch_file.trim().is_empty() {
@@ -539,13 +540,21 @@ impl<B: Backend> EditState<B> {
             .collect::<Result<_, _>>()?;
         let flat: Vec<String> = groups.iter().flatten().cloned().collect();
         let n = requests.len();
-        let (zs, z_seconds) = compute_zs(lm, &requests, &hp, &flat, 16, &mut |done, total| {
-            progress(Progress {
-                done,
-                total,
-                note: format!("z: {done}/{total} requests"),
-            })
-        })
+        let (zs, z_seconds) = compute_zs(
+            lm,
+            &requests,
+            &hp,
+            &flat,
+            16,
+            z_workers,
+            &mut |done, total| {
+                progress(Progress {
+                    done,
+                    total,
+                    note: format!("z: {done}/{total} requests"),
+                })
+            },
+        )
         .map_err(edit_error)?;
         let (covs, groups) = (covs.clone(), groups.clone());
         let ledger = self.ledger(lm)?;

@@ -426,7 +426,8 @@ impl<B: Backend> Session for Loaded<B> {
         progress: ProgressFn<'_>,
     ) -> Result<BatchView, JobError> {
         self.triggers.clear();
-        self.edits.memit(&mut self.lm, form, progress)
+        let workers = engram::edit::z_workers(0, &self.card.device);
+        self.edits.memit(&mut self.lm, form, workers, progress)
     }
 
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {

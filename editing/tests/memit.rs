@@ -72,7 +72,7 @@ fn memit(
         .map(|l| covs.iter().find(|c| c.layer == *l).expect("stats").clone())
         .collect();
     let flat: Vec<String> = groups.iter().flatten().cloned().collect();
-    let (zs, _) = compute_zs(lm, requests, hp, &flat, 32, &mut |_, _| true).expect("z");
+    let (zs, _) = compute_zs(lm, requests, hp, &flat, 32, 1, &mut |_, _| true).expect("z");
     apply_memit(lm, ledger, requests, &zs, hp, &covs, groups, &mut |_, _| {
         true
     })
@@ -414,4 +414,56 @@ fn statistics_of_several_layers_in_one_pass_equal_single_layers() {
     assert_eq!(again[0].0, both[1].0);
     assert!(again.iter().all(|(_, cached)| *cached));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
+    let lm = demo();
+    let mut hp = memit_hparams();
+    hp.v_num_grad_steps = 3;
+    let fs = facts();
+    let requests: Vec<EditRequest> = [2, 6, 10, 17, 21]
+        .iter()
+        .map(|&i| request(&fs[i], &new_target(&fs[i], 1)))
+        .collect();
+    let (_, groups) = memit_setup();
+    let flat: Vec<String> = groups.iter().flatten().cloned().collect();
+    // Chunks of 2: three chunks, the last with one request.
+    let (one, _) = compute_zs(&lm, &requests, &hp, &flat, 2, 1, &mut |_, _| true).expect("z");
+    let mut seen = Vec::new();
+    let (two, _) = compute_zs(&lm, &requests, &hp, &flat, 2, 2, &mut |d, t| {
+        seen.push((d, t));
+        true
+    })
+    .expect("z on two threads");
+    assert_eq!(one.len(), requests.len());
+    assert_eq!(two.len(), requests.len());
+    for (i, (a, b)) in one.iter().zip(&two).enumerate() {
+        let diff =
+            a.z.iter()
+                .zip(&b.z)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "request {i}: z differs by {diff}");
+        assert_eq!(a.steps.len(), b.steps.len(), "request {i}");
+    }
+    assert_eq!(seen.last(), Some(&(5, 5)), "{seen:?}");
+    // A bad request in the last chunk fails the batch before any chunk runs.
+    let mut bad = requests.clone();
+    bad[4].subject = "Nobody Atall".into();
+    let mut calls = 0;
+    let err = compute_zs(&lm, &bad, &hp, &flat, 2, 2, &mut |_, _| {
+        calls += 1;
+        true
+    })
+    .expect_err("subject not in prompt");
+    assert!(
+        matches!(err, EditError::BadRequest { index: 4, .. }),
+        "{err}"
+    );
+    assert_eq!(calls, 0, "no optimisation ran");
+    // Cancelling from the progress callback stops both threads.
+    let err =
+        compute_zs(&lm, &requests, &hp, &flat, 2, 2, &mut |_, _| false).expect_err("cancelled");
+    assert!(matches!(err, EditError::Cancelled), "{err}");
 }

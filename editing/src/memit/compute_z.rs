@@ -3,9 +3,11 @@
 //! request i's target. δ_i is ROME's v* optimisation with the residual in place
 //! of the MLP output (its norm sets the weight decay and the clamp), run for
 //! `chunk` requests at a time in one batch, so memory stays bounded for
-//! thousands of requests.
+//! thousands of requests; chunks can run on several threads at once.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::MemitHparams;
 use crate::error::{EditError, Result};
-use crate::rome::compute_v::{optimise_deltas, DeltaJob, VStep};
+use crate::rome::compute_v::{optimise_deltas, DeltaJob, DeltaOptions, DeltaResult, VStep};
 use crate::rome::EditRequest;
 
 /// One request's target residual.
@@ -27,13 +29,16 @@ pub struct Z {
 }
 
 /// z for every request at `hp`'s last layer. `templates` are the flat context
-/// prefixes. `progress(requests done, total)` returns false to cancel.
+/// prefixes. Chunks of `chunk` requests are optimised on `workers` threads at
+/// once (on the CPU backend one chunk keeps about one core busy; on a GPU use
+/// 1). `progress(requests done, total)` returns false to cancel.
 pub fn compute_zs<B: Backend>(
     lm: &LanguageModel<B>,
     requests: &[EditRequest],
     hp: &MemitHparams,
     templates: &[String],
     chunk: usize,
+    workers: usize,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(Vec<Z>, f64)> {
     let start = Instant::now();
@@ -46,12 +51,10 @@ pub fn compute_zs<B: Backend>(
         )));
     }
     let opts = hp.delta_options();
-    let mut out = Vec::with_capacity(requests.len());
     let chunk = chunk.max(1);
+    // Every request's rows first, so that a bad one is named before any optimisation.
+    let mut parts: Vec<Vec<DeltaJob>> = Vec::with_capacity(requests.len().div_ceil(chunk));
     for (c, part) in requests.chunks(chunk).enumerate() {
-        if !progress(out.len(), requests.len()) {
-            return Err(EditError::Cancelled);
-        }
         let mut jobs = Vec::with_capacity(part.len());
         for (k, r) in part.iter().enumerate() {
             let index = c * chunk + k;
@@ -65,22 +68,104 @@ pub fn compute_zs<B: Backend>(
                 .map_err(|e| bad(e.into()))?;
             jobs.push(DeltaJob::new(lm, &r.prompt, &r.subject, &ids, templates).map_err(bad)?);
         }
-        let done = out.len();
-        let total = requests.len();
-        let results = optimise_deltas(lm, &jobs, layer, &opts, None, &mut |_, _| {
-            progress(done, total)
-        })?;
-        for r in results {
-            let z: Vec<f32> = r.resid0.iter().zip(&r.delta).map(|(a, b)| a + b).collect();
-            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            out.push(Z {
-                delta_norm: norm(&r.delta),
-                z0_norm: norm(&r.resid0),
-                z,
-                steps: r.steps,
+        parts.push(jobs);
+    }
+    let total = requests.len();
+    let workers = workers.clamp(1, parts.len().max(1));
+    let results = if workers == 1 {
+        let mut results = Vec::with_capacity(parts.len());
+        let mut done = 0;
+        for jobs in &parts {
+            if !progress(done, total) {
+                return Err(EditError::Cancelled);
+            }
+            results.push(optimise_deltas(
+                lm,
+                jobs,
+                layer,
+                &opts,
+                None,
+                &mut |_, _| progress(done, total),
+            )?);
+            done += jobs.len();
+        }
+        results
+    } else {
+        parallel_chunks(lm, &parts, layer, &opts, workers, total, progress)?
+    };
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let out: Vec<Z> = results
+        .into_iter()
+        .flatten()
+        .map(|r| Z {
+            delta_norm: norm(&r.delta),
+            z0_norm: norm(&r.resid0),
+            z: r.resid0.iter().zip(&r.delta).map(|(a, b)| a + b).collect(),
+            steps: r.steps,
+        })
+        .collect();
+    progress(out.len(), total);
+    Ok((out, start.elapsed().as_secs_f64()))
+}
+
+/// Optimise the chunks on `workers` threads, taking the next chunk as each
+/// finishes; the calling thread reports progress and cancels. The first
+/// failing chunk's error is returned (a cancellation only if nothing failed).
+fn parallel_chunks<B: Backend>(
+    lm: &LanguageModel<B>,
+    parts: &[Vec<DeltaJob>],
+    layer: usize,
+    opts: &DeltaOptions,
+    workers: usize,
+    total: usize,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Vec<Vec<DeltaResult>>> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let exited = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<Vec<DeltaResult>>>>> =
+        parts.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= parts.len() || stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = optimise_deltas(lm, &parts[i], layer, opts, None, &mut |_, _| {
+                        !stop.load(Ordering::SeqCst)
+                    });
+                    if r.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    done.fetch_add(parts[i].len(), Ordering::SeqCst);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+                exited.fetch_add(1, Ordering::SeqCst);
             });
         }
+        while exited.load(Ordering::SeqCst) < workers {
+            if !progress(done.load(Ordering::SeqCst), total) {
+                stop.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut out = Vec::with_capacity(parts.len());
+    let mut cancelled = false;
+    for slot in slots {
+        match slot.into_inner().ok().flatten() {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(EditError::Cancelled)) | None => cancelled = true,
+            Some(Err(e)) => return Err(e),
+        }
     }
-    progress(out.len(), requests.len());
-    Ok((out, start.elapsed().as_secs_f64()))
+    if cancelled {
+        return Err(EditError::Cancelled);
+    }
+    Ok(out)
 }
