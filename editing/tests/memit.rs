@@ -422,14 +422,35 @@ fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
     let mut hp = memit_hparams();
     hp.v_num_grad_steps = 3;
     let fs = facts();
-    let requests: Vec<EditRequest> = [2, 6, 10, 17, 21]
+    let mut requests: Vec<EditRequest> = [2, 6, 10, 17, 21]
         .iter()
         .map(|&i| request(&fs[i], &new_target(&fs[i], 1)))
         .collect();
+    // A three-word target makes the first request's tail the longest, so
+    // chunking by tail length moves it to the last chunk.
+    requests[0].target = format!(
+        "{} {} {}",
+        new_target(&fs[2], 1),
+        new_target(&fs[2], 2),
+        new_target(&fs[2], 3)
+    );
     let (_, groups) = memit_setup();
     let flat: Vec<String> = groups.iter().flatten().cloned().collect();
     // Chunks of 2: three chunks, the last with one request.
     let (one, _) = compute_zs(&lm, &requests, &hp, &flat, 2, 1, &mut |_, _| true).expect("z");
+    // Each request alone: z comes back in request order, whatever the chunks.
+    let (alone, _) = compute_zs(&lm, &requests, &hp, &flat, 1, 1, &mut |_, _| true).expect("z");
+    for (i, (a, b)) in alone.iter().zip(&one).enumerate() {
+        let diff =
+            a.z.iter()
+                .zip(&b.z)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+        assert!(
+            diff <= 1e-3,
+            "request {i}: z alone and in a chunk differ by {diff}"
+        );
+    }
     let mut seen = Vec::new();
     let (two, _) = compute_zs(&lm, &requests, &hp, &flat, 2, 2, &mut |d, t| {
         seen.push((d, t));

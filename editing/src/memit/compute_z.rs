@@ -3,7 +3,8 @@
 //! request i's target. δ_i is ROME's v* optimisation with the residual in place
 //! of the MLP output (its norm sets the weight decay and the clamp), run for
 //! `chunk` requests at a time in one batch, so memory stays bounded for
-//! thousands of requests; chunks can run on several threads at once.
+//! thousands of requests; chunks hold requests of similar tail length (less
+//! padding) and can run on several threads at once.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -53,23 +54,27 @@ pub fn compute_zs<B: Backend>(
     let opts = hp.delta_options();
     let chunk = chunk.max(1);
     // Every request's rows first, so that a bad one is named before any optimisation.
-    let mut parts: Vec<Vec<DeltaJob>> = Vec::with_capacity(requests.len().div_ceil(chunk));
-    for (c, part) in requests.chunks(chunk).enumerate() {
-        let mut jobs = Vec::with_capacity(part.len());
-        for (k, r) in part.iter().enumerate() {
-            let index = c * chunk + k;
-            let bad = |source: EditError| EditError::BadRequest {
-                index,
-                subject: r.subject.clone(),
-                source: Box::new(source),
-            };
-            let ids = lm
-                .target_tokens(&r.prompt, &r.target)
-                .map_err(|e| bad(e.into()))?;
-            jobs.push(DeltaJob::new(lm, &r.prompt, &r.subject, &ids, templates).map_err(bad)?);
-        }
-        parts.push(jobs);
+    let mut all: Vec<DeltaJob> = Vec::with_capacity(requests.len());
+    for (index, r) in requests.iter().enumerate() {
+        let bad = |source: EditError| EditError::BadRequest {
+            index,
+            subject: r.subject.clone(),
+            source: Box::new(source),
+        };
+        let ids = lm
+            .target_tokens(&r.prompt, &r.target)
+            .map_err(|e| bad(e.into()))?;
+        all.push(DeltaJob::new(lm, &r.prompt, &r.subject, &ids, templates).map_err(bad)?);
     }
+    // A chunk's rows are padded to its longest tail (subject token onwards), so
+    // requests are chunked in order of tail length; results return in request order.
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| all[i].tail_len());
+    let mut slots: Vec<Option<DeltaJob>> = all.into_iter().map(Some).collect();
+    let parts: Vec<Vec<DeltaJob>> = order
+        .chunks(chunk)
+        .map(|c| c.iter().filter_map(|&i| slots[i].take()).collect())
+        .collect();
     let total = requests.len();
     let workers = workers.clamp(1, parts.len().max(1));
     let results = if workers == 1 {
@@ -93,10 +98,20 @@ pub fn compute_zs<B: Backend>(
     } else {
         parallel_chunks(lm, &parts, layer, &opts, workers, total, progress)?
     };
+    let mut by_request: Vec<Option<DeltaResult>> = (0..total).map(|_| None).collect();
+    for (&i, r) in order.iter().zip(results.into_iter().flatten()) {
+        by_request[i] = Some(r);
+    }
+    let results: Vec<DeltaResult> = by_request.into_iter().flatten().collect();
+    if results.len() != total {
+        return Err(EditError::Invalid(format!(
+            "z for {} of {total} requests",
+            results.len()
+        )));
+    }
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let out: Vec<Z> = results
         .into_iter()
-        .flatten()
         .map(|r| Z {
             delta_norm: norm(&r.delta),
             z0_norm: norm(&r.resid0),

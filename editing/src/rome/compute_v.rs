@@ -117,6 +117,15 @@ impl DeltaJob {
         })
     }
 
+    /// The longest row from the subject's last token on: the batch's padded width.
+    pub fn tail_len(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|(ids, idx)| ids.len() - idx)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn n_rewrite(&self) -> usize {
         self.prompt_lens.len()
     }
