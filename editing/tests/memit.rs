@@ -416,6 +416,13 @@ fn statistics_of_several_layers_in_one_pass_equal_single_layers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
     let lm = demo();
@@ -441,11 +448,7 @@ fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
     // Each request alone: z comes back in request order, whatever the chunks.
     let (alone, _) = compute_zs(&lm, &requests, &hp, &flat, 1, 1, &mut |_, _| true).expect("z");
     for (i, (a, b)) in alone.iter().zip(&one).enumerate() {
-        let diff =
-            a.z.iter()
-                .zip(&b.z)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+        let diff = max_abs_diff(&a.z, &b.z);
         assert!(
             diff <= 1e-3,
             "request {i}: z alone and in a chunk differ by {diff}"
@@ -460,11 +463,7 @@ fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
     assert_eq!(one.len(), requests.len());
     assert_eq!(two.len(), requests.len());
     for (i, (a, b)) in one.iter().zip(&two).enumerate() {
-        let diff =
-            a.z.iter()
-                .zip(&b.z)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+        let diff = max_abs_diff(&a.z, &b.z);
         assert!(diff <= 1e-5, "request {i}: z differs by {diff}");
         assert_eq!(a.steps.len(), b.steps.len(), "request {i}");
     }
