@@ -6,7 +6,7 @@ on the same model, input shapes and thread count, in one run. Prints both tables
                                   [--device cpu|cuda] [--dtype f32|bf16|f16] [--iters 5]
     python bench/torch_forward.py --write-random-gpt2-xl DIR --tokenizer-from ../shared/tokenizers/gpt2
 
-MODEL is a HF directory or a .gguf file (transformers dequantizes GGUF to fp32; needs `pip install gguf`).
+MODEL is a HF directory or a .gguf file (transformers dequantizes GGUF to fp32; needs `pip install gguf accelerate`).
 torch and transformers are needed only here, never by the tests.
 """
 import argparse

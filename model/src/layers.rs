@@ -4,7 +4,7 @@
 //! Weights are stored as `[in, out]` so that a layer is `x · W (+ b)`; loaders
 //! transpose HF `nn.Linear` weights (`[out, in]`) and keep GPT-2's Conv1D as is.
 
-use burn_tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
+use burn_tensor::activation::{gelu, gelu_approximate, relu, softmax};
 use burn_tensor::backend::Backend;
 use burn_tensor::{Bool, DType, Tensor, TensorData};
 
@@ -355,6 +355,13 @@ impl<B: Backend> Mlp<B> {
         let post = at3(hooks, hp(BlockSite::MlpPost), post)?;
         Ok(self.fc_out.forward(post))
     }
+}
+
+/// SiLU as `x / (1 + exp(-x))`: four element-wise passes and one `exp`. burn's
+/// default goes through a log-space sigmoid (two `exp`, one `log`, seven passes).
+/// For very negative x, `exp(-x)` overflows to inf and the result is -0, as it should be.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() / x.neg().exp().add_scalar(1.0)
 }
 
 pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: MlpActivation) -> Tensor<B, D> {

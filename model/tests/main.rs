@@ -8,6 +8,7 @@ mod cuda;
 mod generate;
 mod gguf;
 mod hooks;
+mod layers;
 mod padding;
 mod parity;
 mod tokenizer;
