@@ -31,6 +31,9 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - x: `[batch, pos, d_in]` → `[batch, pos, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(y) = crate::cpu_gemm::linear(&x, &self.weight, self.bias.as_ref()) {
+            return y;
+        }
         let [b, s, d_in] = x.dims();
         let d_out = self.weight.dims()[1];
         let y = x.reshape([b * s, d_in]).matmul(self.weight.clone());
