@@ -31,7 +31,7 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - x: `[batch, pos, d_in]` → `[batch, pos, d_out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if let Some(y) = crate::cpu_gemm::linear(&x, &self.weight, self.bias.as_ref()) {
+        if let Some(y) = crate::cpu::linear(&x, &self.weight, self.bias.as_ref()) {
             return y;
         }
         let [b, s, d_in] = x.dims();
@@ -68,6 +68,11 @@ impl<B: Backend> Norm<B> {
     /// # Shapes
     /// - x: `[batch, pos, d_model]` → `[batch, pos, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(y) =
+            crate::cpu::ops::norm(&x, self.kind, self.eps, &self.weight, self.bias.as_ref())
+        {
+            return y;
+        }
         let normed = match self.kind {
             NormKind::LayerNorm => {
                 let (var, mean) = x.clone().var_mean_bias(2);
@@ -196,6 +201,9 @@ fn apply_rotary<B: Backend>(
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    if let Some(y) = crate::cpu::ops::rotary(&x, style, cos, sin) {
+        return y;
+    }
     let [b, s, h, d] = x.dims();
     let r = cos.dims()[3];
     let x_rot = x.clone().narrow(3, 0, r);
@@ -291,6 +299,27 @@ impl<B: Backend> Attention<B> {
             Some(cache) => cache.extend(k, v),
             None => (k, v),
         };
+        // On the CPU: fused where no hook reads or replaces the scores or the pattern,
+        // else in three steps with the same arithmetic.
+        let wanted = hooks.wants(hp(BlockSite::AttnScores)) || hooks.wants(hp(BlockSite::Pattern));
+        if !wanted {
+            if let Some(z) = crate::cpu::ops::attention(&q, &k, &v, &ctx.mask) {
+                let z = at4(hooks, hp(BlockSite::Z), z)?;
+                return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
+            }
+        } else if let Some(scores) = crate::cpu::ops::attention_scores(&q, &k, &ctx.mask) {
+            let scores = at4(hooks, hp(BlockSite::AttnScores), scores)?;
+            let pattern = crate::cpu::ops::softmax(&scores).unwrap_or_else(|| softmax(scores, 3));
+            let pattern = at4(hooks, hp(BlockSite::Pattern), pattern)?;
+            if let Some(z) = crate::cpu::ops::attention_values(&pattern, &v) {
+                let z = at4(hooks, hp(BlockSite::Z), z)?;
+                return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
+            }
+            let v = repeat_kv(v, nh / nkv);
+            let z = pattern.matmul(v.swap_dims(1, 2)).swap_dims(1, 2);
+            let z = at4(hooks, hp(BlockSite::Z), z)?;
+            return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
+        }
         let t = k.dims()[1];
         let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
 
@@ -349,10 +378,18 @@ impl<B: Backend> Mlp<B> {
         let hp = |site| HookPoint::block(layer, site);
         // [batch, pos, d_mlp]
         let pre = at3(hooks, hp(BlockSite::MlpPre), self.fc_in.forward(x.clone()))?;
-        let act = activate(pre, self.act);
         let post = match &self.up {
-            Some(up) => act * at3(hooks, hp(BlockSite::MlpPreLinear), up.forward(x))?,
-            None => act,
+            Some(up) => {
+                let up = at3(hooks, hp(BlockSite::MlpPreLinear), up.forward(x))?;
+                match self.act {
+                    MlpActivation::Silu => match crate::cpu::ops::silu_mul(&pre, &up) {
+                        Some(post) => post,
+                        None => silu(pre) * up,
+                    },
+                    act => activate(pre, act) * up,
+                }
+            }
+            None => activate(pre, self.act),
         };
         // [batch, pos, d_mlp]: the memory coefficients
         let post = at3(hooks, hp(BlockSite::MlpPost), post)?;
@@ -364,6 +401,9 @@ impl<B: Backend> Mlp<B> {
 /// default goes through a log-space sigmoid (two `exp`, one `log`, seven passes).
 /// For very negative x, `exp(-x)` overflows to inf and the result is -0, as it should be.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if let Some(y) = crate::cpu::ops::silu(&x) {
+        return y;
+    }
     x.clone() / x.neg().exp().add_scalar(1.0)
 }
 

@@ -7,11 +7,11 @@
 //! - [`arch`]: one file per family mapping checkpoint names onto [`Transformer`].
 //! - [`hooks`]: TransformerLens-named hook points that observe or replace activations.
 //! - [`layers`] and [`transformer`]: the single forward pass.
-//! - [`cpu_gemm`]: an AVX-512 GEMM under [`layers::Linear`] on the CPU backend.
+//! - [`cpu`]: AVX-512 GEMM and fused kernels under [`layers`] on the CPU backend.
 
 pub mod arch;
 pub mod config;
-pub mod cpu_gemm;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod generate;

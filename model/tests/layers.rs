@@ -43,7 +43,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
-    use engram_model::cpu_gemm::{sgemm, supported};
+    use engram_model::cpu::{sgemm, supported};
     if !supported() {
         eprintln!(
             "skipped: this CPU lacks AVX-512F, so the CPU GEMM is off and burn's matmul runs"
@@ -107,7 +107,7 @@ fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
 
 #[test]
 fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn() {
-    use engram_model::cpu_gemm::{linear, supported};
+    use engram_model::cpu::{linear, supported};
     use engram_model::layers::Linear;
     if !supported() {
         eprintln!(

@@ -1,24 +1,16 @@
-//! A CPU fast path for [`crate::layers::Linear`] on the ndarray backend: an AVX-512
-//! single-precision GEMM `C = A · B (+ bias)` that reads the weight `B` (`[in, out]`,
-//! row-major, as Engram stores it) in place, so nothing is repacked per call for
-//! small batches and nothing is cached beside the weights.
+//! Single-precision GEMM `C = A · B (+ bias)` with AVX-512: the kernel under
+//! [`crate::layers::Linear`] and the attention products on the CPU backend. It reads
+//! the weight `B` (`[in, out]`, row-major, as Engram stores it) in place, so nothing
+//! is repacked per call for small batches and nothing is cached beside the weights.
 //!
 //! Blocking follows Goto & van de Geijn, "Anatomy of high-performance matrix
 //! multiplication" (2008): `NC`-column and `KC`-deep blocks of `B` are copied into
 //! `NR`-wide panels once and reused by every `MR`-row tile of `A`; a 12 × 32 register
 //! tile (24 zmm accumulators) does the arithmetic. Columns (or rows, when there are
 //! few columns) are split over rayon's threads.
-//!
-//! Where AVX-512 is absent, or the tensors are not f32 ndarray tensors (autodiff,
-//! CUDA), [`linear`] returns `None` and burn's matmul runs instead.
 #![allow(unsafe_code)]
 
-use std::any::Any;
-use std::sync::atomic::{AtomicU8, Ordering};
-
-use burn_ndarray::NdArrayTensor;
-use burn_tensor::backend::Backend;
-use burn_tensor::{Tensor, TensorPrimitive};
+use super::supported;
 
 /// Rows of `A` per register tile.
 const MR: usize = 12;
@@ -32,105 +24,6 @@ const NC: usize = 512;
 const PACK_MIN_ROWS: usize = 2 * MR;
 /// Below this many multiply-adds one thread is faster than a fork.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
-
-/// 0: undecided, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
-
-/// Whether the fast path is on: the CPU has AVX-512F and `ENGRAM_CPU_GEMM` is not `burn`.
-pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = supported() && std::env::var("ENGRAM_CPU_GEMM").as_deref() != Ok("burn");
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
-}
-
-/// Turn the fast path on or off for this process (benchmarks compare both);
-/// it stays off where the CPU lacks AVX-512F.
-pub fn set_enabled(on: bool) {
-    STATE.store(if on && supported() { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-/// Whether this CPU can run the kernel.
-pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `x · W (+ b)` through the fast path, or `None` where it does not apply.
-///
-/// # Shapes
-/// - x: `[batch, pos, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]` → `[batch, pos, d_out]`
-pub fn linear<B: Backend>(
-    x: &Tensor<B, 3>,
-    weight: &Tensor<B, 2>,
-    bias: Option<&Tensor<B, 1>>,
-) -> Option<Tensor<B, 3>> {
-    if !enabled() {
-        return None;
-    }
-    let [b, s, k] = x.dims();
-    let [k2, n] = weight.dims();
-    if k != k2 || b * s == 0 || n == 0 || k == 0 {
-        return None;
-    }
-    let xp = float_primitive(x.clone())?;
-    let wp = float_primitive(weight.clone())?;
-    let bp = match bias {
-        Some(t) => Some(float_primitive(t.clone())?),
-        None => None,
-    };
-    let xv = f32_view(&xp)?;
-    let wv = f32_view(&wp)?;
-    let (xa, wa) = (xv.as_standard_layout(), wv.as_standard_layout());
-    let (a, w) = (xa.as_slice()?, wa.as_slice()?);
-    let bias_view = match &bp {
-        Some(p) => Some(f32_view(p)?),
-        None => None,
-    };
-    let bias_std = bias_view.as_ref().map(|v| v.as_standard_layout());
-    let bias_slice = match &bias_std {
-        Some(v) => Some(v.as_slice()?),
-        None => None,
-    };
-    if bias_slice.is_some_and(|s| s.len() != n) {
-        return None;
-    }
-    let m = b * s;
-    let mut c = vec![0f32; m * n];
-    if !sgemm(m, n, k, a, w, bias_slice, &mut c) {
-        return None;
-    }
-    let out = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[b, s, n]), c).ok()?;
-    let prim: Box<dyn Any> = Box::new(NdArrayTensor::from(out));
-    let prim = prim.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
-}
-
-fn float_primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<B::FloatTensorPrimitive> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => Some(p),
-        TensorPrimitive::QFloat(_) => None,
-    }
-}
-
-/// The f32 data of an ndarray tensor primitive, viewed in place.
-fn f32_view<P: 'static>(p: &P) -> Option<ndarray::ArrayViewD<'_, f32>> {
-    match (p as &dyn Any).downcast_ref::<NdArrayTensor>()? {
-        NdArrayTensor::F32(s) => Some(s.view()),
-        _ => None,
-    }
-}
 
 /// `c = a · b (+ bias)`, all row-major: `a: [m, k]`, `b: [k, n]`, `c: [m, n]`.
 /// Returns false (leaving `c` alone) where the CPU lacks AVX-512F or a length is wrong.
@@ -154,11 +47,22 @@ pub fn sgemm(
     if m == 0 || n == 0 {
         return true;
     }
+    if k == 0 {
+        for row in c.chunks_exact_mut(n) {
+            match bias {
+                Some(v) => row.copy_from_slice(v),
+                None => row.fill(0.0),
+            }
+        }
+        return true;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         let job = Job {
-            n,
             k,
+            lda: k,
+            ldb: n,
+            ldc: n,
             a: a.as_ptr(),
             b: b.as_ptr(),
             bias: bias.map(<[f32]>::as_ptr),
@@ -192,11 +96,43 @@ pub fn sgemm(
     }
 }
 
+/// `c = a · b` on one thread, with row strides: `a[i * lda + p]`, `b[p * ldb + j]`,
+/// `c[i * ldc + j]` for `i < m`, `j < n`, `p < k`. For products inside an already
+/// parallel loop (one attention head per task).
+///
+/// # Safety
+/// The CPU has AVX-512F, and every index above lies inside its slice.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_strided(
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let job = Job {
+        k,
+        lda,
+        ldb,
+        ldc,
+        a,
+        b,
+        bias: None,
+        c,
+    };
+    job.run(0..m, 0..n);
+}
+
 /// One GEMM's operands as raw pointers, shared by threads that write disjoint parts of `c`.
 #[cfg(target_arch = "x86_64")]
 struct Job {
-    n: usize,
     k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
     a: *const f32,
     b: *const f32,
     bias: Option<*const f32>,
@@ -233,7 +169,7 @@ impl Job {
         buf: &mut [f32],
         pack: bool,
     ) {
-        let (n, k) = (self.n, self.k);
+        let k = self.k;
         let mut jc = cols.start;
         while jc < cols.end {
             let nc = NC.min(cols.end - jc);
@@ -246,7 +182,7 @@ impl Job {
                         let w = NR.min(nc - j0);
                         let panel = &mut buf[p * kc * NR..(p + 1) * kc * NR];
                         for r in 0..kc {
-                            let src = self.b.add((pc + r) * n + jc + j0);
+                            let src = self.b.add((pc + r) * self.ldb + jc + j0);
                             let dst = &mut panel[r * NR..(r + 1) * NR];
                             std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), w);
                             dst[w..].fill(0.0);
@@ -262,16 +198,16 @@ impl Job {
                         let (bp, ldb) = if pack {
                             (buf.as_ptr().add((jr / NR) * kc * NR), NR)
                         } else {
-                            (self.b.add(pc * n + jc + jr), n)
+                            (self.b.add(pc * self.ldb + jc + jr), self.ldb)
                         };
                         let tile = Tile {
                             kc,
-                            a: self.a.add(ir * k + pc),
-                            lda: k,
+                            a: self.a.add(ir * self.lda + pc),
+                            lda: self.lda,
                             b: bp,
                             ldb,
-                            c: self.c.add(ir * n + jc + jr),
-                            ldc: n,
+                            c: self.c.add(ir * self.ldc + jc + jr),
+                            ldc: self.ldc,
                             nr,
                             init: if pc == 0 {
                                 Some(self.bias.map(|p| p.add(jc + jr)))

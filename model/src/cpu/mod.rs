@@ -1,0 +1,206 @@
+//! CPU fast paths on the ndarray backend, used where the CPU has AVX-512F and the
+//! tensors are f32 ndarray tensors; elsewhere (autodiff, CUDA, other CPUs) each entry
+//! returns `None` and the burn ops in [`crate::layers`] run instead.
+//!
+//! - [`gemm`]: the matrix product under `Linear` and attention.
+//! - [`ops`]: fused norms, SiLU, rotary embeddings and attention, one pass each.
+//!
+//! `ENGRAM_CPU_GEMM=burn` (or [`set_enabled`]) turns them all off, so that
+//! benchmarks can compare both paths in one run.
+#![allow(unsafe_code)]
+
+pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod ops;
+/// Off x86-64 there are no kernels: every entry declines.
+#[cfg(not(target_arch = "x86_64"))]
+pub mod ops {
+    use crate::config::{NormKind, RotaryStyle};
+    use burn_tensor::backend::Backend;
+    use burn_tensor::{Bool, Tensor};
+    pub fn silu<B: Backend, const D: usize>(_: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+        None
+    }
+    pub fn silu_mul<B: Backend>(_: &Tensor<B, 3>, _: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        None
+    }
+    pub fn norm<B: Backend>(
+        _: &Tensor<B, 3>,
+        _: NormKind,
+        _: f64,
+        _: &Tensor<B, 1>,
+        _: Option<&Tensor<B, 1>>,
+    ) -> Option<Tensor<B, 3>> {
+        None
+    }
+    pub fn rotary<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: RotaryStyle,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub fn attention<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4, Bool>,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub fn attention_scores<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4, Bool>,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub fn softmax<B: Backend>(_: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        None
+    }
+    pub fn attention_values<B: Backend>(
+        _: &Tensor<B, 4>,
+        _: &Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
+        None
+    }
+}
+
+use std::any::Any;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn_ndarray::NdArrayTensor;
+use burn_tensor::backend::Backend;
+use burn_tensor::{Bool, Tensor, TensorPrimitive};
+
+pub use gemm::sgemm;
+
+/// 0: undecided, 1: on, 2: off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the fast paths are on: the CPU has AVX-512F and `ENGRAM_CPU_GEMM` is not `burn`.
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = supported() && std::env::var("ENGRAM_CPU_GEMM").as_deref() != Ok("burn");
+            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
+/// Turn the fast paths on or off for this process (benchmarks compare both);
+/// they stay off where the CPU lacks AVX-512F.
+pub fn set_enabled(on: bool) {
+    STATE.store(if on && supported() { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether this CPU can run the kernels.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A float tensor's data, contiguous and row-major, borrowed where it already is.
+pub(crate) struct Host<B: Backend> {
+    prim: B::FloatTensorPrimitive,
+}
+
+impl<B: Backend> Host<B> {
+    /// `None` unless the tensor is an f32 ndarray tensor.
+    pub(crate) fn new<const D: usize>(t: &Tensor<B, D>) -> Option<Self> {
+        let prim = match t.clone().into_primitive() {
+            TensorPrimitive::Float(p) => p,
+            TensorPrimitive::QFloat(_) => return None,
+        };
+        f32_view(&prim)?;
+        Some(Self { prim })
+    }
+
+    /// The elements in row-major order (copied only if the layout is strided).
+    pub(crate) fn data(&self) -> std::borrow::Cow<'_, [f32]> {
+        match f32_view(&self.prim) {
+            Some(v) => match v.to_slice() {
+                Some(s) => std::borrow::Cow::Borrowed(s),
+                None => std::borrow::Cow::Owned(v.iter().copied().collect()),
+            },
+            None => std::borrow::Cow::Owned(Vec::new()),
+        }
+    }
+}
+
+/// The f32 data of an ndarray tensor primitive, viewed in place.
+fn f32_view<P: 'static>(p: &P) -> Option<ndarray::ArrayViewD<'_, f32>> {
+    match (p as &dyn Any).downcast_ref::<NdArrayTensor>()? {
+        NdArrayTensor::F32(s) => Some(s.view()),
+        _ => None,
+    }
+}
+
+/// A bool tensor's elements in row-major order, or `None` off the ndarray backend.
+pub(crate) fn bools<B: Backend, const D: usize>(t: &Tensor<B, D, Bool>) -> Option<Vec<bool>> {
+    let prim = t.clone().into_primitive();
+    match (&prim as &dyn Any).downcast_ref::<NdArrayTensor>()? {
+        NdArrayTensor::Bool(s) => Some(s.view().iter().copied().collect()),
+        _ => None,
+    }
+}
+
+/// Wrap row-major f32 data of shape `dims` as a tensor of backend `B` (ndarray only).
+pub(crate) fn tensor<B: Backend, const D: usize>(
+    data: Vec<f32>,
+    dims: [usize; D],
+) -> Option<Tensor<B, D>> {
+    let arr = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&dims), data).ok()?;
+    let prim: Box<dyn Any> = Box::new(NdArrayTensor::from(arr));
+    let prim = prim.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
+}
+
+/// `x · W (+ b)` through [`gemm::sgemm`], or `None` where the fast path does not apply.
+///
+/// # Shapes
+/// - x: `[batch, pos, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]` → `[batch, pos, d_out]`
+pub fn linear<B: Backend>(
+    x: &Tensor<B, 3>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 3>> {
+    if !enabled() {
+        return None;
+    }
+    let [b, s, k] = x.dims();
+    let [k2, n] = weight.dims();
+    if k != k2 || b * s == 0 || n == 0 {
+        return None;
+    }
+    let (xh, wh) = (Host::new(x)?, Host::new(weight)?);
+    let bh = match bias {
+        Some(t) => Some(Host::new(t)?),
+        None => None,
+    };
+    let bias_data = bh.as_ref().map(Host::data);
+    let m = b * s;
+    let mut c = vec![0f32; m * n];
+    if !sgemm(
+        m,
+        n,
+        k,
+        &xh.data(),
+        &wh.data(),
+        bias_data.as_deref(),
+        &mut c,
+    ) {
+        return None;
+    }
+    tensor(c, [b, s, n])
+}
