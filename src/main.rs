@@ -680,6 +680,9 @@ enum BenchCommand {
         /// Tokens generated per generation run.
         #[arg(long, default_value_t = 32)]
         gen_tokens: usize,
+        /// On the CPU, measure again with Engram's AVX-512 kernels off (burn's ops) and print the ratio.
+        #[arg(long)]
+        compare_burn: bool,
         #[arg(long)]
         json: bool,
     },
@@ -863,6 +866,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 dtype,
                 iters,
                 gen_tokens,
+                compare_burn,
                 json,
             } => with_backend(
                 device,
@@ -871,6 +875,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     model,
                     iters,
                     gen_tokens,
+                    compare_burn,
                     json,
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
@@ -1218,6 +1223,7 @@ struct ForwardBenchJob {
     model: PathBuf,
     iters: usize,
     gen_tokens: usize,
+    compare_burn: bool,
     json: bool,
     label: String,
 }
@@ -1227,8 +1233,21 @@ impl BackendJob for ForwardBenchJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let lm = load::<B>(&self.model, &device)?;
         let rows = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens)?;
+        let compare = self.compare_burn && engram::model::cpu::enabled();
+        let burn_rows = if compare {
+            engram::model::cpu::set_enabled(false);
+            let r = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens);
+            engram::model::cpu::set_enabled(true);
+            Some(r?)
+        } else {
+            if self.compare_burn {
+                eprintln!("--compare-burn: the CPU kernels are not in use here (not the CPU backend, no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
+            }
+            None
+        };
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            let out = serde_json::json!({ "engram": rows, "burn_ops": burn_rows });
+            println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
         println!(
@@ -1238,11 +1257,19 @@ impl BackendJob for ForwardBenchJob {
             self.label,
             self.iters
         );
-        for r in rows {
-            println!(
+        for (i, r) in rows.iter().enumerate() {
+            print!(
                 "  {:<34} batch {:>2} x {:>3}  {:>10.2} ms  {:>10.1} tokens/s",
                 r.task, r.batch, r.seq, r.median_ms, r.tokens_per_s
             );
+            match burn_rows.as_ref().and_then(|b| b.get(i)) {
+                Some(b) => println!(
+                    "   burn ops {:>10.1} tokens/s  x{:.2}",
+                    b.tokens_per_s,
+                    r.tokens_per_s / b.tokens_per_s
+                ),
+                None => println!(),
+            }
         }
         Ok(())
     }

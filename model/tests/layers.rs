@@ -139,3 +139,197 @@ fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn() {
     let diff: f32 = (fast - slow).abs().max().into_scalar();
     assert!(diff < 1e-5, "fast and burn paths differ by {diff}");
 }
+
+fn t3(data: Vec<f32>, dims: [usize; 3]) -> Tensor<Cpu, 3> {
+    Tensor::from_data(TensorData::new(data, dims), &Default::default())
+}
+
+fn t4(data: Vec<f32>, dims: [usize; 4]) -> Tensor<Cpu, 4> {
+    Tensor::from_data(TensorData::new(data, dims), &Default::default())
+}
+
+fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar()
+}
+
+#[test]
+fn fused_cpu_norms_silu_and_rotary_match_burn_ops() {
+    use engram_model::config::{NormKind, RotaryStyle};
+    use engram_model::cpu::{ops, supported};
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+        return;
+    }
+    let device = Default::default();
+    let (b, s, d) = (2, 5, 37);
+    let x = t3(
+        values(b * s * d, 11).iter().map(|v| 3.0 * v).collect(),
+        [b, s, d],
+    );
+    let w = Tensor::<Cpu, 1>::from_data(TensorData::new(values(d, 12), [d]), &device);
+    let bias = Tensor::<Cpu, 1>::from_data(TensorData::new(values(d, 13), [d]), &device);
+    let eps = 1e-5;
+
+    let rms = ops::norm(&x, NormKind::RmsNorm, eps, &w, None).expect("fast path");
+    let ms = x.clone().square().mean_dim(2);
+    let want = x.clone() / (ms + eps).sqrt() * w.clone().unsqueeze::<3>();
+    assert!(max_diff(rms, want) < 1e-5);
+
+    let ln = ops::norm(&x, NormKind::LayerNorm, eps, &w, Some(&bias)).expect("fast path");
+    let (var, mean) = x.clone().var_mean_bias(2);
+    let want = (x.clone() - mean) / (var + eps).sqrt() * w.clone().unsqueeze::<3>()
+        + bias.clone().unsqueeze::<3>();
+    assert!(max_diff(ln, want) < 1e-5);
+
+    let up = t3(values(b * s * d, 14), [b, s, d]);
+    let fused = ops::silu_mul(&x, &up).expect("fast path");
+    let want = x.clone() / x.clone().neg().exp().add_scalar(1.0) * up;
+    assert!(max_diff(fused, want) < 1e-5);
+
+    // Rotary on 4 of 6 dimensions per head, both styles.
+    let (h, dh, r) = (3, 6, 4);
+    let q = t4(values(b * s * h * dh, 15), [b, s, h, dh]);
+    let angles: Vec<f32> = (0..b * s * r).map(|i| 0.37 * i as f32).collect();
+    let cos = t4(angles.iter().map(|a| a.cos()).collect(), [b, s, 1, r]);
+    let sin = t4(angles.iter().map(|a| a.sin()).collect(), [b, s, 1, r]);
+    let qd: Vec<f32> = q.clone().into_data().to_vec().expect("f32");
+    let (cd, sd): (Vec<f32>, Vec<f32>) = (
+        cos.clone().into_data().to_vec().expect("f32"),
+        sin.clone().into_data().to_vec().expect("f32"),
+    );
+    for style in [RotaryStyle::Half, RotaryStyle::Interleaved] {
+        let got: Vec<f32> = ops::rotary(&q, style, &cos, &sin)
+            .expect("fast path")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        // The rotation written out by hand: pairs (j, j + r/2) or (2i, 2i + 1).
+        for pos in 0..b * s {
+            for head in 0..h {
+                let base = (pos * h + head) * dh;
+                for j in 0..dh {
+                    let want = if j >= r {
+                        qd[base + j]
+                    } else {
+                        let partner = match style {
+                            RotaryStyle::Half if j < r / 2 => -qd[base + j + r / 2],
+                            RotaryStyle::Half => qd[base + j - r / 2],
+                            RotaryStyle::Interleaved if j % 2 == 0 => -qd[base + j + 1],
+                            RotaryStyle::Interleaved => qd[base + j - 1],
+                        };
+                        qd[base + j] * cd[pos * r + j] + partner * sd[pos * r + j]
+                    };
+                    assert!(
+                        (got[base + j] - want).abs() < 1e-6,
+                        "{style:?} pos {pos} head {head} dim {j}: {} vs {want}",
+                        got[base + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding() {
+    use engram_model::burn_tensor::activation::softmax;
+    use engram_model::burn_tensor::Bool;
+    use engram_model::cpu::{ops, supported};
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+        return;
+    }
+    let device = Default::default();
+    // Two kv heads shared by six query heads; 3 queries after 4 cached keys; row 1
+    // left-padded so that its first query sees only padding (a fully masked row).
+    let (b, s, t, nh, nkv, dh) = (2, 3, 7, 6, 2, 40);
+    let q = t4(values(b * s * nh * dh, 21), [b, s, nh, dh]);
+    let k = t4(values(b * t * nkv * dh, 22), [b, t, nkv, dh]);
+    let v = t4(values(b * t * nkv * dh, 23), [b, t, nkv, dh]);
+    let past = t - s;
+    let keep = [vec![true; t], {
+        let mut row = vec![false; 5];
+        row.extend([true, true]);
+        row
+    }];
+    let mut mask = Vec::new();
+    for row in &keep {
+        for qi in 0..s {
+            for (ki, &kept) in row.iter().enumerate() {
+                mask.push(ki > past + qi || !kept);
+            }
+        }
+    }
+    let mask = Tensor::<Cpu, 4, Bool>::from_data(TensorData::new(mask, [b, 1, s, t]), &device);
+
+    // burn: repeat kv heads, q kᵀ / √d, masked to f32::MIN, softmax, · v.
+    let rep = |x: Tensor<Cpu, 4>| {
+        x.unsqueeze_dim::<5>(3)
+            .expand([b, t, nkv, nh / nkv, dh])
+            .reshape([b, t, nh, dh])
+    };
+    let scores = q
+        .clone()
+        .swap_dims(1, 2)
+        .matmul(rep(k.clone()).swap_dims(1, 2).swap_dims(2, 3))
+        .mul_scalar(1.0 / (dh as f64).sqrt())
+        .mask_fill(mask.clone().expand([b, nh, s, t]), f32::MIN);
+    let pattern = softmax(scores.clone(), 3);
+    let z = pattern
+        .clone()
+        .matmul(rep(v.clone()).swap_dims(1, 2))
+        .swap_dims(1, 2);
+
+    let fused = ops::attention(&q, &k, &v, &mask).expect("fast path");
+    assert!(max_diff(fused.clone(), z.clone()) < 1e-5);
+    let got_scores = ops::attention_scores(&q, &k, &mask).expect("fast path");
+    let finite = |x: Tensor<Cpu, 4>| x.clamp(-1e30, 1e30);
+    assert!(max_diff(finite(got_scores.clone()), finite(scores)) < 1e-5);
+    let got_pattern = ops::softmax(&got_scores).expect("fast path");
+    assert!(max_diff(got_pattern.clone(), pattern) < 1e-6);
+    let stepwise = ops::attention_values(&got_pattern, &v).expect("fast path");
+    // The fused and step-by-step paths do the same arithmetic, bit for bit.
+    let (a, c): (Vec<f32>, Vec<f32>) = (
+        fused.into_data().to_vec().expect("f32"),
+        stepwise.into_data().to_vec().expect("f32"),
+    );
+    assert_eq!(a, c);
+}
+
+#[test]
+fn fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails() {
+    use engram_model::cpu::{ops, supported};
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+        return;
+    }
+    let x = t4(
+        vec![0.0, 1.0, f32::NAN, 2.0, -1.0, 0.5, 3.0, 100.0],
+        [1, 1, 2, 4],
+    );
+    let p: Vec<f32> = ops::softmax(&x)
+        .expect("fast path")
+        .into_data()
+        .to_vec()
+        .expect("f32");
+    assert!(
+        p[..4].iter().all(|v| v.is_nan()),
+        "a NaN score poisons its row: {p:?}"
+    );
+    assert!((p[4..].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!(
+        (p[7] - 1.0).abs() < 1e-6,
+        "the large score takes the mass: {p:?}"
+    );
+    let y: Vec<f32> = ops::silu(&t3(vec![f32::NAN, f32::INFINITY, -200.0], [1, 1, 3]))
+        .expect("fast path")
+        .into_data()
+        .to_vec()
+        .expect("f32");
+    assert!(
+        y[0].is_nan() && y[1] == f32::INFINITY && y[2] == 0.0,
+        "{y:?}"
+    );
+    assert!(y[2].is_sign_negative(), "silu(-200) is -0: {y:?}");
+}
