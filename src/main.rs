@@ -1246,7 +1246,11 @@ impl BackendJob for ForwardBenchJob {
             None
         };
         if self.json {
-            let out = serde_json::json!({ "engram": rows, "burn_ops": burn_rows });
+            // The plain row list (what bench/torch_forward.py reads), or both lists.
+            let out = match burn_rows {
+                Some(b) => serde_json::json!({ "engram": rows, "burn_ops": b }),
+                None => serde_json::to_value(&rows)?,
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
