@@ -177,14 +177,14 @@ impl Job {
             while pc < k {
                 let kc = KC.min(k - pc);
                 if pack {
-                    // Panel `p` holds B[pc.., jc + p*NR ..] as `kc` rows of NR floats, zero-padded.
-                    for (p, j0) in (0..nc).step_by(NR).enumerate() {
-                        let w = NR.min(nc - j0);
-                        let panel = &mut buf[p * kc * NR..(p + 1) * kc * NR];
-                        for r in 0..kc {
-                            let src = self.b.add((pc + r) * self.ldb + jc + j0);
-                            let dst = &mut panel[r * NR..(r + 1) * NR];
-                            std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), w);
+                    // Panel `p` holds B[pc.., jc + p*NR ..] as `kc` rows of NR floats,
+                    // zero-padded; each source row segment is read front to back.
+                    for r in 0..kc {
+                        let src = self.b.add((pc + r) * self.ldb + jc);
+                        for (p, j0) in (0..nc).step_by(NR).enumerate() {
+                            let w = NR.min(nc - j0);
+                            let dst = &mut buf[(p * kc + r) * NR..(p * kc + r + 1) * NR];
+                            std::ptr::copy_nonoverlapping(src.add(j0), dst.as_mut_ptr(), w);
                             dst[w..].fill(0.0);
                         }
                     }
