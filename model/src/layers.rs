@@ -300,44 +300,58 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         // On the CPU: fused where no hook reads or replaces the scores or the pattern,
-        // else in three steps with the same arithmetic.
+        // else step by step, each step on the CPU kernels where they apply.
         let wanted = hooks.wants(hp(BlockSite::AttnScores)) || hooks.wants(hp(BlockSite::Pattern));
-        if !wanted {
-            if let Some(z) = crate::cpu::ops::attention(&q, &k, &v, &ctx.mask) {
-                let z = at4(hooks, hp(BlockSite::Z), z)?;
-                return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
-            }
-        } else if let Some(scores) = crate::cpu::ops::attention_scores(&q, &k, &ctx.mask) {
-            let scores = at4(hooks, hp(BlockSite::AttnScores), scores)?;
-            let pattern = crate::cpu::ops::softmax(&scores).unwrap_or_else(|| softmax(scores, 3));
-            let pattern = at4(hooks, hp(BlockSite::Pattern), pattern)?;
-            if let Some(z) = crate::cpu::ops::attention_values(&pattern, &v) {
-                let z = at4(hooks, hp(BlockSite::Z), z)?;
-                return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
-            }
-            let v = repeat_kv(v, nh / nkv);
-            let z = pattern.matmul(v.swap_dims(1, 2)).swap_dims(1, 2);
-            let z = at4(hooks, hp(BlockSite::Z), z)?;
-            return Ok(self.o.forward(z.reshape([b, s, nh * dh])));
-        }
-        let t = k.dims()[1];
-        let (k, v) = (repeat_kv(k, nh / nkv), repeat_kv(v, nh / nkv));
-
-        // [batch, head, query_pos, key_pos]
-        let scores = q
-            .swap_dims(1, 2)
-            .matmul(k.swap_dims(1, 2).swap_dims(2, 3))
-            .mul_scalar(1.0 / (dh as f64).sqrt());
-        let neg = mask_value(scores.dtype());
-        let scores = scores.mask_fill(ctx.mask.clone().expand([b, nh, s, t]), neg);
-        let scores = at4(hooks, hp(BlockSite::AttnScores), scores)?;
-        let pattern = at4(hooks, hp(BlockSite::Pattern), softmax(scores, 3))?;
-
+        let fused = if wanted {
+            None
+        } else {
+            crate::cpu::ops::attention(&q, &k, &v, &ctx.mask)
+        };
         // [batch, pos, head, d_head]
-        let z = pattern.matmul(v.swap_dims(1, 2)).swap_dims(1, 2);
+        let z = match fused {
+            Some(z) => z,
+            None => {
+                // [batch, head, query_pos, key_pos]
+                let scores = match crate::cpu::ops::attention_scores(&q, &k, &ctx.mask) {
+                    Some(scores) => scores,
+                    None => masked_scores(q, repeat_kv(k, nh / nkv), &ctx.mask),
+                };
+                let scores = at4(hooks, hp(BlockSite::AttnScores), scores)?;
+                let pattern =
+                    crate::cpu::ops::softmax(&scores).unwrap_or_else(|| softmax(scores, 3));
+                let pattern = at4(hooks, hp(BlockSite::Pattern), pattern)?;
+                match crate::cpu::ops::attention_values(&pattern, &v) {
+                    Some(z) => z,
+                    None => {
+                        let v = repeat_kv(v, nh / nkv);
+                        pattern.matmul(v.swap_dims(1, 2)).swap_dims(1, 2)
+                    }
+                }
+            }
+        };
         let z = at4(hooks, hp(BlockSite::Z), z)?;
         Ok(self.o.forward(z.reshape([b, s, nh * dh])))
     }
+}
+
+/// `q kᵀ / √d_head`, masked to the dtype's most negative value.
+///
+/// # Shapes
+/// - q: `[batch, pos, head, d_head]`, k: `[batch, key_pos, head, d_head]`,
+///   mask: `[batch, 1, pos, key_pos]` → `[batch, head, pos, key_pos]`
+fn masked_scores<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> Tensor<B, 4> {
+    let [b, s, nh, dh] = q.dims();
+    let t = k.dims()[1];
+    let scores = q
+        .swap_dims(1, 2)
+        .matmul(k.swap_dims(1, 2).swap_dims(2, 3))
+        .mul_scalar(1.0 / (dh as f64).sqrt());
+    let neg = mask_value(scores.dtype());
+    scores.mask_fill(mask.clone().expand([b, nh, s, t]), neg)
 }
 
 /// Share each key/value head with `groups` query heads.

@@ -107,12 +107,10 @@ fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
 
 #[test]
 fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn() {
-    use engram_model::cpu::{linear, supported};
+    use engram_model::cpu::{enabled, linear};
     use engram_model::layers::Linear;
-    if !supported() {
-        eprintln!(
-            "skipped: this CPU lacks AVX-512F, so the CPU GEMM is off and burn's matmul runs"
-        );
+    if !enabled() {
+        eprintln!("skipped: the CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
         return;
     }
     let device = Default::default();
@@ -156,9 +154,9 @@ fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
 #[test]
 fn fused_cpu_norms_silu_and_rotary_match_burn_ops() {
     use engram_model::config::{NormKind, RotaryStyle};
-    use engram_model::cpu::{ops, supported};
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+    use engram_model::cpu::{enabled, ops};
+    if !enabled() {
+        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
         return;
     }
     let device = Default::default();
@@ -235,9 +233,9 @@ fn fused_cpu_norms_silu_and_rotary_match_burn_ops() {
 fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding() {
     use engram_model::burn_tensor::activation::softmax;
     use engram_model::burn_tensor::Bool;
-    use engram_model::cpu::{ops, supported};
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+    use engram_model::cpu::{enabled, ops};
+    if !enabled() {
+        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
         return;
     }
     let device = Default::default();
@@ -299,9 +297,9 @@ fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding() {
 
 #[test]
 fn fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails() {
-    use engram_model::cpu::{ops, supported};
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX-512F, so the fused CPU kernels are off");
+    use engram_model::cpu::{enabled, ops};
+    if !enabled() {
+        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
         return;
     }
     let x = t4(
