@@ -151,7 +151,7 @@ pub fn trace_speed<B: Backend>(
     samples: usize,
 ) -> anyhow::Result<TraceBenchRow> {
     use engram_analysis::trace::{trace_fact, trace_naive, TraceConfig};
-    let input = crate::trace::prepare(lm, fact)?;
+    let input = engram_analysis::jobs::trace::prepare(lm, fact)?;
     let cfg = TraceConfig {
         samples,
         ..TraceConfig::rome(0.1)

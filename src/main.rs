@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use engram::backend::{with_backend, BackendJob, Dtype};
-use engram::model::burn_tensor::backend::Backend;
-use engram::model::lm::top_k_from_logits;
-use engram::model::{
+use engram_model::backend::{with_backend, BackendJob, Dtype};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::lm::top_k_from_logits;
+use engram_model::{
     generate, Batch, DeviceSpec, GenerateConfig, LanguageModel, Sampling, TokenProb,
 };
 use serde_json::json;
@@ -322,9 +322,18 @@ struct EditArgs {
     /// The new answer, e.g. Rome.
     #[arg(long)]
     target: String,
-    /// More prompts to show before and after (paraphrases, neighbours).
+    /// Paraphrases of the prompt to probe before and after (repeatable).
     #[arg(long = "also")]
     also: Vec<String>,
+    /// Prompts about other subjects whose answers should not move (repeatable).
+    #[arg(long = "neighbour")]
+    neighbour: Vec<String>,
+    /// Greedy tokens to generate after the prompt, before and after the edit.
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+    /// The run store (default: $ENGRAM_RUNS, else ./runs).
+    #[arg(long)]
+    runs: Option<PathBuf>,
     /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, ...) or a JSON file.
     #[arg(long)]
     hparams: Option<String>,
@@ -347,7 +356,7 @@ struct EditArgs {
     #[arg(long)]
     save: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
-    device: engram::model::DeviceSpec,
+    device: engram_model::DeviceSpec,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
 }
@@ -432,7 +441,7 @@ struct EvalArgs {
     #[arg(long)]
     runs: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
-    device: engram::model::DeviceSpec,
+    device: engram_model::DeviceSpec,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
 }
@@ -571,7 +580,7 @@ struct MemitArgs {
     #[arg(long)]
     save: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
-    device: engram::model::DeviceSpec,
+    device: engram_model::DeviceSpec,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
 }
@@ -582,7 +591,7 @@ enum KeyArg {
     Original,
 }
 
-impl From<KeyArg> for engram::editing::KeyChoice {
+impl From<KeyArg> for engram_editing::KeyChoice {
     fn from(k: KeyArg) -> Self {
         match k {
             KeyArg::Consistent => Self::Consistent,
@@ -718,6 +727,39 @@ enum BenchCommand {
     },
 }
 
+mod bench;
+mod memories;
+mod runs;
+
+/// Where runs, caches and the demo model live, from the environment, once.
+fn settings() -> &'static engram_model::Settings {
+    static SETTINGS: std::sync::OnceLock<engram_model::Settings> = std::sync::OnceLock::new();
+    SETTINGS.get_or_init(|| engram_model::Settings::from_vars(|k| std::env::var_os(k)))
+}
+
+/// Whether `model` names the demo model.
+fn is_demo(model: &Path) -> bool {
+    engram_model::source::is_demo(model, settings())
+}
+
+/// The content hash of the model `arg` names.
+fn model_hash(arg: &Path) -> Result<String> {
+    let path = engram_model::source::resolve_model(arg, settings())?;
+    Ok(engram_model::source::model_hash(&path)?)
+}
+
+/// A job handle that shows progress on stderr, one line per stage.
+fn stderr_control() -> engram_model::Control {
+    engram_model::Control::with_sink(|p| {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{}: {}/{}   ", p.stage, p.done, p.total);
+        if p.done >= p.total {
+            let _ = writeln!(err);
+        }
+    })
+}
+
 fn main() -> std::process::ExitCode {
     // `engram ... | head` ends quietly, as Unix tools do, rather than
     // panicking in `println!` on the closed pipe.
@@ -726,6 +768,12 @@ fn main() -> std::process::ExitCode {
     // SAFETY: called first, before any thread exists; SIG_DFL is a valid handler.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if std::env::var("ENGRAM_CPU_GEMM").as_deref() == Ok("burn") {
+        engram_model::cpu::set_enabled(false);
+    }
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        engram_model::device::add_library_dirs(std::env::split_paths(&p));
     }
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -739,7 +787,7 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model, json } => {
-            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
+            let lm = load::<engram_model::Cpu>(&model, &Default::default())?;
             info(&model, &lm, json)
         }
         Command::Run(args) => {
@@ -752,17 +800,25 @@ fn dispatch(cli: Cli) -> Result<()> {
             site,
             runs,
         } => {
-            use engram::analysis::lens::LensSite;
+            use engram_analysis::lens::LensSite;
             let site = match site.as_str() {
                 "pre" => LensSite::Pre,
                 "mid" => LensSite::Mid,
                 "post" => LensSite::Post,
                 other => bail!("unknown --site {other:?}: use pre, mid or post"),
             };
-            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
-            let root = runs.unwrap_or_else(engram::datasets::RunStore::default_root);
-            let store = engram::datasets::RunStore::open(root)?;
-            engram::lens::run_lens(&lm, &model, &prompt, site, &store).map(|_| ())
+            let lm = load::<engram_model::Cpu>(&model, &Default::default())?;
+            let root = runs.unwrap_or_else(|| settings().runs.clone());
+            let store = engram_datasets::RunStore::open(root)?;
+            let req = engram_analysis::jobs::lens::LensRequest { prompt, site };
+            let report = engram_analysis::jobs::lens::run_lens(
+                &lm,
+                &model.display().to_string(),
+                &req,
+                &store,
+            )?;
+            print_lens(&report, site);
+            Ok(())
         }
         Command::Memories { runs, which } => memories(runs, which),
         Command::Probe {
@@ -780,11 +836,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             regress,
             runs,
         } => {
-            let lm = load::<engram::model::Cpu>(&model, &Default::default())?;
-            let store = engram::datasets::RunStore::open(
-                runs.unwrap_or_else(engram::datasets::RunStore::default_root),
-            )?;
-            let args = engram::probe::ProbeArgs {
+            let lm = load::<engram_model::Cpu>(&model, &Default::default())?;
+            let store =
+                engram_datasets::RunStore::open(runs.unwrap_or_else(|| settings().runs.clone()))?;
+            let args = engram_analysis::jobs::probe::ProbeArgs {
                 data: &data,
                 label: &label,
                 text: &text,
@@ -797,7 +852,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 min_count,
                 regress,
             };
-            engram::probe::run_probe(&lm, &model, &args, &store)
+            run_probe(&lm, &model, &args, &store)
         }
         Command::Trace(args) => {
             let (device, dtype) = (args.device, args.dtype.into());
@@ -825,37 +880,50 @@ fn dispatch(cli: Cli) -> Result<()> {
             steps,
             seed,
         } => {
-            let report = engram::demo::train_demo(&out, &facts_out, steps, seed, false)?;
+            let start = std::time::Instant::now();
+            let report = engram_editing::demo::train_demo(
+                &out,
+                &facts_out,
+                steps,
+                seed,
+                &mut |step, steps, loss| {
+                    if step % 100 == 0 || step + 1 == steps {
+                        eprintln!(
+                            "step {step:>5}/{steps}  loss {loss:.4}  ({:.0} s)",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                },
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Runs { runs, which } => {
-            let store = engram::datasets::RunStore::open(
-                runs.unwrap_or_else(engram::datasets::RunStore::default_root),
-            )?;
+            let store =
+                engram_datasets::RunStore::open(runs.unwrap_or_else(|| settings().runs.clone()))?;
             match which {
-                RunsCommand::List { json } => engram::runs::list(&store, json),
-                RunsCommand::Show { id, json } => engram::runs::show(&store, &id, json),
+                RunsCommand::List { json } => runs::list(&store, json),
+                RunsCommand::Show { id, json } => runs::show(&store, &id, json),
                 RunsCommand::Export {
                     id,
                     format,
                     table,
                     out,
-                } => engram::runs::export(&store, &id, &format, table.as_deref(), out),
+                } => runs::export(&store, &id, &format, table.as_deref(), out),
                 RunsCommand::Plot {
                     id,
                     out,
                     table,
                     fact,
-                } => engram::runs::plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
+                } => runs::plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
                 RunsCommand::Curve { ids, out, metrics } => {
-                    for p in engram::runs::curve(&store, &ids, &metrics, &out)? {
+                    for p in runs::curve(&store, &ids, &metrics, &out)? {
                         println!("figure {}", p.display());
                     }
                     Ok(())
                 }
                 RunsCommand::Compare { a, b, table } => {
-                    engram::runs::compare(&store, &a, &b, table.as_deref())
+                    runs::compare(&store, &a, &b, table.as_deref())
                 }
             }
         }
@@ -894,7 +962,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 dtype.into(),
                 TraceBenchJob {
                     model,
-                    fact: engram::datasets::facts::UserFact {
+                    fact: engram_datasets::facts::UserFact {
                         subject,
                         prompt,
                         target,
@@ -910,7 +978,17 @@ fn dispatch(cli: Cli) -> Result<()> {
                 d_model,
                 n,
                 layers,
-            } => engram::memit::bench_solve(d_mlp, d_model, n, layers),
+            } => {
+                let times = engram_editing::jobs::memit::bench_solve(d_mlp, d_model, n, layers)?;
+                let total: f64 = times.iter().sum();
+                println!(
+                    "bench memit-solve: d_mlp {d_mlp}, d_model {d_model}, {n} requests, {layers} layers, {} threads: \
+                     {total:.1} s in all ({:.1} s per layer; f64 Cholesky of λC + K Kᵀ and {n} solves)",
+                    std::thread::available_parallelism().map_or(1, |p| p.get()),
+                    total / layers.max(1) as f64
+                );
+                Ok(())
+            }
             BenchCommand::Memit {
                 model,
                 data,
@@ -933,7 +1011,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     corpus,
                     stats_tokens,
                     z_chunk,
-                    z_workers: engram::edit::z_workers(z_workers, &device),
+                    z_workers: engram_editing::jobs::setup::z_workers(z_workers, &device),
                     label: format!("{device} {:?}", Dtype::from(dtype)),
                 },
             ),
@@ -973,11 +1051,9 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
-    use engram::memories as m;
-    let store = engram::datasets::RunStore::open(
-        runs.unwrap_or_else(engram::datasets::RunStore::default_root),
-    )?;
-    let cpu = |model: &Path| load::<engram::model::Cpu>(model, &Default::default());
+    use crate::memories as m;
+    let store = engram_datasets::RunStore::open(runs.unwrap_or_else(|| settings().runs.clone()))?;
+    let cpu = |model: &Path| load::<engram_model::Cpu>(model, &Default::default());
     match which {
         MemoriesCommand::Values {
             model,
@@ -1069,7 +1145,7 @@ fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
 }
 
 fn load<B: Backend>(model: &Path, device: &B::Device) -> Result<LanguageModel<B>> {
-    let path = engram::hub::resolve_model(model)?;
+    let path = engram_model::source::resolve_model(model, settings())?;
     LanguageModel::<B>::load(&path, device)
         .with_context(|| format!("loading model from {}", path.display()))
 }
@@ -1142,6 +1218,7 @@ struct RunJob(RunArgs);
 
 impl BackendJob for RunJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let a = self.0;
         let lm = load::<B>(&a.model, &device)?;
@@ -1151,7 +1228,7 @@ impl BackendJob for RunJob {
             (None, None) => bail!("give --prompt or --ids"),
         };
         let logits = lm.model.logits(&Batch::single(&ids))?;
-        let last = engram::model::transformer::last_position(logits, &[ids.len() - 1]);
+        let last = engram_model::transformer::last_position(logits, &[ids.len() - 1]);
         let last: Vec<f32> = last
             .into_data()
             .convert::<f32>()
@@ -1230,14 +1307,15 @@ struct ForwardBenchJob {
 
 impl BackendJob for ForwardBenchJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let lm = load::<B>(&self.model, &device)?;
-        let rows = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens)?;
-        let compare = self.compare_burn && engram::model::cpu::enabled();
+        let rows = bench::forward_throughput(&lm, self.iters, self.gen_tokens)?;
+        let compare = self.compare_burn && engram_model::cpu::enabled();
         let burn_rows = if compare {
-            engram::model::cpu::set_enabled(false);
-            let r = engram::bench::forward_throughput(&lm, self.iters, self.gen_tokens);
-            engram::model::cpu::set_enabled(true);
+            engram_model::cpu::set_enabled(false);
+            let r = bench::forward_throughput(&lm, self.iters, self.gen_tokens);
+            engram_model::cpu::set_enabled(true);
             Some(r?)
         } else {
             if self.compare_burn {
@@ -1280,9 +1358,9 @@ impl BackendJob for ForwardBenchJob {
 }
 
 fn bench_hooks(model: &Path, batch: usize, seq: usize, iters: usize, as_json: bool) -> Result<()> {
-    let lm = load::<engram::model::Cpu>(model, &Default::default())?;
+    let lm = load::<engram_model::Cpu>(model, &Default::default())?;
     let seq = seq.min(lm.model.config.n_ctx);
-    let rows = engram::bench::hook_overhead(&lm, batch, seq, iters)?;
+    let rows = bench::hook_overhead(&lm, batch, seq, iters)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -1305,58 +1383,96 @@ struct EditJob(EditArgs);
 
 impl BackendJob for EditJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::editing::rome::{rome_edit, EditRequest};
-        use engram::editing::Ledger;
+        use engram_editing::jobs::rome::{check_request, run_rome, RomeRequest};
+        use engram_editing::jobs::setup::{key_covariance, rome_templates};
+        use engram_editing::rome::EditRequest;
+        use engram_editing::Ledger;
         let a = self.0;
-        engram::edit::refuse_existing(a.save.as_deref())?;
-        let mut lm = load::<B>(&a.model, &device)?;
-        let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        let mut hparams = engram_editing::jobs::setup::resolve_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
         if let Some(l) = a.layer {
-            hp.layers = vec![l];
+            hparams.layers = vec![l];
         }
-        hp.key = a.key.into();
-        let layer = hp.layer()?;
-        let request = EditRequest {
-            prompt: a.prompt.clone(),
-            subject: a.subject.clone(),
-            target: a.target.clone(),
+        hparams.key = a.key.into();
+        let req = RomeRequest {
+            request: EditRequest {
+                prompt: a.prompt.clone(),
+                subject: a.subject.clone(),
+                target: a.target.clone(),
+            },
+            hparams,
+            paraphrases: a.also.clone(),
+            neighbours: a.neighbour.clone(),
+            generate_tokens: a.generate,
         };
-        request.template()?;
-        let (cov, templates) =
-            engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
-        let mut prompts = vec![a.prompt.clone()];
-        prompts.extend(a.also.iter().cloned());
-        let show = |lm: &LanguageModel<B>, when: &str| -> Result<()> {
-            for p in &prompts {
-                let top = lm.top_k(p, 3)?;
-                let cells: Vec<String> = top
-                    .iter()
-                    .map(|t| format!("{:?} {:.4}", t.token, t.prob))
-                    .collect();
-                println!("{when:>6}  {p:?} -> {}", cells.join(", "));
-            }
-            Ok(())
-        };
-        show(&lm, "before")?;
-        let edit = rome_edit(&lm, &request, &hp, &cov, &templates, &mut |step, total| {
-            eprint!("\rv*: step {}/{total}", step + 1);
-            true
-        })?;
-        eprintln!();
-        for (i, s) in edit.steps.iter().enumerate() {
+        check_request(&req)?;
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let mut lm = load::<B>(&a.model, &device)?;
+        let layer = req.hparams.layer()?;
+        let ctl = stderr_control();
+        let cov = key_covariance(
+            &lm,
+            layer,
+            a.corpus.as_deref(),
+            a.stats_tokens,
+            settings(),
+            &ctl,
+        )?;
+        eprintln!(
+            "layer {layer} statistics: {} key vectors from {}{} ({:.1} s)",
+            cov.covariance.tokens,
+            cov.corpus,
+            if cov.cached { ", cached" } else { "" },
+            cov.seconds
+        );
+        let templates = rome_templates(&lm, &req.hparams)?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let r = run_rome(
+            &mut lm,
+            &a.model.display().to_string(),
+            &mut ledger,
+            &req,
+            &cov.covariance,
+            &templates,
+            &store,
+            &ctl,
+        )?;
+        for (i, s) in r.steps.iter().enumerate() {
             println!(
                 "v* step {i:>2}: loss {:.4} = nll {:.4} + kl {:.4} + decay {:.4}; p(target) {:.4}",
                 s.total, s.nll, s.kl, s.weight_decay, s.target_prob
             );
         }
         println!(
-            "layer {layer}, key {:?}: |k*| {:.3}, |v0| {:.3}, |v* - v0| {:.3}, {} key vectors, {:.2} s",
-            edit.key, edit.k_star_norm, edit.v0_norm, edit.delta_norm, edit.stats_tokens, edit.seconds
+            "layer {}, key {:?}: |k*| {:.3}, |v0| {:.3}, |v* - v0| {:.3}, {} key vectors, {:.2} s",
+            r.layer, r.key, r.k_star_norm, r.v0_norm, r.delta_norm, r.stats_tokens, r.seconds
         );
-        let mut ledger = Ledger::new(engram::lens::model_hash(&a.model)?);
-        ledger.push(&mut lm.model, edit)?;
-        show(&lm, "after")?;
+        for when in ["before", "after"] {
+            for p in &r.probes {
+                let (top, prob, target) = if when == "before" {
+                    (&p.before_top, p.before_top_prob, p.before_target)
+                } else {
+                    (&p.after_top, p.after_top_prob, p.after_target)
+                };
+                println!(
+                    "{when:>6}  {:<10} {:?} -> {top:?} {prob:.4}; p({:?}) {target:.4}",
+                    p.kind, p.prompt, r.request.target
+                );
+            }
+        }
+        if a.generate > 0 {
+            println!("before: {}", r.generation_before);
+            println!(" after: {}", r.generation_after);
+        }
+        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
         if let Some(path) = &a.ledger {
             ledger.export(path)?;
             println!("ledger written to {}", path.display());
@@ -1373,17 +1489,21 @@ struct MemitJob(MemitArgs);
 
 impl BackendJob for MemitJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::editing::Ledger;
-        use engram::memit::{memit_batch, MemitRun};
+        use engram_editing::Ledger;
         let a = self.0;
-        engram::edit::refuse_existing(a.save.as_deref())?;
-        let mut requests = engram::edit::load_requests(&a.requests)?;
+        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        let mut requests = engram_editing::jobs::setup::load_requests(&a.requests)?;
         if let Some(n) = a.n {
             requests.truncate(n);
         }
         let mut lm = load::<B>(&a.model, &device)?;
-        let mut hp = engram::edit::resolve_memit_hparams(&a.model, a.hparams.as_deref())?;
+        let mut hp = engram_editing::jobs::setup::resolve_memit_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
         if !a.layers.is_empty() {
             hp.layers = a.layers.clone();
         }
@@ -1403,16 +1523,18 @@ impl BackendJob for MemitJob {
             Ok(())
         };
         show(&lm, "before")?;
-        let mut ledger = Ledger::new(engram::lens::model_hash(&a.model)?);
-        let run = MemitRun {
-            model: &a.model,
-            hp: &hp,
-            corpus: a.corpus.as_deref(),
-            stats_tokens: a.stats_tokens,
-            z_chunk: a.z_chunk,
-            z_workers: engram::edit::z_workers(a.z_workers, &a.device),
-        };
-        let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let z_workers = engram_editing::jobs::setup::z_workers(a.z_workers, &a.device);
+        let (r, stats_seconds) = memit_batch(
+            &mut lm,
+            &a.model,
+            &mut ledger,
+            requests.clone(),
+            hp.clone(),
+            (a.corpus.as_deref(), a.stats_tokens),
+            (a.z_chunk, z_workers),
+        )?;
+        let (out, t) = (&r, r.times);
         show(&lm, "after")?;
         println!(
             "MEMIT: {} requests over layers {:?} (λ {}): mean |z - h| {}",
@@ -1427,8 +1549,9 @@ impl BackendJob for MemitJob {
         );
         println!(
             "time: statistics {:.1} s, z {:.1} s, keys {:.1} s, solve {:.1} s, total {:.1} s",
-            t.stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
+            stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
         );
+        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
         if let Some(path) = &a.ledger {
             ledger.export(path)?;
             println!("ledger written to {}", path.display());
@@ -1439,6 +1562,58 @@ impl BackendJob for MemitJob {
         }
         Ok(())
     }
+}
+
+/// One MEMIT batch from the command line: C of each layer and the prefixes,
+/// then the batch job, stored as a run. Also returns the statistics' seconds.
+fn memit_batch<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    model: &Path,
+    ledger: &mut engram_editing::Ledger<B>,
+    requests: Vec<engram_editing::EditRequest>,
+    hparams: engram_editing::MemitHparams,
+    (corpus, stats_tokens): (Option<&Path>, usize),
+    (z_chunk, z_workers): (usize, usize),
+) -> Result<(engram_editing::jobs::memit::MemitReport, f64)> {
+    use engram_editing::jobs::memit::{run_memit, MemitRequest};
+    if requests.is_empty() {
+        bail!("no requests to edit");
+    }
+    if z_chunk == 0 {
+        bail!("--z-chunk 0: optimise at least one request per chunk");
+    }
+    for w in engram_editing::memit::check_batch(lm, &requests)? {
+        eprintln!("warning: {w}");
+    }
+    let store = engram_datasets::RunStore::open(settings().runs.clone())?;
+    let ctl = stderr_control();
+    let t = std::time::Instant::now();
+    let (covs, groups) = engram_editing::jobs::setup::memit_setup(
+        lm,
+        &hparams,
+        corpus,
+        stats_tokens,
+        settings(),
+        &ctl,
+    )?;
+    let stats_seconds = t.elapsed().as_secs_f64();
+    let req = MemitRequest {
+        requests,
+        hparams,
+        z_chunk,
+        z_workers,
+    };
+    let report = run_memit(
+        lm,
+        &model.display().to_string(),
+        ledger,
+        &req,
+        &covs,
+        &groups,
+        &store,
+        &ctl,
+    )?;
+    Ok((report, stats_seconds))
 }
 
 struct MemitBenchJob {
@@ -1455,22 +1630,35 @@ struct MemitBenchJob {
 
 impl BackendJob for MemitBenchJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::editing::Ledger;
-        use engram::memit::{bench_requests, memit_batch, MemitRun};
-        let requests = bench_requests(&self.model, self.data.as_ref(), self.n)?;
+        use engram_editing::Ledger;
+        let requests = engram_editing::jobs::memit::bench_requests(
+            &self.model,
+            self.data.as_deref(),
+            self.n,
+            settings(),
+        )?;
+        if requests.len() < self.n {
+            eprintln!("{} requests available of {} asked", requests.len(), self.n);
+        }
         let mut lm = load::<B>(&self.model, &device)?;
-        let hp = engram::edit::resolve_memit_hparams(&self.model, self.hparams.as_deref())?;
-        let mut ledger = Ledger::new(engram::lens::model_hash(&self.model)?);
-        let run = MemitRun {
-            model: &self.model,
-            hp: &hp,
-            corpus: self.corpus.as_deref(),
-            stats_tokens: self.stats_tokens,
-            z_chunk: self.z_chunk,
-            z_workers: self.z_workers,
-        };
-        let (out, t) = memit_batch(&mut lm, &mut ledger, &requests, &run)?;
+        let hp = engram_editing::jobs::setup::resolve_memit_hparams(
+            &self.model,
+            self.hparams.as_deref(),
+            settings(),
+        )?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let (out, stats_seconds) = memit_batch(
+            &mut lm,
+            &self.model,
+            &mut ledger,
+            requests,
+            hp.clone(),
+            (self.corpus.as_deref(), self.stats_tokens),
+            (self.z_chunk, self.z_workers),
+        )?;
+        let t = out.times;
         let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;
         println!(
             "bench memit on {} ({}): {} edits in one batch over layers {:?}, z in chunks of {}",
@@ -1482,7 +1670,7 @@ impl BackendJob for MemitBenchJob {
         );
         println!(
             "  statistics (cached or collected): {:>9.1} s",
-            t.stats_seconds
+            stats_seconds
         );
         println!(
             "  z (v* optimisation, batched):     {:>9.1} s  ({:.2} s per edit, {:.0}%)",
@@ -1527,15 +1715,20 @@ struct EditBenchJob {
 
 impl BackendJob for EditBenchJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::editing::rome::compute_u::KeyCovariance;
-        use engram::editing::rome::context::context_templates;
-        use engram::editing::rome::{rome_edit, EditRequest};
-        use engram::editing::stats::{collect_stats, StatsOptions};
+        use engram_editing::rome::compute_u::KeyCovariance;
+        use engram_editing::rome::context::context_templates;
+        use engram_editing::rome::{rome_edit, EditRequest};
+        use engram_editing::stats::{collect_stats, StatsOptions};
         use std::time::Instant;
         let a = self;
         let lm = load::<B>(&a.model, &device)?;
-        let hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+        let hp = engram_editing::jobs::setup::resolve_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
         let layer = hp.layer()?;
         let request = match (a.prompt, a.subject, a.target) {
             (Some(prompt), Some(subject), Some(target)) => EditRequest {
@@ -1543,8 +1736,8 @@ impl BackendJob for EditBenchJob {
                 subject,
                 target,
             },
-            (None, None, None) if engram::hub::is_demo(&a.model) => {
-                let case = engram::edit::demo_eval_cases().swap_remove(0);
+            (None, None, None) if is_demo(&a.model) => {
+                let case = engram_editing::jobs::setup::demo_eval_cases().swap_remove(0);
                 EditRequest {
                     prompt: case.prompt,
                     subject: case.subject,
@@ -1553,7 +1746,8 @@ impl BackendJob for EditBenchJob {
             }
             _ => bail!("give --prompt, --subject and --target (all three)"),
         };
-        let (text, _) = engram::edit::corpus_text(&a.model, a.corpus.as_deref())?;
+        let (text, _) =
+            engram_editing::jobs::setup::corpus_text(&a.model, a.corpus.as_deref(), settings())?;
         let opts = StatsOptions {
             max_tokens: a.stats_tokens,
             ..StatsOptions::new(layer)
@@ -1616,14 +1810,15 @@ struct EvalJob(EvalArgs);
 
 impl BackendJob for EvalJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::datasets::summary::mean_ci;
-        use engram::editing::eval::rome_score;
-        use engram::editing::Ledger;
-        use engram::evaluate::{
+        use engram_datasets::summary::mean_ci;
+        use engram_editing::eval::rome_score;
+        use engram_editing::jobs::evaluate::{
             evaluate, evaluate_memit, zsre_cases, BenchCase, EvalOptions, MemitSetup,
             ZsreConvention,
         };
+        use engram_editing::Ledger;
         let a = self.0;
         if a.method != MethodArg::Memit && (a.batch.is_some() || a.z_cache.is_some()) {
             bail!("--batch and --z-cache are for --method memit");
@@ -1637,15 +1832,28 @@ impl BackendJob for EvalJob {
             BenchArg::Zsre => "zsre",
         };
         let mut lm = load::<B>(&a.model, &device)?;
-        let cf = |v: Vec<engram::editing::eval::EvalCase>| -> Vec<BenchCase> {
+        let cf = |v: Vec<engram_editing::eval::EvalCase>| -> Vec<BenchCase> {
             v.into_iter().map(BenchCase::CounterFact).collect()
         };
-        let cases = match (a.benchmark, &a.data) {
-            (BenchArg::Counterfact, Some(p)) => cf(engram::edit::counterfact_cases(p)?),
-            (BenchArg::Counterfact, None) if engram::hub::is_demo(&a.model) => {
-                cf(engram::edit::demo_eval_cases())
+        let skipped_records = |skipped: Vec<String>| {
+            for e in skipped {
+                eprintln!("skipped record: {e}");
             }
-            (BenchArg::Zsre, Some(p)) => zsre_cases(p, conv)?,
+        };
+        let cases = match (a.benchmark, &a.data) {
+            (BenchArg::Counterfact, Some(p)) => {
+                let (cases, skipped) = engram_editing::jobs::setup::counterfact_cases(p)?;
+                skipped_records(skipped);
+                cf(cases)
+            }
+            (BenchArg::Counterfact, None) if is_demo(&a.model) => {
+                cf(engram_editing::jobs::setup::demo_eval_cases())
+            }
+            (BenchArg::Zsre, Some(p)) => {
+                let (cases, skipped) = zsre_cases(p, conv)?;
+                skipped_records(skipped);
+                cases
+            }
             (_, None) => bail!(
                 "--data FILE ({bench} JSON) is needed for {}",
                 a.model.display()
@@ -1654,10 +1862,8 @@ impl BackendJob for EvalJob {
         // --cases-from RUN: exactly that run's cases, in its order.
         let cases = match &a.cases_from {
             Some(id) => {
-                let store = engram::datasets::RunStore::open(
-                    a.runs
-                        .clone()
-                        .unwrap_or_else(engram::datasets::RunStore::default_root),
+                let store = engram_datasets::RunStore::open(
+                    a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
                 )?;
                 let run = store.find(id)?;
                 let ids: Vec<u64> = run
@@ -1684,7 +1890,7 @@ impl BackendJob for EvalJob {
             }
             None => cases,
         };
-        let hash = engram::lens::model_hash(&a.model)?;
+        let hash = model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
         let opts = EvalOptions {
             n: a.n,
@@ -1705,27 +1911,26 @@ impl BackendJob for EvalJob {
             if opts.fluency_tokens > 0 {
                 bail!("--fluency-tokens is measured for ROME runs only so far");
             }
-            let hp = engram::edit::resolve_memit_hparams(&a.model, a.hparams.as_deref())?;
-            let layers = hp.layers.clone();
-            let (covs, groups) = engram::edit::memit_setup(
-                &lm,
+            let hp = engram_editing::jobs::setup::resolve_memit_hparams(
                 &a.model,
+                a.hparams.as_deref(),
+                settings(),
+            )?;
+            let (covs, groups) = engram_editing::jobs::setup::memit_setup(
+                &lm,
                 &hp,
                 a.corpus.as_deref(),
                 a.stats_tokens,
-                &mut |done, total| {
-                    eprint!("\rlayers {layers:?} statistics: {done}/{total} key vectors");
-                    true
-                },
+                settings(),
+                &stderr_control(),
             )?;
-            eprintln!();
             let setup = MemitSetup {
                 hp: &hp,
                 covs: &covs,
                 groups: &groups,
                 batch: a.batch.unwrap_or(a.n),
                 z_chunk: a.z_chunk,
-                z_workers: engram::edit::z_workers(a.z_workers, &a.device),
+                z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.device),
                 z_cache: a.z_cache.clone(),
                 model_hash: hash.clone(),
             };
@@ -1741,14 +1946,24 @@ impl BackendJob for EvalJob {
                 serde_json::to_value(&groups)?,
             )
         } else {
-            let mut hp = engram::edit::resolve_hparams(&a.model, a.hparams.as_deref())?;
+            let mut hp = engram_editing::jobs::setup::resolve_hparams(
+                &a.model,
+                a.hparams.as_deref(),
+                settings(),
+            )?;
             hp.key = match (a.key, a.method) {
                 (Some(k), _) => k.into(),
-                (None, MethodArg::Rome) => engram::editing::KeyChoice::Original,
-                (None, _) => engram::editing::KeyChoice::Consistent,
+                (None, MethodArg::Rome) => engram_editing::KeyChoice::Original,
+                (None, _) => engram_editing::KeyChoice::Consistent,
             };
-            let (cov, templates) =
-                engram::edit::rome_setup(&lm, &a.model, &hp, a.corpus.as_deref(), a.stats_tokens)?;
+            let (cov, templates) = engram_editing::jobs::setup::rome_setup(
+                &lm,
+                &hp,
+                a.corpus.as_deref(),
+                a.stats_tokens,
+                settings(),
+                &stderr_control(),
+            )?;
             let out = evaluate(
                 &mut lm,
                 &mut ledger,
@@ -1769,6 +1984,9 @@ impl BackendJob for EvalJob {
                 serde_json::to_value(&templates)?,
             )
         };
+        for note in &out.notes {
+            eprintln!("{note}");
+        }
         if out.rows.is_empty() {
             bail!("no case could be edited ({} skipped)", out.skipped.len());
         }
@@ -1806,10 +2024,8 @@ impl BackendJob for EvalJob {
             out.seconds,
             if a.sequential { " (sequential)" } else { "" }
         );
-        let store = engram::datasets::RunStore::open(
-            a.runs
-                .clone()
-                .unwrap_or_else(engram::datasets::RunStore::default_root),
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
         )?;
         let conventions = match (a.benchmark, conv) {
             (BenchArg::Counterfact, _) => {
@@ -1822,7 +2038,7 @@ impl BackendJob for EvalJob {
                 "easyedit_* token accuracies as EasyEdit (target alt)"
             }
         };
-        let params = engram::datasets::RunParams {
+        let params = engram_datasets::RunParams {
             model: a.model.display().to_string(),
             model_hash: hash,
             hyperparameters: serde_json::json!({
@@ -1891,9 +2107,12 @@ struct TraceJob(TraceArgs);
 
 impl BackendJob for TraceJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::analysis::trace::TraceKind;
-        use engram::trace::{NoiseLevel, TraceOptions};
+        use engram_analysis::jobs::trace::{
+            peak, run_trace, NoiseLevel, TraceOptions, TraceRequest,
+        };
+        use engram_analysis::trace::TraceKind;
         let a = self.0;
         let kinds = a
             .kind
@@ -1916,9 +2135,9 @@ impl BackendJob for TraceJob {
             };
         let (facts, dataset) = match (&a.facts, &a.prompt) {
             (Some(path), _) => {
-                let loaded = engram::datasets::facts::load_fact_set(
+                let loaded = engram_datasets::facts::load_fact_set(
                     path,
-                    engram::datasets::OnBadRecord::Skip,
+                    engram_datasets::OnBadRecord::Skip,
                 )?;
                 for e in &loaded.skipped {
                     eprintln!("skipped record: {e}");
@@ -1926,7 +2145,7 @@ impl BackendJob for TraceJob {
                 (loaded.records, Some(path.clone()))
             }
             (None, Some(prompt)) => {
-                let fact = engram::datasets::facts::UserFact {
+                let fact = engram_datasets::facts::UserFact {
                     subject: a.subject.clone().unwrap_or_default(),
                     prompt: prompt.clone(),
                     target: a.target.clone().unwrap_or_default(),
@@ -1936,16 +2155,7 @@ impl BackendJob for TraceJob {
             }
             (None, None) => bail!("give --facts FILE, or --prompt, --subject and --target"),
         };
-        if facts.is_empty() {
-            bail!("the fact set is empty");
-        }
         let lm = load::<B>(&a.model, &device)?;
-        let model_hash = engram::lens::model_hash(&a.model)?;
-        let single = a.prompt.is_some();
-        if single {
-            // One fact: say exactly what is wrong with it instead of skipping it.
-            engram::trace::prepare(&lm, &facts[0])?;
-        }
         let opts = TraceOptions {
             kinds,
             samples: a.samples,
@@ -1957,70 +2167,36 @@ impl BackendJob for TraceJob {
             naive: a.naive,
             ..TraceOptions::default()
         };
-        let subjects: Vec<String> = facts.iter().map(|f| f.subject.clone()).collect();
-        let scale = engram::trace::noise_scale(&lm, &subjects, noise)?;
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let req = TraceRequest {
+            facts,
+            options: opts.clone(),
+            noise_subjects: Vec::new(),
+            dataset,
+        };
+        let started = std::time::Instant::now();
+        let run = run_trace(
+            &lm,
+            &a.model.display().to_string(),
+            &req,
+            &store,
+            &stderr_control(),
+        )?;
+        eprintln!();
         eprintln!(
-            "noise: {} with scale {scale:.4}{}",
+            "noise: {} with scale {:.4}{}",
             if a.uniform { "uniform" } else { "gaussian" },
+            run.noise_scale,
             match noise {
                 NoiseLevel::Spread { multiple } => format!(
                     " ({multiple} x the embedding std of {} subjects)",
-                    subjects.len()
+                    req.facts.len()
                 ),
                 NoiseLevel::Fixed(_) => String::new(),
             }
         );
-        let started = std::time::Instant::now();
-        let want = opts.n.min(facts.len());
-        let outcomes =
-            engram::trace::trace_facts(&lm, &facts, &opts, scale, &mut |seen, total, traced| {
-                let bar = 30 * traced / want.max(1);
-                eprint!(
-                    "\r[{}{}] traced {traced}/{want}, facts read {seen}/{total}, {:.0} s ",
-                    "#".repeat(bar),
-                    " ".repeat(30 - bar.min(30)),
-                    started.elapsed().as_secs_f64()
-                );
-                true
-            })?;
-        eprintln!();
-        let traced = outcomes
-            .iter()
-            .filter(|o| matches!(o.outcome, engram::trace::Outcome::Traced(_)))
-            .count();
-        if traced == 0 {
-            let reasons: Vec<String> = outcomes
-                .iter()
-                .take(5)
-                .filter_map(|o| match &o.outcome {
-                    engram::trace::Outcome::Skipped(why) => {
-                        Some(format!("  {:?}: {why}", o.fact.prompt))
-                    }
-                    _ => None,
-                })
-                .collect();
-            bail!(
-                "no fact of {} could be traced: the model gets none of them right (top-1), so there is no answer to restore. First reasons:\n{}",
-                outcomes.len(),
-                reasons.join("\n")
-            );
-        }
-        let root = a
-            .runs
-            .unwrap_or_else(engram::datasets::RunStore::default_root);
-        let store = engram::datasets::RunStore::open(root)?;
-        let run = engram::trace::store_run(
-            &store,
-            engram::trace::RunSource {
-                model: &a.model,
-                model_hash,
-                device: a.device.to_string(),
-                dataset: dataset.as_deref(),
-            },
-            &opts,
-            scale,
-            &outcomes,
-        )?;
         println!(
             "traced {} facts, skipped {} (the model did not predict the target, or bad input), in {:.1} s",
             run.traced,
@@ -2028,7 +2204,7 @@ impl BackendJob for TraceJob {
             started.elapsed().as_secs_f64()
         );
         for kind in &opts.kinds {
-            if let Some(p) = engram::trace::peak(&run.effects, *kind) {
+            if let Some(p) = peak(&run.effects, *kind) {
                 println!(
                     "{:>6}: average indirect effect at the last subject token peaks at layer {} ({:+.4})",
                     kind.name(),
@@ -2047,7 +2223,7 @@ impl BackendJob for TraceJob {
 
 struct TraceBenchJob {
     model: PathBuf,
-    fact: engram::datasets::facts::UserFact,
+    fact: engram_datasets::facts::UserFact,
     samples: usize,
     json: bool,
     label: String,
@@ -2055,9 +2231,10 @@ struct TraceBenchJob {
 
 impl BackendJob for TraceBenchJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let lm = load::<B>(&self.model, &device)?;
-        let row = engram::bench::trace_speed(&lm, &self.fact, self.samples)?;
+        let row = bench::trace_speed(&lm, &self.fact, self.samples)?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&row)?);
         } else {
@@ -2086,9 +2263,10 @@ struct PatchJob(PatchArgs);
 
 impl BackendJob for PatchJob {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram::analysis::patching::PatchSite;
-        use engram::patch::Corruption;
+        use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
+        use engram_analysis::patching::PatchSite;
         let a = self.0;
         let sites = a
             .sites
@@ -2108,18 +2286,13 @@ impl BackendJob for PatchJob {
             (None, None) => bail!("give --corrupt-subject or --corrupted-prompt"),
         };
         let lm = load::<B>(&a.model, &device)?;
-        let model_hash = engram::lens::model_hash(&a.model)?;
-        let setup = engram::patch::prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
-        let root = a
-            .runs
-            .unwrap_or_else(engram::datasets::RunStore::default_root);
-        let store = engram::datasets::RunStore::open(root)?;
-        let (info, report) = engram::patch::run_patch(
+        let setup = prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
+        let root = a.runs.unwrap_or_else(|| settings().runs.clone());
+        let store = engram_datasets::RunStore::open(root)?;
+        let (info, report) = run_patch(
             &lm,
+            &a.model.display().to_string(),
             &store,
-            &a.model,
-            model_hash,
-            a.device.to_string(),
             &a.subject,
             &setup,
             &sites,
@@ -2157,4 +2330,99 @@ impl BackendJob for PatchJob {
         println!("run {} in {}", info.id, info.dir.display());
         Ok(())
     }
+}
+
+/// The lens grid: top token per layer (rows) and position (columns).
+fn print_lens(
+    report: &engram_analysis::jobs::lens::LensReport,
+    site: engram_analysis::lens::LensSite,
+) {
+    let clip = |s: &str| -> String { s.chars().take(12).collect() };
+    println!("logit lens ({site:?}), top token per layer (rows) and position (columns):");
+    print!("{:>6}", "");
+    for t in &report.tokens {
+        print!(" {:>12}", clip(t));
+    }
+    println!();
+    for layer in 0..report.n_layers {
+        print!("{layer:>6}");
+        for position in 0..report.tokens.len() {
+            if let Some(c) = report.cell(position, layer) {
+                print!(
+                    " {:>12}",
+                    clip(&format!("{}:{:.2}", c.top_token.trim(), c.prob))
+                );
+            }
+        }
+        println!();
+    }
+    println!(
+        "stored as run {} ({})",
+        report.run.id,
+        report.run.dir.display()
+    );
+}
+
+/// `engram probe`: probe, store, and print the per-layer table.
+fn run_probe(
+    lm: &LanguageModel<engram_model::Cpu>,
+    model: &Path,
+    a: &engram_analysis::jobs::probe::ProbeArgs<'_>,
+    store: &engram_datasets::RunStore,
+) -> Result<()> {
+    let r = engram_analysis::jobs::probe::probe_report(
+        lm,
+        &model.display().to_string(),
+        a,
+        store,
+        settings(),
+        &stderr_control(),
+    )?;
+    println!(
+        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
+        r.samples,
+        r.classes.len(),
+        a.label,
+        a.min_count,
+        r.skipped
+    );
+    println!(
+        "activations {}",
+        if r.cached {
+            "read from the cache"
+        } else {
+            "collected and cached"
+        }
+    );
+    println!(
+        "{:>6} {:>18} {:>10} {:>18} {:>12}",
+        "layer",
+        if a.regress {
+            "R² [95% CI]"
+        } else {
+            "accuracy [95% CI]"
+        },
+        if a.regress { "MSE" } else { "macro-F1" },
+        "control",
+        "selectivity"
+    );
+    for l in &r.layers {
+        println!(
+            "{:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
+            l.layer,
+            l.accuracy.mean,
+            l.accuracy.ci_low,
+            l.accuracy.ci_high,
+            l.macro_f1.mean,
+            l.control.mean,
+            l.selectivity.mean
+        );
+    }
+    println!(
+        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
+        r.seconds,
+        r.run_id,
+        r.run_dir.display()
+    );
+    Ok(())
 }

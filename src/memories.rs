@@ -43,7 +43,7 @@ fn store_run(
         "memories",
         RunParams {
             model: model.display().to_string(),
-            model_hash: crate::lens::model_hash(model)?,
+            model_hash: crate::model_hash(model)?,
             hyperparameters: json!({"action": action, "params": params}),
             dataset: None,
             record_ids: vec![],

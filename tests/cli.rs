@@ -156,18 +156,20 @@ fn hub_ids_offline_give_a_clear_error() {
         err.contains("HF_HUB_OFFLINE") && err.contains("local model directory"),
         "{err}"
     );
-    assert!(engram::hub::looks_like_hub_id("gpt2-xl"));
-    assert!(engram::hub::looks_like_hub_id("openai-community/gpt2"));
-    assert!(!engram::hub::looks_like_hub_id("./models/gpt2"));
-    assert!(!engram::hub::looks_like_hub_id("a/b/c"));
-    assert!(!engram::hub::looks_like_hub_id("model.gguf"));
+    assert!(engram_model::source::looks_like_hub_id("gpt2-xl"));
+    assert!(engram_model::source::looks_like_hub_id(
+        "openai-community/gpt2"
+    ));
+    assert!(!engram_model::source::looks_like_hub_id("./models/gpt2"));
+    assert!(!engram_model::source::looks_like_hub_id("a/b/c"));
+    assert!(!engram_model::source::looks_like_hub_id("model.gguf"));
 }
 
 /// `engram runs list|show|export|plot|compare` over a store written through the datasets API.
 #[test]
 fn runs_commands_work_on_a_stored_run() {
-    use engram::datasets::figures::TraceCell;
-    use engram::datasets::{RunParams, RunStore};
+    use engram_datasets::figures::TraceCell;
+    use engram_datasets::{RunParams, RunStore};
 
     let dir = std::env::temp_dir().join(format!("engram-cli-runs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -286,9 +288,9 @@ fn runs_commands_work_on_a_stored_run() {
 }
 
 /// The demo fact set as committed (`datasets/demo/facts.jsonl`).
-fn demo_fact_records() -> Vec<engram::datasets::facts::UserFact> {
+fn demo_fact_records() -> Vec<engram_datasets::facts::UserFact> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl");
-    engram::datasets::facts::load_user_facts(&path, engram::datasets::OnBadRecord::Fail)
+    engram_datasets::facts::load_user_facts(&path, engram_datasets::OnBadRecord::Fail)
         .expect("demo facts")
         .records
 }
@@ -301,18 +303,18 @@ fn demo_dir() -> PathBuf {
 /// logit lens shows at which layer the answer becomes top-1 (printed for the README).
 #[test]
 fn demo_model_knows_its_facts() {
-    use engram::analysis::lens::{logit_lens, LensSite};
-    use engram::datasets::facts::load_user_facts;
-    use engram::datasets::OnBadRecord;
-    use engram::model::device::Cpu;
-    use engram::model::LanguageModel;
+    use engram_analysis::lens::{logit_lens, LensSite};
+    use engram_datasets::facts::load_user_facts;
+    use engram_datasets::OnBadRecord;
+    use engram_model::device::Cpu;
+    use engram_model::LanguageModel;
 
     let lm = LanguageModel::<Cpu>::load(&demo_dir(), &Default::default()).expect("demo model");
     let facts_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl");
     let facts = load_user_facts(&facts_path, OnBadRecord::Fail).expect("demo facts");
     assert_eq!(facts.records.len(), 450);
-    let demo = engram::datasets::demo::demo_facts(engram::demo::DEMO_SUBJECTS, 0);
-    let (right, total) = engram::demo::fact_accuracy(&lm, &demo).expect("accuracy");
+    let demo = engram_datasets::demo::demo_facts(engram_datasets::demo::DEMO_SUBJECTS, 0);
+    let (right, total) = engram_editing::demo::fact_accuracy(&lm, &demo).expect("accuracy");
     let acc = right as f64 / total as f64;
     eprintln!("demo fact accuracy: {right}/{total} = {acc:.4}");
     assert!(acc >= 0.95, "demo accuracy {acc}");
@@ -342,8 +344,14 @@ fn train_demo_is_reproducible() {
     let mut weights = Vec::new();
     for run in ["a", "b"] {
         let dir = base.join(run);
-        let report =
-            engram::demo::train_demo(&dir, &dir.join("facts.jsonl"), 8, 0, true).expect("train");
+        let report = engram_editing::demo::train_demo(
+            &dir,
+            &dir.join("facts.jsonl"),
+            8,
+            0,
+            &mut |_, _, _| {},
+        )
+        .expect("train");
         assert_eq!(report.facts, 450);
         let bytes = std::fs::read(dir.join("model.safetensors")).expect("weights");
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
@@ -419,11 +427,11 @@ fn lens_command_stores_a_plottable_run() {
         .next()
         .expect("id")
         .to_string();
-    let store = engram::datasets::RunStore::open(&runs).expect("store");
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
     let info = store.find(&id).expect("run");
     assert_eq!(
         info.params.model_hash,
-        engram::lens::model_hash(&model).expect("hash")
+        engram_model::source::model_hash(&model).expect("hash")
     );
     assert!(info.params.model_hash.starts_with("fnv1a64:"));
     let svg = dir.join("lens.svg");
@@ -754,7 +762,7 @@ fn eval_zsre_names_its_metrics_and_resumes_from_a_journal() {
     std::fs::create_dir_all(&dir).expect("dir");
     // zsRE records (MEND's form) from demo cases: question, rephrasing, a new
     // answer, and another person's fact as the unrelated question.
-    let cases = engram::edit::demo_eval_cases();
+    let cases = engram_editing::jobs::setup::demo_eval_cases();
     let records: Vec<serde_json::Value> = cases
         .iter()
         .take(4)
@@ -947,7 +955,7 @@ fn probe_decodes_the_demo_relation_above_control() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     // "The home of {} is the city of": the relation comes before the subject.
-    let lines: Vec<String> = engram::datasets::demo::demo_facts(150, 0)
+    let lines: Vec<String> = engram_datasets::demo::demo_facts(150, 0)
         .iter()
         .map(|f| {
             serde_json::json!({"prompt": f.prompts()[1], "subject": f.subject, "relation": f.relation})
@@ -1014,7 +1022,7 @@ fn probe_decodes_the_demo_relation_above_control() {
     );
     // --regress: a numeric label gets ridge probes and R² per layer; a
     // label that is not a number is named in the error.
-    let numeric: Vec<String> = engram::datasets::demo::demo_facts(150, 0)
+    let numeric: Vec<String> = engram_datasets::demo::demo_facts(150, 0)
         .iter()
         .map(|f| {
             serde_json::json!({"prompt": f.prompts()[1], "subject": f.subject,

@@ -13,9 +13,16 @@
 //!   trigger examples, knowledge neurons (Dai et al. 2022).
 //!
 //! - [`probe`]: linear probes per layer with control tasks (Hewitt & Liang 2019).
+//!
+//! - [`jobs`]: each of these as a job (typed request, typed report, one
+//!   [`engram_model::Control`]), stored as a run; the CLI and the workbench call them.
 
+pub mod error;
+pub mod jobs;
 pub mod lens;
 pub mod memories;
 pub mod patching;
 pub mod probe;
 pub mod trace;
+
+pub use error::{AnalysisError, Result};

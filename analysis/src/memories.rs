@@ -162,7 +162,7 @@ pub fn value_index<B: Backend>(
     let mut out = Vec::with_capacity(d_mlp);
     for start in (0..d_mlp).step_by(256) {
         if !progress(start, d_mlp) {
-            return Err(ModelError::Data("cancelled".into()));
+            return Err(engram_model::Cancelled.into());
         }
         let chunk: Vec<usize> = (start..(start + 256).min(d_mlp)).collect();
         out.extend(value_projections(model, layer, &chunk, k)?);

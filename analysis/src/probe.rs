@@ -429,7 +429,7 @@ pub fn collect_activations<B: Backend>(
     let pad = model.config.eos_token_id.unwrap_or(0);
     for (k, chunk) in items.chunks(batch.max(1)).enumerate() {
         if !progress(k * batch.max(1), items.len()) {
-            return Err(ModelError::Data("cancelled".into()));
+            return Err(engram_model::Cancelled.into());
         }
         let rows: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
         let b = Batch::right_padded(&rows, pad);

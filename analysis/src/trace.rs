@@ -145,7 +145,7 @@ pub enum TraceError {
     #[error("{0}")]
     Config(String),
     #[error("cancelled")]
-    Cancelled,
+    Cancelled(#[from] engram_model::Cancelled),
 }
 
 type Result<T> = std::result::Result<T, TraceError>;
@@ -519,7 +519,7 @@ pub fn trace_naive<B: Backend>(
                 *cell = patched_prob(model, input, cfg, &noise, &clean, &restores)?;
                 done += 1;
                 if !on_step(done, total) {
-                    return Err(TraceError::Cancelled);
+                    return Err(engram_model::Cancelled.into());
                 }
             }
         }
@@ -623,7 +623,7 @@ pub fn trace_fact<B: Backend>(
                 }
                 done += 1;
                 if !on_step(done, total) {
-                    return Err(TraceError::Cancelled);
+                    return Err(engram_model::Cancelled.into());
                 }
             }
             for (row, v) in scores.iter_mut().zip(column) {

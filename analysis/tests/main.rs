@@ -261,7 +261,7 @@ mod trace {
             calls += 1;
             calls < 2
         });
-        assert!(matches!(r, Err(TraceError::Cancelled)));
+        assert!(matches!(r, Err(TraceError::Cancelled(_))));
         assert_eq!(calls, 2);
     }
 

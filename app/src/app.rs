@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use eframe::egui::{self, RichText, Ui};
-use engram::analysis::lens::LensSite;
-use engram::backend::Dtype;
-use engram::model::DeviceSpec;
+use engram_analysis::lens::LensSite;
+use engram_model::backend::Dtype;
+use engram_model::DeviceSpec;
 
 use crate::editor::{EditView, LedgerView};
 use crate::error::JobError;
@@ -38,6 +38,8 @@ pub struct AppOptions {
     pub facts: Option<PathBuf>,
     /// Where settings are read and saved; `None` keeps them in memory only.
     pub settings_path: Option<PathBuf>,
+    /// Where runs and caches live; `None`: from the environment, as the CLI reads it.
+    pub paths: Option<engram_model::Settings>,
 }
 
 /// A submitted job, as the status bar shows it.
@@ -157,7 +159,11 @@ impl EngramApp {
             style.spacing.button_padding = egui::vec2(8.0, 3.0);
         });
         let wake_ctx = ctx.clone();
-        let worker = Worker::spawn(move || wake_ctx.request_repaint());
+        let paths = options
+            .paths
+            .clone()
+            .unwrap_or_else(|| engram_model::Settings::from_vars(|k| std::env::var_os(k)));
+        let worker = Worker::spawn(move || wake_ctx.request_repaint(), paths);
         let form = OpenForm {
             source: settings.model.clone(),
             device: settings.device.clone(),
@@ -425,7 +431,18 @@ impl EngramApp {
         let job = self.jobs.remove(index);
         match result {
             Ok(reply) => {
-                self.status = Some((format!("{}: done", job.handle.label), false));
+                let stored = match &reply {
+                    Reply::Trace(t) => Some(t.run_id.clone()),
+                    Reply::Edited(e) => Some(e.run_id.clone()),
+                    Reply::Batch(b) => Some(b.run_id.clone()),
+                    Reply::Probe(p) => Some(p.report.run_id.clone()),
+                    _ => None,
+                };
+                let message = match stored {
+                    Some(id) => format!("{}: done, stored as run {id}", job.handle.label),
+                    None => format!("{}: done", job.handle.label),
+                };
+                self.status = Some((message, false));
                 self.accept(reply);
             }
             Err(JobError::Cancelled) => {

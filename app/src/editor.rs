@@ -5,20 +5,20 @@
 
 use std::path::{Path, PathBuf};
 
-use engram::editing::eval::teacher_force;
-use engram::editing::memit::compute_z::compute_zs;
-use engram::editing::memit::update::LayerMom2;
-use engram::editing::memit::{apply_memit, check_batch, MemitHparams};
-use engram::editing::rome::compute_u::KeyCovariance;
-use engram::editing::rome::compute_v::VStep;
-use engram::editing::rome::{rome_edit, EditRequest, KeyChoice, RomeHparams};
-use engram::editing::{EditError, EditPayload, Ledger};
-use engram::model::burn_tensor::backend::Backend;
-use engram::model::{generate, GenerateConfig, LanguageModel, Sampling};
+use engram_editing::jobs::memit::{run_memit, MemitRequest};
+use engram_editing::jobs::rome::{run_rome, RomeRequest};
+use engram_editing::jobs::setup::{key_covariance, memit_setup, rome_templates};
+use engram_editing::memit::update::LayerMom2;
+use engram_editing::memit::MemitHparams;
+use engram_editing::rome::compute_u::KeyCovariance;
+use engram_editing::rome::compute_v::VStep;
+use engram_editing::rome::{EditRequest, KeyChoice, RomeHparams};
+use engram_editing::{EditError, EditPayload, Ledger};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::{Control, LanguageModel, Settings};
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
-use crate::session::{Progress, ProgressFn};
 
 /// The Edit panel's form, kept between launches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +83,7 @@ pub struct EditHparams {
 
 impl Default for EditHparams {
     fn default() -> Self {
-        Self::from(&base_hparams(None))
+        Self::from(&base_hparams(None, None))
     }
 }
 
@@ -102,9 +102,10 @@ impl From<&RomeHparams> for EditHparams {
 }
 
 /// The model's checked-in hyperparameters, else ROME's GPT-2 XL values.
-pub fn base_hparams(model: Option<&Path>) -> RomeHparams {
+pub fn base_hparams(model: Option<&Path>, settings: Option<&Settings>) -> RomeHparams {
     model
-        .and_then(|m| engram::edit::resolve_hparams(m, None).ok())
+        .zip(settings)
+        .and_then(|(m, s)| engram_editing::jobs::setup::resolve_hparams(m, None, s).ok())
         .or_else(|| RomeHparams::builtin("gpt2-xl"))
         .unwrap_or_else(|| RomeHparams {
             layers: vec![0],
@@ -184,6 +185,8 @@ pub struct BatchView {
     pub lambda: f64,
     pub rows: Vec<BatchRow>,
     pub warnings: Vec<String>,
+    /// The stored `memit` run.
+    pub run_id: String,
     /// Mean |z − h| before each layer and after the last.
     pub residual_norms: Vec<f32>,
     pub z_seconds: f64,
@@ -230,6 +233,8 @@ pub struct EditView {
     pub generation_before: String,
     pub generation_after: String,
     pub ledger: LedgerView,
+    /// The stored `edit` run.
+    pub run_id: String,
 }
 
 /// What the ledger list asks for.
@@ -273,10 +278,7 @@ fn failed(e: impl std::fmt::Display) -> JobError {
 }
 
 fn edit_error(e: EditError) -> JobError {
-    match e {
-        EditError::Cancelled => JobError::Cancelled,
-        other => failed(other),
-    }
+    JobError::from_lib(e)
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -290,7 +292,7 @@ fn lines(text: &str) -> Vec<String> {
 impl<B: Backend> EditState<B> {
     fn ledger(&mut self, lm: &LanguageModel<B>) -> Result<&mut Ledger<B>, JobError> {
         if self.ledger.is_none() {
-            let hash = engram::lens::model_hash(&lm.source).map_err(failed)?;
+            let hash = engram_model::source::model_hash(&lm.source).map_err(failed)?;
             self.ledger = Some(Ledger::new(hash));
         }
         self.ledger.as_mut().ok_or(JobError::NoModel)
@@ -330,12 +332,14 @@ impl<B: Backend> EditState<B> {
             .collect()
     }
 
-    /// Compute and apply one ROME edit, probing before and after.
+    /// Compute and apply one ROME edit, probing before and after; stored as an `edit` run.
     pub fn edit(
         &mut self,
         lm: &mut LanguageModel<B>,
+        model: &str,
         form: &EditSettings,
-        progress: ProgressFn<'_>,
+        settings: &Settings,
+        ctl: &Control,
     ) -> Result<EditView, JobError> {
         let request = EditRequest {
             prompt: form.prompt.trim_end().to_string(),
@@ -344,7 +348,7 @@ impl<B: Backend> EditState<B> {
         };
         // Refuse a bad request before any long work.
         request.template().map_err(edit_error)?;
-        let mut hp = base_hparams(Some(&lm.source));
+        let mut hp = base_hparams(Some(&lm.source), Some(settings));
         let h = &form.hparams;
         let n_layers = lm.model.config.n_layers;
         if h.layer >= n_layers {
@@ -368,238 +372,140 @@ impl<B: Backend> EditState<B> {
         let key = (h.layer, corpus.to_string(), form.stats_tokens);
         if self.cov.as_ref().map(|(k, _)| k) != Some(&key) {
             let path = (!corpus.is_empty()).then(|| PathBuf::from(corpus));
-            let mut on_stats = |done: u64, total: u64| {
-                progress(Progress {
-                    done: done as usize,
-                    total: total as usize,
-                    note: format!("layer {} statistics: {done}/{total} key vectors", h.layer),
-                })
-            };
-            let (cov, _, _) = engram::edit::key_covariance_with(
+            let cov = key_covariance(
                 lm,
-                &lm.source,
                 h.layer,
                 path.as_deref(),
                 form.stats_tokens,
-                &mut on_stats,
+                settings,
+                ctl,
             )
-            .map_err(|e| {
-                if e.downcast_ref::<EditError>()
-                    .is_some_and(|e| matches!(e, EditError::Cancelled))
-                {
-                    JobError::Cancelled
-                } else {
-                    JobError::Failed(format!("{e:#}"))
-                }
-            })?;
-            self.cov = Some((key, cov));
+            .map_err(edit_error)?;
+            self.cov = Some((key, cov.covariance));
         }
         if self.templates.is_none() {
-            progress(Progress {
-                done: 0,
-                total: hp.v_num_grad_steps,
-                note: "context prefixes".into(),
-            });
-            self.templates = Some(
-                engram::editing::rome::context::context_templates(
-                    &lm.model,
-                    &lm.tokenizer,
-                    &hp.context_template_length_params,
-                    0,
-                )
-                .map_err(edit_error)?,
-            );
+            ctl.tick("context prefixes", 0, 1);
+            self.templates = Some(rome_templates(lm, &hp).map_err(edit_error)?);
         }
-        let (Some((_, cov)), Some(templates)) = (&self.cov, &self.templates) else {
+        let store = engram_datasets::RunStore::open(&settings.runs).map_err(failed)?;
+        self.ledger(lm)?;
+        let (Some((_, cov)), Some(templates), Some(ledger)) =
+            (&self.cov, &self.templates, self.ledger.as_mut())
+        else {
             return Err(JobError::NoModel);
         };
-        let probes: Vec<(ProbeKind, String)> =
-            std::iter::once((ProbeKind::Prompt, request.prompt.clone()))
-                .chain(
-                    lines(&form.paraphrases)
-                        .into_iter()
-                        .map(|p| (ProbeKind::Paraphrase, p)),
-                )
-                .chain(
-                    lines(&form.neighbours)
-                        .into_iter()
-                        .map(|p| (ProbeKind::Neighbour, p)),
-                )
-                .collect();
-        let before = probe(lm, &probes, &request.target)?;
-        let generation_before = greedy(lm, &request.prompt)?;
-        let edit = rome_edit(lm, &request, &hp, cov, templates, &mut |step, total| {
-            progress(Progress {
-                done: step,
-                total,
-                note: format!("v* step {}/{total}", step + 1),
-            })
-        })
-        .map_err(edit_error)?;
-        let (layer, key, stats_tokens, seconds, steps) = (
-            edit.layer,
-            edit.key,
-            edit.stats_tokens,
-            edit.seconds,
-            edit.steps.clone(),
-        );
-        let id = self
-            .ledger(lm)?
-            .push(&mut lm.model, edit)
-            .map_err(edit_error)?;
-        let after = probe(lm, &probes, &request.target)?;
-        let generation_after = greedy(lm, &request.prompt)?;
-        let probes = probes
-            .into_iter()
-            .zip(before.into_iter().zip(after))
-            .map(|((kind, prompt), (b, a))| ProbeRow {
-                kind,
-                prompt,
-                before_top: b.0,
-                after_top: a.0,
-                before_target: b.1,
-                after_target: a.1,
+        let req = RomeRequest {
+            request,
+            hparams: hp,
+            paraphrases: lines(&form.paraphrases),
+            neighbours: lines(&form.neighbours),
+            generate_tokens: 20,
+        };
+        let r =
+            run_rome(lm, model, ledger, &req, cov, templates, &store, ctl).map_err(edit_error)?;
+        let probes = r
+            .probes
+            .iter()
+            .map(|p| ProbeRow {
+                kind: match p.kind.as_str() {
+                    "paraphrase" => ProbeKind::Paraphrase,
+                    "neighbour" => ProbeKind::Neighbour,
+                    _ => ProbeKind::Prompt,
+                },
+                prompt: p.prompt.clone(),
+                before_top: (p.before_top.clone(), p.before_top_prob as f32),
+                after_top: (p.after_top.clone(), p.after_top_prob as f32),
+                before_target: p.before_target as f32,
+                after_target: p.after_target as f32,
             })
             .collect();
         Ok(EditView {
-            id,
-            request,
-            layer,
-            key,
-            stats_tokens,
-            seconds,
-            steps,
+            id: r.id,
+            request: r.request,
+            layer: r.layer,
+            key: r.key,
+            stats_tokens: r.stats_tokens,
+            seconds: r.seconds,
+            steps: r.steps,
             probes,
-            generation_before,
-            generation_after,
+            generation_before: r.generation_before,
+            generation_after: r.generation_after,
             ledger: self.view(),
+            run_id: r.run.id,
         })
     }
 
     /// Check, compute and apply a MEMIT batch, probing each request's prompt
-    /// before and after.
+    /// before and after; stored as a `memit` run.
     pub fn memit(
         &mut self,
         lm: &mut LanguageModel<B>,
+        model: &str,
         form: &EditSettings,
         z_workers: usize,
-        progress: ProgressFn<'_>,
+        settings: &Settings,
+        ctl: &Control,
     ) -> Result<BatchView, JobError> {
         let requests = if form.batch_file.trim().is_empty() {
             parse_batch(&form.batch)?
         } else {
-            engram::edit::load_requests(std::path::Path::new(form.batch_file.trim()))
-                .map_err(|e| failed(format!("{e:#}")))?
+            engram_editing::jobs::setup::load_requests(std::path::Path::new(form.batch_file.trim()))
+                .map_err(failed)?
         };
         if requests.is_empty() {
             return Err(failed("the batch has no requests"));
         }
-        let warnings = check_batch(lm, &requests).map_err(edit_error)?;
-        let hp = memit_hparams(lm, form);
+        engram_editing::memit::check_batch(lm, &requests).map_err(edit_error)?;
+        let hp = memit_hparams(lm, form, settings);
         let corpus = form.corpus.trim();
         let key = (hp.layers.clone(), corpus.to_string(), form.stats_tokens);
         if self.memit.as_ref().map(|(k, _, _)| k) != Some(&key) {
             let path = (!corpus.is_empty()).then(|| PathBuf::from(corpus));
-            let layers = hp.layers.clone();
-            let (covs, groups) = engram::edit::memit_setup(
-                lm,
-                &lm.source,
-                &hp,
-                path.as_deref(),
-                form.stats_tokens,
-                &mut |done, total| {
-                    progress(Progress {
-                        done: done as usize,
-                        total: total as usize,
-                        note: format!("layers {layers:?} statistics: {done}/{total} key vectors"),
-                    })
-                },
-            )
-            .map_err(|e| {
-                if e.downcast_ref::<EditError>()
-                    .is_some_and(|e| matches!(e, EditError::Cancelled))
-                {
-                    JobError::Cancelled
-                } else {
-                    JobError::Failed(format!("{e:#}"))
-                }
-            })?;
+            let (covs, groups) =
+                memit_setup(lm, &hp, path.as_deref(), form.stats_tokens, settings, ctl)
+                    .map_err(edit_error)?;
             self.memit = Some((key, covs, groups));
         }
-        let Some((_, covs, groups)) = &self.memit else {
+        let store = engram_datasets::RunStore::open(&settings.runs).map_err(failed)?;
+        self.ledger(lm)?;
+        let (Some((_, covs, groups)), Some(ledger)) = (&self.memit, self.ledger.as_mut()) else {
             return Err(JobError::NoModel);
         };
-        let prompts: Vec<(ProbeKind, String)> = requests
-            .iter()
-            .map(|r| (ProbeKind::Prompt, r.prompt.clone()))
-            .collect();
-        let before: Vec<Probe> = requests
-            .iter()
-            .zip(&prompts)
-            .map(|(r, p)| probe(lm, std::slice::from_ref(p), &r.target).map(|mut v| v.remove(0)))
-            .collect::<Result<_, _>>()?;
-        let flat: Vec<String> = groups.iter().flatten().cloned().collect();
-        let n = requests.len();
-        let (zs, z_seconds) = compute_zs(
-            lm,
-            &requests,
-            &hp,
-            &flat,
-            16,
+        let req = MemitRequest {
+            requests,
+            hparams: hp,
+            z_chunk: 16,
             z_workers,
-            &mut |done, total| {
-                progress(Progress {
-                    done,
-                    total,
-                    note: format!("z: {done}/{total} requests"),
-                })
-            },
-        )
-        .map_err(edit_error)?;
-        let (covs, groups) = (covs.clone(), groups.clone());
-        let ledger = self.ledger(lm)?;
-        let out = apply_memit(
-            lm,
-            ledger,
-            &requests,
-            &zs,
-            &hp,
-            &covs,
-            &groups,
-            &mut |i, l| {
-                progress(Progress {
-                    done: n,
-                    total: n,
-                    note: format!("update: layer {}/{l}", i + 1),
-                })
-            },
-        )
-        .map_err(edit_error)?;
-        let rows = requests
+        };
+        let r =
+            run_memit(lm, model, ledger, &req, covs, groups, &store, ctl).map_err(edit_error)?;
+        let rows = r
+            .rows
             .iter()
-            .zip(before)
-            .map(|(r, b)| {
-                let a = probe(lm, &[(ProbeKind::Prompt, r.prompt.clone())], &r.target)?.remove(0);
-                Ok(BatchRow {
-                    request: r.clone(),
-                    before_top: b.0,
-                    after_top: a.0,
-                    before_target: b.1,
-                    after_target: a.1,
-                })
+            .map(|b| BatchRow {
+                request: EditRequest {
+                    prompt: b.prompt.clone(),
+                    subject: b.subject.clone(),
+                    target: b.target.clone(),
+                },
+                before_top: (b.before_top.clone(), b.before_top_prob as f32),
+                after_top: (b.after_top.clone(), b.after_top_prob as f32),
+                before_target: b.before_target as f32,
+                after_target: b.after_target as f32,
             })
-            .collect::<Result<_, JobError>>()?;
+            .collect();
         Ok(BatchView {
-            batch: out.batch,
-            ids: out.ids.clone(),
-            layers: hp.layers.clone(),
-            lambda: hp.mom2_update_weight,
+            batch: r.batch,
+            ids: r.ids,
+            layers: r.layers,
+            lambda: r.lambda,
             rows,
-            warnings,
-            residual_norms: out.residual_norms.clone(),
-            z_seconds,
-            keys_seconds: out.keys_seconds,
-            solve_seconds: out.solve_seconds,
+            warnings: r.warnings,
+            run_id: r.run.id,
+            residual_norms: r.residual_norms,
+            z_seconds: r.times.z_seconds,
+            keys_seconds: r.times.keys_seconds,
+            solve_seconds: r.times.solve_seconds,
             ledger: self.view(),
         })
     }
@@ -633,8 +539,12 @@ impl<B: Backend> EditState<B> {
 
 /// The model's checked-in MEMIT hyperparameters, else MEMIT's GPT-2 XL values
 /// at the form's layer.
-fn memit_hparams<B: Backend>(lm: &LanguageModel<B>, form: &EditSettings) -> MemitHparams {
-    engram::edit::resolve_memit_hparams(&lm.source, None)
+fn memit_hparams<B: Backend>(
+    lm: &LanguageModel<B>,
+    form: &EditSettings,
+    settings: &Settings,
+) -> MemitHparams {
+    engram_editing::jobs::setup::resolve_memit_hparams(&lm.source, None, settings)
         .ok()
         .or_else(|| {
             MemitHparams::builtin("gpt2-xl").map(|mut h| {
@@ -657,48 +567,4 @@ fn memit_hparams<B: Backend>(lm: &LanguageModel<B>, form: &EditSettings) -> Memi
             context_template_length_params: vec![(10, 5)],
             source: String::new(),
         })
-}
-
-/// A prompt's top-1 token with its probability, and p(target).
-type Probe = ((String, f32), f32);
-
-/// Probe each prompt.
-fn probe<B: Backend>(
-    lm: &LanguageModel<B>,
-    prompts: &[(ProbeKind, String)],
-    target: &str,
-) -> Result<Vec<Probe>, JobError> {
-    prompts
-        .iter()
-        .map(|(_, p)| {
-            let top = lm.top_k(p, 1)?;
-            let best = top
-                .first()
-                .map(|t| (t.token.clone(), t.prob))
-                .unwrap_or_default();
-            let forced = teacher_force(lm, std::slice::from_ref(p), target).map_err(edit_error)?;
-            let logp: f32 = forced
-                .first()
-                .map_or(f32::NEG_INFINITY, |f| f.logp.iter().sum());
-            Ok((best, logp.exp()))
-        })
-        .collect()
-}
-
-/// The prompt and up to 20 greedy tokens after it (fewer where the context ends).
-fn greedy<B: Backend>(lm: &LanguageModel<B>, prompt: &str) -> Result<String, JobError> {
-    let ids = lm.encode_prompt(prompt)?;
-    let room = lm.model.config.n_ctx.saturating_sub(ids.len()).min(20);
-    if room == 0 {
-        return Ok(String::new());
-    }
-    let cfg = GenerateConfig {
-        max_new_tokens: room,
-        sampling: Sampling::Greedy,
-        stop_at_eos: true,
-        kv_cache: true,
-    };
-    let mut all = ids.clone();
-    all.extend(generate(&lm.model, &[ids], &cfg)?.into_iter().flatten());
-    Ok(lm.tokenizer.decode(&all)?)
 }

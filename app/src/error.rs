@@ -1,6 +1,6 @@
 //! Why a job failed, as the status bar shows it.
 
-use engram::model::ModelError;
+use engram_model::ModelError;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobError {
@@ -19,14 +19,23 @@ pub enum JobError {
 }
 
 impl JobError {
-    /// An `anyhow` chain from the facade, kept whole.
-    pub fn load(e: anyhow::Error) -> Self {
-        JobError::Load(format!("{e:#}"))
+    /// A library job's error: [`JobError::Cancelled`] where it ended in
+    /// [`engram_model::Cancelled`] (found by type), else its message.
+    pub fn from_lib(e: impl std::error::Error + 'static) -> Self {
+        if engram_model::is_cancelled(&e) {
+            JobError::Cancelled
+        } else {
+            JobError::Failed(e.to_string())
+        }
     }
 }
 
 impl From<ModelError> for JobError {
     fn from(e: ModelError) -> Self {
-        JobError::Model(e.to_string())
+        if engram_model::is_cancelled(&e) {
+            JobError::Cancelled
+        } else {
+            JobError::Model(e.to_string())
+        }
     }
 }

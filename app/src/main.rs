@@ -69,7 +69,14 @@ fn main() -> Result<()> {
         } else {
             engram_app::settings::default_path()
         },
+        paths: Some(engram_model::Settings::from_vars(|k| std::env::var_os(k))),
     };
+    if std::env::var("ENGRAM_CPU_GEMM").as_deref() == Ok("burn") {
+        engram_model::cpu::set_enabled(false);
+    }
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        engram_model::device::add_library_dirs(std::env::split_paths(&p));
+    }
     let native = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("Engram")

@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use engram::analysis::memories::{
+use engram_analysis::memories::{
     integrated_gradients, knowledge_neurons, top_k, top_memories, Intervention, MemoryHook,
     Setting, TokenScore, Trigger, TriggerSearch,
 };
-use engram::model::burn_tensor::activation::softmax;
-use engram::model::burn_tensor::backend::Backend;
-use engram::model::{Batch, LanguageModel};
+use engram_model::burn_tensor::activation::softmax;
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::{Batch, LanguageModel};
 
 use crate::error::JobError;
 use crate::session::{Progress, ProgressFn};
@@ -221,7 +221,7 @@ pub fn search_layer<B: Backend>(
         Some(c) => {
             std::fs::read_to_string(c).map_err(|e| JobError::Failed(format!("{name}: {e}")))?
         }
-        None => engram::demo::demo_corpus_text(),
+        None => engram_datasets::demo::demo_corpus_text(),
     };
     let seq = 64.min(lm.model.config.n_ctx);
     let mut search = TriggerSearch::new(&lm.model, &[layer], 10)?;

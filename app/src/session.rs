@@ -4,16 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use engram::analysis::lens::{logit_lens, LensSite};
-use engram::backend::{with_backend, BackendJob, Dtype};
-use engram::datasets::facts::{load_fact_set, UserFact};
-use engram::datasets::OnBadRecord;
-use engram::model::burn_tensor::backend::Backend;
-use engram::model::generate::generate_with;
-use engram::model::lm::{prob_of, top_k_from_logits};
-use engram::model::{
-    ActivationCache, Batch, BlockSite, DeviceSpec, GenerateConfig, HookPoint, LanguageModel,
-    Sampling, TokenProb,
+use engram_analysis::lens::{logit_lens, LensSite};
+use engram_datasets::facts::{load_fact_set, UserFact};
+use engram_datasets::OnBadRecord;
+use engram_model::backend::{with_backend, BackendJob, Dtype};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::generate::generate_with;
+use engram_model::lm::{prob_of, top_k_from_logits};
+use engram_model::{
+    ActivationCache, Batch, BlockSite, Control, DeviceSpec, GenerateConfig, HookPoint,
+    LanguageModel, Sampling, Settings, TokenProb,
 };
 
 use crate::editor::{BatchView, EditSettings, EditState, EditView, LedgerOp, LedgerView};
@@ -197,6 +197,8 @@ pub struct TraceView {
     pub noise_scale: f32,
     /// `(kind name, scores[token][layer])`
     pub kinds: Vec<(String, Vec<Vec<f32>>)>,
+    /// The stored `trace` run.
+    pub run_id: String,
 }
 
 /// How far a job is.
@@ -234,17 +236,12 @@ pub trait Session {
         prompt: &str,
         request: &TraceRequest,
         noise_subjects: &[String],
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<TraceView, JobError>;
-    /// A ROME edit of the loaded weights, recorded in the ledger.
-    fn edit(&mut self, form: &EditSettings, progress: ProgressFn<'_>)
-        -> Result<EditView, JobError>;
-    /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit.
-    fn memit(
-        &mut self,
-        form: &EditSettings,
-        progress: ProgressFn<'_>,
-    ) -> Result<BatchView, JobError>;
+    /// A ROME edit of the loaded weights, recorded in the ledger and stored as a run.
+    fn edit(&mut self, form: &EditSettings, ctl: &Control) -> Result<EditView, JobError>;
+    /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit and stored.
+    fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError>;
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
     /// Save the edited model as a new checkpoint directory.
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
@@ -269,14 +266,14 @@ pub trait Session {
     fn probe(
         &self,
         req: &crate::settings::ProbeSettings,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<ProbeView, JobError>;
 }
 
 /// A finished probe, as the Probe panel shows it.
 #[derive(Debug, Clone)]
 pub struct ProbeView {
-    pub report: engram::probe::ProbeReport,
+    pub report: engram_analysis::jobs::probe::ProbeReport,
     pub label: String,
 }
 
@@ -292,17 +289,20 @@ pub fn load_session(
     source: &str,
     device: DeviceSpec,
     dtype: Dtype,
+    settings: &Settings,
 ) -> Result<Box<dyn Session>, JobError> {
     let started = Instant::now();
-    let path = engram::hub::resolve_model(Path::new(source.trim())).map_err(JobError::load)?;
+    let path = engram_model::source::resolve_model(Path::new(source.trim()), settings)
+        .map_err(|e| JobError::Load(e.to_string()))?;
     let job = LoadJob {
         source: source.trim().to_string(),
         path,
         device,
         dtype,
         started,
+        settings: settings.clone(),
     };
-    with_backend(device, dtype, job).map_err(JobError::load)
+    with_backend(device, dtype, job).map_err(|e| JobError::Load(e.to_string()))
 }
 
 struct LoadJob {
@@ -311,14 +311,16 @@ struct LoadJob {
     device: DeviceSpec,
     dtype: Dtype,
     started: Instant,
+    settings: Settings,
 }
 
 impl BackendJob for LoadJob {
     type Output = Box<dyn Session>;
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Box<dyn Session>> {
+    type Error = engram_model::ModelError;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Box<dyn Session>, Self::Error> {
         let lm = LanguageModel::<B>::load(&self.path, &device)?;
         let c = &lm.model.config;
-        let rome = engram::edit::resolve_hparams(&self.path, None)
+        let rome = engram_editing::jobs::setup::resolve_hparams(&self.path, None, &self.settings)
             .ok()
             .map(|h| crate::editor::EditHparams::from(&h));
         let card = ModelCard {
@@ -361,6 +363,7 @@ impl BackendJob for LoadJob {
             card,
             edits: EditState::default(),
             triggers: Default::default(),
+            settings: self.settings,
         }))
     }
 }
@@ -371,6 +374,7 @@ struct Loaded<B: Backend> {
     edits: EditState<B>,
     /// Trigger searches done, by (corpus, layer, token budget).
     triggers: std::collections::HashMap<(Option<PathBuf>, usize, usize), LayerTriggers>,
+    settings: Settings,
 }
 
 impl<B: Backend> Loaded<B> {
@@ -410,24 +414,20 @@ impl<B: Backend> Session for Loaded<B> {
         &self.card
     }
 
-    fn edit(
-        &mut self,
-        form: &EditSettings,
-        progress: ProgressFn<'_>,
-    ) -> Result<EditView, JobError> {
+    fn edit(&mut self, form: &EditSettings, ctl: &Control) -> Result<EditView, JobError> {
         // Coefficients above an edited layer change: earlier searches are stale.
         self.triggers.clear();
-        self.edits.edit(&mut self.lm, form, progress)
+        let model = self.card.source.clone();
+        self.edits
+            .edit(&mut self.lm, &model, form, &self.settings, ctl)
     }
 
-    fn memit(
-        &mut self,
-        form: &EditSettings,
-        progress: ProgressFn<'_>,
-    ) -> Result<BatchView, JobError> {
+    fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError> {
         self.triggers.clear();
-        let workers = engram::edit::z_workers(0, &self.card.device);
-        self.edits.memit(&mut self.lm, form, workers, progress)
+        let workers = engram_editing::jobs::setup::z_workers(0, &self.card.device);
+        let model = self.card.source.clone();
+        self.edits
+            .memit(&mut self.lm, &model, form, workers, &self.settings, ctl)
     }
 
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {
@@ -473,11 +473,11 @@ impl<B: Backend> Session for Loaded<B> {
     fn probe(
         &self,
         req: &crate::settings::ProbeSettings,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<ProbeView, JobError> {
         let data = PathBuf::from(req.data.trim());
         let subject = req.subject.trim();
-        let args = engram::probe::ProbeArgs {
+        let args = engram_analysis::jobs::probe::ProbeArgs {
             data: &data,
             label: req.label.trim(),
             text: req.text.trim(),
@@ -490,28 +490,17 @@ impl<B: Backend> Session for Loaded<B> {
             min_count: req.min_count,
             regress: false,
         };
-        let store = engram::datasets::RunStore::open(engram::datasets::RunStore::default_root())
-            .map_err(|e| JobError::Failed(e.to_string()))?;
-        let report = engram::probe::probe_report(
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        let report = engram_analysis::jobs::probe::probe_report(
             &self.lm,
-            &self.card.path,
+            &self.card.source,
             &args,
             &store,
-            &mut |what, done, total| {
-                progress(Progress {
-                    done,
-                    total,
-                    note: what.to_string(),
-                })
-            },
+            &self.settings,
+            ctl,
         )
-        .map_err(|e| {
-            if e.to_string() == "cancelled" {
-                JobError::Cancelled
-            } else {
-                JobError::Failed(format!("{e:#}"))
-            }
-        })?;
+        .map_err(JobError::from_lib)?;
         Ok(ProbeView {
             report,
             label: req.label.clone(),
@@ -624,9 +613,9 @@ impl<B: Backend> Session for Loaded<B> {
         prompt: &str,
         request: &TraceRequest,
         noise_subjects: &[String],
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<TraceView, JobError> {
-        self.run_trace(prompt, request, noise_subjects, progress)
+        self.run_trace(prompt, request, noise_subjects, ctl)
     }
 
     fn check_facts(
@@ -671,48 +660,39 @@ impl<B: Backend> Loaded<B> {
         prompt: &str,
         request: &TraceRequest,
         noise_subjects: &[String],
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<TraceView, JobError> {
-        use engram::analysis::trace::{trace_fact, TraceError, TraceKind};
-        use engram::trace::{config, noise_scale, prepare, NoiseLevel, TraceOptions};
+        use engram_analysis::jobs::trace::{run_trace, NoiseLevel, Outcome, TraceOptions};
+        use engram_analysis::trace::TraceKind;
         let fact = UserFact {
             subject: request.subject.trim().to_string(),
             prompt: prompt.to_string(),
             target: request.target.clone(),
             relation: None,
         };
-        let input = prepare(&self.lm, &fact).map_err(|e| JobError::Failed(format!("{e:#}")))?;
-        let mut subjects: Vec<String> = noise_subjects.to_vec();
-        if subjects.is_empty() {
-            subjects.push(fact.subject.clone());
-        }
-        let scale = noise_scale(
-            &self.lm,
-            &subjects,
-            NoiseLevel::Spread {
-                multiple: request.noise_multiple,
-            },
-        )
-        .map_err(|e| JobError::Failed(format!("{e:#}")))?;
-        let opts = TraceOptions {
+        let options = TraceOptions {
             kinds: TraceKind::ALL.to_vec(),
             samples: request.samples.max(1),
             window: request.window,
             uniform: request.uniform,
+            noise: NoiseLevel::Spread {
+                multiple: request.noise_multiple,
+            },
             ..TraceOptions::default()
         };
-        let cfg = config(&opts, scale, self.lm.model.config.n_layers);
-        let trace = trace_fact(&self.lm.model, &input, &cfg, &mut |done, total| {
-            progress(Progress {
-                done,
-                total,
-                note: format!("restorations {done}/{total}"),
-            })
-        })
-        .map_err(|e| match e {
-            TraceError::Cancelled => JobError::Cancelled,
-            other => JobError::Failed(other.to_string()),
-        })?;
+        let mut req = engram_analysis::jobs::trace::TraceRequest::one(fact, options);
+        req.noise_subjects = noise_subjects.to_vec();
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        let run = run_trace(&self.lm, &self.card.source, &req, &store, ctl)
+            .map_err(JobError::from_lib)?;
+        let scale = run.noise_scale;
+        let Some(Outcome::Traced(trace)) = run.outcomes.into_iter().next().map(|o| o.outcome)
+        else {
+            return Err(JobError::Failed("the fact was not traced".into()));
+        };
+        let trace = *trace;
+        let input = trace.input.clone();
         Ok(TraceView {
             prompt: prompt.to_string(),
             tokens: self.tokens(&input.ids),
@@ -727,6 +707,7 @@ impl<B: Backend> Loaded<B> {
                 .into_iter()
                 .map(|k| (k.kind.name().to_string(), k.scores))
                 .collect(),
+            run_id: run.info.id,
         })
     }
 }

@@ -216,6 +216,6 @@ impl Settings {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        engram::datasets::store::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
+        engram_datasets::store::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
     }
 }

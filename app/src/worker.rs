@@ -4,13 +4,12 @@
 //! flag that long jobs poll between steps.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
-use engram::analysis::lens::LensSite;
-use engram::backend::Dtype;
-use engram::model::DeviceSpec;
+use engram_analysis::lens::LensSite;
+use engram_model::backend::Dtype;
+use engram_model::{Control, DeviceSpec, Settings};
 
 use crate::editor::{BatchView, EditSettings, EditView, LedgerOp, LedgerView};
 use crate::error::JobError;
@@ -130,19 +129,9 @@ pub enum Event {
     Finished(JobId, Result<Reply, JobError>),
 }
 
-/// Shared flag a job polls.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// The job's progress-and-cancel handle: the UI keeps a clone to cancel, the
+/// job reports progress through it.
+pub type CancelToken = Control;
 
 /// The UI's handle on a submitted job.
 #[derive(Debug, Clone)]
@@ -162,6 +151,9 @@ struct Request {
 pub struct Worker {
     requests: Option<Sender<Request>>,
     events: Receiver<Event>,
+    /// The worker's event channel, for the jobs' progress.
+    progress: Sender<Event>,
+    wake: Arc<dyn Fn() + Send + Sync>,
     next_id: JobId,
     outstanding: Vec<CancelToken>,
 }
@@ -175,17 +167,22 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Start the thread. `wake` is called after every event (the UI repaints).
-    pub fn spawn(wake: impl Fn() + Send + 'static) -> Self {
+    /// Start the thread. `wake` is called after every event (the UI repaints);
+    /// `settings` say where runs and caches live.
+    pub fn spawn(wake: impl Fn() + Send + Sync + 'static, settings: Settings) -> Self {
         let (req_tx, req_rx) = channel::<Request>();
         let (ev_tx, ev_rx) = channel::<Event>();
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(wake);
+        let (thread_tx, thread_wake) = (ev_tx.clone(), wake.clone());
         let spawned = std::thread::Builder::new()
             .name("engram-worker".into())
-            .spawn(move || serve(req_rx, ev_tx, wake));
+            .spawn(move || serve(req_rx, thread_tx, move || thread_wake(), settings));
         Self {
             // Without a thread every submit answers with an error, below.
             requests: spawned.ok().map(|_| req_tx),
             events: ev_rx,
+            progress: ev_tx,
+            wake,
             next_id: 1,
             outstanding: Vec::new(),
         }
@@ -195,7 +192,18 @@ impl Worker {
     pub fn submit(&mut self, command: Command) -> JobHandle {
         let id = self.next_id;
         self.next_id += 1;
-        let cancel = CancelToken::default();
+        let (tx, wake) = (self.progress.clone(), self.wake.clone());
+        let cancel = Control::with_sink(move |p| {
+            let _ = tx.send(Event::Progress(
+                id,
+                Progress {
+                    done: p.done as usize,
+                    total: p.total as usize,
+                    note: format!("{}: {}/{}", p.stage, p.done, p.total),
+                },
+            ));
+            wake();
+        });
         let label = command.label();
         let request = Request {
             id,
@@ -207,9 +215,10 @@ impl Worker {
                 self.requests = None;
             }
         }
-        // Keep only tokens someone else still holds (a queued or running job).
-        self.outstanding
-            .retain(|c| std::sync::Arc::strong_count(&c.0) > 1);
+        // Recent jobs' handles, cancelled when the worker is dropped.
+        if self.outstanding.len() >= 64 {
+            self.outstanding.remove(0);
+        }
         self.outstanding.push(cancel.clone());
         JobHandle { id, label, cancel }
     }
@@ -233,7 +242,7 @@ impl Drop for Worker {
     }
 }
 
-fn serve(requests: Receiver<Request>, events: Sender<Event>, wake: impl Fn()) {
+fn serve(requests: Receiver<Request>, events: Sender<Event>, wake: impl Fn(), settings: Settings) {
     let mut session: Option<Box<dyn Session>> = None;
     let send = |ev: Event| {
         let _ = events.send(ev);
@@ -255,7 +264,7 @@ fn serve(requests: Receiver<Request>, events: Sender<Event>, wake: impl Fn()) {
             !cancel.is_cancelled()
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(&mut session, command, &mut progress)
+            run(&mut session, command, &mut progress, &cancel, &settings)
         }));
         let result = match outcome {
             Ok(r) => r,
@@ -274,6 +283,8 @@ fn run(
     session: &mut Option<Box<dyn Session>>,
     command: Command,
     progress: &mut dyn FnMut(Progress) -> bool,
+    ctl: &Control,
+    settings: &Settings,
 ) -> Result<Reply, JobError> {
     fn model(session: &Option<Box<dyn Session>>) -> Result<&dyn Session, JobError> {
         session.as_deref().ok_or(JobError::NoModel)
@@ -294,7 +305,7 @@ fn run(
                 total: 1,
                 note: format!("loading {source} on {device} ({dtype})"),
             });
-            let loaded = load_session(&source, device, dtype)?;
+            let loaded = load_session(&source, device, dtype, settings)?;
             let card = loaded.card().clone();
             *session = Some(loaded);
             Reply::Loaded(Box::new(card))
@@ -318,10 +329,10 @@ fn run(
             &prompt,
             &request,
             &noise_subjects,
-            progress,
+            ctl,
         )?)),
-        Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, progress)?)),
-        Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, progress)?)),
+        Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
+        Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, ctl)?)),
         Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
         Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),
         Command::Memories(req) => Reply::Memories(Box::new(model(session)?.memories(&req)?)),
@@ -337,7 +348,7 @@ fn run(
             max_tokens,
             progress,
         )?),
-        Command::Probe(req) => Reply::Probe(Box::new(model(session)?.probe(&req, progress)?)),
+        Command::Probe(req) => Reply::Probe(Box::new(model(session)?.probe(&req, ctl)?)),
         Command::Attribute { prompt, target } => Reply::Attribution(Box::new(
             model(session)?.attribute(&prompt, &target, progress)?,
         )),

@@ -72,8 +72,8 @@ fn wait_for(
 }
 
 /// The demo model loaded directly through the facade, independently of the app.
-fn demo_lm() -> engram::model::LanguageModel<engram::model::Cpu> {
-    engram::model::LanguageModel::load(Path::new(&demo_model()), &Default::default())
+fn demo_lm() -> engram_model::LanguageModel<engram_model::Cpu> {
+    engram_model::LanguageModel::load(Path::new(&demo_model()), &Default::default())
         .expect("demo model loads")
 }
 

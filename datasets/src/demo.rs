@@ -249,3 +249,15 @@ pub fn demo_corpus(facts: &[DemoFact], n_filler: usize, seed: u64) -> Vec<String
     }
     out
 }
+
+/// How many fictional people the demo model was trained on.
+pub const DEMO_SUBJECTS: usize = 150;
+/// How many filler sentences its corpus holds.
+pub const DEMO_FILLER: usize = 400;
+
+/// The demo training sentences (facts in every phrasing, then filler), one per
+/// paragraph: the demo model's corpus for ROME's key statistics.
+pub fn demo_corpus_text() -> String {
+    let facts = demo_facts(DEMO_SUBJECTS, 0);
+    demo_corpus(&facts, DEMO_FILLER, 0).join("\n\n")
+}

@@ -20,7 +20,7 @@ use crate::error::{DatasetError, Result};
 pub struct RunParams {
     /// The model's path or hub id.
     pub model: String,
-    /// Content hash of the model files (see [`hash_files`]).
+    /// Content hash of the model files (`engram_model::source::model_hash`).
     pub model_hash: String,
     /// Method hyperparameters, as the method names them.
     pub hyperparameters: serde_json::Value,
@@ -70,13 +70,6 @@ impl RunStore {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| DatasetError::io(&root, e))?;
         Ok(Self { root })
-    }
-
-    /// `$ENGRAM_RUNS`, else `./runs`.
-    pub fn default_root() -> PathBuf {
-        std::env::var_os("ENGRAM_RUNS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("runs"))
     }
 
     pub fn root(&self) -> &Path {
@@ -281,31 +274,6 @@ pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf).finish(df)?;
     write_atomic(path, &buf)
-}
-
-/// A content hash (FNV-1a, 64-bit) of files, for keying runs and caches by model.
-pub fn hash_files(paths: &[PathBuf]) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut sorted = paths.to_vec();
-    sorted.sort();
-    for p in sorted {
-        let file = File::open(&p).map_err(|e| DatasetError::io(&p, e))?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        loop {
-            let buf =
-                std::io::BufRead::fill_buf(&mut reader).map_err(|e| DatasetError::io(&p, e))?;
-            if buf.is_empty() {
-                break;
-            }
-            for &b in buf {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            let n = buf.len();
-            std::io::BufRead::consume(&mut reader, n);
-        }
-    }
-    Ok(format!("fnv1a64:{h:016x}"))
 }
 
 fn mix(mut z: u64) -> u64 {

@@ -45,8 +45,42 @@ pub enum EditError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Dataset(#[from] engram_datasets::DatasetError),
     #[error("cancelled")]
-    Cancelled,
+    Cancelled(#[from] engram_model::Cancelled),
 }
 
 pub type Result<T> = std::result::Result<T, EditError>;
+
+/// `return Err(EditError::Invalid(format!(…)))`.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::error::EditError::Invalid(format!($($t)*)))
+    };
+}
+pub(crate) use bail;
+
+/// A message in front of an error or a missing value.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| EditError::Invalid(format!("{what}: {e}")))
+    }
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| EditError::Invalid(format!("{}: {e}", what())))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.ok_or_else(|| EditError::Invalid(what.to_string()))
+    }
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.ok_or_else(|| EditError::Invalid(what().to_string()))
+    }
+}

@@ -4,10 +4,13 @@
 //! - [`rome`]: ROME's rank-one edit (Meng et al. 2022), one file per step of §3;
 //! - [`memit`]: MEMIT's batched edit over several layers (Meng et al. 2023);
 //! - [`ledger`]: applied edits, reversible in any order, exportable;
-//! - [`linalg`]: the f64 Cholesky solves behind u = C⁻¹k* and MEMIT's update.
+//! - [`linalg`]: the f64 Cholesky solves behind u = C⁻¹k* and MEMIT's update;
+//! - [`jobs`]: ROME edits, MEMIT batches and evaluations as jobs that store runs.
 
+pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod jobs;
 pub mod ledger;
 pub mod linalg;
 pub mod memit;

@@ -262,7 +262,7 @@ fn collect_layers<B: Backend>(
         .collect();
     for chunk in rows.chunks(batch_size.max(1)) {
         if !progress(done, planned) {
-            return Err(EditError::Cancelled);
+            return Err(engram_model::Cancelled.into());
         }
         // Rows of one chunk share a length, except perhaps the corpus's last row.
         let groups: Vec<Vec<Vec<u32>>> = {

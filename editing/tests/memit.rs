@@ -485,5 +485,5 @@ fn z_chunks_on_two_threads_equal_one_thread_and_name_a_bad_request() {
     // Cancelling from the progress callback stops both threads.
     let err =
         compute_zs(&lm, &requests, &hp, &flat, 2, 2, &mut |_, _| false).expect_err("cancelled");
-    assert!(matches!(err, EditError::Cancelled), "{err}");
+    assert!(matches!(err, EditError::Cancelled(_)), "{err}");
 }

@@ -53,12 +53,20 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+static LIBRARY_DIRS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Extra directories to look for `libcuda` in (a front end passes `LD_LIBRARY_PATH`'s).
+pub fn add_library_dirs(dirs: impl IntoIterator<Item = std::path::PathBuf>) {
+    if let Ok(mut d) = LIBRARY_DIRS.lock() {
+        d.extend(dirs);
+    }
+}
+
 /// Whether a CUDA driver library can be found, checked without loading it.
 /// burn-cuda loads `libcuda` at run time and panics where it is absent.
 pub fn cuda_available() -> bool {
-    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<std::path::PathBuf> =
+        LIBRARY_DIRS.lock().map(|d| d.clone()).unwrap_or_default();
     for d in [
         "/usr/lib/x86_64-linux-gnu",
         "/usr/lib64",

@@ -102,12 +102,14 @@ pub enum ModelError {
     Data(String),
     #[error("device: {0}")]
     Device(String),
+    #[error("cancelled")]
+    Cancelled(#[from] crate::job::Cancelled),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
             source,

@@ -87,7 +87,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         .strong(),
     );
     let mut use_prompt = None;
-    let mut locate: Option<engram::datasets::facts::UserFact> = None;
+    let mut locate: Option<engram_datasets::facts::UserFact> = None;
     TableBuilder::new(ui)
         .id_salt("facts_table")
         .striped(true)

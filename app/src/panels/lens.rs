@@ -69,9 +69,9 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
             .unwrap_or_default()
     };
     let prefix = match grid.site {
-        engram::analysis::lens::LensSite::Pre => "pre",
-        engram::analysis::lens::LensSite::Mid => "mid",
-        engram::analysis::lens::LensSite::Post => "post",
+        engram_analysis::lens::LensSite::Pre => "pre",
+        engram_analysis::lens::LensSite::Mid => "mid",
+        engram_analysis::lens::LensSite::Post => "post",
     };
     let heat = Heatmap {
         rows: n_layers,

@@ -1,7 +1,7 @@
 //! Open a model (directory, `.gguf`, hub id or `demo`) on a device, and read its card.
 
 use eframe::egui::{self, RichText, Ui};
-use engram::backend::Dtype;
+use engram_model::backend::Dtype;
 
 use crate::app::{panel_error, EngramApp};
 use crate::settings::PanelKind;

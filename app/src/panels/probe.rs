@@ -174,7 +174,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
 }
 
 /// Accuracy, control and selectivity across layers, with 95% bands.
-fn curves(ui: &mut Ui, r: &engram::probe::ProbeReport) {
+fn curves(ui: &mut Ui, r: &engram_analysis::jobs::probe::ProbeReport) {
     let size = Vec2::new(ui.available_width().min(720.0), 220.0);
     let (resp, painter) = ui.allocate_painter(size, Sense::hover());
     let rect = resp.rect.shrink2(Vec2::new(36.0, 14.0));
@@ -206,7 +206,8 @@ fn curves(ui: &mut Ui, r: &engram::probe::ProbeReport) {
             visuals.weak_text_color(),
         );
     }
-    type Pick = fn(&engram::probe::LayerSummary) -> &engram::datasets::summary::MetricSummary;
+    type Pick =
+        fn(&engram_analysis::jobs::probe::LayerSummary) -> &engram_datasets::summary::MetricSummary;
     let series: [(&str, Color32, Pick); 3] = [
         ("accuracy", Color32::from_rgb(150, 110, 230), |l| {
             &l.accuracy

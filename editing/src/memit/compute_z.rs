@@ -82,7 +82,7 @@ pub fn compute_zs<B: Backend>(
         let mut done = 0;
         for jobs in &parts {
             if !progress(done, total) {
-                return Err(EditError::Cancelled);
+                return Err(engram_model::Cancelled.into());
             }
             results.push(optimise_deltas(
                 lm,
@@ -175,12 +175,12 @@ fn parallel_chunks<B: Backend>(
     for slot in slots {
         match slot.into_inner().ok().flatten() {
             Some(Ok(r)) => out.push(r),
-            Some(Err(EditError::Cancelled)) | None => cancelled = true,
+            Some(Err(EditError::Cancelled(_))) | None => cancelled = true,
             Some(Err(e)) => return Err(e),
         }
     }
     if cancelled {
-        return Err(EditError::Cancelled);
+        return Err(engram_model::Cancelled.into());
     }
     Ok(out)
 }

@@ -217,7 +217,7 @@ pub fn apply_memit<B: Backend>(
         let n_edit = hp.layers.len();
         for (i, (&layer, cov)) in hp.layers.iter().zip(covs).enumerate() {
             if !progress(i, n_edit) {
-                return Err(EditError::Cancelled);
+                return Err(engram_model::Cancelled.into());
             }
             let t = Instant::now();
             let ks = compute_ks(lm, requests, groups, layer)?;

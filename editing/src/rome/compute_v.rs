@@ -324,7 +324,7 @@ pub fn optimise_deltas<B: Backend>(
     let mut built: Option<Built<Ad<B>>> = None;
     for it in 0..total_steps {
         if !progress(it, total_steps) {
-            return Err(EditError::Cancelled);
+            return Err(engram_model::Cancelled.into());
         }
         if built.is_none() {
             built = Some(build::<B>(

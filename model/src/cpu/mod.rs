@@ -79,13 +79,14 @@ pub use gemm::sgemm;
 /// 0: undecided, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether the fast paths are on: the CPU has AVX-512F and `ENGRAM_CPU_GEMM` is not `burn`.
+/// Whether the fast paths are on: the CPU has AVX-512F and [`set_enabled`] did not
+/// turn them off (the front ends do where `ENGRAM_CPU_GEMM=burn`).
 pub fn enabled() -> bool {
     match STATE.load(Ordering::Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let on = supported() && std::env::var("ENGRAM_CPU_GEMM").as_deref() != Ok("burn");
+            let on = supported();
             STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
             on
         }

@@ -1,37 +1,26 @@
-//! `engram edit`, `engram memit` and `engram stats`: ROME and MEMIT from the
-//! command line. Finds the checked-in hyperparameters for a model, the
-//! statistics corpus (the demo corpus for the demo model, otherwise a text file
-//! such as WikiText-2), and the on-disk statistics cache.
+//! What every edit job needs before it starts: the checked-in hyperparameters
+//! for a model, the statistics corpus (the demo corpus for the demo model,
+//! otherwise a text file such as WikiText-2), C from the on-disk statistics
+//! cache (`Settings::stats`), the context prefixes, and edit requests and
+//! evaluation cases read from files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use engram_editing::memit::update::LayerMom2;
-use engram_editing::memit::MemitHparams;
-use engram_editing::rome::compute_u::KeyCovariance;
-use engram_editing::rome::{EditRequest, RomeHparams};
-use engram_editing::stats::{cached_stats, cached_stats_layers, StatsOptions};
 use engram_model::burn_tensor::backend::Backend;
-use engram_model::LanguageModel;
+use engram_model::source::is_demo;
+use engram_model::{Control, LanguageModel, Settings};
 
-/// Where layer statistics are cached: `$ENGRAM_STATS_DIR`, else
-/// `$XDG_CACHE_HOME/engram/stats` or `~/.cache/engram/stats`.
-pub fn stats_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ENGRAM_STATS_DIR") {
-        return PathBuf::from(d);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("engram")
-        .join("stats")
-}
+use crate::error::{bail, Context, Result};
+use crate::memit::update::LayerMom2;
+use crate::memit::MemitHparams;
+use crate::rome::compute_u::KeyCovariance;
+use crate::rome::{EditRequest, RomeHparams};
+use crate::stats::{cached_stats, cached_stats_layers, StatsOptions};
 
 /// The checked-in hyperparameter name for a model path (both methods use it).
-fn builtin_name(model: &Path) -> Option<&'static str> {
+fn builtin_name(model: &Path, settings: &Settings) -> Option<&'static str> {
     let name = model.to_string_lossy().to_lowercase();
-    if crate::hub::is_demo(model) {
+    if is_demo(model, settings) {
         Some("demo")
     } else if name.contains("smollm2-135m") {
         Some("smollm2-135m")
@@ -56,14 +45,18 @@ pub fn refuse_existing(save: Option<&Path>) -> Result<()> {
 }
 
 /// `--hparams`: a checked-in name, a JSON file, or (when absent) the model's own.
-pub fn resolve_hparams(model: &Path, given: Option<&str>) -> Result<RomeHparams> {
+pub fn resolve_hparams(
+    model: &Path,
+    given: Option<&str>,
+    settings: &Settings,
+) -> Result<RomeHparams> {
     if let Some(g) = given {
         if let Some(h) = RomeHparams::builtin(g) {
             return Ok(h);
         }
         return RomeHparams::load(Path::new(g)).map_err(Into::into);
     }
-    let guess = builtin_name(model).with_context(|| {
+    let guess = builtin_name(model, settings).with_context(|| {
         format!(
             "no checked-in ROME hyperparameters for {}: pass --hparams NAME|FILE \
              (names: demo, smollm2-135m, gpt2-medium, gpt2-large, gpt2-xl, gpt-j-6b)",
@@ -74,16 +67,21 @@ pub fn resolve_hparams(model: &Path, given: Option<&str>) -> Result<RomeHparams>
 }
 
 /// The statistics text: `--corpus FILE`, or the demo corpus for the demo model.
-pub fn corpus_text(model: &Path, corpus: Option<&Path>) -> Result<(String, String)> {
+pub fn corpus_text(
+    model: &Path,
+    corpus: Option<&Path>,
+    settings: &Settings,
+) -> Result<(String, String)> {
     match corpus {
         Some(p) => Ok((
             std::fs::read_to_string(p)
                 .with_context(|| format!("reading the statistics corpus {}", p.display()))?,
             p.display().to_string(),
         )),
-        None if crate::hub::is_demo(model) => {
-            Ok((crate::demo::demo_corpus_text(), "the demo corpus".into()))
-        }
+        None if is_demo(model, settings) => Ok((
+            engram_datasets::demo::demo_corpus_text(),
+            "the demo corpus".into(),
+        )),
         None => bail!(
             "--corpus FILE is needed for the key statistics of {} (for example \
              ../shared/datasets/wikitext-2/valid.txt)",
@@ -96,85 +94,78 @@ pub fn corpus_text(model: &Path, corpus: Option<&Path>) -> Result<(String, Strin
 /// and the context prefixes the model writes.
 pub fn rome_setup<B: Backend>(
     lm: &LanguageModel<B>,
-    model: &Path,
     hp: &RomeHparams,
     corpus: Option<&Path>,
     max_tokens: usize,
+    settings: &Settings,
+    ctl: &Control,
 ) -> Result<(KeyCovariance, Vec<String>)> {
-    let cov = key_covariance(lm, model, hp.layer()?, corpus, max_tokens, false)?;
-    let templates = engram_editing::rome::context::context_templates(
+    let cov = key_covariance(lm, hp.layer()?, corpus, max_tokens, settings, ctl)?;
+    Ok((cov.covariance, rome_templates(lm, hp)?))
+}
+
+/// ROME's context prefixes, written by the model.
+pub fn rome_templates<B: Backend>(lm: &LanguageModel<B>, hp: &RomeHparams) -> Result<Vec<String>> {
+    crate::rome::context::context_templates(
         &lm.model,
         &lm.tokenizer,
         &hp.context_template_length_params,
         0,
-    )?;
-    Ok((cov, templates))
+    )
 }
 
-/// C at `layer` (cached on disk), factorised; prints progress to stderr.
+/// C at one layer, factorised, and where it came from.
+#[derive(Debug)]
+pub struct LayerCovariance {
+    pub covariance: KeyCovariance,
+    /// Read from the statistics cache rather than computed now.
+    pub cached: bool,
+    /// The corpus's name.
+    pub corpus: String,
+    pub seconds: f64,
+}
+
+/// C at `layer` (cached under `settings.stats`), factorised; progress is
+/// `statistics` key vectors done of the total.
 pub fn key_covariance<B: Backend>(
     lm: &LanguageModel<B>,
-    model: &Path,
     layer: usize,
     corpus: Option<&Path>,
     max_tokens: usize,
-    quiet: bool,
-) -> Result<KeyCovariance> {
+    settings: &Settings,
+    ctl: &Control,
+) -> Result<LayerCovariance> {
     let start = std::time::Instant::now();
-    let (cov, cached, name) =
-        key_covariance_with(lm, model, layer, corpus, max_tokens, &mut |done, total| {
-            if !quiet {
-                eprint!("\rlayer {layer} statistics: {done}/{total} key vectors");
-            }
-            true
-        })?;
-    if !quiet {
-        eprintln!(
-            "\rlayer {layer} statistics: {} key vectors from {name}{} ({:.1} s)",
-            cov.tokens,
-            if cached { ", cached" } else { "" },
-            start.elapsed().as_secs_f64()
-        );
-    }
-    Ok(cov)
-}
-
-/// C at `layer` (cached on disk), factorised, reporting `progress(done, total)`
-/// key vectors (false cancels). Also returns whether it came from the cache,
-/// and the corpus's name.
-pub fn key_covariance_with<B: Backend>(
-    lm: &LanguageModel<B>,
-    model: &Path,
-    layer: usize,
-    corpus: Option<&Path>,
-    max_tokens: usize,
-    progress: &mut dyn FnMut(u64, u64) -> bool,
-) -> Result<(KeyCovariance, bool, String)> {
-    let (text, name) = corpus_text(model, corpus)?;
-    let hash = crate::lens::model_hash(model)?;
+    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
+    let hash = engram_model::source::model_hash(&lm.source)?;
     let opts = StatsOptions {
         max_tokens,
         ..StatsOptions::new(layer)
     };
     let (stats, cached) = cached_stats(
-        &stats_dir(),
+        &settings.stats,
         &lm.model,
         &lm.tokenizer,
         &text,
         &hash,
         &opts,
-        progress,
+        &mut |done, total| ctl.tick("statistics", done, total),
     )?;
-    Ok((KeyCovariance::new(&stats)?, cached, name))
+    Ok(LayerCovariance {
+        covariance: KeyCovariance::new(&stats)?,
+        cached,
+        corpus: name,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Demo facts as CounterFact-style cases: the first phrasing is the rewrite
 /// prompt, the other two the paraphrases, and the neighbourhood is up to five
 /// other people with the same true attribute (as CounterFact picks them). The
 /// new target is the relation's next answer.
-pub fn demo_eval_cases() -> Vec<engram_editing::eval::EvalCase> {
-    use engram_datasets::demo::{demo_facts, RELATIONS};
-    let facts = demo_facts(crate::demo::DEMO_SUBJECTS, 0);
+pub fn demo_eval_cases() -> Vec<crate::eval::EvalCase> {
+    use engram_datasets::demo::{demo_facts, DEMO_SUBJECTS, RELATIONS};
+    let facts = demo_facts(DEMO_SUBJECTS, 0);
     facts
         .iter()
         .enumerate()
@@ -186,7 +177,7 @@ pub fn demo_eval_cases() -> Vec<engram_editing::eval::EvalCase> {
                 .unwrap_or_default();
             let at = targets.iter().position(|t| *t == f.target).unwrap_or(0);
             let prompts = f.prompts();
-            engram_editing::eval::EvalCase {
+            crate::eval::EvalCase {
                 case_id: i as u64,
                 subject: f.subject.clone(),
                 prompt: prompts[0].clone(),
@@ -208,17 +199,16 @@ pub fn demo_eval_cases() -> Vec<engram_editing::eval::EvalCase> {
         .collect()
 }
 
-/// CounterFact records (either form) as evaluation cases.
-pub fn counterfact_cases(path: &Path) -> Result<Vec<engram_editing::eval::EvalCase>> {
+/// CounterFact records (either form) as evaluation cases, and the records
+/// skipped as malformed (each naming the record and field).
+pub fn counterfact_cases(path: &Path) -> Result<(Vec<crate::eval::EvalCase>, Vec<String>)> {
     let loaded =
         engram_datasets::facts::load_counterfact(path, engram_datasets::OnBadRecord::Skip)?;
-    for e in &loaded.skipped {
-        eprintln!("skipped record: {e}");
-    }
-    Ok(loaded
+    let skipped = loaded.skipped.iter().map(|e| e.to_string()).collect();
+    let cases = loaded
         .records
         .into_iter()
-        .map(|c| engram_editing::eval::EvalCase {
+        .map(|c| crate::eval::EvalCase {
             case_id: c.case_id,
             prompt: c.prompt(),
             subject: c.subject,
@@ -229,18 +219,23 @@ pub fn counterfact_cases(path: &Path) -> Result<Vec<engram_editing::eval::EvalCa
             neighborhood_target: c.neighborhood_target,
             generation_prompts: c.generation_prompts,
         })
-        .collect())
+        .collect();
+    Ok((cases, skipped))
 }
 
 /// `--hparams` for MEMIT: a checked-in name, a JSON file, or the model's own.
-pub fn resolve_memit_hparams(model: &Path, given: Option<&str>) -> Result<MemitHparams> {
+pub fn resolve_memit_hparams(
+    model: &Path,
+    given: Option<&str>,
+    settings: &Settings,
+) -> Result<MemitHparams> {
     if let Some(g) = given {
         if let Some(h) = MemitHparams::builtin(g) {
             return Ok(h);
         }
         return MemitHparams::load(Path::new(g)).map_err(Into::into);
     }
-    let guess = builtin_name(model).with_context(|| {
+    let guess = builtin_name(model, settings).with_context(|| {
         format!(
             "no checked-in MEMIT hyperparameters for {}: pass --hparams NAME|FILE \
              (names: demo, smollm2-135m, gpt2-xl, gpt-j-6b)",
@@ -267,17 +262,17 @@ pub fn z_workers(requested: usize, device: &engram_model::DeviceSpec) -> usize {
 /// `progress(done, total)` key vectors; false cancels.
 pub fn memit_setup<B: Backend>(
     lm: &LanguageModel<B>,
-    model: &Path,
     hp: &MemitHparams,
     corpus: Option<&Path>,
     max_tokens: usize,
-    progress: &mut dyn FnMut(u64, u64) -> bool,
+    settings: &Settings,
+    ctl: &Control,
 ) -> Result<(Vec<LayerMom2>, Vec<Vec<String>>)> {
-    let (covs, _) = memit_covs(lm, model, hp, corpus, max_tokens, progress)?;
-    let groups = engram_editing::rome::context::context_template_groups(
+    let (covs, _) = memit_covs(lm, hp, corpus, max_tokens, settings, ctl)?;
+    let groups = crate::rome::context::context_template_groups(
         &lm.model,
         &lm.tokenizer,
-        &engram_editing::rome::context::MEMIT_STARTS,
+        &crate::rome::context::MEMIT_STARTS,
         &hp.context_template_length_params,
         0,
     )?;
@@ -288,11 +283,11 @@ pub fn memit_setup<B: Backend>(
 /// corpus's name.
 pub fn memit_covs<B: Backend>(
     lm: &LanguageModel<B>,
-    model: &Path,
     hp: &MemitHparams,
     corpus: Option<&Path>,
     max_tokens: usize,
-    progress: &mut dyn FnMut(u64, u64) -> bool,
+    settings: &Settings,
+    ctl: &Control,
 ) -> Result<(Vec<LayerMom2>, String)> {
     let d = lm.model.config.d_mlp;
     if !hp.mom2_adjustment {
@@ -303,21 +298,25 @@ pub fn memit_covs<B: Backend>(
             .collect();
         return Ok((covs, "identity".into()));
     }
-    let (text, name) = corpus_text(model, corpus)?;
-    let hash = crate::lens::model_hash(model)?;
+    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
+    let hash = engram_model::source::model_hash(&lm.source)?;
+    let first = *hp
+        .layers
+        .first()
+        .context("the MEMIT hyperparameters name no layer")?;
     let opts = StatsOptions {
         max_tokens,
-        ..StatsOptions::new(hp.layers[0])
+        ..StatsOptions::new(first)
     };
     let stats = cached_stats_layers(
-        &stats_dir(),
+        &settings.stats,
         &lm.model,
         &lm.tokenizer,
         &text,
         &hash,
         &hp.layers,
         &opts,
-        progress,
+        &mut |done, total| ctl.tick("statistics", done, total),
     )?;
     Ok((stats.iter().map(|(s, _)| LayerMom2::new(s)).collect(), name))
 }
@@ -334,6 +333,7 @@ pub fn load_requests(path: &Path) -> Result<Vec<EditRequest>> {
             .is_some_and(|v| v.get("requested_rewrite").is_some() || v.get("target_new").is_some());
     if is_cf {
         return Ok(counterfact_cases(path)?
+            .0
             .into_iter()
             .map(|c| EditRequest {
                 prompt: c.prompt,

@@ -1,21 +1,27 @@
-//! `engram trace`: ROME's causal tracing over a fact set or one fact, stored as
-//! a run (one row per fact, kind, token and layer), with averaged indirect
-//! effects by ROME's token groups (95% t intervals) and the figures.
+//! The causal tracing job (Meng et al. 2022, ROME's protocol) over a fact set
+//! or one fact: facts the model gets wrong are skipped as ROME does, the rest
+//! traced, and all stored as a `trace` run (one row per fact, kind, token and
+//! layer) with averaged indirect effects by ROME's token groups (95% t
+//! intervals) and the figures.
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use engram_analysis::trace::{
+use engram_model::Control;
+
+use crate::error::{bail, Result};
+use crate::trace::{
     default_window, embedding_std, token_groups, trace_fact, trace_naive, FactTrace, Noise,
     TraceConfig, TraceInput, TraceKind, TOKEN_GROUPS,
 };
 use engram_datasets::facts::UserFact;
 use engram_datasets::figures::{effect_lines, trace_heatmaps, CurvePoint, TraceCell};
 use engram_datasets::summary::mean_ci;
-use engram_datasets::{RunInfo, RunParams, RunStore};
+use engram_datasets::{RunInfo, RunStore};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::lm::top_k_from_logits;
 use engram_model::{LanguageModel, ModelError};
+
+use super::run_params;
 use serde::{Deserialize, Serialize};
 
 /// How the noise scale is chosen.
@@ -132,29 +138,34 @@ pub fn prepare<B: Backend>(lm: &LanguageModel<B>, fact: &UserFact) -> Result<Tra
 
 /// Trace `facts` in order until `opts.n` are traced. Facts the model does not
 /// get right (top-1 ≠ the target's first token) are skipped, as ROME does.
-/// `progress(facts_seen, facts_total, traced)` returns false to stop.
+/// Progress: `traced` of the facts wanted, then each fact's `restorations`.
 pub fn trace_facts<B: Backend>(
     lm: &LanguageModel<B>,
     facts: &[UserFact],
     opts: &TraceOptions,
     scale: f32,
-    progress: &mut dyn FnMut(usize, usize, usize) -> bool,
+    ctl: &Control,
 ) -> Result<Vec<FactOutcome>> {
     let cfg = config(opts, scale, lm.model.config.n_layers);
+    let want = opts.n.min(facts.len()) as u64;
     let mut out = Vec::new();
     let mut traced = 0;
-    for (i, fact) in facts.iter().enumerate() {
-        if traced >= opts.n || !progress(i, facts.len(), traced) {
+    for fact in facts {
+        if traced >= opts.n {
             break;
+        }
+        if !ctl.tick("traced", traced as u64, want) {
+            return Err(engram_model::Cancelled.into());
         }
         let tokens = lm
             .tokenizer
             .encode(&fact.prompt)
             .map(|ids| ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect())
             .unwrap_or_default();
-        let outcome = match trace_one(lm, fact, &cfg, opts.naive) {
+        let outcome = match trace_one(lm, fact, &cfg, opts.naive, ctl) {
             Ok(o) => o,
-            Err(e) => Outcome::Skipped(format!("{e:#}")),
+            Err(e) if engram_model::is_cancelled(&e) => return Err(e),
+            Err(e) => Outcome::Skipped(e.to_string()),
         };
         if matches!(outcome, Outcome::Traced(_)) {
             traced += 1;
@@ -173,6 +184,7 @@ fn trace_one<B: Backend>(
     fact: &UserFact,
     cfg: &TraceConfig,
     naive: bool,
+    ctl: &Control,
 ) -> Result<Outcome> {
     let input = prepare(lm, fact)?;
     // One clean pass decides whether the fact is worth a trace (ROME's filter).
@@ -191,7 +203,7 @@ fn trace_one<B: Backend>(
         &lm.model,
         &input,
         cfg,
-        &mut |_, _| true,
+        &mut |done, total| ctl.tick("restorations", done as u64, total as u64),
     )?)))
 }
 
@@ -415,37 +427,29 @@ pub fn peak(effects: &[GroupEffect], kind: TraceKind) -> Option<Peak> {
 }
 
 /// Everything a trace run stores.
+#[derive(Debug, Clone)]
 pub struct TraceRun {
     pub info: RunInfo,
     pub traced: usize,
     pub skipped: usize,
     pub effects: Vec<GroupEffect>,
     pub figures: Vec<std::path::PathBuf>,
-}
-
-/// Where a trace ran: the model as named, its content hash, the device, the fact file.
-#[derive(Debug, Clone)]
-pub struct RunSource<'a> {
-    pub model: &'a Path,
-    pub model_hash: String,
-    pub device: String,
-    pub dataset: Option<&'a Path>,
+    /// Each fact's outcome, in the order read.
+    pub outcomes: Vec<FactOutcome>,
+    /// ν, the noise scale used.
+    pub noise_scale: f32,
 }
 
 /// Store the outcomes as a run and draw its figures into the run directory.
-pub fn store_run(
+pub fn store_run<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &str,
     store: &RunStore,
-    source: RunSource<'_>,
+    dataset: Option<&Path>,
     opts: &TraceOptions,
     scale: f32,
     outcomes: &[FactOutcome],
 ) -> Result<TraceRun> {
-    let RunSource {
-        model,
-        model_hash,
-        device,
-        dataset,
-    } = source;
     let traced = outcomes
         .iter()
         .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
@@ -459,10 +463,10 @@ pub fn store_run(
         (0, Some(n)) => default_window(n),
         (w, _) => w,
     };
-    let params = RunParams {
-        model: model.display().to_string(),
-        model_hash,
-        hyperparameters: serde_json::json!({
+    let mut params = run_params(
+        lm,
+        model,
+        serde_json::json!({
             "noise_scale": scale,
             "noise": if opts.uniform { "uniform" } else { "gaussian" },
             "noise_level": match opts.noise {
@@ -476,12 +480,10 @@ pub fn store_run(
             "facts_traced": traced,
             "facts_skipped": skipped,
         }),
-        dataset: dataset.map(|d| d.display().to_string()),
-        record_ids: outcomes.iter().map(|o| o.fact.prompt.clone()).collect(),
-        seed: Some(opts.seed),
-        engram_version: env!("CARGO_PKG_VERSION").into(),
-        device,
-    };
+    )?;
+    params.dataset = dataset.map(|d| d.display().to_string());
+    params.record_ids = outcomes.iter().map(|o| o.fact.prompt.clone()).collect();
+    params.seed = Some(opts.seed);
     let run = store.create("trace", params)?;
     let rows = trace_rows(outcomes);
     run.write_rows("trace", &rows)?;
@@ -533,5 +535,86 @@ pub fn store_run(
         skipped,
         effects,
         figures,
+        outcomes: outcomes.to_vec(),
+        noise_scale: scale,
     })
+}
+
+/// What a trace is asked: the facts, how to trace them, and where they came from.
+#[derive(Debug, Clone)]
+pub struct TraceRequest {
+    pub facts: Vec<UserFact>,
+    pub options: TraceOptions,
+    /// Subjects whose embeddings set ν under [`NoiseLevel::Spread`]; empty: the facts' own.
+    pub noise_subjects: Vec<String>,
+    /// The fact file, stored with the run.
+    pub dataset: Option<std::path::PathBuf>,
+}
+
+impl TraceRequest {
+    /// One fact, traced with `options`.
+    pub fn one(fact: UserFact, options: TraceOptions) -> Self {
+        Self {
+            facts: vec![fact],
+            options,
+            noise_subjects: Vec::new(),
+            dataset: None,
+        }
+    }
+}
+
+/// Trace the request's facts and store them as a `trace` run. One fact given
+/// alone is checked first, so that what is wrong with it is said, not skipped;
+/// a request none of whose facts the model gets right is an error naming why.
+pub fn run_trace<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &str,
+    req: &TraceRequest,
+    store: &RunStore,
+    ctl: &Control,
+) -> Result<TraceRun> {
+    if req.facts.is_empty() {
+        bail!("the fact set is empty");
+    }
+    if req.options.n == 0 {
+        bail!("--n 0: trace at least one fact");
+    }
+    if req.facts.len() == 1 {
+        prepare(lm, &req.facts[0])?;
+    }
+    let subjects: Vec<String> = if req.noise_subjects.is_empty() {
+        req.facts.iter().map(|f| f.subject.clone()).collect()
+    } else {
+        req.noise_subjects.clone()
+    };
+    let scale = noise_scale(lm, &subjects, req.options.noise)?;
+    let outcomes = trace_facts(lm, &req.facts, &req.options, scale, ctl)?;
+    let traced = outcomes
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
+        .count();
+    if traced == 0 {
+        let reasons: Vec<String> = outcomes
+            .iter()
+            .take(5)
+            .filter_map(|o| match &o.outcome {
+                Outcome::Skipped(why) => Some(format!("  {:?}: {why}", o.fact.prompt)),
+                Outcome::Traced(_) => None,
+            })
+            .collect();
+        bail!(
+            "no fact of {} could be traced: the model gets none of them right (top-1), so there is no answer to restore. First reasons:\n{}",
+            outcomes.len(),
+            reasons.join("\n")
+        );
+    }
+    store_run(
+        lm,
+        model,
+        store,
+        req.dataset.as_deref(),
+        &req.options,
+        scale,
+        &outcomes,
+    )
 }

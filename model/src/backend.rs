@@ -1,8 +1,8 @@
-//! Choosing the backend at run time: `--device cpu|cuda[:N]` and `--dtype`.
+//! Choosing the backend at run time: a [`DeviceSpec`] (`cpu`, `cuda[:N]`) and a [`Dtype`].
 
-use anyhow::{bail, Result};
-use engram_model::burn_tensor::backend::Backend;
-use engram_model::DeviceSpec;
+use burn_tensor::backend::Backend;
+
+use crate::{DeviceSpec, ModelError};
 
 /// Compute precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,39 +32,49 @@ impl std::fmt::Display for Dtype {
 }
 
 impl std::str::FromStr for Dtype {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
         Dtype::ALL
             .into_iter()
             .find(|d| d.name() == s)
-            .ok_or_else(|| anyhow::anyhow!("unknown dtype `{s}`; use f32, f16 or bf16"))
+            .ok_or_else(|| ModelError::Device(format!("unknown dtype `{s}`; use f32, f16 or bf16")))
     }
 }
 
 /// Work that runs on whichever backend the user chose.
 pub trait BackendJob {
     type Output;
-    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
+    type Error: From<ModelError>;
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output, Self::Error>;
 }
 
 /// Run `job` on the backend for `device` and `dtype`.
-pub fn with_backend<J: BackendJob>(device: DeviceSpec, dtype: Dtype, job: J) -> Result<J::Output> {
+pub fn with_backend<J: BackendJob>(
+    device: DeviceSpec,
+    dtype: Dtype,
+    job: J,
+) -> Result<J::Output, J::Error> {
     match device {
         DeviceSpec::Cpu => {
             if dtype != Dtype::F32 {
-                bail!("the CPU backend (ndarray) computes in f32 only; use --dtype f32, or --device cuda for {dtype:?}");
+                return Err(ModelError::Device(format!(
+                    "the CPU backend (ndarray) computes in f32 only; use --dtype f32, or --device cuda for {dtype}"
+                ))
+                .into());
             }
-            job.run::<engram_model::Cpu>(Default::default())
+            job.run::<crate::Cpu>(Default::default())
         }
         DeviceSpec::Cuda(index) => cuda(index, dtype, job),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output> {
-    use engram_model::device::cuda_available;
-    if !cuda_available() {
-        bail!("CUDA was asked for, but no CUDA driver (libcuda) was found on this machine; use --device cpu");
+fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output, J::Error> {
+    if !crate::device::cuda_available() {
+        return Err(ModelError::Device(
+            "CUDA was asked for, but no CUDA driver (libcuda) was found on this machine; use --device cpu".into(),
+        )
+        .into());
     }
     // burn-cuda reports driver failures and out-of-memory by panicking; turn that into an error.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -83,12 +93,15 @@ fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output> 
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown failure".into());
-            bail!("CUDA device cuda:{index} failed: {msg}")
+            Err(ModelError::Device(format!("CUDA device cuda:{index} failed: {msg}")).into())
         }
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda<J: BackendJob>(index: usize, _dtype: Dtype, _job: J) -> Result<J::Output> {
-    bail!("cuda:{index} was asked for, but this build has no CUDA support; rebuild with `--features cuda`, or use --device cpu")
+fn cuda<J: BackendJob>(index: usize, _dtype: Dtype, _job: J) -> Result<J::Output, J::Error> {
+    Err(ModelError::Device(format!(
+        "cuda:{index} was asked for, but this build has no CUDA support; rebuild with `--features cuda`, or use --device cpu"
+    ))
+    .into())
 }

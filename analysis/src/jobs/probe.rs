@@ -1,5 +1,5 @@
-//! `engram probe`: per-layer linear probes on a labelled prompt set, with
-//! control tasks (`analysis::probe`). Activations are collected once per
+//! The probing job: per-layer linear probes on a labelled prompt set, with
+//! control tasks (Hewitt & Liang 2019; [`crate::probe`]). Activations are collected once per
 //! (model, hook, position, dataset) and cached on disk as safetensors chunks
 //! (`layer.{l}`: `[rows, d_model]` f32, 32 prompts per chunk), so a second
 //! probe reads them back without running the model; memory while collecting
@@ -8,17 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use engram_analysis::probe::{
-    collect_activations, probe_layer, regress_layer, LogisticOptions, ProbeTask,
-};
+use crate::error::{bail, Context, Result};
+use crate::probe::{collect_activations, probe_layer, regress_layer, LogisticOptions, ProbeTask};
 use engram_datasets::figures::{curve_lines, CurvePoint};
 use engram_datasets::summary::{mean_ci, MetricSummary};
 use engram_datasets::{RunParams, RunStore};
-use engram_model::device::Cpu;
 use engram_model::hooks::BlockSite;
 use engram_model::weights::{HostTensor, SafetensorsCheckpoint, TensorSource};
 use engram_model::LanguageModel;
+use engram_model::{Control, Settings};
 use serde_json::{json, Value};
 
 /// What `engram probe` is asked.
@@ -107,13 +105,6 @@ fn fnv(parts: &[&str]) -> String {
     format!("{h:016x}")
 }
 
-/// Where activations are cached: `$ENGRAM_ACTS_DIR`, else next to the statistics cache.
-fn acts_dir() -> PathBuf {
-    std::env::var_os("ENGRAM_ACTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::edit::stats_dir().with_file_name("activations"))
-}
-
 /// One layer's probing summary.
 #[derive(Debug, Clone)]
 pub struct LayerSummary {
@@ -139,75 +130,15 @@ pub struct ProbeReport {
     pub seconds: f64,
 }
 
-/// `engram probe`: probe, store, and print the per-layer table.
-pub fn run_probe(
-    lm: &LanguageModel<Cpu>,
-    model: &Path,
-    a: &ProbeArgs<'_>,
-    store: &RunStore,
-) -> Result<()> {
-    let r = probe_report(lm, model, a, store, &mut |what, done, total| {
-        eprint!("\r{what}: {done}/{total}");
-        true
-    })?;
-    eprintln!();
-    println!(
-        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
-        r.samples,
-        r.classes.len(),
-        a.label,
-        a.min_count,
-        r.skipped
-    );
-    println!(
-        "activations {}",
-        if r.cached {
-            "read from the cache"
-        } else {
-            "collected and cached"
-        }
-    );
-    println!(
-        "{:>6} {:>18} {:>10} {:>18} {:>12}",
-        "layer",
-        if a.regress {
-            "R² [95% CI]"
-        } else {
-            "accuracy [95% CI]"
-        },
-        if a.regress { "MSE" } else { "macro-F1" },
-        "control",
-        "selectivity"
-    );
-    for l in &r.layers {
-        println!(
-            "{:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
-            l.layer,
-            l.accuracy.mean,
-            l.accuracy.ci_low,
-            l.accuracy.ci_high,
-            l.macro_f1.mean,
-            l.control.mean,
-            l.selectivity.mean
-        );
-    }
-    println!(
-        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
-        r.seconds,
-        r.run_id,
-        r.run_dir.display()
-    );
-    Ok(())
-}
-
 /// Probe every layer, store the run and its figure, and return the summary.
-/// `progress(what, done, total)` returns false to stop.
+/// Activations are cached under `settings.activations`.
 pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
     lm: &LanguageModel<B>,
-    model: &Path,
+    model: &str,
     a: &ProbeArgs<'_>,
     store: &RunStore,
-    progress: &mut dyn FnMut(&str, usize, usize) -> bool,
+    settings: &Settings,
+    ctl: &Control,
 ) -> Result<ProbeReport> {
     let start = Instant::now();
     let site = parse_site(a.hook)?;
@@ -310,8 +241,8 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
     let types: Vec<usize> = samples.iter().map(|s| s.4 as usize).collect();
 
     // Activations: cached chunks, or collect them now.
-    let model_hash = crate::lens::model_hash(model)?;
-    let data_hash = engram_datasets::store::hash_files(&[a.data.to_path_buf()])?;
+    let model_hash = engram_model::source::model_hash(&lm.source)?;
+    let data_hash = engram_model::source::hash_files(&[a.data.to_path_buf()])?;
     let key = fnv(&[
         &model_hash,
         site.name(),
@@ -322,7 +253,7 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
         a.subject.unwrap_or(""),
         &a.min_count.to_string(),
     ]);
-    let dir = acts_dir().join(&key);
+    let dir = settings.activations.join(&key);
     let n_layers = lm.model.config.n_layers;
     let d = match site {
         BlockSite::MlpPre | BlockSite::MlpPreLinear | BlockSite::MlpPost => lm.model.config.d_mlp,
@@ -369,8 +300,12 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             )?;
             write_chunk(k, &mut pending)?;
             k += 1;
-            if !progress("activations", (k * chunk).min(items.len()), items.len()) {
-                bail!("cancelled");
+            if !ctl.tick(
+                "activations",
+                (k * chunk).min(items.len()) as u64,
+                items.len() as u64,
+            ) {
+                return Err(engram_model::Cancelled.into());
             }
         }
         let m = json!({"samples": items.len(), "d_model": d, "n_layers": n_layers, "chunks": k,
@@ -378,7 +313,8 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
         engram_datasets::store::write_atomic(&meta, m.to_string().as_bytes())?;
     }
     let n_chunks = {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(&meta)?)?;
+        let text = std::fs::read_to_string(&meta).with_context(|| meta.display().to_string())?;
+        let m: Value = serde_json::from_str(&text).with_context(|| meta.display().to_string())?;
         m["chunks"].as_u64().unwrap_or(0) as usize
     };
 
@@ -396,8 +332,8 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
     let mut points = Vec::new();
     let mut layers = Vec::with_capacity(n_layers);
     for layer in 0..n_layers {
-        if !progress("probing layers", layer, n_layers) {
-            bail!("cancelled");
+        if !ctl.tick("probing layers", layer as u64, n_layers as u64) {
+            return Err(engram_model::Cancelled.into());
         }
         let mut x = Vec::with_capacity(samples.len() * d);
         for k in 0..n_chunks {
@@ -463,7 +399,7 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
     let run = store.create(
         "probe",
         RunParams {
-            model: model.display().to_string(),
+            model: model.to_string(),
             model_hash,
             hyperparameters: json!({
                 "label": a.label, "text": a.text, "subject": a.subject, "hook": site.name(),
@@ -479,7 +415,7 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             record_ids: vec![],
             seed: Some(a.seed),
             engram_version: env!("CARGO_PKG_VERSION").into(),
-            device: "cpu".into(),
+            device: super::device_name::<B>(),
         },
     )?;
     let rows: Vec<serde_json::Map<String, Value>> = rows

@@ -1,21 +1,22 @@
-//! `engram eval`: edit each benchmark case (on fresh weights, or cumulatively
-//! with `--sequential`), score it before and after under its convention's
-//! metric names (`editing::eval`), and collect a row per case.
+//! The evaluation job: edit each benchmark case (on fresh weights, or
+//! cumulatively with `--sequential`), score it before and after under its
+//! convention's metric names ([`crate::eval`]: ROME/MEMIT's CounterFact and
+//! zsRE metrics, EasyEdit's), and collect a row per case.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use engram_editing::eval::{
+use crate::error::{bail, Context, Result};
+use crate::eval::{
     generation_entropy, rome_score, score_case, score_zsre, EvalCase, NeighbourhoodArgmax, ZsreCase,
 };
-use engram_editing::memit::compute_z::{compute_zs, Z};
-use engram_editing::memit::update::LayerMom2;
-use engram_editing::memit::{apply_memit, MemitHparams};
-use engram_editing::rome::compute_u::KeyCovariance;
-use engram_editing::rome::{rome_edit, EditRequest, RomeHparams};
-use engram_editing::{EditError, Ledger};
+use crate::memit::compute_z::{compute_zs, Z};
+use crate::memit::update::LayerMom2;
+use crate::memit::{apply_memit, MemitHparams};
+use crate::rome::compute_u::KeyCovariance;
+use crate::rome::{rome_edit, EditRequest, RomeHparams};
+use crate::{EditError, Ledger};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
 use serde_json::{Map, Value};
@@ -143,12 +144,11 @@ impl BenchCase {
 
 /// zsRE records (MEND's form) as cases; records without the convention's
 /// target are left out.
-pub fn zsre_cases(path: &Path, conv: ZsreConvention) -> Result<Vec<BenchCase>> {
+/// Also returns the records skipped as malformed.
+pub fn zsre_cases(path: &Path, conv: ZsreConvention) -> Result<(Vec<BenchCase>, Vec<String>)> {
     let loaded = engram_datasets::facts::load_zsre(path, engram_datasets::OnBadRecord::Skip)?;
-    for e in &loaded.skipped {
-        eprintln!("skipped record: {e}");
-    }
-    Ok(loaded
+    let skipped = loaded.skipped.iter().map(|e| e.to_string()).collect();
+    let cases = loaded
         .records
         .into_iter()
         .filter_map(|r| {
@@ -171,7 +171,8 @@ pub fn zsre_cases(path: &Path, conv: ZsreConvention) -> Result<Vec<BenchCase>> {
                 )
             })
         })
-        .collect())
+        .collect();
+    Ok((cases, skipped))
 }
 
 pub struct EvalOptions {
@@ -256,14 +257,18 @@ fn read_journal(path: &Path) -> Result<Journal> {
     Ok(j)
 }
 
+/// Append one JSON line: the whole line in one buffer and one write, then a sync.
 fn append(path: &Path, v: &Value) -> Result<()> {
     use std::io::Write;
+    let mut line = v.to_string();
+    line.push('\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{v}").with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(line.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     f.sync_data()
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -277,6 +282,8 @@ pub struct EvalOutcome {
     /// Metric columns, in order (post-edit names, then `pre_` names).
     pub metrics: Vec<String>,
     pub skipped: Vec<String>,
+    /// What the run said as it went: resumed edits, batch warnings and timings.
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -330,6 +337,7 @@ pub fn evaluate<B: Backend>(
         .collect();
     rows.truncate(opts.n);
     let mut curve = journal.curve;
+    let mut notes = Vec::new();
     let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
     // A sequential run resumes on the edits it had made: its ledger, saved
     // beside the journal after each case, is applied again.
@@ -371,11 +379,11 @@ pub fn evaluate<B: Backend>(
                 })?;
                 edited.push((case, nb));
             }
-            eprintln!(
+            notes.push(format!(
                 "resumed: {} edits restored from {}",
                 rows.len(),
                 lp.display()
-            );
+            ));
         }
     }
     let mut subjects: std::collections::HashSet<String> = rows
@@ -425,7 +433,7 @@ pub fn evaluate<B: Backend>(
                 }
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let (seconds, v_steps) = (edit.seconds, edit.steps.len());
         let id = ledger.push(&mut lm.model, edit)?;
@@ -476,7 +484,10 @@ pub fn evaluate<B: Backend>(
             let mut line = row.clone();
             if opts.sequential {
                 ledger.export(&journal_ledger(p))?;
-                line.insert("pre_nb".into(), serde_json::to_value(&pre_nb)?);
+                line.insert(
+                    "pre_nb".into(),
+                    serde_json::to_value(&pre_nb).context("pre_nb")?,
+                );
             }
             append(p, &Value::Object(line))?;
         }
@@ -510,6 +521,7 @@ pub fn evaluate<B: Backend>(
         rows,
         metrics,
         skipped,
+        notes,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -574,7 +586,7 @@ pub struct MemitSetup<'a> {
 /// The z cache key of a request on the model as it is (`edits` applied before).
 fn z_key(setup: &MemitSetup<'_>, r: &EditRequest, edits: usize) -> Result<String> {
     let hp = setup.hp;
-    Ok(engram_editing::stats::corpus_hash(&format!(
+    Ok(crate::stats::corpus_hash(&format!(
         "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}\u{1}{}\u{1}{}",
         setup.model_hash,
         hp.z_layer()?,
@@ -660,7 +672,7 @@ fn zs_for<B: Backend>(
 }
 
 /// A bad request's index within a sub-batch, as its index in the whole batch.
-fn remap_index(e: EditError, part: &[usize]) -> anyhow::Error {
+fn remap_index(e: EditError, part: &[usize]) -> EditError {
     match e {
         EditError::BadRequest {
             index,
@@ -670,9 +682,8 @@ fn remap_index(e: EditError, part: &[usize]) -> anyhow::Error {
             index: part.get(index).copied().unwrap_or(index),
             subject,
             source,
-        }
-        .into(),
-        other => other.into(),
+        },
+        other => other,
     }
 }
 
@@ -705,7 +716,7 @@ pub fn evaluate_memit<B: Backend>(
             break;
         }
         let r = case.request();
-        if let Err(e) = engram_editing::memit::check_batch(lm, std::slice::from_ref(&r)) {
+        if let Err(e) = crate::memit::check_batch(lm, std::slice::from_ref(&r)) {
             let e = match e {
                 EditError::BadRequest { source, .. } => *source,
                 other => other,
@@ -744,10 +755,10 @@ pub fn evaluate_memit<B: Backend>(
         .map(|c| c.without_edited_neighbours(&subjects))
         .collect();
     let chosen: Vec<&BenchCase> = owned.iter().collect();
-    let warnings = engram_editing::memit::check_batch(lm, &requests)?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
+    let mut notes: Vec<String> = crate::memit::check_batch(lm, &requests)?
+        .into_iter()
+        .map(|w| format!("warning: {w}"))
+        .collect();
     let batch = setup.batch.max(1);
     let mut rows = Vec::new();
     let mut curve = Vec::new();
@@ -836,7 +847,7 @@ pub fn evaluate_memit<B: Backend>(
             rows.push(row);
             edited.push((case, pre_nb));
         }
-        eprintln!(
+        notes.push(format!(
             "batch {}: {} requests, z {:.1} s, keys {:.1} s, solve {:.1} s, residual {:?}",
             b + 1,
             reqs_b.len(),
@@ -844,7 +855,7 @@ pub fn evaluate_memit<B: Backend>(
             out.keys_seconds,
             out.solve_seconds,
             out.residual_norms
-        );
+        ));
         if opts.sequential {
             if opts
                 .checkpoints
@@ -866,11 +877,12 @@ pub fn evaluate_memit<B: Backend>(
         curve,
         metrics,
         skipped,
+        notes,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
-fn first_id(out: &engram_editing::memit::MemitOutcome) -> Result<usize> {
+fn first_id(out: &crate::memit::MemitOutcome) -> Result<usize> {
     out.ids
         .first()
         .copied()

@@ -1,4 +1,4 @@
-//! `engram train-demo`: the embedded demo model, reproduced from a seed. A small
+//! The demo model, reproduced from a seed (`engram train-demo`). A small
 //! GPT-2 is trained with burn's autodiff on the demo fact corpus (fictional
 //! people's city, language and profession, in three phrasings each, plus filler),
 //! then saved as an ordinary HF checkpoint (f16 safetensors + config + tokenizer).
@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use engram_datasets::demo::{demo_corpus, demo_facts, demo_records, DemoFact};
+pub use engram_datasets::demo::{DEMO_FILLER, DEMO_SUBJECTS};
 use engram_model::device::{Cpu, CpuAutodiff};
 use engram_model::generate::Rng;
 use engram_model::train::{train_lm, TrainConfig};
@@ -15,8 +15,7 @@ use engram_model::weights::{write_safetensors, HostTensor, MemorySource};
 use engram_model::{LanguageModel, ModelConfig, Tokenizer, Transformer};
 use serde_json::json;
 
-pub const DEMO_SUBJECTS: usize = 150;
-pub const DEMO_FILLER: usize = 400;
+use crate::error::{Context, Result};
 pub const D_MODEL: usize = 128;
 pub const N_LAYERS: usize = 4;
 pub const N_HEADS: usize = 4;
@@ -179,7 +178,7 @@ pub fn train_demo(
     facts_path: &Path,
     steps: usize,
     seed: u64,
-    quiet: bool,
+    progress: &mut dyn FnMut(usize, usize, f32),
 ) -> Result<DemoReport> {
     let facts = demo_facts(DEMO_SUBJECTS, seed);
     let corpus = demo_corpus(&facts, DEMO_FILLER, seed);
@@ -188,7 +187,8 @@ pub fn train_demo(
     std::fs::create_dir_all(model_dir)
         .with_context(|| format!("creating {}", model_dir.display()))?;
     let tok_path = model_dir.join("tokenizer.json");
-    std::fs::write(&tok_path, serde_json::to_string(&tokenizer_json(&vocab))?)?;
+    let tok_text = serde_json::to_string(&tokenizer_json(&vocab)).context("tokenizer.json")?;
+    std::fs::write(&tok_path, tok_text).with_context(|| tok_path.display().to_string())?;
     let tokenizer = Tokenizer::from_file(&tok_path)?;
     let eos = 1u32;
     let encode = |lines: &[String]| -> Result<Vec<Vec<u32>>> {
@@ -227,7 +227,8 @@ pub fn train_demo(
         documents.push(doc);
     }
 
-    let config_text = serde_json::to_string_pretty(&config_json(vocab.len()))?;
+    let config_text =
+        serde_json::to_string_pretty(&config_json(vocab.len())).context("config.json")?;
     let cfg = ModelConfig::from_json_str(&config_text, &model_dir.join("config.json"))?;
     let init = random_gpt2(&cfg, seed);
     let device = Default::default();
@@ -252,13 +253,7 @@ pub fn train_demo(
         };
         let offset = losses.len();
         losses.extend(train_lm(&mut model, data, &train_cfg, |step, loss| {
-            let step = offset + step;
-            if !quiet && (step % 100 == 0 || step + 1 == steps) {
-                eprintln!(
-                    "step {step:>5}/{steps}  loss {loss:.4}  ({:.0} s)",
-                    start.elapsed().as_secs_f64()
-                );
-            }
+            progress(offset + step, steps, loss);
             true
         })?);
     }
@@ -267,72 +262,29 @@ pub fn train_demo(
     let tensors = engram_model::arch::gpt2::export(&model)?;
     let weights = model_dir.join("model.safetensors");
     write_safetensors(&weights, &tensors, safetensors::Dtype::F16)?;
-    std::fs::write(model_dir.join("config.json"), config_text)?;
+    let config_path = model_dir.join("config.json");
+    std::fs::write(&config_path, config_text).with_context(|| config_path.display().to_string())?;
 
     let lm = LanguageModel::<Cpu>::load(model_dir, &Default::default())?;
     let (right, total) = fact_accuracy(&lm, &facts)?;
     if let Some(parent) = facts_path.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     let mut jsonl = String::new();
     for f in &facts {
-        jsonl.push_str(&serde_json::to_string(&f.as_user_fact())?);
+        jsonl.push_str(&serde_json::to_string(&f.as_user_fact()).context("a demo fact")?);
         jsonl.push('\n');
     }
-    std::fs::write(facts_path, jsonl)?;
+    std::fs::write(facts_path, jsonl).with_context(|| facts_path.display().to_string())?;
     Ok(DemoReport {
         facts: facts.len(),
         prompts: total,
         accuracy: right as f64 / total as f64,
-        checkpoint_bytes: std::fs::metadata(&weights)?.len(),
+        checkpoint_bytes: std::fs::metadata(&weights)
+            .with_context(|| weights.display().to_string())?
+            .len(),
         train_seconds,
         final_loss: losses.last().copied().unwrap_or(f32::NAN),
         steps,
     })
-}
-
-/// The demo training sentences (facts in every phrasing, then filler), one per
-/// paragraph: the demo model's corpus for ROME's key statistics.
-pub fn demo_corpus_text() -> String {
-    let facts = demo_facts(DEMO_SUBJECTS, 0);
-    demo_corpus(&facts, DEMO_FILLER, 0).join("\n\n")
-}
-
-/// The demo checkpoint, compiled into the binary so that it opens from anywhere.
-const DEMO_FILES: [(&str, &[u8]); 3] = [
-    (
-        "config.json",
-        include_bytes!("../app/assets/demo-model/config.json"),
-    ),
-    (
-        "model.safetensors",
-        include_bytes!("../app/assets/demo-model/model.safetensors"),
-    ),
-    (
-        "tokenizer.json",
-        include_bytes!("../app/assets/demo-model/tokenizer.json"),
-    ),
-];
-
-/// A directory holding the demo model: the repository's copy where it is
-/// present, otherwise the embedded bytes written once to the user's cache.
-pub fn demo_model_dir() -> Result<std::path::PathBuf> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("app/assets/demo-model");
-    if repo.join("model.safetensors").is_file() {
-        return Ok(repo);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("engram").join("demo-model");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, bytes) in DEMO_FILES {
-        let path = dir.join(name);
-        let current = std::fs::metadata(&path).map(|m| m.len()).ok();
-        if current != Some(bytes.len() as u64) {
-            engram_datasets::store::write_atomic(&path, bytes)?;
-        }
-    }
-    Ok(dir)
 }

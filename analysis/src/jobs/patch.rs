@@ -1,13 +1,16 @@
-//! `engram patch`: clean → corrupted activation patching for one fact, stored
-//! as a run (one row per site, layer and position or head) with a heatmap.
+//! The activation patching job (TransformerLens style): clean → corrupted
+//! patching for one fact, stored as a `patch` run (one row per site, layer and
+//! position or head) with a heatmap.
 
-use anyhow::{bail, Context, Result};
-use engram_analysis::patching::{patch_sweep, replace_subject, PatchReport, PatchSite};
+use crate::error::{bail, Context, Result};
+use crate::patching::{patch_sweep, replace_subject, PatchReport, PatchSite};
 use engram_datasets::figures::{trace_heatmaps, TraceCell};
-use engram_datasets::{RunInfo, RunParams, RunStore};
+use engram_datasets::{RunInfo, RunStore};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
 use serde::{Deserialize, Serialize};
+
+use super::run_params;
 
 /// The corrupted input: another subject of the same token length, or a whole prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,13 +119,10 @@ pub fn rows<B: Backend>(
 }
 
 /// Run the sweep and store it; returns the run and the report.
-#[allow(clippy::too_many_arguments)]
 pub fn run_patch<B: Backend>(
     lm: &LanguageModel<B>,
+    model: &str,
     store: &RunStore,
-    model: &std::path::Path,
-    model_hash: String,
-    device: String,
     subject: &str,
     setup: &PatchSetup,
     sites: &[PatchSite],
@@ -135,10 +135,10 @@ pub fn run_patch<B: Backend>(
         setup.wrong,
         sites,
     )?;
-    let params = RunParams {
-        model: model.display().to_string(),
-        model_hash,
-        hyperparameters: serde_json::json!({
+    let mut params = run_params(
+        lm,
+        model,
+        serde_json::json!({
             "clean_prompt": setup.clean_prompt,
             "corrupted_prompt": setup.corrupted_prompt,
             "subject": subject,
@@ -148,12 +148,8 @@ pub fn run_patch<B: Backend>(
             "corrupted_logit_diff": report.corrupted_logit_diff,
             "sites": sites.iter().map(|s| s.name()).collect::<Vec<_>>(),
         }),
-        dataset: None,
-        record_ids: vec![setup.clean_prompt.clone()],
-        seed: None,
-        engram_version: env!("CARGO_PKG_VERSION").into(),
-        device,
-    };
+    )?;
+    params.record_ids = vec![setup.clean_prompt.clone()];
     let run = store.create("patch", params)?;
     let table = rows(lm, setup, &report);
     run.write_rows("patch", &table)?;

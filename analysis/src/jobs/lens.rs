@@ -1,0 +1,74 @@
+//! The logit lens job (nostalgebraist 2020): every layer's residual at every
+//! position read through the final norm and unembedding, the top token of each
+//! cell stored as a `lens` run.
+
+use engram_datasets::figures::LensCell;
+use engram_datasets::{RunInfo, RunStore};
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::LanguageModel;
+
+use super::run_params;
+use crate::error::Result;
+use crate::lens::{logit_lens, LensSite};
+
+/// What the lens is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LensRequest {
+    pub prompt: String,
+    pub site: LensSite,
+}
+
+/// The stored grid: one cell per (position, layer), position-major.
+#[derive(Debug, Clone)]
+pub struct LensReport {
+    pub run: RunInfo,
+    pub tokens: Vec<String>,
+    pub n_layers: usize,
+    pub cells: Vec<LensCell>,
+}
+
+impl LensReport {
+    pub fn cell(&self, position: usize, layer: usize) -> Option<&LensCell> {
+        self.cells.get(position * self.n_layers + layer)
+    }
+}
+
+/// Decode every layer's residual at every position; store the top token per cell.
+pub fn run_lens<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &str,
+    req: &LensRequest,
+    store: &RunStore,
+) -> Result<LensReport> {
+    let ids = lm.encode_prompt(&req.prompt)?;
+    let lens = logit_lens(&lm.model, &ids, req.site)?;
+    let mut cells = Vec::new();
+    for (position, &id) in ids.iter().enumerate() {
+        for (layer, top) in lens.top_k(position, 1).into_iter().enumerate() {
+            let Some(&(tok, prob)) = top.first() else {
+                continue;
+            };
+            cells.push(LensCell {
+                layer: layer as i64,
+                position: position as i64,
+                input_token: lm.tokenizer.token_text(id),
+                top_token: lm.tokenizer.token_text(tok),
+                prob: prob as f64,
+            });
+        }
+    }
+    let params = run_params(
+        lm,
+        model,
+        serde_json::json!({"prompt": req.prompt, "site": format!("{:?}", req.site)}),
+    )?;
+    let run = store.create("lens", params)?;
+    run.write_rows("lens", &cells)?;
+    let run = run.finish()?;
+    Ok(LensReport {
+        run,
+        tokens: ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect(),
+        n_layers: lm.model.config.n_layers,
+        cells,
+    })
+}
