@@ -279,6 +279,12 @@ enum RunsCommand {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Join the runs of a study's shards (`--shard K/N`) into one run.
+    Merge {
+        /// The shards' runs, each shard once, in any order.
+        #[arg(required = true, num_args = 2..)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -418,6 +424,11 @@ struct EvalArgs {
     /// e.g. ROME on a MEMIT run's cases.
     #[arg(long)]
     cases_from: Option<String>,
+    /// Take every N-th case, starting at the K-th: this machine's share of a
+    /// study spread over N (a Slurm array task, an indexed job). `--n` is the
+    /// whole study's; `engram runs merge` joins the shards' runs.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<engram_datasets::merge::Shard>,
     /// MEMIT: requests per batch (default: all --n cases in one batch).
     #[arg(long)]
     batch: Option<usize>,
@@ -760,6 +771,10 @@ fn stderr_control() -> engram_model::Control {
     })
 }
 
+fn parse_shard(text: &str) -> std::result::Result<engram_datasets::merge::Shard, String> {
+    engram_datasets::merge::Shard::parse(text).map_err(|e| e.to_string())
+}
+
 fn main() -> std::process::ExitCode {
     // `engram ... | head` ends quietly, as Unix tools do, rather than
     // panicking in `println!` on the closed pipe.
@@ -924,6 +939,16 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
                 RunsCommand::Compare { a, b, table } => {
                     runs::compare(&store, &a, &b, table.as_deref())
+                }
+                RunsCommand::Merge { ids } => {
+                    let info = engram_datasets::merge::merge_shards(&store, &ids)?;
+                    println!(
+                        "merged {} shards into run {} ({})",
+                        ids.len(),
+                        info.id,
+                        info.dir.display()
+                    );
+                    Ok(())
                 }
             }
         }
@@ -1890,10 +1915,22 @@ impl BackendJob for EvalJob {
             }
             None => cases,
         };
+        let (cases, n) = match a.shard {
+            Some(shard) => {
+                if a.sequential || a.method == MethodArg::Memit || a.journal.is_some() {
+                    bail!(
+                        "--shard {shard}: shards edit on fresh weights, one case at a time (ROME or r-ROME, \
+                         not --sequential, --method memit or --journal), so that their runs join into the unsharded one"
+                    );
+                }
+                (shard.select(cases), shard.share_of(a.n))
+            }
+            None => (cases, a.n),
+        };
         let hash = model_hash(&a.model)?;
         let mut ledger = Ledger::new(hash.clone());
         let opts = EvalOptions {
-            n: a.n,
+            n,
             sequential: a.sequential,
             checkpoints: a.checkpoints.clone(),
             distinct_subjects: a.distinct_subjects || a.method == MethodArg::Memit,
@@ -1906,7 +1943,6 @@ impl BackendJob for EvalJob {
             ),
             journal: a.journal.clone(),
         };
-        let n = a.n;
         let (out, hparams, stats_tokens, templates) = if a.method == MethodArg::Memit {
             if opts.fluency_tokens > 0 {
                 bail!("--fluency-tokens is measured for ROME runs only so far");
@@ -2056,6 +2092,7 @@ impl BackendJob for EvalJob {
                 "stats_tokens": stats_tokens,
                 "skipped": out.skipped,
                 "S": score,
+                "shard": a.shard.map(|s| s.to_string()),
             }),
             dataset: a.data.as_ref().map(|d| d.display().to_string()),
             record_ids: out

@@ -27,6 +27,7 @@ fn engram(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn info_lists_hook_points() {
     let Some(sh) = shared() else { return };
     let dir = sh.join("fixtures/tiny/llama");
@@ -50,6 +51,7 @@ fn info_lists_hook_points() {
 
 /// `engram run --ids` probabilities equal the softmax of HF's logits (reference.safetensors).
 #[test]
+#[ignore = "needs ../shared"]
 fn run_probabilities_match_hf_for_every_arch() {
     let Some(sh) = shared() else { return };
     for arch in ["gpt2", "gptj", "gpt_neox", "llama"] {
@@ -103,6 +105,7 @@ fn run_probabilities_match_hf_for_every_arch() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn run_prints_a_table_for_a_prompt() {
     let Some(sh) = shared() else { return };
     let dir = sh.join("fixtures/tiny/gpt_neox");
@@ -126,6 +129,7 @@ fn run_prints_a_table_for_a_prompt() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn bad_input_exits_with_a_clear_error() {
     let Some(sh) = shared() else { return };
     let dir = sh.join("fixtures/tiny/gpt2");
@@ -1164,5 +1168,84 @@ fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
     for m in ["ES", "PS", "NS", "S"] {
         assert!(figs.join(format!("edits-{m}.png")).is_file(), "{m}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--shard 1/2` and `--shard 2/2` take every other demo case; `engram runs
+/// merge` joins them into one run whose per-case rows equal the unsharded
+/// run's (timing columns aside), with the summary recomputed over all cases.
+#[test]
+fn eval_shards_merge_into_the_unsharded_run() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let eval = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args(["eval", "counterfact", "demo", "--n", "5", "--runs"])
+            .arg(&runs)
+            .args(extra)
+            .output()
+            .expect("run engram");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(" in ").next()))
+            .expect("run id")
+            .to_string()
+    };
+    let whole = eval(&[]);
+    let first = eval(&["--shard", "1/2"]);
+    let second = eval(&["--shard", "2/2"]);
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    let (ok, out, err) = engram(&[
+        "runs",
+        "merge",
+        &second,
+        &first,
+        "--runs",
+        runs.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let merged = out
+        .lines()
+        .find_map(|l| l.strip_prefix("merged 2 shards into run "))
+        .and_then(|l| l.split(' ').next())
+        .expect("merged run id")
+        .to_string();
+    let table = |id: &str, name: &str| {
+        let run = store.find(id).expect("run");
+        let df = store.read_table(&run, name).expect("table");
+        df.drop_many(["edit_seconds"])
+    };
+    let (a, b) = (table(&whole, "cases"), table(&merged, "cases"));
+    assert_eq!(a.height(), 5);
+    assert!(a.equals_missing(&b), "unsharded:\n{a}\nmerged:\n{b}");
+    let (a, b) = (table(&whole, "summary"), table(&merged, "summary"));
+    assert!(a.equals_missing(&b), "unsharded:\n{a}\nmerged:\n{b}");
+    // A shard of another study, or a shard given twice, is refused.
+    let (ok, _, err) = engram(&[
+        "runs",
+        "merge",
+        &first,
+        &first,
+        "--runs",
+        runs.to_str().expect("utf8"),
+    ]);
+    assert!(!ok && err.contains("each of 1/2"), "{err}");
+    let (ok, _, err) = engram(&[
+        "runs",
+        "merge",
+        &whole,
+        &first,
+        "--runs",
+        runs.to_str().expect("utf8"),
+    ]);
+    assert!(!ok && err.contains("not made with --shard"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -202,6 +202,11 @@ impl EngramApp {
         &self.settings
     }
 
+    /// What the status bar says now.
+    pub fn status_line(&self) -> Option<String> {
+        self.status.as_ref().map(|(s, _)| s.clone())
+    }
+
     /// The last edit's before/after view.
     pub fn last_edit(&self) -> Option<&EditView> {
         self.results.edit.as_ref()

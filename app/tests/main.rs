@@ -623,3 +623,183 @@ fn probe_panel_runs_a_probe_and_shows_a_layer() {
     assert!(has_label(&h, "Layer 0: accuracy"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `engram` CLI built beside this test binary (`cargo test --workspace`
+/// builds it for the CLI's own tests).
+fn engram_cli() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?;
+    let cli = dir.join(format!("engram{}", std::env::consts::EXE_SUFFIX));
+    cli.is_file().then_some(cli)
+}
+
+/// The one run of `kind` in the store at `root`.
+fn only_run(root: &Path, kind: &str) -> engram_datasets::RunInfo {
+    let store = engram_datasets::RunStore::open(root).expect("store");
+    let runs: Vec<_> = store
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|r| r.kind == kind)
+        .collect();
+    assert_eq!(runs.len(), 1, "{kind} runs in {}: {runs:?}", root.display());
+    runs.into_iter().next().expect("one run")
+}
+
+/// Two stored tables are the same: equal shapes and column names, strings
+/// equal, numbers within 1e-6 (NaN where the other has NaN).
+fn assert_same_table(a: &engram_datasets::RunInfo, b: &engram_datasets::RunInfo, table: &str) {
+    use engram_datasets::polars::prelude::*;
+    let read = |r: &engram_datasets::RunInfo| {
+        engram_datasets::store::read_parquet(&r.dir.join(format!("{table}.parquet")))
+            .expect("table reads")
+    };
+    let (x, y) = (read(a), read(b));
+    assert_eq!(x.shape(), y.shape(), "table {table}");
+    assert!(x.height() > 0, "table {table} is empty");
+    assert_eq!(x.get_column_names(), y.get_column_names(), "table {table}");
+    for (cx, cy) in x.columns().iter().zip(y.columns()) {
+        let name = cx.name().to_string();
+        if cx.dtype().is_numeric() {
+            let fx = cx.cast(&DataType::Float64).expect("cast");
+            let fy = cy.cast(&DataType::Float64).expect("cast");
+            let (vx, vy) = (fx.f64().expect("f64"), fy.f64().expect("f64"));
+            for (i, (p, q)) in vx.iter().zip(vy.iter()).enumerate() {
+                let (p, q) = (p.unwrap_or(f64::NAN), q.unwrap_or(f64::NAN));
+                assert!(
+                    (p.is_nan() && q.is_nan()) || (p - q).abs() <= 1e-6,
+                    "table {table}, column {name}, row {i}: GUI {p} vs CLI {q}"
+                );
+            }
+        } else {
+            assert_eq!(
+                cx.as_materialized_series(),
+                cy.as_materialized_series(),
+                "table {table}, column {name}"
+            );
+        }
+    }
+}
+
+/// A trace and a ROME edit made in the workbench each store a run, and the
+/// CLI given the same request (same seed, same statistics) stores the same
+/// tables: both front ends call the same jobs.
+#[test]
+fn gui_trace_and_edit_store_the_runs_the_cli_stores() {
+    let Some(cli) = engram_cli() else {
+        eprintln!(
+            "SKIP: the engram CLI is not built beside this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let (subject, prompt, target) = demo_fact(0);
+    let (_, _, new_target) = demo_fact(3);
+    let (_, neighbour, _) = demo_fact(6);
+    let dir = std::env::temp_dir().join(format!("engram-app-runs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut paths = engram_model::Settings::under(&dir);
+    paths.runs = dir.join("gui-runs");
+    paths.stats = dir.join("stats");
+    let paraphrase = prompt.replacen(&subject, &format!("The person {subject}"), 1);
+    let settings = serde_json::json!({
+        "prompt": prompt,
+        "panel": "Locate",
+        "trace": {"subject": subject, "target": target},
+        "edit": {"prompt": "", "subject": "", "target": new_target,
+                 "paraphrases": paraphrase, "neighbours": neighbour},
+    });
+    let settings_path = dir.join("app.json");
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        paths: Some(paths.clone()),
+        ..Default::default()
+    });
+    h.get_by_label("Trace").click();
+    wait_for(&mut h, "the trace", |h| {
+        !h.state().is_busy() && has_label(h, "clean p =")
+    });
+    let status = h.state().status_line().unwrap_or_default();
+    let gui_trace = only_run(&paths.runs, "trace");
+    assert!(
+        status.contains(&gui_trace.id),
+        "the status bar names the run: {status}"
+    );
+    h.get_by_label("Edit this fact ->").click();
+    h.step();
+    h.step();
+    h.get_by_label("Apply edit").click();
+    wait_for(&mut h, "the edit", |h| {
+        !h.state().is_busy() && h.state().last_edit().is_some()
+    });
+    let gui_edit = only_run(&paths.runs, "edit");
+    let layer = h.state().last_edit().expect("edit").layer;
+
+    let cli_runs = dir.join("cli-runs");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(args)
+            .env("ENGRAM_STATS_DIR", &paths.stats)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            out.status.success(),
+            "engram {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let model = demo_model();
+    let runs = cli_runs.display().to_string();
+    run(&[
+        "trace",
+        &model,
+        "--prompt",
+        &prompt,
+        "--subject",
+        &subject,
+        "--target",
+        &target,
+        "--samples",
+        "10",
+        "--noise",
+        "3sigma",
+        "--seed",
+        "1",
+        "--runs",
+        &runs,
+    ]);
+    let layer = layer.to_string();
+    run(&[
+        "edit",
+        &model,
+        "--prompt",
+        &prompt,
+        "--subject",
+        &subject,
+        "--target",
+        &new_target,
+        "--also",
+        &paraphrase,
+        "--neighbour",
+        &neighbour,
+        "--layer",
+        &layer,
+        "--generate",
+        "20",
+        "--runs",
+        &runs,
+    ]);
+    let cli_trace = only_run(&cli_runs, "trace");
+    for table in ["trace", "facts", "effects", "effects_by_group"] {
+        assert_same_table(&gui_trace, &cli_trace, table);
+    }
+    let cli_edit = only_run(&cli_runs, "edit");
+    for table in ["probes", "steps"] {
+        assert_same_table(&gui_edit, &cli_edit, table);
+    }
+    assert_eq!(gui_edit.params.model_hash, cli_edit.params.model_hash);
+    let _ = std::fs::remove_dir_all(&dir);
+}

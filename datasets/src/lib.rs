@@ -6,12 +6,14 @@
 //! - [`table`]: typed rows ⇄ polars DataFrames.
 //! - [`summary`]: means with confidence intervals, and LaTeX tables.
 //! - [`figures`]: plotters figures drawn from stored tables.
+//! - [`merge`]: `--shard K/N` and joining the shards' runs into one.
 
 pub mod corpus;
 pub mod demo;
 pub mod error;
 pub mod facts;
 pub mod figures;
+pub mod merge;
 pub mod records;
 pub mod store;
 pub mod summary;

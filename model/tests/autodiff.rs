@@ -86,11 +86,13 @@ fn check(arch: &str) {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn gradient_through_hook_matches_finite_differences_gpt2() {
     check("gpt2");
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn gradient_through_hook_matches_finite_differences_llama() {
     check("llama");
 }

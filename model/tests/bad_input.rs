@@ -67,6 +67,7 @@ fn rewrite_tensors(
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn truncated_safetensors_names_the_file() {
     let Some(dir) = scratch("gpt2", "truncated") else {
         return;
@@ -89,6 +90,7 @@ fn truncated_safetensors_names_the_file() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn header_length_past_eof_names_the_file() {
     let Some(dir) = scratch("gpt2", "header") else {
         return;
@@ -105,6 +107,7 @@ fn header_length_past_eof_names_the_file() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn missing_tensor_is_named() {
     let Some(dir) = scratch("llama", "missing") else {
         return;
@@ -120,6 +123,7 @@ fn missing_tensor_is_named() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn shape_mismatch_is_named() {
     let Some(dir) = scratch("gpt2", "shape") else {
         return;
@@ -137,6 +141,7 @@ fn shape_mismatch_is_named() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn unsupported_dtype_is_named() {
     let Some(dir) = scratch("gpt2", "dtype") else {
         return;
@@ -157,6 +162,7 @@ fn unsupported_dtype_is_named() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn f16_and_bf16_checkpoints_load_close_to_f32() {
     let Some(dir) = scratch("llama", "halfprec") else {
         return;
@@ -218,6 +224,7 @@ fn f16_and_bf16_checkpoints_load_close_to_f32() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn config_missing_field_is_named() {
     let Some(dir) = scratch("gpt2", "field") else {
         return;
@@ -234,6 +241,7 @@ fn config_missing_field_is_named() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn unknown_model_type_lists_supported() {
     let Some(dir) = scratch("gpt2", "mtype") else {
         return;
@@ -261,6 +269,7 @@ fn pickle_checkpoint_is_refused() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn empty_and_too_long_prompts_are_errors() {
     let Some((_, lm)) = crate::common::tiny("gpt2") else {
         return;
@@ -274,6 +283,7 @@ fn empty_and_too_long_prompts_are_errors() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn token_out_of_vocab_is_an_error() {
     let Some((_, lm)) = crate::common::tiny("gpt2") else {
         return;
@@ -297,6 +307,7 @@ fn token_out_of_vocab_is_an_error() {
 
 /// A checkpoint split into shards with `model.safetensors.index.json` loads to the same model.
 #[test]
+#[ignore = "needs ../shared"]
 fn sharded_checkpoint_loads_identically() {
     let Some(dir) = scratch("llama", "sharded") else {
         return;

@@ -15,6 +15,7 @@ fn greedy(n: usize, kv_cache: bool) -> GenerateConfig {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn greedy_with_and_without_kv_cache_agree() {
     for arch in ARCHS {
         let Some((_, lm)) = tiny(arch) else { return };
@@ -29,6 +30,7 @@ fn greedy_with_and_without_kv_cache_agree() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn batched_left_padded_generation_equals_unbatched() {
     for arch in ARCHS {
         let Some((_, lm)) = tiny(arch) else { return };
@@ -49,6 +51,7 @@ fn batched_left_padded_generation_equals_unbatched() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn sampling_is_seeded_and_respects_filters() {
     let Some((_, lm)) = tiny("llama") else { return };
     let prompt = lm.encode_prompt("The city").expect("encode");
@@ -97,6 +100,7 @@ fn sampling_is_seeded_and_respects_filters() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn generation_past_the_context_is_an_error() {
     let Some((_, lm)) = tiny("gpt2") else { return };
     let prompt = lm.encode_prompt("word word word").expect("encode");
@@ -111,6 +115,7 @@ fn generation_past_the_context_is_an_error() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn generate_with_streams_each_step_and_stops_when_told() {
     let Some((_, lm)) = tiny("gpt2") else { return };
     let prompt = lm.encode_prompt("The history of the city").expect("encode");

@@ -86,42 +86,59 @@ fn golden_block(arch: &str, l: usize) -> Vec<String> {
     sites.iter().map(|s| format!("blocks.{l}.{s}")).collect()
 }
 
-#[test]
-fn golden_ordered_hook_list() {
-    for arch in ARCHS {
-        let Some((_, lm)) = tiny(arch) else { return };
-        let mut golden = vec!["hook_embed".to_string()];
-        if arch == "gpt2" {
-            golden.push("hook_pos_embed".into());
-        }
-        for l in 0..3 {
-            golden.extend(golden_block(arch, l));
-        }
-        golden.push("ln_final.hook_normalized".into());
+/// The golden list of a model of `arch` with `n_layers` blocks: listed and
+/// called in this order, and each name parses back to itself.
+fn check_golden_hooks(arch: &str, n_layers: usize, lm: &engram_model::LanguageModel<Cpu>) {
+    let mut golden = vec!["hook_embed".to_string()];
+    if arch == "gpt2" {
+        golden.push("hook_pos_embed".into());
+    }
+    for l in 0..n_layers {
+        golden.extend(golden_block(arch, l));
+    }
+    golden.push("ln_final.hook_normalized".into());
 
-        let listed: Vec<String> = lm
-            .model
-            .hook_points()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        assert_eq!(listed, golden, "{arch}: hook_points()");
+    let listed: Vec<String> = lm
+        .model
+        .hook_points()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(listed, golden, "{arch}: hook_points()");
 
-        // The order the forward pass actually calls them in.
-        let mut cache = ActivationCache::<Cpu>::all();
-        lm.model
-            .forward(&Batch::single(&[1, 2, 3]), &mut cache)
-            .expect("forward");
-        let called: Vec<String> = cache.points().iter().map(|p| p.to_string()).collect();
-        assert_eq!(called, golden, "{arch}: call order");
+    // The order the forward pass actually calls them in.
+    let mut cache = ActivationCache::<Cpu>::all();
+    lm.model
+        .forward(&Batch::single(&[1, 2, 3]), &mut cache)
+        .expect("forward");
+    let called: Vec<String> = cache.points().iter().map(|p| p.to_string()).collect();
+    assert_eq!(called, golden, "{arch}: call order");
 
-        for name in &golden {
-            assert_eq!(&name.parse::<HookPoint>().expect("parse").to_string(), name);
-        }
+    for name in &golden {
+        assert_eq!(&name.parse::<HookPoint>().expect("parse").to_string(), name);
     }
 }
 
 #[test]
+#[ignore = "needs ../shared"]
+fn golden_ordered_hook_list() {
+    for arch in ARCHS {
+        let Some((_, lm)) = tiny(arch) else { return };
+        check_golden_hooks(arch, 3, &lm);
+    }
+}
+
+/// The same golden list on the demo model in this repository (a 4-layer GPT-2).
+#[test]
+fn golden_ordered_hook_list_of_the_demo_model() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+    let lm = engram_model::LanguageModel::<Cpu>::load(&dir, &Default::default()).expect("demo");
+    assert_eq!(lm.model.config.n_layers, 4);
+    check_golden_hooks("gpt2", 4, &lm);
+}
+
+#[test]
+#[ignore = "needs ../shared"]
 fn observing_changes_nothing() {
     let Some((_, lm)) = tiny("llama") else { return };
     let batch = Batch::single(&[5, 9, 200, 3]);
@@ -145,6 +162,7 @@ fn observing_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn replacing_mlp_out_equals_zeroing_the_mlp_weights() {
     for arch in ARCHS {
         let Some((_, lm)) = tiny(arch) else { return };
@@ -195,6 +213,7 @@ fn replacing_mlp_out_equals_zeroing_the_mlp_weights() {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn replacement_with_wrong_shape_is_an_error() {
     let Some((_, lm)) = tiny("gpt2") else { return };
     let point = HookPoint::resid_pre(0);

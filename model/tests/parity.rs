@@ -51,26 +51,31 @@ fn parity(arch: &str) {
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn parity_gpt2_matches_hf() {
     parity("gpt2");
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn parity_gptj_matches_hf() {
     parity("gptj");
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn parity_gpt_neox_matches_hf() {
     parity("gpt_neox");
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn parity_llama_matches_hf() {
     parity("llama");
 }
 
 #[test]
+#[ignore = "needs ../shared"]
 fn parity_covers_every_fixture() {
     let Some(shared) = crate::common::shared("fixture list") else {
         return;

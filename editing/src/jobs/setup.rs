@@ -54,7 +54,7 @@ pub fn resolve_hparams(
         if let Some(h) = RomeHparams::builtin(g) {
             return Ok(h);
         }
-        return RomeHparams::load(Path::new(g)).map_err(Into::into);
+        return RomeHparams::load(Path::new(g));
     }
     let guess = builtin_name(model, settings).with_context(|| {
         format!(
@@ -233,7 +233,7 @@ pub fn resolve_memit_hparams(
         if let Some(h) = MemitHparams::builtin(g) {
             return Ok(h);
         }
-        return MemitHparams::load(Path::new(g)).map_err(Into::into);
+        return MemitHparams::load(Path::new(g));
     }
     let guess = builtin_name(model, settings).with_context(|| {
         format!(
