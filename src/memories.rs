@@ -1,28 +1,23 @@
 //! `engram memories …`: FFN key-value memories from the command line (Geva et
 //! al. 2021/2022, LM-Debugger; knowledge neurons after Dai et al. 2022). Each
-//! action prints its result and stores a `memories` run.
+//! action calls the analysis jobs, prints their result and stores a
+//! `memories` run.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use engram_analysis::memories::{
-    fact_lens, integrated_gradients, knowledge_neurons, top_memories, value_index,
-    value_projections, Intervention, MemoryHook, Setting, TokenScore, TriggerSearch,
+use engram_analysis::jobs::memories::{
+    attribute as attribute_job, row, search_triggers, store_memories_run, top_memories_job,
+    AttributeRequest, Row, TopRequest,
 };
-use engram_datasets::{RunParams, RunStore};
+use engram_analysis::memories::{
+    fact_lens, value_index, value_projections, Intervention, Setting, TokenScore,
+};
+use engram_datasets::RunStore;
 use engram_model::device::Cpu;
 use engram_model::LanguageModel;
-use serde_json::{json, Map, Value};
-
-type Row = Map<String, Value>;
-
-fn row(v: Value) -> Row {
-    match v {
-        Value::Object(m) => m,
-        _ => Row::new(),
-    }
-}
+use serde_json::json;
 
 fn tokens(lm: &LanguageModel<Cpu>, list: &[TokenScore]) -> String {
     list.iter()
@@ -31,31 +26,23 @@ fn tokens(lm: &LanguageModel<Cpu>, list: &[TokenScore]) -> String {
         .join(", ")
 }
 
-/// Store `tables` as one `memories` run; returns its id.
+/// Store `tables` as one `memories` run and say so.
 fn store_run(
     store: &RunStore,
+    lm: &LanguageModel<Cpu>,
     model: &Path,
     action: &str,
-    params: Value,
+    params: serde_json::Value,
     tables: &[(&str, &[Row])],
 ) -> Result<String> {
-    let run = store.create(
-        "memories",
-        RunParams {
-            model: model.display().to_string(),
-            model_hash: crate::model_hash(model)?,
-            hyperparameters: json!({"action": action, "params": params}),
-            dataset: None,
-            record_ids: vec![],
-            seed: None,
-            engram_version: env!("CARGO_PKG_VERSION").into(),
-            device: "cpu".into(),
-        },
+    let info = store_memories_run(
+        lm,
+        &model.display().to_string(),
+        store,
+        action,
+        params,
+        tables,
     )?;
-    for (name, rows) in tables {
-        run.write_rows(name, rows)?;
-    }
-    let info = run.finish()?;
     println!("stored as run {} ({})", info.id, info.dir.display());
     Ok(info.id)
 }
@@ -92,6 +79,7 @@ pub fn values(
     let rows = projection_rows(lm, &v);
     store_run(
         store,
+        lm,
         model,
         "values",
         json!({"layer": layer, "memories": memories, "k": k, "projection": "W_U · final-norm direction of v"}),
@@ -126,6 +114,7 @@ pub fn index(
     );
     store_run(
         store,
+        lm,
         model,
         "index",
         json!({"layers": layers, "k": k}),
@@ -218,12 +207,7 @@ pub fn top(
     q: &TopQuery<'_>,
     store: &RunStore,
 ) -> Result<()> {
-    let (ids, pos) = resolve_position(lm, q.prompt, q.subject, q.position)?;
-    let target = match q.target {
-        Some(t) => Some(lm.target_tokens(q.prompt, t)?[0]),
-        None => None,
-    };
-    let mut iv: Vec<Intervention> = q
+    let mut interventions: Vec<Intervention> = q
         .zero
         .iter()
         .map(|&(layer, memory)| Intervention {
@@ -232,52 +216,49 @@ pub fn top(
             setting: Setting::Zero,
         })
         .collect();
-    iv.extend(q.boost.iter().map(|&(layer, memory)| Intervention {
+    interventions.extend(q.boost.iter().map(|&(layer, memory)| Intervention {
         layer,
         memory,
         setting: Setting::MaxPlus(1.0),
     }));
-    iv.extend(q.set.iter().map(|&(layer, memory, v)| Intervention {
+    interventions.extend(q.set.iter().map(|&(layer, memory, v)| Intervention {
         layer,
         memory,
         setting: Setting::Value(v),
     }));
-    if !iv.is_empty() {
-        let before = lm.top_k(q.prompt, 5)?;
-        let logits = lm.model.forward(
-            &engram_model::Batch::single(&ids),
-            &mut MemoryHook::new(&iv, None),
-        )?;
-        let v = logits.dims()[2];
-        let probs: Vec<f32> = engram_model::burn_tensor::activation::softmax(logits, 2)
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let last = &probs[(ids.len() - 1) * v..ids.len() * v];
-        let after = engram_analysis::memories::top_k(last, 5, false);
-        let show = |t: &[(String, f32)]| {
+    let n_interventions = interventions.len();
+    let r = top_memories_job(
+        lm,
+        &TopRequest {
+            prompt: q.prompt.to_string(),
+            subject: q.subject.map(String::from),
+            position: q.position,
+            target: q.target.map(String::from),
+            per_layer: q.per_layer,
+            k: q.k,
+            interventions,
+        },
+    )?;
+    let pos = r.position;
+    if n_interventions > 0 {
+        let show = |t: &[TokenScore]| {
             t.iter()
-                .map(|(s, p)| format!("{s:?} {p:.4}"))
+                .map(|t| format!("{:?} {:.4}", lm.tokenizer.token_text(t.id), t.score))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let b: Vec<(String, f32)> = before.iter().map(|t| (t.token.clone(), t.prob)).collect();
-        let a: Vec<(String, f32)> = after
-            .iter()
-            .map(|t| (lm.tokenizer.token_text(t.id), t.score))
-            .collect();
-        println!("next token without interventions: {}", show(&b));
-        println!("next token with {} intervention(s): {}", iv.len(), show(&a));
+        println!("next token without interventions: {}", show(&r.next_clean));
+        println!(
+            "next token with {n_interventions} intervention(s): {}",
+            show(&r.next_now)
+        );
     }
-    let hook = MemoryHook::new(&iv, None);
-    let layers = top_memories(&lm.model, &ids, pos, target, q.per_layer, q.k, hook)?;
     println!(
         "position {pos} ({:?}); memories ranked by |coefficient| x |value|, with the tokens coefficient x value promotes",
-        lm.tokenizer.token_text(ids[pos])
+        lm.tokenizer.token_text(r.ids[pos])
     );
     let mut rows = Vec::new();
-    for l in &layers {
+    for l in &r.layers {
         let standing = |s: Option<engram_analysis::memories::TargetStanding>| {
             s.map(|s| format!(" target rank {} p {:.4};", s.rank, s.prob))
                 .unwrap_or_default()
@@ -316,6 +297,7 @@ pub fn top(
     }
     store_run(
         store,
+        lm,
         model,
         "top",
         json!({"prompt": q.prompt, "position": pos, "target": q.target, "per_layer": q.per_layer,
@@ -363,6 +345,7 @@ pub fn lens(
     }
     store_run(
         store,
+        lm,
         model,
         "lens",
         json!({"prompt": prompt, "target": target, "position": pos}),
@@ -385,37 +368,19 @@ pub fn triggers(
     store: &RunStore,
 ) -> Result<()> {
     let start = Instant::now();
+    let mut docs = engram_datasets::corpus::Corpus::open(corpus)?
+        .map(|d| d.map_err(engram_analysis::AnalysisError::from));
+    let report = search_triggers(
+        lm,
+        &mut docs,
+        layers,
+        top_n,
+        max_tokens,
+        seq_len,
+        &crate::stderr_control(),
+    )?;
+    let (found, tokens_read) = (report.found, report.tokens_read);
     let seq_len = seq_len.clamp(2, lm.model.config.n_ctx);
-    let mut search = TriggerSearch::new(&lm.model, layers, top_n)?;
-    let mut batch: Vec<Vec<u32>> = Vec::new();
-    let mut current: Vec<u32> = Vec::new();
-    let mut read = 0usize;
-    let docs = engram_datasets::corpus::Corpus::open(corpus)?;
-    'docs: for doc in docs {
-        for id in lm.tokenizer.encode(&doc?)? {
-            current.push(id);
-            read += 1;
-            if current.len() == seq_len {
-                batch.push(std::mem::take(&mut current));
-                if batch.len() == 8 {
-                    search.feed(&lm.model, &batch)?;
-                    batch.clear();
-                    eprint!(
-                        "\r{} tokens, {:.0} s",
-                        search.tokens,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }
-            if read >= max_tokens {
-                break 'docs;
-            }
-        }
-    }
-    search.feed(&lm.model, &batch)?;
-    let tokens_read = search.tokens;
-    eprintln!();
-    let found = search.finish();
     println!(
         "{tokens_read} tokens of {} searched for {} layer(s) in {:.1} s",
         corpus.display(),
@@ -444,6 +409,7 @@ pub fn triggers(
     }
     store_run(
         store,
+        lm,
         model,
         "triggers",
         json!({"corpus": corpus.display().to_string(), "layers": layers, "top": top_n,
@@ -467,31 +433,28 @@ pub fn attribute(
     store: &RunStore,
 ) -> Result<()> {
     let start = Instant::now();
-    let n_layers = lm.model.config.n_layers;
-    let mut all = Vec::new();
+    let r = attribute_job(
+        lm,
+        &AttributeRequest {
+            prompts: prompts.to_vec(),
+            target: target.to_string(),
+            steps,
+            t,
+            p,
+        },
+        &crate::stderr_control(),
+    )?;
     let mut rows = Vec::new();
-    for (pi, prompt) in prompts.iter().enumerate() {
-        let ids = lm.encode_prompt(prompt)?;
-        let tok = lm.target_tokens(prompt, target)?[0];
-        let mut layers = Vec::with_capacity(n_layers);
-        for layer in 0..n_layers {
-            eprint!(
-                "\rprompt {}/{}: layer {layer}/{n_layers}",
-                pi + 1,
-                prompts.len()
-            );
-            let a = integrated_gradients(&lm.model, &ids, ids.len() - 1, tok, layer, steps)?;
+    for (pi, layers) in r.attributions.iter().enumerate() {
+        for (layer, a) in layers.iter().enumerate() {
             for (memory, s) in a.scores.iter().enumerate() {
                 rows.push(row(
                     json!({"prompt": pi, "layer": layer, "memory": memory, "attribution": s}),
                 ));
             }
-            layers.push(a);
         }
-        all.push(layers);
     }
-    eprintln!();
-    let kn = knowledge_neurons(&all, t, p);
+    let kn = r.neurons;
     println!(
         "{} knowledge neuron(s) (t = {t} x max, shared by >= {:.0}% of {} prompt(s); IG, zero baseline, {steps} steps) in {:.1} s: {}",
         kn.len(),
@@ -504,42 +467,13 @@ pub fn attribute(
             .join(", ")
     );
     let mut effects = Vec::new();
-    for prompt in prompts {
-        let ids = lm.encode_prompt(prompt)?;
-        let tok = lm.target_tokens(prompt, target)?[0];
-        let last = ids.len() - 1;
-        let prob_with = |setting: Option<Setting>| -> Result<f32> {
-            let iv: Vec<Intervention> = match setting {
-                None => Vec::new(),
-                Some(s) => kn
-                    .iter()
-                    .map(|&(layer, memory)| Intervention {
-                        layer,
-                        memory,
-                        setting: s,
-                    })
-                    .collect(),
-            };
-            let mut hook = MemoryHook::new(&iv, Some(last));
-            let logits = lm
-                .model
-                .forward(&engram_model::Batch::single(&ids), &mut hook)?;
-            let v = logits.dims()[2];
-            let probs: Vec<f32> = engram_model::burn_tensor::activation::softmax(logits, 2)
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            Ok(probs[last * v + tok as usize])
-        };
-        let clean = prob_with(None)?;
-        let zero = prob_with(Some(Setting::Zero))?;
-        let doubled = amplified(lm, &ids, last, tok, &kn, 2.0)?;
+    for e in &r.effects {
         println!(
-            "{prompt:?} -> {target:?}: p clean {clean:.4}, knowledge neurons suppressed {zero:.4}, amplified x2 {doubled:.4}"
+            "{:?} -> {target:?}: p clean {:.4}, knowledge neurons suppressed {:.4}, amplified x2 {:.4}",
+            e.prompt, e.clean, e.suppressed, e.amplified
         );
         effects.push(row(
-            json!({"prompt": prompt, "clean": clean, "suppressed": zero, "amplified": doubled}),
+            json!({"prompt": e.prompt, "clean": e.clean, "suppressed": e.suppressed, "amplified": e.amplified}),
         ));
     }
     let neurons: Vec<Row> = kn
@@ -548,6 +482,7 @@ pub fn attribute(
         .collect();
     store_run(
         store,
+        lm,
         model,
         "attribute",
         json!({"prompts": prompts, "target": target, "steps": steps, "t": t, "p": p,
@@ -559,49 +494,4 @@ pub fn attribute(
         ],
     )?;
     Ok(())
-}
-
-/// p(target) with the neurons' coefficients at `pos` multiplied by `factor`.
-fn amplified(
-    lm: &LanguageModel<Cpu>,
-    ids: &[u32],
-    pos: usize,
-    target: u32,
-    neurons: &[(usize, usize)],
-    factor: f32,
-) -> Result<f32> {
-    use engram_model::hooks::{Activation, BlockSite};
-    use engram_model::HookPoint;
-    let m = lm.model.config.d_mlp;
-    let points: Vec<HookPoint> = neurons
-        .iter()
-        .map(|&(l, _)| HookPoint::block(l, BlockSite::MlpPost))
-        .collect();
-    let neurons = neurons.to_vec();
-    let mut hook = engram_model::fn_hook::<Cpu, _>(points, move |point, act: &Activation<Cpu>| {
-        let x = act.as_rank3()?;
-        let [_, s, _] = x.dims();
-        let layer = point.layer()?;
-        let mut scale = vec![1f32; s * m];
-        for &(l, i) in &neurons {
-            if l == layer && i < m {
-                scale[pos * m + i] = factor;
-            }
-        }
-        let scale = engram_model::burn_tensor::Tensor::<Cpu, 3>::from_data(
-            engram_model::burn_tensor::TensorData::new(scale, [1, s, m]),
-            &x.device(),
-        );
-        Some(Activation::Rank3(x.clone() * scale))
-    });
-    let logits = lm
-        .model
-        .forward(&engram_model::Batch::single(ids), &mut hook)?;
-    let v = logits.dims()[2];
-    let probs: Vec<f32> = engram_model::burn_tensor::activation::softmax(logits, 2)
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(probs[pos * v + target as usize])
 }

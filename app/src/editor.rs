@@ -5,13 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use engram_editing::jobs::memit::{run_memit, MemitRequest};
-use engram_editing::jobs::rome::{run_rome, RomeRequest};
+use engram_editing::jobs::memit::{run_memit, MemitReport, MemitRequest};
+use engram_editing::jobs::rome::{run_rome, RomeReport, RomeRequest};
 use engram_editing::jobs::setup::{key_covariance, memit_setup, rome_templates};
 use engram_editing::memit::update::LayerMom2;
 use engram_editing::memit::MemitHparams;
 use engram_editing::rome::compute_u::KeyCovariance;
-use engram_editing::rome::compute_v::VStep;
 use engram_editing::rome::{EditRequest, KeyChoice, RomeHparams};
 use engram_editing::{EditError, EditPayload, Ledger};
 use engram_model::burn_tensor::backend::Backend;
@@ -123,27 +122,6 @@ pub fn base_hparams(model: Option<&Path>, settings: Option<&Settings>) -> RomeHp
         })
 }
 
-/// Which list a probed prompt comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    Prompt,
-    Paraphrase,
-    Neighbour,
-}
-
-/// One prompt before and after an edit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeRow {
-    pub kind: ProbeKind,
-    pub prompt: String,
-    /// The top-1 token and its probability.
-    pub before_top: (String, f32),
-    pub after_top: (String, f32),
-    /// The probability of the whole new target (all its tokens).
-    pub before_target: f32,
-    pub after_target: f32,
-}
-
 /// One ledger entry as the panel lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerEntry {
@@ -165,34 +143,18 @@ pub struct LedgerEntry {
 
 pub type LedgerView = Vec<LedgerEntry>;
 
-/// One request of a MEMIT batch before and after.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchRow {
-    pub request: EditRequest,
-    pub before_top: (String, f32),
-    pub after_top: (String, f32),
-    pub before_target: f32,
-    pub after_target: f32,
-}
-
-/// A finished MEMIT batch.
+/// A finished MEMIT batch: the job's report and the ledger after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchView {
-    /// The ledger batch; `ids` are its entries (one per layer).
-    pub batch: usize,
-    pub ids: Vec<usize>,
-    pub layers: Vec<usize>,
-    pub lambda: f64,
-    pub rows: Vec<BatchRow>,
-    pub warnings: Vec<String>,
-    /// The stored `memit` run.
-    pub run_id: String,
-    /// Mean |z − h| before each layer and after the last.
-    pub residual_norms: Vec<f32>,
-    pub z_seconds: f64,
-    pub keys_seconds: f64,
-    pub solve_seconds: f64,
+    pub report: MemitReport,
     pub ledger: LedgerView,
+}
+
+impl std::ops::Deref for BatchView {
+    type Target = MemitReport;
+    fn deref(&self) -> &MemitReport {
+        &self.report
+    }
 }
 
 /// `subject | prompt | target` lines as requests; a bad line is named.
@@ -219,22 +181,18 @@ pub fn parse_batch(text: &str) -> Result<Vec<EditRequest>, JobError> {
         .collect()
 }
 
-/// A finished edit.
+/// A finished edit: the job's report and the ledger after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EditView {
-    pub id: usize,
-    pub request: EditRequest,
-    pub layer: usize,
-    pub key: KeyChoice,
-    pub stats_tokens: u64,
-    pub seconds: f64,
-    pub steps: Vec<VStep>,
-    pub probes: Vec<ProbeRow>,
-    pub generation_before: String,
-    pub generation_after: String,
+    pub report: RomeReport,
     pub ledger: LedgerView,
-    /// The stored `edit` run.
-    pub run_id: String,
+}
+
+impl std::ops::Deref for EditView {
+    type Target = RomeReport;
+    fn deref(&self) -> &RomeReport {
+        &self.report
+    }
 }
 
 /// What the ledger list asks for.
@@ -401,37 +359,11 @@ impl<B: Backend> EditState<B> {
             neighbours: lines(&form.neighbours),
             generate_tokens: 20,
         };
-        let r =
+        let report =
             run_rome(lm, model, ledger, &req, cov, templates, &store, ctl).map_err(edit_error)?;
-        let probes = r
-            .probes
-            .iter()
-            .map(|p| ProbeRow {
-                kind: match p.kind.as_str() {
-                    "paraphrase" => ProbeKind::Paraphrase,
-                    "neighbour" => ProbeKind::Neighbour,
-                    _ => ProbeKind::Prompt,
-                },
-                prompt: p.prompt.clone(),
-                before_top: (p.before_top.clone(), p.before_top_prob as f32),
-                after_top: (p.after_top.clone(), p.after_top_prob as f32),
-                before_target: p.before_target as f32,
-                after_target: p.after_target as f32,
-            })
-            .collect();
         Ok(EditView {
-            id: r.id,
-            request: r.request,
-            layer: r.layer,
-            key: r.key,
-            stats_tokens: r.stats_tokens,
-            seconds: r.seconds,
-            steps: r.steps,
-            probes,
-            generation_before: r.generation_before,
-            generation_after: r.generation_after,
+            report,
             ledger: self.view(),
-            run_id: r.run.id,
         })
     }
 
@@ -477,35 +409,10 @@ impl<B: Backend> EditState<B> {
             z_chunk: 16,
             z_workers,
         };
-        let r =
+        let report =
             run_memit(lm, model, ledger, &req, covs, groups, &store, ctl).map_err(edit_error)?;
-        let rows = r
-            .rows
-            .iter()
-            .map(|b| BatchRow {
-                request: EditRequest {
-                    prompt: b.prompt.clone(),
-                    subject: b.subject.clone(),
-                    target: b.target.clone(),
-                },
-                before_top: (b.before_top.clone(), b.before_top_prob as f32),
-                after_top: (b.after_top.clone(), b.after_top_prob as f32),
-                before_target: b.before_target as f32,
-                after_target: b.after_target as f32,
-            })
-            .collect();
         Ok(BatchView {
-            batch: r.batch,
-            ids: r.ids,
-            layers: r.layers,
-            lambda: r.lambda,
-            rows,
-            warnings: r.warnings,
-            run_id: r.run.id,
-            residual_norms: r.residual_norms,
-            z_seconds: r.times.z_seconds,
-            keys_seconds: r.times.keys_seconds,
-            solve_seconds: r.times.solve_seconds,
+            report,
             ledger: self.view(),
         })
     }

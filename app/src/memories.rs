@@ -5,16 +5,14 @@
 
 use std::path::Path;
 
-use engram_analysis::memories::{
-    integrated_gradients, knowledge_neurons, top_k, top_memories, Intervention, MemoryHook,
-    Setting, TokenScore, Trigger, TriggerSearch,
+use engram_analysis::jobs::memories::{
+    attribute as attribute_job, search_triggers, top_memories_job, AttributeRequest, TopRequest,
 };
-use engram_model::burn_tensor::activation::softmax;
+use engram_analysis::memories::{Intervention, Setting, TokenScore, Trigger};
 use engram_model::burn_tensor::backend::Backend;
-use engram_model::{Batch, LanguageModel};
+use engram_model::{Control, LanguageModel};
 
 use crate::error::JobError;
-use crate::session::{Progress, ProgressFn};
 
 /// What the panel asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,55 +113,24 @@ fn interventions(list: &[(usize, usize, bool)]) -> Vec<Intervention> {
         .collect()
 }
 
-/// Next-token probabilities at `pos` under a hook.
-fn next_probs<B: Backend>(
-    lm: &LanguageModel<B>,
-    ids: &[u32],
-    pos: usize,
-    hook: &mut MemoryHook,
-) -> Result<Vec<f32>, JobError> {
-    let logits = lm.model.forward(&Batch::single(ids), hook)?;
-    let v = logits.dims()[2];
-    let p: Vec<f32> = softmax(logits, 2)
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| JobError::Failed(format!("{e:?}")))?;
-    Ok(p[pos * v..(pos + 1) * v].to_vec())
-}
-
 pub fn memories<B: Backend>(
     lm: &LanguageModel<B>,
     req: &MemoriesRequest,
 ) -> Result<MemoriesView, JobError> {
-    let ids = lm.encode_prompt(&req.prompt)?;
-    let position = if req.subject.trim().is_empty() {
-        ids.len() - 1
-    } else {
-        lm.tokenizer
-            .subject_span(&req.prompt, req.subject.trim())?
-            .1
-            .end
-            - 1
-    };
-    let target = if req.target.trim().is_empty() {
-        None
-    } else {
-        Some(lm.target_tokens(&req.prompt, &req.target)?[0])
-    };
-    let iv = interventions(&req.interventions);
-    let last = ids.len() - 1;
-    let clean = next_probs(lm, &ids, last, &mut MemoryHook::new(&[], None))?;
-    let now = next_probs(lm, &ids, last, &mut MemoryHook::new(&iv, None))?;
-    let layers = top_memories(
-        &lm.model,
-        &ids,
-        position,
-        target,
-        req.per_layer,
-        6,
-        MemoryHook::new(&iv, None),
-    )?;
+    let r = top_memories_job(
+        lm,
+        &TopRequest {
+            prompt: req.prompt.clone(),
+            subject: Some(req.subject.clone()),
+            position: None,
+            target: Some(req.target.clone()),
+            per_layer: req.per_layer,
+            k: 6,
+            interventions: interventions(&req.interventions),
+        },
+    )
+    .map_err(JobError::from_lib)?;
+    let (layers, position) = (r.layers, r.position);
     let layers = layers
         .into_iter()
         .map(|l| LayerRow {
@@ -188,9 +155,9 @@ pub fn memories<B: Backend>(
     Ok(MemoriesView {
         request: req.clone(),
         position,
-        position_token: lm.tokenizer.token_text(ids[position]),
-        next_clean: scored(lm, &top_k(&clean, 5, false)),
-        next_now: scored(lm, &top_k(&now, 5, false)),
+        position_token: lm.tokenizer.token_text(r.ids[position]),
+        next_clean: scored(lm, &r.next_clean),
+        next_now: scored(lm, &r.next_now),
         layers,
     })
 }
@@ -211,7 +178,7 @@ pub fn search_layer<B: Backend>(
     corpus: Option<&Path>,
     layer: usize,
     max_tokens: usize,
-    progress: ProgressFn<'_>,
+    ctl: &Control,
 ) -> Result<LayerTriggers, JobError> {
     let name = corpus.map_or_else(
         || "the demo corpus".to_string(),
@@ -223,40 +190,16 @@ pub fn search_layer<B: Backend>(
         }
         None => engram_datasets::demo::demo_corpus_text(),
     };
+    let mut docs = text
+        .split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| Ok(p.trim().to_string()));
     let seq = 64.min(lm.model.config.n_ctx);
-    let mut search = TriggerSearch::new(&lm.model, &[layer], 10)?;
-    let mut rows: Vec<Vec<u32>> = Vec::new();
-    let mut current = Vec::new();
-    let mut read = 0usize;
-    'paras: for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
-        for id in lm.tokenizer.encode(para.trim())? {
-            current.push(id);
-            read += 1;
-            if current.len() == seq {
-                rows.push(std::mem::take(&mut current));
-                if rows.len() == 8 {
-                    search.feed(&lm.model, &rows)?;
-                    rows.clear();
-                    let go = progress(Progress {
-                        done: read.min(max_tokens),
-                        total: max_tokens,
-                        note: format!("{read} tokens"),
-                    });
-                    if !go {
-                        return Err(JobError::Cancelled);
-                    }
-                }
-            }
-            if read >= max_tokens {
-                break 'paras;
-            }
-        }
-    }
-    search.feed(&lm.model, &rows)?;
-    let tokens_read = search.tokens;
+    let report = search_triggers(lm, &mut docs, &[layer], 10, max_tokens, seq, ctl)
+        .map_err(JobError::from_lib)?;
     Ok(LayerTriggers {
-        best: search.finish().into_iter().next().unwrap_or_default(),
-        tokens_read,
+        best: report.found.into_iter().next().unwrap_or_default(),
+        tokens_read: report.tokens_read,
         corpus: name,
     })
 }
@@ -297,42 +240,28 @@ pub fn attribute<B: Backend>(
     lm: &LanguageModel<B>,
     prompt: &str,
     target: &str,
-    progress: ProgressFn<'_>,
+    ctl: &Control,
 ) -> Result<AttributionView, JobError> {
-    let ids = lm.encode_prompt(prompt)?;
-    let t = lm.target_tokens(prompt, target)?[0];
-    let n = lm.model.config.n_layers;
-    let last = ids.len() - 1;
-    let mut attrs = Vec::with_capacity(n);
-    for layer in 0..n {
-        let go = progress(Progress {
-            done: layer,
-            total: n,
-            note: format!("layer {layer}"),
-        });
-        if !go {
-            return Err(JobError::Cancelled);
-        }
-        attrs.push(integrated_gradients(&lm.model, &ids, last, t, layer, 20)?);
-    }
-    let prob = attrs.first().map_or(0.0, |a| a.prob);
-    let scores = attrs.iter().map(|a| a.scores.clone()).collect();
-    let neurons = knowledge_neurons(&[attrs], 0.2, 0.7);
-    let iv: Vec<Intervention> = neurons
-        .iter()
-        .map(|&(layer, memory)| Intervention {
-            layer,
-            memory,
-            setting: Setting::Zero,
-        })
-        .collect();
-    let off = next_probs(lm, &ids, last, &mut MemoryHook::new(&iv, Some(last)))?;
+    let r = attribute_job(
+        lm,
+        &AttributeRequest {
+            prompts: vec![prompt.to_string()],
+            target: target.to_string(),
+            steps: 20,
+            t: 0.2,
+            p: 0.7,
+        },
+        ctl,
+    )
+    .map_err(JobError::from_lib)?;
+    let attrs = r.attributions.into_iter().next().unwrap_or_default();
+    let effect = r.effects.first();
     Ok(AttributionView {
         prompt: prompt.to_string(),
         target: target.to_string(),
-        scores,
-        neurons,
-        prob,
-        suppressed: off[t as usize],
+        prob: attrs.first().map_or(0.0, |a| a.prob),
+        scores: attrs.into_iter().map(|a| a.scores).collect(),
+        neurons: r.neurons,
+        suppressed: effect.map_or(0.0, |e| e.suppressed),
     })
 }

@@ -254,13 +254,13 @@ pub trait Session {
         layer: usize,
         memory: usize,
         max_tokens: usize,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<TriggersView, JobError>;
     fn attribute(
         &self,
         prompt: &str,
         target: &str,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<AttributionView, JobError>;
     /// Linear probes per layer on a labelled prompt set; stored as a run.
     fn probe(
@@ -449,12 +449,11 @@ impl<B: Backend> Session for Loaded<B> {
         layer: usize,
         memory: usize,
         max_tokens: usize,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<TriggersView, JobError> {
         let key = (corpus.map(Path::to_path_buf), layer, max_tokens);
         if !self.triggers.contains_key(&key) {
-            let found =
-                crate::memories::search_layer(&self.lm, corpus, layer, max_tokens, progress)?;
+            let found = crate::memories::search_layer(&self.lm, corpus, layer, max_tokens, ctl)?;
             self.triggers.insert(key.clone(), found);
         }
         let found = self.triggers.get(&key).ok_or(JobError::NoModel)?;
@@ -465,9 +464,9 @@ impl<B: Backend> Session for Loaded<B> {
         &self,
         prompt: &str,
         target: &str,
-        progress: ProgressFn<'_>,
+        ctl: &Control,
     ) -> Result<AttributionView, JobError> {
-        crate::memories::attribute(&self.lm, prompt, target, progress)
+        crate::memories::attribute(&self.lm, prompt, target, ctl)
     }
 
     fn probe(

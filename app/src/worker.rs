@@ -346,12 +346,12 @@ fn run(
             layer,
             memory,
             max_tokens,
-            progress,
+            ctl,
         )?),
         Command::Probe(req) => Reply::Probe(Box::new(model(session)?.probe(&req, ctl)?)),
-        Command::Attribute { prompt, target } => Reply::Attribution(Box::new(
-            model(session)?.attribute(&prompt, &target, progress)?,
-        )),
+        Command::Attribute { prompt, target } => {
+            Reply::Attribution(Box::new(model(session)?.attribute(&prompt, &target, ctl)?))
+        }
     })
 }
 

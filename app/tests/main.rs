@@ -383,15 +383,15 @@ fn edit_panel_rewrites_a_fact_from_locate_and_toggles_it() {
     });
     let view = h.state().last_edit().expect("edit").clone();
     let row = |i: usize| &view.probes[i];
-    assert_eq!(row(0).before_top.0.trim(), target);
-    assert_eq!(row(0).after_top.0.trim(), new_target, "{view:?}");
+    assert_eq!(row(0).before_top.trim(), target);
+    assert_eq!(row(0).after_top.trim(), new_target, "{view:?}");
     assert!(
         row(0).after_target > 0.5 && row(0).before_target < 0.1,
         "{view:?}"
     );
-    assert_eq!(row(1).before_top.0.trim(), neighbour_target);
+    assert_eq!(row(1).before_top.trim(), neighbour_target);
     assert_eq!(
-        row(1).after_top.0.trim(),
+        row(1).after_top.trim(),
         neighbour_target,
         "the neighbour moved"
     );
@@ -492,13 +492,13 @@ fn edit_panel_runs_a_memit_batch_and_reverts_it_as_a_unit() {
     let took = view
         .rows
         .iter()
-        .filter(|r| r.after_top.0.trim() == r.request.target.trim())
+        .filter(|r| r.after_top.trim() == r.target.trim())
         .count();
     eprintln!("MEMIT batch in the app: {took}/3 new targets top-1; {view:?}");
     assert!(took >= 2, "{view:?}");
     for (r, (_, _, target, _)) in view.rows.iter().zip(&batch) {
         assert_eq!(
-            r.before_top.0.trim(),
+            r.before_top.trim(),
             target,
             "before: the model's own answer"
         );

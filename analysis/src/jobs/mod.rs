@@ -4,6 +4,7 @@
 //! workbench call the same functions.
 
 pub mod lens;
+pub mod memories;
 pub mod patch;
 pub mod probe;
 pub mod trace;

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use eframe::egui::{self, RichText, Ui};
 
 use crate::app::{need_model, panel_error, EngramApp};
-use crate::editor::{BatchView, EditView, LedgerOp, ProbeKind};
+use engram_editing::jobs::rome::ProbeKind;
+
+use crate::editor::{BatchView, EditView, LedgerOp};
 use crate::settings::PanelKind;
 use crate::widgets::show_token;
 use crate::worker::Command;
@@ -119,9 +121,9 @@ fn batch_result(app: &mut EngramApp, ui: &mut Ui, v: &BatchView, running: bool) 
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
                 .join(" -> "),
-            v.z_seconds,
-            v.keys_seconds,
-            v.solve_seconds,
+            v.times.z_seconds,
+            v.times.keys_seconds,
+            v.times.solve_seconds,
             if applied { "" } else { " (reverted)" }
         ))
         .strong(),
@@ -144,16 +146,16 @@ fn batch_result(app: &mut EngramApp, ui: &mut Ui, v: &BatchView, running: bool) 
             }
             ui.end_row();
             for r in &v.rows {
-                ui.label(format!("{} -> {:?}", r.request.prompt, r.request.target));
+                ui.label(format!("{} -> {:?}", r.prompt, r.target));
                 ui.label(format!(
                     "'{}' {:.3}",
-                    show_token(&r.before_top.0),
-                    r.before_top.1
+                    show_token(&r.before_top),
+                    r.before_top_prob
                 ));
                 ui.label(format!(
                     "'{}' {:.3}",
-                    show_token(&r.after_top.0),
-                    r.after_top.1
+                    show_token(&r.after_top),
+                    r.after_top_prob
                 ));
                 ui.label(format!("{:.4} -> {:.4}", r.before_target, r.after_target));
                 ui.end_row();
@@ -323,26 +325,20 @@ fn result(ui: &mut Ui, v: &EditView) {
             }
             ui.end_row();
             for r in &v.probes {
-                let kind = match r.kind {
-                    ProbeKind::Prompt => "prompt",
-                    ProbeKind::Paraphrase => "paraphrase",
-                    ProbeKind::Neighbour => "neighbour",
-                };
-                ui.label(RichText::new(kind).weak());
+                ui.label(RichText::new(&r.kind).weak());
                 ui.label(&r.prompt);
                 ui.label(format!(
                     "'{}' {:.3}",
-                    show_token(&r.before_top.0),
-                    r.before_top.1
+                    show_token(&r.before_top),
+                    r.before_top_prob
                 ));
-                let moved = r.after_top.0 != r.before_top.0;
-                let after = format!("'{}' {:.3}", show_token(&r.after_top.0), r.after_top.1);
+                let moved = r.after_top != r.before_top;
+                let after = format!("'{}' {:.3}", show_token(&r.after_top), r.after_top_prob);
                 // A neighbour whose answer moved is a locality failure.
-                let text = match (r.kind, moved) {
-                    (ProbeKind::Neighbour, true) => {
-                        RichText::new(after).color(ui.visuals().error_fg_color)
-                    }
-                    _ => RichText::new(after),
+                let text = if r.kind == ProbeKind::Neighbour.name() && moved {
+                    RichText::new(after).color(ui.visuals().error_fg_color)
+                } else {
+                    RichText::new(after)
                 };
                 ui.label(text);
                 ui.label(format!("{:.4} -> {:.4}", r.before_target, r.after_target));

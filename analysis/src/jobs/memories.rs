@@ -1,0 +1,344 @@
+//! The FFN memory jobs (Geva et al. 2021/2022, LM-Debugger; knowledge neurons
+//! after Dai et al. 2022) shared by the CLI and the workbench: next-token
+//! probabilities under memory interventions, the memories behind a
+//! prediction, a corpus search for each memory's trigger contexts, and
+//! knowledge-neuron attribution with the effect of suppressing and
+//! amplifying the neurons. Each can store itself as a `memories` run.
+
+use engram_datasets::{RunInfo, RunStore};
+use engram_model::burn_tensor::activation::softmax;
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::hooks::{Activation, BlockSite, Hook};
+use engram_model::{Batch, Control, HookPoint, LanguageModel};
+use serde_json::{json, Map, Value};
+
+use super::run_params;
+use crate::error::{bail, AnalysisError, Result};
+use crate::memories::{
+    integrated_gradients, knowledge_neurons, top_k, top_memories, Attribution, Intervention,
+    LayerMemories, MemoryHook, Setting, TokenScore, Trigger, TriggerSearch,
+};
+
+/// A table row of a `memories` run.
+pub type Row = Map<String, Value>;
+
+/// `v` as a row (an object; anything else becomes an empty row).
+pub fn row(v: Value) -> Row {
+    match v {
+        Value::Object(m) => m,
+        _ => Row::new(),
+    }
+}
+
+/// Store `tables` as one `memories` run of `action` (values, top, lens, triggers, attribute).
+pub fn store_memories_run<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &str,
+    store: &RunStore,
+    action: &str,
+    params: Value,
+    tables: &[(&str, &[Row])],
+) -> Result<RunInfo> {
+    let params = run_params(lm, model, json!({"action": action, "params": params}))?;
+    let run = store.create("memories", params)?;
+    for (name, rows) in tables {
+        run.write_rows(name, rows)?;
+    }
+    Ok(run.finish()?)
+}
+
+/// The output distribution at `pos` with `hook` on the forward pass.
+pub fn probs_at<B: Backend, H: Hook<B>>(
+    lm: &LanguageModel<B>,
+    ids: &[u32],
+    pos: usize,
+    hook: &mut H,
+) -> Result<Vec<f32>> {
+    if pos >= ids.len() {
+        bail!("position {pos}: the prompt has {} tokens", ids.len());
+    }
+    let logits = lm.model.forward(&Batch::single(ids), hook)?;
+    let v = logits.dims()[2];
+    let p: Vec<f32> = softmax(logits, 2)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| AnalysisError::Invalid(format!("reading probabilities: {e:?}")))?;
+    Ok(p[pos * v..(pos + 1) * v].to_vec())
+}
+
+/// What the memories behind a prediction are asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopRequest {
+    pub prompt: String,
+    /// Read at the subject's last token (else `position`, else the last token).
+    pub subject: Option<String>,
+    pub position: Option<usize>,
+    /// Report this answer's rank and probability.
+    pub target: Option<String>,
+    pub per_layer: usize,
+    /// Tokens listed per memory.
+    pub k: usize,
+    pub interventions: Vec<Intervention>,
+}
+
+/// The memories behind a prediction, under the request's interventions.
+#[derive(Debug, Clone)]
+pub struct TopReport {
+    pub ids: Vec<u32>,
+    pub position: usize,
+    pub target: Option<u32>,
+    /// The next token's top 5 without and with the interventions.
+    pub next_clean: Vec<TokenScore>,
+    pub next_now: Vec<TokenScore>,
+    pub layers: Vec<LayerMemories>,
+}
+
+/// Rank each layer's memories at the request's position by |aᵢ|·‖vᵢ‖.
+pub fn top_memories_job<B: Backend>(lm: &LanguageModel<B>, req: &TopRequest) -> Result<TopReport> {
+    let ids = lm.encode_prompt(&req.prompt)?;
+    let position = match (req.position, req.subject.as_deref().map(str::trim)) {
+        (Some(p), _) => p,
+        (None, Some(s)) if !s.is_empty() => lm.tokenizer.subject_span(&req.prompt, s)?.1.end - 1,
+        _ => ids.len() - 1,
+    };
+    if position >= ids.len() {
+        bail!("--position {position}: the prompt has {} tokens", ids.len());
+    }
+    let target = match req.target.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => Some(lm.target_tokens(&req.prompt, t)?[0]),
+        _ => None,
+    };
+    let last = ids.len() - 1;
+    let clean = probs_at(lm, &ids, last, &mut MemoryHook::new(&[], None))?;
+    let now = probs_at(
+        lm,
+        &ids,
+        last,
+        &mut MemoryHook::new(&req.interventions, None),
+    )?;
+    let layers = top_memories(
+        &lm.model,
+        &ids,
+        position,
+        target,
+        req.per_layer,
+        req.k,
+        MemoryHook::new(&req.interventions, None),
+    )?;
+    Ok(TopReport {
+        ids,
+        position,
+        target,
+        next_clean: top_k(&clean, 5, false),
+        next_now: top_k(&now, 5, false),
+        layers,
+    })
+}
+
+/// Every memory's best contexts in a corpus.
+#[derive(Debug, Clone)]
+pub struct TriggerReport {
+    pub layers: Vec<usize>,
+    /// `[layer][memory]`: best first.
+    pub found: Vec<Vec<Vec<Trigger>>>,
+    pub tokens_read: u64,
+}
+
+/// Stream `docs` in rows of `seq_len` tokens (8 rows a batch) and keep each
+/// memory's `top_n` highest coefficients at `layers`, reading at most
+/// `max_tokens`. Progress: `tokens` read.
+pub fn search_triggers<B: Backend>(
+    lm: &LanguageModel<B>,
+    docs: &mut dyn Iterator<Item = Result<String>>,
+    layers: &[usize],
+    top_n: usize,
+    max_tokens: usize,
+    seq_len: usize,
+    ctl: &Control,
+) -> Result<TriggerReport> {
+    if max_tokens == 0 || top_n == 0 {
+        bail!("the search needs at least one token and one context per memory");
+    }
+    let seq_len = seq_len.clamp(2, lm.model.config.n_ctx);
+    let mut search = TriggerSearch::new(&lm.model, layers, top_n)?;
+    let mut batch: Vec<Vec<u32>> = Vec::new();
+    let mut current: Vec<u32> = Vec::new();
+    let mut read = 0usize;
+    'docs: for doc in docs {
+        for id in lm.tokenizer.encode(&doc?)? {
+            current.push(id);
+            read += 1;
+            if current.len() == seq_len {
+                batch.push(std::mem::take(&mut current));
+                if batch.len() == 8 {
+                    search.feed(&lm.model, &batch)?;
+                    batch.clear();
+                    if !ctl.tick("tokens", read.min(max_tokens) as u64, max_tokens as u64) {
+                        return Err(engram_model::Cancelled.into());
+                    }
+                }
+            }
+            if read >= max_tokens {
+                break 'docs;
+            }
+        }
+    }
+    search.feed(&lm.model, &batch)?;
+    let tokens_read = search.tokens;
+    Ok(TriggerReport {
+        layers: layers.to_vec(),
+        found: search.finish(),
+        tokens_read,
+    })
+}
+
+/// One prompt's p(target) clean, with the knowledge neurons zeroed, and doubled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeuronEffect {
+    pub prompt: String,
+    pub clean: f32,
+    pub suppressed: f32,
+    pub amplified: f32,
+}
+
+/// Attributions of a fact over its prompts, its knowledge neurons, and their effect.
+#[derive(Debug, Clone)]
+pub struct AttributionReport {
+    /// `[prompt][layer]`
+    pub attributions: Vec<Vec<Attribution>>,
+    pub neurons: Vec<(usize, usize)>,
+    pub effects: Vec<NeuronEffect>,
+}
+
+/// What knowledge-neuron attribution is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeRequest {
+    pub prompts: Vec<String>,
+    pub target: String,
+    /// Integrated-gradients steps (zero baseline).
+    pub steps: usize,
+    /// Keep attributions above `t` × the prompt's largest.
+    pub t: f32,
+    /// Keep neurons shared by at least this share of the prompts.
+    pub p: f32,
+}
+
+/// Integrated gradients of p(target) to every layer's coefficients at each
+/// prompt's last token, the knowledge neurons, and p(target) with them zeroed
+/// and doubled. Progress: `layers` done over all prompts.
+pub fn attribute<B: Backend>(
+    lm: &LanguageModel<B>,
+    req: &AttributeRequest,
+    ctl: &Control,
+) -> Result<AttributionReport> {
+    if req.prompts.is_empty() {
+        bail!("give at least one prompt");
+    }
+    if req.steps == 0 {
+        bail!("--steps 0: integrated gradients need at least one step");
+    }
+    let share = |x: f32| x > 0.0 && x <= 1.0;
+    if !share(req.t) || !share(req.p) {
+        bail!(
+            "--t and --p are shares in (0, 1]; got t {} and p {}",
+            req.t,
+            req.p
+        );
+    }
+    let n_layers = lm.model.config.n_layers;
+    let total = (req.prompts.len() * n_layers) as u64;
+    let mut attributions = Vec::with_capacity(req.prompts.len());
+    for (pi, prompt) in req.prompts.iter().enumerate() {
+        let ids = lm.encode_prompt(prompt)?;
+        let tok = lm.target_tokens(prompt, &req.target)?[0];
+        let mut layers = Vec::with_capacity(n_layers);
+        for layer in 0..n_layers {
+            if !ctl.tick("layers", (pi * n_layers + layer) as u64, total) {
+                return Err(engram_model::Cancelled.into());
+            }
+            layers.push(integrated_gradients(
+                &lm.model,
+                &ids,
+                ids.len() - 1,
+                tok,
+                layer,
+                req.steps,
+            )?);
+        }
+        attributions.push(layers);
+    }
+    let neurons = knowledge_neurons(&attributions, req.t, req.p);
+    let mut effects = Vec::with_capacity(req.prompts.len());
+    for prompt in &req.prompts {
+        let ids = lm.encode_prompt(prompt)?;
+        let tok = lm.target_tokens(prompt, &req.target)?[0] as usize;
+        let last = ids.len() - 1;
+        let zeroed: Vec<Intervention> = neurons
+            .iter()
+            .map(|&(layer, memory)| Intervention {
+                layer,
+                memory,
+                setting: Setting::Zero,
+            })
+            .collect();
+        let clean = probs_at(lm, &ids, last, &mut MemoryHook::new(&[], Some(last)))?[tok];
+        let suppressed = probs_at(lm, &ids, last, &mut MemoryHook::new(&zeroed, Some(last)))?[tok];
+        let amplified = probs_at(lm, &ids, last, &mut ScaleHook::new(&neurons, last, 2.0))?[tok];
+        effects.push(NeuronEffect {
+            prompt: prompt.clone(),
+            clean,
+            suppressed,
+            amplified,
+        });
+    }
+    Ok(AttributionReport {
+        attributions,
+        neurons,
+        effects,
+    })
+}
+
+/// Multiplies chosen coefficients at one position by a factor.
+struct ScaleHook {
+    neurons: Vec<(usize, usize)>,
+    position: usize,
+    factor: f32,
+}
+
+impl ScaleHook {
+    fn new(neurons: &[(usize, usize)], position: usize, factor: f32) -> Self {
+        Self {
+            neurons: neurons.to_vec(),
+            position,
+            factor,
+        }
+    }
+}
+
+impl<B: Backend> Hook<B> for ScaleHook {
+    fn wants(&self, point: HookPoint) -> bool {
+        point.site() == Some(BlockSite::MlpPost)
+            && point
+                .layer()
+                .is_some_and(|l| self.neurons.iter().any(|&(nl, _)| nl == l))
+    }
+
+    // mlp.hook_post: [batch, seq, d_mlp]
+    fn call(&mut self, point: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
+        let x = act.as_rank3()?;
+        let [_, s, m] = x.dims();
+        let layer = point.layer()?;
+        let mut scale = vec![1f32; s * m];
+        for &(l, i) in &self.neurons {
+            if l == layer && i < m && self.position < s {
+                scale[self.position * m + i] = self.factor;
+            }
+        }
+        let scale = engram_model::burn_tensor::Tensor::<B, 3>::from_data(
+            engram_model::burn_tensor::TensorData::new(scale, [1, s, m]),
+            &x.device(),
+        );
+        Some(Activation::Rank3(x.clone() * scale))
+    }
+}
