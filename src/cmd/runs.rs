@@ -1,5 +1,6 @@
 //! `engram runs …`: list, show, export, plot and compare stored runs.
 
+use super::prelude::*;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -297,4 +298,112 @@ pub fn curve(
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Stored runs: list, show, export, plot, compare, curve, merge.
+#[derive(Args)]
+pub(crate) struct RunsArgs {
+    /// The run store (default: $ENGRAM_RUNS, else ./runs).
+    #[arg(long, global = true)]
+    pub runs: Option<PathBuf>,
+    #[command(subcommand)]
+    pub which: RunsCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RunsCommand {
+    /// Every run with its kind, status, model and tables.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's params, tables and metric summaries.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a table as parquet or CSV, or its summary as a LaTeX table of means ± 95% CI.
+    Export {
+        id: String,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Draw a stored table as a figure (.svg or .png by extension).
+    Plot {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        table: Option<String>,
+        /// For traces of several facts: which fact.
+        #[arg(long)]
+        fact: Option<String>,
+    },
+    /// Metric against number of edits: each eval run's `curve` table as one
+    /// series (named by its method), one figure per metric (edits-ES.png, …).
+    Curve {
+        ids: Vec<String>,
+        /// The directory for the figures.
+        #[arg(long)]
+        out: PathBuf,
+        /// Metrics to draw.
+        #[arg(long, value_delimiter = ',', default_value = "ES,PS,NS,S")]
+        metrics: Vec<String>,
+    },
+    /// Metric summaries of two runs side by side.
+    Compare {
+        a: String,
+        b: String,
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Join the runs of a study's shards (`--shard K/N`) into one run.
+    Merge {
+        /// The shards' runs, each shard once, in any order.
+        #[arg(required = true, num_args = 2..)]
+        ids: Vec<String>,
+    },
+}
+
+/// Run `engram runs …`.
+pub(crate) fn run(a: RunsArgs) -> Result<()> {
+    let store = engram_datasets::RunStore::open(a.runs.unwrap_or_else(|| settings().runs.clone()))?;
+    match a.which {
+        RunsCommand::List { json } => list(&store, json),
+        RunsCommand::Show { id, json } => show(&store, &id, json),
+        RunsCommand::Export {
+            id,
+            format,
+            table,
+            out,
+        } => export(&store, &id, &format, table.as_deref(), out),
+        RunsCommand::Plot {
+            id,
+            out,
+            table,
+            fact,
+        } => plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
+        RunsCommand::Curve { ids, out, metrics } => {
+            for p in curve(&store, &ids, &metrics, &out)? {
+                println!("figure {}", p.display());
+            }
+            Ok(())
+        }
+        RunsCommand::Compare { a, b, table } => compare(&store, &a, &b, table.as_deref()),
+        RunsCommand::Merge { ids } => {
+            let info = engram_datasets::merge::merge_shards(&store, &ids)?;
+            println!(
+                "merged {} shards into run {} ({})",
+                ids.len(),
+                info.id,
+                info.dir.display()
+            );
+            Ok(())
+        }
+    }
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use super::prelude::*;
 use anyhow::{bail, Context, Result};
 use engram_analysis::jobs::memories::{
     attribute as attribute_job, row, search_triggers, store_memories_run, top_memories_job,
@@ -494,4 +495,209 @@ pub fn attribute(
         ],
     )?;
     Ok(())
+}
+
+/// FFN key-value memories: values, top memories, triggers, knowledge neurons (CPU).
+#[derive(Args)]
+pub(crate) struct MemoriesArgs {
+    /// The run store (default: $ENGRAM_RUNS, else ./runs).
+    #[arg(long, global = true)]
+    pub runs: Option<PathBuf>,
+    #[command(subcommand)]
+    pub which: MemoriesCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MemoriesCommand {
+    /// What memories promote and suppress: top/bottom tokens of W_U · dir(v).
+    Values {
+        model: PathBuf,
+        #[arg(long)]
+        layer: usize,
+        /// Memory indices, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        memory: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Every memory's projection for some layers (default: all), as one table.
+    Index {
+        model: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        layer: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+    },
+    /// The memories behind a prediction, per layer (LM-Debugger's view).
+    Top {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Read at the subject's last token (default: the last token).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Report this answer's rank and probability.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        position: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        per_layer: usize,
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Switch memories off: LAYER:INDEX,…
+        #[arg(long, default_value = "")]
+        zero: String,
+        /// Set memories to the layer's largest coefficient + 1: LAYER:INDEX,…
+        #[arg(long, default_value = "")]
+        boost: String,
+        /// Set memories' coefficients to values: LAYER:INDEX=VALUE,…
+        #[arg(long, default_value = "")]
+        set: String,
+    },
+    /// The target's rank entering each block, after attention and after the MLP.
+    Lens {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Stream a corpus and keep each memory's highest-coefficient contexts.
+    Triggers {
+        model: PathBuf,
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, value_delimiter = ',', required = true)]
+        layer: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        #[arg(long, default_value_t = usize::MAX)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Print these memories' contexts.
+        #[arg(long, value_delimiter = ',')]
+        show: Vec<usize>,
+    },
+    /// Knowledge neurons (Dai et al. 2022) of a fact, and the effect of suppressing/amplifying them.
+    Attribute {
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// More prompts of the same fact.
+        #[arg(long)]
+        also: Vec<String>,
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Keep neurons above this share of a prompt's largest attribution.
+        #[arg(long, default_value_t = 0.2)]
+        t: f32,
+        /// ... found for at least this share of the prompts.
+        #[arg(long, default_value_t = 0.7)]
+        p: f32,
+    },
+}
+
+pub(crate) fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<()> {
+    use self as m;
+    let store = engram_datasets::RunStore::open(runs.unwrap_or_else(|| settings().runs.clone()))?;
+    let cpu = |model: &Path| load::<engram_model::Cpu>(model, &Default::default());
+    match which {
+        MemoriesCommand::Values {
+            model,
+            layer,
+            memory,
+            k,
+        } => m::values(&cpu(&model)?, &model, layer, &memory, k, &store),
+        MemoriesCommand::Index { model, layer, k } => {
+            let lm = cpu(&model)?;
+            let layers = if layer.is_empty() {
+                (0..lm.model.config.n_layers).collect()
+            } else {
+                layer
+            };
+            m::index(&lm, &model, &layers, k, &store)
+        }
+        MemoriesCommand::Top {
+            model,
+            prompt,
+            subject,
+            target,
+            position,
+            per_layer,
+            k,
+            zero,
+            boost,
+            set,
+        } => {
+            let q = m::TopQuery {
+                prompt: &prompt,
+                subject: subject.as_deref(),
+                target: target.as_deref(),
+                position,
+                per_layer,
+                k,
+                zero: m::parse_memories(&zero)?,
+                boost: m::parse_memories(&boost)?,
+                set: m::parse_settings(&set)?,
+            };
+            m::top(&cpu(&model)?, &model, &q, &store)
+        }
+        MemoriesCommand::Lens {
+            model,
+            prompt,
+            target,
+            position,
+        } => m::lens(&cpu(&model)?, &model, &prompt, &target, position, &store),
+        MemoriesCommand::Triggers {
+            model,
+            corpus,
+            layer,
+            top,
+            max_tokens,
+            seq_len,
+            show,
+        } => m::triggers(
+            &cpu(&model)?,
+            &model,
+            &corpus,
+            &layer,
+            top,
+            max_tokens,
+            seq_len,
+            &show,
+            &store,
+        ),
+        MemoriesCommand::Attribute {
+            model,
+            prompt,
+            also,
+            target,
+            steps,
+            t,
+            p,
+        } => {
+            let prompts: Vec<String> = std::iter::once(prompt).chain(also).collect();
+            m::attribute(
+                &cpu(&model)?,
+                &model,
+                &prompts,
+                &target,
+                steps,
+                t,
+                p,
+                &store,
+            )
+        }
+    }
+}
+
+/// Run `engram memories …`.
+pub(crate) fn run(a: MemoriesArgs) -> Result<()> {
+    memories(a.runs, a.which)
 }

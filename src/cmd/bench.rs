@@ -1,0 +1,743 @@
+//! Benchmarks printed by `engram bench`: figures measured side by side in one run.
+
+use super::prelude::*;
+use std::time::{Duration, Instant};
+
+use engram_model::burn_tensor::backend::Backend;
+use engram_model::{
+    generate, ActivationCache, Batch, GenerateConfig, Hook, NoHooks, Result as ModelResult,
+    Sampling,
+};
+
+/// Median wall time of `iters` runs of `f`, after one warm-up run.
+pub fn median_time(iters: usize, mut f: impl FnMut() -> ModelResult<()>) -> ModelResult<Duration> {
+    f()?;
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// Deterministic token ids for benchmark inputs.
+pub fn synthetic_rows(vocab: usize, batch: usize, seq: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..seq)
+                .map(|i| ((i * 31 + b * 7 + 1) % vocab.max(1)) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// One row of the hook-overhead benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookBenchRow {
+    pub variant: &'static str,
+    pub median_ms: f64,
+    pub ratio_to_unhooked: f64,
+}
+
+/// Forward-pass time unhooked, through a `dyn Hook` that wants nothing, and caching every activation.
+pub fn hook_overhead<B: Backend>(
+    lm: &LanguageModel<B>,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+) -> ModelResult<Vec<HookBenchRow>> {
+    let input = Batch::uniform(&synthetic_rows(lm.model.config.vocab_size, batch, seq))?;
+    let run = |hooks: &mut dyn Hook<B>| -> ModelResult<()> {
+        let logits = lm.model.forward(&input, hooks)?;
+        // Reading the result back forces the computation to finish.
+        let _ = logits.into_data();
+        Ok(())
+    };
+    let plain = median_time(iters, || {
+        let logits = lm.model.forward(&input, &mut NoHooks)?;
+        let _ = logits.into_data();
+        Ok(())
+    })?;
+    let dyn_none = median_time(iters, || run(&mut NoHooks))?;
+    let cache_all = median_time(iters, || run(&mut ActivationCache::<B>::all()))?;
+    let base = plain.as_secs_f64();
+    Ok([
+        ("unhooked (NoHooks, static)", plain),
+        ("dyn Hook wanting nothing", dyn_none),
+        ("ActivationCache, every hook", cache_all),
+    ]
+    .into_iter()
+    .map(|(variant, t)| HookBenchRow {
+        variant,
+        median_ms: t.as_secs_f64() * 1e3,
+        ratio_to_unhooked: t.as_secs_f64() / base,
+    })
+    .collect())
+}
+
+/// One row of the forward/generation benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForwardBenchRow {
+    pub task: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub median_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Forward tokens/s at batch 1 × 64 and 8 × 128, and greedy generation tokens/s with the KV cache.
+pub fn forward_throughput<B: Backend>(
+    lm: &LanguageModel<B>,
+    iters: usize,
+    gen_tokens: usize,
+) -> ModelResult<Vec<ForwardBenchRow>> {
+    let c = &lm.model.config;
+    let mut rows = Vec::new();
+    for (batch, seq) in [(1usize, 64usize), (8, 128)] {
+        let seq = seq.min(c.n_ctx);
+        let input = Batch::uniform(&synthetic_rows(c.vocab_size, batch, seq))?;
+        let t = median_time(iters, || {
+            let _ = lm.model.logits(&input)?.into_data();
+            Ok(())
+        })?;
+        rows.push(ForwardBenchRow {
+            task: "forward".into(),
+            batch,
+            seq,
+            median_ms: t.as_secs_f64() * 1e3,
+            tokens_per_s: (batch * seq) as f64 / t.as_secs_f64(),
+        });
+    }
+    for batch in [1usize, 8] {
+        let prompt_len = 16.min(c.n_ctx.saturating_sub(gen_tokens)).max(1);
+        let prompts = synthetic_rows(c.vocab_size, batch, prompt_len);
+        let cfg = GenerateConfig {
+            max_new_tokens: gen_tokens,
+            sampling: Sampling::Greedy,
+            stop_at_eos: false,
+            kv_cache: true,
+        };
+        let t = median_time(iters.div_ceil(4), || {
+            generate(&lm.model, &prompts, &cfg).map(|_| ())
+        })?;
+        rows.push(ForwardBenchRow {
+            task: format!("generate (prompt {prompt_len}, kv cache)"),
+            batch,
+            seq: gen_tokens,
+            median_ms: t.as_secs_f64() * 1e3,
+            tokens_per_s: (batch * gen_tokens) as f64 / t.as_secs_f64(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Naive vs Engram causal trace of one fact, measured in one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceBenchRow {
+    pub tokens: usize,
+    pub layers: usize,
+    pub samples: usize,
+    pub naive_ms: f64,
+    pub engram_ms: f64,
+    pub speedup: f64,
+    /// Largest difference between the two paths' scores.
+    pub max_abs_diff: f32,
+}
+
+pub fn trace_speed<B: Backend>(
+    lm: &engram_model::LanguageModel<B>,
+    fact: &engram_datasets::facts::UserFact,
+    samples: usize,
+) -> Result<TraceBenchRow> {
+    use engram_analysis::trace::{trace_fact, trace_naive, TraceConfig};
+    let input = engram_analysis::jobs::trace::prepare(lm, fact)?;
+    let cfg = TraceConfig {
+        samples,
+        ..TraceConfig::rome(0.1)
+    };
+    // Warm-up (allocator, kernels), then one timed run of each.
+    trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let t = Instant::now();
+    let fast = trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let engram_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let naive = trace_naive(&lm.model, &input, &cfg, &mut |_, _| true)?;
+    let naive_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut max_abs_diff = 0f32;
+    for (a, b) in fast.kinds.iter().zip(&naive.kinds) {
+        for (ra, rb) in a.scores.iter().zip(&b.scores) {
+            for (x, y) in ra.iter().zip(rb) {
+                max_abs_diff = max_abs_diff.max((x - y).abs());
+            }
+        }
+    }
+    Ok(TraceBenchRow {
+        tokens: input.ids.len(),
+        layers: lm.model.config.n_layers,
+        samples,
+        naive_ms,
+        engram_ms,
+        speedup: naive_ms / engram_ms,
+        max_abs_diff,
+    })
+}
+
+/// Benchmarks that print figures measured side by side.
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    pub which: BenchCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// MEMIT: the time for N edits in one batch, split into z, keys and solve.
+    Memit {
+        model: PathBuf,
+        /// Requests: CounterFact JSON or subject/prompt/target records (default for
+        /// the demo model: its facts, each edited to another answer).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long)]
+        hparams: Option<String>,
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        stats_tokens: usize,
+        #[arg(long, default_value_t = 16)]
+        z_chunk: usize,
+        /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
+        #[arg(long, default_value_t = 0)]
+        z_workers: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
+    /// MEMIT's solve alone at given sizes (default GPT-2 XL's: d_mlp 6400,
+    /// d_model 1600, 5 layers), on random keys and a random C (CPU, f64).
+    MemitSolve {
+        #[arg(long, default_value_t = 6400)]
+        d_mlp: usize,
+        #[arg(long, default_value_t = 1600)]
+        d_model: usize,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 5)]
+        layers: usize,
+    },
+    /// ROME: key-statistics throughput (key vectors/s) and edit latency with statistics in memory.
+    Edit {
+        model: PathBuf,
+        /// Default for the demo model: its first fact, edited to another city.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        hparams: Option<String>,
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 20_000)]
+        stats_tokens: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+    },
+    /// Forward tokens/s (batch 1 x 64, 8 x 128) and generation tokens/s.
+    Forward {
+        model: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Tokens generated per generation run.
+        #[arg(long, default_value_t = 32)]
+        gen_tokens: usize,
+        /// On the CPU, measure again with Engram's AVX-512 kernels off (burn's ops) and print the ratio.
+        #[arg(long)]
+        compare_burn: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Causal tracing of one fact: the naive path (one restoration per pass) vs Engram's.
+    Trace {
+        model: PathBuf,
+        #[arg(long, default_value = "The Eiffel Tower is located in the city of")]
+        prompt: String,
+        #[arg(long, default_value = "The Eiffel Tower")]
+        subject: String,
+        #[arg(long, default_value = "Paris")]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
+    Hooks {
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        seq: usize,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `engram bench …`.
+pub(crate) fn run(a: BenchArgs) -> Result<()> {
+    match a.which {
+        BenchCommand::Forward {
+            model,
+            device,
+            dtype,
+            iters,
+            gen_tokens,
+            compare_burn,
+            json,
+        } => with_backend(
+            device,
+            dtype.into(),
+            ForwardBenchJob {
+                model,
+                iters,
+                gen_tokens,
+                compare_burn,
+                json,
+                label: format!("{device} {:?}", Dtype::from(dtype)),
+            },
+        ),
+        BenchCommand::Trace {
+            model,
+            prompt,
+            subject,
+            target,
+            samples,
+            device,
+            dtype,
+            json,
+        } => with_backend(
+            device,
+            dtype.into(),
+            TraceBenchJob {
+                model,
+                fact: engram_datasets::facts::UserFact {
+                    subject,
+                    prompt,
+                    target,
+                    relation: None,
+                },
+                samples,
+                json,
+                label: format!("{device} {:?}", Dtype::from(dtype)),
+            },
+        ),
+        BenchCommand::MemitSolve {
+            d_mlp,
+            d_model,
+            n,
+            layers,
+        } => {
+            let times = engram_editing::jobs::memit::bench_solve(d_mlp, d_model, n, layers)?;
+            let total: f64 = times.iter().sum();
+            println!(
+                "bench memit-solve: d_mlp {d_mlp}, d_model {d_model}, {n} requests, {layers} layers, {} threads: \
+                 {total:.1} s in all ({:.1} s per layer; f64 Cholesky of λC + K Kᵀ and {n} solves)",
+                std::thread::available_parallelism().map_or(1, |p| p.get()),
+                total / layers.max(1) as f64
+            );
+            Ok(())
+        }
+        BenchCommand::Memit {
+            model,
+            data,
+            n,
+            hparams,
+            corpus,
+            stats_tokens,
+            z_chunk,
+            z_workers,
+            device,
+            dtype,
+        } => with_backend(
+            device,
+            dtype.into(),
+            MemitBenchJob {
+                model,
+                data,
+                n,
+                hparams,
+                corpus,
+                stats_tokens,
+                z_chunk,
+                z_workers: engram_editing::jobs::setup::z_workers(z_workers, &device),
+                label: format!("{device} {:?}", Dtype::from(dtype)),
+            },
+        ),
+        BenchCommand::Edit {
+            model,
+            prompt,
+            subject,
+            target,
+            hparams,
+            corpus,
+            stats_tokens,
+            device,
+            dtype,
+        } => with_backend(
+            device,
+            dtype.into(),
+            EditBenchJob {
+                model,
+                prompt,
+                subject,
+                target,
+                hparams,
+                corpus,
+                stats_tokens,
+                label: format!("{device} {:?}", Dtype::from(dtype)),
+            },
+        ),
+        BenchCommand::Hooks {
+            model,
+            batch,
+            seq,
+            iters,
+            json,
+        } => bench_hooks(&model, batch, seq, iters, json),
+    }
+}
+
+struct ForwardBenchJob {
+    model: PathBuf,
+    iters: usize,
+    gen_tokens: usize,
+    compare_burn: bool,
+    json: bool,
+    label: String,
+}
+
+impl BackendJob for ForwardBenchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let lm = load::<B>(&self.model, &device)?;
+        let rows = forward_throughput(&lm, self.iters, self.gen_tokens)?;
+        let compare = self.compare_burn && engram_model::cpu::enabled();
+        let burn_rows = if compare {
+            engram_model::cpu::set_enabled(false);
+            let r = forward_throughput(&lm, self.iters, self.gen_tokens);
+            engram_model::cpu::set_enabled(true);
+            Some(r?)
+        } else {
+            if self.compare_burn {
+                eprintln!("--compare-burn: the CPU kernels are not in use here (not the CPU backend, no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
+            }
+            None
+        };
+        if self.json {
+            // The plain row list (what bench/torch_forward.py reads), or both lists.
+            let out = match burn_rows {
+                Some(b) => serde_json::json!({ "engram": rows, "burn_ops": b }),
+                None => serde_json::to_value(&rows)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        println!(
+            "engram forward: {} ({}), {}, median of {} runs",
+            self.model.display(),
+            lm.model.config.arch.name(),
+            self.label,
+            self.iters
+        );
+        for (i, r) in rows.iter().enumerate() {
+            print!(
+                "  {:<34} batch {:>2} x {:>3}  {:>10.2} ms  {:>10.1} tokens/s",
+                r.task, r.batch, r.seq, r.median_ms, r.tokens_per_s
+            );
+            match burn_rows.as_ref().and_then(|b| b.get(i)) {
+                Some(b) => println!(
+                    "   burn ops {:>10.1} tokens/s  x{:.2}",
+                    b.tokens_per_s,
+                    r.tokens_per_s / b.tokens_per_s
+                ),
+                None => println!(),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn bench_hooks(
+    model: &Path,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+    as_json: bool,
+) -> Result<()> {
+    let lm = load::<engram_model::Cpu>(model, &Default::default())?;
+    let seq = seq.min(lm.model.config.n_ctx);
+    let rows = hook_overhead(&lm, batch, seq, iters)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "hook overhead: {} ({}), batch {batch} x {seq} tokens, median of {iters} runs, CPU",
+        model.display(),
+        lm.model.config.arch.name()
+    );
+    for r in rows {
+        println!(
+            "  {:<30} {:>9.3} ms   x{:.3}",
+            r.variant, r.median_ms, r.ratio_to_unhooked
+        );
+    }
+    Ok(())
+}
+
+struct MemitBenchJob {
+    model: PathBuf,
+    data: Option<PathBuf>,
+    n: usize,
+    hparams: Option<String>,
+    corpus: Option<PathBuf>,
+    stats_tokens: usize,
+    z_chunk: usize,
+    z_workers: usize,
+    label: String,
+}
+
+impl BackendJob for MemitBenchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_editing::Ledger;
+        let requests = engram_editing::jobs::memit::bench_requests(
+            &self.model,
+            self.data.as_deref(),
+            self.n,
+            settings(),
+        )?;
+        if requests.len() < self.n {
+            eprintln!("{} requests available of {} asked", requests.len(), self.n);
+        }
+        let mut lm = load::<B>(&self.model, &device)?;
+        let hp = engram_editing::jobs::setup::resolve_memit_hparams(
+            &self.model,
+            self.hparams.as_deref(),
+            settings(),
+        )?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let (out, stats_seconds) = super::memit::memit_batch(
+            &mut lm,
+            &self.model,
+            &mut ledger,
+            requests,
+            hp.clone(),
+            (self.corpus.as_deref(), self.stats_tokens),
+            (self.z_chunk, self.z_workers),
+        )?;
+        let t = out.times;
+        let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;
+        println!(
+            "bench memit on {} ({}): {} edits in one batch over layers {:?}, z in chunks of {}",
+            self.model.display(),
+            self.label,
+            t.requests,
+            hp.layers,
+            self.z_chunk
+        );
+        println!(
+            "  statistics (cached or collected): {:>9.1} s",
+            stats_seconds
+        );
+        println!(
+            "  z (v* optimisation, batched):     {:>9.1} s  ({:.2} s per edit, {:.0}%)",
+            t.z_seconds,
+            t.z_seconds / t.requests.max(1) as f64,
+            100.0 * t.z_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  keys and residuals:               {:>9.1} s  ({:.0}%)",
+            t.keys_seconds,
+            100.0 * t.keys_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  solve (f64 Cholesky, {} layers):   {:>9.1} s  ({:.0}%)",
+            hp.layers.len(),
+            t.solve_seconds,
+            100.0 * t.solve_seconds / edit.max(1e-9)
+        );
+        println!(
+            "  edit total (z + keys + solve):    {:>9.1} s  ({:.2} s per edit)",
+            edit,
+            edit / t.requests.max(1) as f64
+        );
+        println!(
+            "  mean |z - h| before and after each layer: {:?}",
+            out.residual_norms
+        );
+        Ok(())
+    }
+}
+
+struct EditBenchJob {
+    model: PathBuf,
+    prompt: Option<String>,
+    subject: Option<String>,
+    target: Option<String>,
+    hparams: Option<String>,
+    corpus: Option<PathBuf>,
+    stats_tokens: usize,
+    label: String,
+}
+
+impl BackendJob for EditBenchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_editing::rome::compute_u::KeyCovariance;
+        use engram_editing::rome::context::context_templates;
+        use engram_editing::rome::{rome_edit, EditRequest};
+        use engram_editing::stats::{collect_stats, StatsOptions};
+        use std::time::Instant;
+        let a = self;
+        let lm = load::<B>(&a.model, &device)?;
+        let hp = engram_editing::jobs::setup::resolve_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
+        let layer = hp.layer()?;
+        let request = match (a.prompt, a.subject, a.target) {
+            (Some(prompt), Some(subject), Some(target)) => EditRequest {
+                prompt,
+                subject,
+                target,
+            },
+            (None, None, None) if is_demo(&a.model) => {
+                let case = engram_editing::jobs::setup::demo_eval_cases().swap_remove(0);
+                EditRequest {
+                    prompt: case.prompt,
+                    subject: case.subject,
+                    target: case.target_new,
+                }
+            }
+            _ => bail!("give --prompt, --subject and --target (all three)"),
+        };
+        let (text, _) =
+            engram_editing::jobs::setup::corpus_text(&a.model, a.corpus.as_deref(), settings())?;
+        let opts = StatsOptions {
+            max_tokens: a.stats_tokens,
+            ..StatsOptions::new(layer)
+        };
+        let t = Instant::now();
+        let stats = collect_stats(
+            &lm.model,
+            &lm.tokenizer,
+            &text,
+            "bench",
+            &opts,
+            &mut |_, _| true,
+        )?;
+        let stats_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let cov = KeyCovariance::new(&stats)?;
+        let chol_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let templates = context_templates(
+            &lm.model,
+            &lm.tokenizer,
+            &hp.context_template_length_params,
+            0,
+        )?;
+        let templ_s = t.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        let mut steps = 0;
+        for _ in 0..2 {
+            let t = Instant::now();
+            let e = rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true)?;
+            times.push(t.elapsed().as_secs_f64());
+            steps = e.steps.len();
+        }
+        println!(
+            "bench edit on {} ({}), layer {layer}, d_mlp {}",
+            a.model.display(),
+            a.label,
+            stats.dim
+        );
+        println!(
+            "statistics: {} key vectors in {:.2} s = {:.0} key vectors/s; Cholesky of C {:.2} s",
+            stats.key.tokens,
+            stats_s,
+            stats.key.tokens as f64 / stats_s,
+            chol_s
+        );
+        println!(
+            "edit with statistics in memory: {:.3} s, then {:.3} s ({} v* steps, {} prefixes; prefixes generated once in {:.3} s)",
+            times[0],
+            times[1],
+            steps,
+            templates.len(),
+            templ_s
+        );
+        Ok(())
+    }
+}
+
+struct TraceBenchJob {
+    model: PathBuf,
+    fact: engram_datasets::facts::UserFact,
+    samples: usize,
+    json: bool,
+    label: String,
+}
+
+impl BackendJob for TraceBenchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let lm = load::<B>(&self.model, &device)?;
+        let row = trace_speed(&lm, &self.fact, self.samples)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&row)?);
+        } else {
+            println!(
+                "causal trace, one fact ({} tokens x {} layers x 3 kinds, {} samples), {}:",
+                row.tokens, row.layers, row.samples, self.label
+            );
+            println!(
+                "  naive (one restoration per forward pass): {:>9.1} ms",
+                row.naive_ms
+            );
+            println!(
+                "  engram (batched, prefix reuse):           {:>9.1} ms",
+                row.engram_ms
+            );
+            println!(
+                "  speed-up: x{:.2}   max |difference|: {:.2e}",
+                row.speedup, row.max_abs_diff
+            );
+        }
+        Ok(())
+    }
+}

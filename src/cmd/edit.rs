@@ -1,0 +1,164 @@
+//! `engram edit`: one ROME / r-ROME edit, probed before and after, stored as an `edit` run.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct EditArgs {
+    pub model: PathBuf,
+    /// The prompt, containing the subject, e.g. "The Eiffel Tower is located in the city of".
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub subject: String,
+    /// The new answer, e.g. Rome.
+    #[arg(long)]
+    pub target: String,
+    /// Paraphrases of the prompt to probe before and after (repeatable).
+    #[arg(long = "also")]
+    pub also: Vec<String>,
+    /// Prompts about other subjects whose answers should not move (repeatable).
+    #[arg(long = "neighbour")]
+    pub neighbour: Vec<String>,
+    /// Greedy tokens to generate after the prompt, before and after the edit.
+    #[arg(long, default_value_t = 0)]
+    pub generate: usize,
+    /// The run store (default: $ENGRAM_RUNS, else ./runs).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, ...) or a JSON file.
+    #[arg(long)]
+    pub hparams: Option<String>,
+    /// Edit this layer instead of the hyperparameters' one.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// The update's key: consistent (r-ROME) or original (ROME's code).
+    #[arg(long, value_enum, default_value = "consistent")]
+    pub key: KeyArg,
+    /// Text for the key statistics (default for the demo model: its corpus).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Key vectors for the statistics.
+    #[arg(long, default_value_t = 100_000)]
+    pub stats_tokens: usize,
+    /// Write the edit ledger (JSON) here.
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Save the edited model as this new checkpoint directory (never overwritten).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: engram_model::DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+}
+
+pub(crate) fn run(args: EditArgs) -> Result<()> {
+    let (device, dtype) = (args.device, args.dtype.into());
+    with_backend(device, dtype, EditJob(args))
+}
+
+struct EditJob(EditArgs);
+
+impl BackendJob for EditJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_editing::jobs::rome::{check_request, run_rome, RomeRequest};
+        use engram_editing::jobs::setup::{key_covariance, rome_templates};
+        use engram_editing::rome::EditRequest;
+        use engram_editing::Ledger;
+        let a = self.0;
+        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        let mut hparams = engram_editing::jobs::setup::resolve_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
+        if let Some(l) = a.layer {
+            hparams.layers = vec![l];
+        }
+        hparams.key = a.key.into();
+        let req = RomeRequest {
+            request: EditRequest {
+                prompt: a.prompt.clone(),
+                subject: a.subject.clone(),
+                target: a.target.clone(),
+            },
+            hparams,
+            paraphrases: a.also.clone(),
+            neighbours: a.neighbour.clone(),
+            generate_tokens: a.generate,
+        };
+        check_request(&req)?;
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let mut lm = load::<B>(&a.model, &device)?;
+        let layer = req.hparams.layer()?;
+        let ctl = stderr_control();
+        let cov = key_covariance(
+            &lm,
+            layer,
+            a.corpus.as_deref(),
+            a.stats_tokens,
+            settings(),
+            &ctl,
+        )?;
+        eprintln!(
+            "layer {layer} statistics: {} key vectors from {}{} ({:.1} s)",
+            cov.covariance.tokens,
+            cov.corpus,
+            if cov.cached { ", cached" } else { "" },
+            cov.seconds
+        );
+        let templates = rome_templates(&lm, &req.hparams)?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let r = run_rome(
+            &mut lm,
+            &a.model.display().to_string(),
+            &mut ledger,
+            &req,
+            &cov.covariance,
+            &templates,
+            &store,
+            &ctl,
+        )?;
+        for (i, s) in r.steps.iter().enumerate() {
+            println!(
+                "v* step {i:>2}: loss {:.4} = nll {:.4} + kl {:.4} + decay {:.4}; p(target) {:.4}",
+                s.total, s.nll, s.kl, s.weight_decay, s.target_prob
+            );
+        }
+        println!(
+            "layer {}, key {:?}: |k*| {:.3}, |v0| {:.3}, |v* - v0| {:.3}, {} key vectors, {:.2} s",
+            r.layer, r.key, r.k_star_norm, r.v0_norm, r.delta_norm, r.stats_tokens, r.seconds
+        );
+        for when in ["before", "after"] {
+            for p in &r.probes {
+                let (top, prob, target) = if when == "before" {
+                    (&p.before_top, p.before_top_prob, p.before_target)
+                } else {
+                    (&p.after_top, p.after_top_prob, p.after_target)
+                };
+                println!(
+                    "{when:>6}  {:<10} {:?} -> {top:?} {prob:.4}; p({:?}) {target:.4}",
+                    p.kind, p.prompt, r.request.target
+                );
+            }
+        }
+        if a.generate > 0 {
+            println!("before: {}", r.generation_before);
+            println!(" after: {}", r.generation_after);
+        }
+        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
+        if let Some(path) = &a.ledger {
+            ledger.export(path)?;
+            println!("ledger written to {}", path.display());
+        }
+        if let Some(out) = &a.save {
+            let path = ledger.save(&lm, out)?;
+            println!("edited model saved as {}", path.display());
+        }
+        Ok(())
+    }
+}

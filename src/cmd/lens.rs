@@ -1,0 +1,79 @@
+//! `engram lens`: the logit lens for a prompt, printed and stored as a `lens` run.
+
+use super::prelude::*;
+
+/// The logit lens for a prompt: each layer's residual decoded; stored as a `lens` run.
+#[derive(Args)]
+pub(crate) struct LensArgs {
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    /// Which residual stream: before the block, between attention and MLP, or after it.
+    #[arg(long, value_enum, default_value = "post")]
+    pub site: LensSiteArg,
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+}
+
+/// Where the lens reads the residual stream.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LensSiteArg {
+    Pre,
+    Mid,
+    Post,
+}
+
+impl From<LensSiteArg> for engram_analysis::lens::LensSite {
+    fn from(s: LensSiteArg) -> Self {
+        match s {
+            LensSiteArg::Pre => Self::Pre,
+            LensSiteArg::Mid => Self::Mid,
+            LensSiteArg::Post => Self::Post,
+        }
+    }
+}
+
+pub(crate) fn run(a: LensArgs) -> Result<()> {
+    let site = a.site.into();
+    let lm = load::<engram_model::Cpu>(&a.model, &Default::default())?;
+    let store = engram_datasets::RunStore::open(a.runs.unwrap_or_else(|| settings().runs.clone()))?;
+    let req = engram_analysis::jobs::lens::LensRequest {
+        prompt: a.prompt,
+        site,
+    };
+    let report =
+        engram_analysis::jobs::lens::run_lens(&lm, &a.model.display().to_string(), &req, &store)?;
+    print_lens(&report, site);
+    Ok(())
+}
+
+/// The lens grid: top token per layer (rows) and position (columns).
+pub(crate) fn print_lens(
+    report: &engram_analysis::jobs::lens::LensReport,
+    site: engram_analysis::lens::LensSite,
+) {
+    let clip = |s: &str| -> String { s.chars().take(12).collect() };
+    println!("logit lens ({site:?}), top token per layer (rows) and position (columns):");
+    print!("{:>6}", "");
+    for t in &report.tokens {
+        print!(" {:>12}", clip(t));
+    }
+    println!();
+    for layer in 0..report.n_layers {
+        print!("{layer:>6}");
+        for position in 0..report.tokens.len() {
+            if let Some(c) = report.cell(position, layer) {
+                print!(
+                    " {:>12}",
+                    clip(&format!("{}:{:.2}", c.top_token.trim(), c.prob))
+                );
+            }
+        }
+        println!();
+    }
+    println!(
+        "stored as run {} ({})",
+        report.run.id,
+        report.run.dir.display()
+    );
+}

@@ -1,0 +1,181 @@
+//! `engram memit`: one MEMIT batch over several layers, stored as a `memit` run.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct MemitArgs {
+    pub model: PathBuf,
+    /// Requests: CounterFact JSON (its requested rewrites) or subject/prompt/target
+    /// records (CSV with a header, JSON, JSON lines).
+    #[arg(long)]
+    pub requests: PathBuf,
+    /// Use the first N requests.
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, gpt-j-6b) or a JSON file.
+    #[arg(long)]
+    pub hparams: Option<String>,
+    /// Edit these layers instead of the hyperparameters' (comma-separated, increasing).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// λ, the weight of the key statistics.
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 100_000)]
+    pub stats_tokens: usize,
+    /// Requests per z optimisation batch.
+    #[arg(long, default_value_t = 16)]
+    pub z_chunk: usize,
+    /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
+    #[arg(long, default_value_t = 0)]
+    pub z_workers: usize,
+    /// Show the top answers before and after for this many requests.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: engram_model::DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+}
+
+pub(crate) fn run(args: MemitArgs) -> Result<()> {
+    let (device, dtype) = (args.device, args.dtype.into());
+    with_backend(device, dtype, MemitJob(args))
+}
+
+struct MemitJob(MemitArgs);
+
+impl BackendJob for MemitJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_editing::Ledger;
+        let a = self.0;
+        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        let mut requests = engram_editing::jobs::setup::load_requests(&a.requests)?;
+        if let Some(n) = a.n {
+            requests.truncate(n);
+        }
+        let mut lm = load::<B>(&a.model, &device)?;
+        let mut hp = engram_editing::jobs::setup::resolve_memit_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
+        if !a.layers.is_empty() {
+            hp.layers = a.layers.clone();
+        }
+        if let Some(l) = a.lambda {
+            hp.mom2_update_weight = l;
+        }
+        let shown: Vec<_> = requests.iter().take(a.show).cloned().collect();
+        let show = |lm: &LanguageModel<B>, when: &str| -> Result<()> {
+            for r in &shown {
+                let top = lm.top_k(&r.prompt, 3)?;
+                let cells: Vec<String> = top
+                    .iter()
+                    .map(|t| format!("{:?} {:.4}", t.token, t.prob))
+                    .collect();
+                println!("{when:>6}  {:?} -> {}", r.prompt, cells.join(", "));
+            }
+            Ok(())
+        };
+        show(&lm, "before")?;
+        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
+        let z_workers = engram_editing::jobs::setup::z_workers(a.z_workers, &a.device);
+        let (r, stats_seconds) = memit_batch(
+            &mut lm,
+            &a.model,
+            &mut ledger,
+            requests.clone(),
+            hp.clone(),
+            (a.corpus.as_deref(), a.stats_tokens),
+            (a.z_chunk, z_workers),
+        )?;
+        let (out, t) = (&r, r.times);
+        show(&lm, "after")?;
+        println!(
+            "MEMIT: {} requests over layers {:?} (λ {}): mean |z - h| {}",
+            requests.len(),
+            hp.layers,
+            hp.mom2_update_weight,
+            out.residual_norms
+                .iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+        println!(
+            "time: statistics {:.1} s, z {:.1} s, keys {:.1} s, solve {:.1} s, total {:.1} s",
+            stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
+        );
+        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
+        if let Some(path) = &a.ledger {
+            ledger.export(path)?;
+            println!("ledger written to {}", path.display());
+        }
+        if let Some(out) = &a.save {
+            let path = ledger.save(&lm, out)?;
+            println!("edited model saved as {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// One MEMIT batch from the command line: C of each layer and the prefixes,
+/// then the batch job, stored as a run. Also returns the statistics' seconds.
+pub(crate) fn memit_batch<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    model: &Path,
+    ledger: &mut engram_editing::Ledger<B>,
+    requests: Vec<engram_editing::EditRequest>,
+    hparams: engram_editing::MemitHparams,
+    (corpus, stats_tokens): (Option<&Path>, usize),
+    (z_chunk, z_workers): (usize, usize),
+) -> Result<(engram_editing::jobs::memit::MemitReport, f64)> {
+    use engram_editing::jobs::memit::{run_memit, MemitRequest};
+    if requests.is_empty() {
+        bail!("no requests to edit");
+    }
+    if z_chunk == 0 {
+        bail!("--z-chunk 0: optimise at least one request per chunk");
+    }
+    for w in engram_editing::memit::check_batch(lm, &requests)? {
+        eprintln!("warning: {w}");
+    }
+    let store = engram_datasets::RunStore::open(settings().runs.clone())?;
+    let ctl = stderr_control();
+    let t = std::time::Instant::now();
+    let (covs, groups) = engram_editing::jobs::setup::memit_setup(
+        lm,
+        &hparams,
+        corpus,
+        stats_tokens,
+        settings(),
+        &ctl,
+    )?;
+    let stats_seconds = t.elapsed().as_secs_f64();
+    let req = MemitRequest {
+        requests,
+        hparams,
+        z_chunk,
+        z_workers,
+    };
+    let report = run_memit(
+        lm,
+        &model.display().to_string(),
+        ledger,
+        &req,
+        &covs,
+        &groups,
+        &store,
+        &ctl,
+    )?;
+    Ok((report, stats_seconds))
+}

@@ -1,0 +1,111 @@
+//! `engram patch`: activation patching (clean into corrupted) for one fact, stored as a `patch` run.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct PatchArgs {
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long)]
+    pub target: String,
+    /// Corrupt by putting this subject (same token length) in place of --subject.
+    #[arg(long, required_unless_present = "corrupted_prompt")]
+    pub corrupt_subject: Option<String>,
+    /// Or give the whole corrupted prompt (same token length).
+    #[arg(long, conflicts_with = "corrupt_subject")]
+    pub corrupted_prompt: Option<String>,
+    /// Comma-separated: resid_pre, attn_out, mlp_out, head_out.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resid_pre,attn_out,mlp_out,head_out"
+    )]
+    pub sites: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: PatchArgs) -> Result<()> {
+    let (device, dtype) = (args.device, args.dtype.into());
+    with_backend(device, dtype, PatchJob(args))
+}
+
+struct PatchJob(PatchArgs);
+
+impl BackendJob for PatchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
+        use engram_analysis::patching::PatchSite;
+        let a = self.0;
+        let sites = a
+            .sites
+            .iter()
+            .map(|s| {
+                PatchSite::ALL
+                    .into_iter()
+                    .find(|x| x.name() == s.trim())
+                    .with_context(|| {
+                        format!("unknown site {s:?}: use resid_pre, attn_out, mlp_out or head_out")
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let corruption = match (&a.corrupt_subject, &a.corrupted_prompt) {
+            (Some(s), _) => Corruption::Subject(s.clone()),
+            (None, Some(p)) => Corruption::Prompt(p.clone()),
+            (None, None) => bail!("give --corrupt-subject or --corrupted-prompt"),
+        };
+        let lm = load::<B>(&a.model, &device)?;
+        let setup = prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
+        let root = a.runs.unwrap_or_else(|| settings().runs.clone());
+        let store = engram_datasets::RunStore::open(root)?;
+        let (info, report) = run_patch(
+            &lm,
+            &a.model.display().to_string(),
+            &store,
+            &a.subject,
+            &setup,
+            &sites,
+        )?;
+        println!(
+            "clean:     {:?}  logit diff {:+.4}",
+            setup.clean_prompt, report.clean_logit_diff
+        );
+        println!(
+            "corrupted: {:?}  logit diff {:+.4}  ({:?} vs {:?})",
+            setup.corrupted_prompt,
+            report.corrupted_logit_diff,
+            lm.tokenizer.token_text(setup.answer),
+            lm.tokenizer.token_text(setup.wrong)
+        );
+        for s in &report.sites {
+            let best = s
+                .recovery
+                .iter()
+                .enumerate()
+                .flat_map(|(l, row)| row.iter().enumerate().map(move |(i, &r)| (l, i, r)))
+                .max_by(|x, y| x.2.total_cmp(&y.2));
+            if let Some((layer, i, r)) = best {
+                let what = if s.site == PatchSite::HeadOut {
+                    format!("head {i}")
+                } else {
+                    format!("position {i} {:?}", lm.tokenizer.token_text(setup.clean[i]))
+                };
+                println!(
+                    "{:>9}: best recovery {r:+.3} at layer {layer}, {what}",
+                    s.site.name()
+                );
+            }
+        }
+        println!("run {} in {}", info.id, info.dir.display());
+        Ok(())
+    }
+}

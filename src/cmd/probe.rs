@@ -1,0 +1,126 @@
+//! `engram probe`: linear probes per layer with control tasks, stored as a `probe` run.
+
+use super::prelude::*;
+
+/// Linear probes per layer with control tasks; stored as a `probe` run with its figure (CPU).
+#[derive(Args)]
+pub(crate) struct ProbeArgs {
+    pub model: PathBuf,
+    /// Labelled prompts: CSV with a header, a JSON array (e.g. known_1000.json) or JSON lines.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The label field (e.g. relation_id).
+    #[arg(long)]
+    pub label: String,
+    /// The text field.
+    #[arg(long, default_value = "prompt")]
+    pub text: String,
+    /// The subject field: groups the folds, and `--position subject` reads its last token.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// The hook site, e.g. resid_post, resid_pre, mlp_out, attn_out, mlp.hook_post.
+    #[arg(long, default_value = "resid_post")]
+    pub hook: String,
+    /// last, subject (the subject's last token) or every (each token a sample).
+    #[arg(long, default_value = "last")]
+    pub position: String,
+    /// Also fit Hewitt & Liang's control task and report selectivity.
+    #[arg(long)]
+    pub control: bool,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep labels with at least this many samples.
+    #[arg(long, default_value_t = 30)]
+    pub min_count: usize,
+    /// The label is a number: fit ridge probes and report R² per layer.
+    #[arg(long)]
+    pub regress: bool,
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+}
+
+pub(crate) fn run(a: ProbeArgs) -> Result<()> {
+    let lm = load::<engram_model::Cpu>(&a.model, &Default::default())?;
+    let store =
+        engram_datasets::RunStore::open(a.runs.clone().unwrap_or_else(|| settings().runs.clone()))?;
+    let args = engram_analysis::jobs::probe::ProbeArgs {
+        data: &a.data,
+        label: &a.label,
+        text: &a.text,
+        subject: a.subject.as_deref(),
+        hook: &a.hook,
+        position: &a.position,
+        control: a.control,
+        folds: a.folds,
+        seed: a.seed,
+        min_count: a.min_count,
+        regress: a.regress,
+    };
+    run_probe(&lm, &a.model, &args, &store)
+}
+
+/// `engram probe`: probe, store, and print the per-layer table.
+pub(crate) fn run_probe(
+    lm: &LanguageModel<engram_model::Cpu>,
+    model: &Path,
+    a: &engram_analysis::jobs::probe::ProbeArgs<'_>,
+    store: &engram_datasets::RunStore,
+) -> Result<()> {
+    let r = engram_analysis::jobs::probe::probe_report(
+        lm,
+        &model.display().to_string(),
+        a,
+        store,
+        settings(),
+        &stderr_control(),
+    )?;
+    println!(
+        "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
+        r.samples,
+        r.classes.len(),
+        a.label,
+        a.min_count,
+        r.skipped
+    );
+    println!(
+        "activations {}",
+        if r.cached {
+            "read from the cache"
+        } else {
+            "collected and cached"
+        }
+    );
+    println!(
+        "{:>6} {:>18} {:>10} {:>18} {:>12}",
+        "layer",
+        if a.regress {
+            "R² [95% CI]"
+        } else {
+            "accuracy [95% CI]"
+        },
+        if a.regress { "MSE" } else { "macro-F1" },
+        "control",
+        "selectivity"
+    );
+    for l in &r.layers {
+        println!(
+            "{:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
+            l.layer,
+            l.accuracy.mean,
+            l.accuracy.ci_low,
+            l.accuracy.ci_high,
+            l.macro_f1.mean,
+            l.control.mean,
+            l.selectivity.mean
+        );
+    }
+    println!(
+        "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
+        r.seconds,
+        r.run_id,
+        r.run_dir.display()
+    );
+    Ok(())
+}

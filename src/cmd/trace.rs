@@ -1,0 +1,170 @@
+//! `engram trace`: ROME's causal tracing of a fact set or one fact, stored as a `trace` run.
+
+use super::prelude::*;
+
+#[derive(Args)]
+pub(crate) struct TraceArgs {
+    pub model: PathBuf,
+    /// A fact set: known_1000.json, CounterFact, or CSV/JSONL of subject,prompt,target.
+    #[arg(long, required_unless_present = "prompt")]
+    pub facts: Option<PathBuf>,
+    /// Trace this many facts the model gets right (skipping the others).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// One fact: the prompt, its subject and the expected answer.
+    #[arg(long, conflicts_with = "facts", requires_all = ["subject", "target"])]
+    pub prompt: Option<String>,
+    #[arg(long)]
+    pub subject: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Comma-separated: hidden, mlp, attn.
+    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn")]
+    pub kind: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// MLP/attention layers restored together. 0: ROME's 10 on models of 28+
+    /// layers, the same share of depth (10/48) on shallower ones.
+    #[arg(long, default_value_t = 0)]
+    pub window: usize,
+    /// Noise scale ν: `3sigma` (3 x the std of the subjects' token embeddings, ROME), `Ksigma`, or a number.
+    #[arg(long, default_value = "3sigma")]
+    pub noise: String,
+    /// Uniform noise in [-ν, ν] instead of Gaussian.
+    #[arg(long)]
+    pub uniform: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The reference path: one restoration per forward pass.
+    #[arg(long)]
+    pub naive: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: TraceArgs) -> Result<()> {
+    let (device, dtype) = (args.device, args.dtype.into());
+    with_backend(device, dtype, TraceJob(args))
+}
+
+struct TraceJob(TraceArgs);
+
+impl BackendJob for TraceJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_analysis::jobs::trace::{
+            peak, run_trace, NoiseLevel, TraceOptions, TraceRequest,
+        };
+        use engram_analysis::trace::TraceKind;
+        let a = self.0;
+        let kinds = a
+            .kind
+            .iter()
+            .map(|k| {
+                TraceKind::from_name(k.trim())
+                    .with_context(|| format!("unknown --kind {k:?}: use hidden, mlp or attn"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let noise =
+            match a.noise.strip_suffix("sigma") {
+                Some(m) => NoiseLevel::Spread {
+                    multiple: m.parse().with_context(|| {
+                        format!("--noise {:?}: expected e.g. 3sigma or 0.1", a.noise)
+                    })?,
+                },
+                None => NoiseLevel::Fixed(a.noise.parse().with_context(|| {
+                    format!("--noise {:?}: expected e.g. 3sigma or 0.1", a.noise)
+                })?),
+            };
+        let (facts, dataset) = match (&a.facts, &a.prompt) {
+            (Some(path), _) => {
+                let loaded = engram_datasets::facts::load_fact_set(
+                    path,
+                    engram_datasets::OnBadRecord::Skip,
+                )?;
+                for e in &loaded.skipped {
+                    eprintln!("skipped record: {e}");
+                }
+                (loaded.records, Some(path.clone()))
+            }
+            (None, Some(prompt)) => {
+                let fact = engram_datasets::facts::UserFact {
+                    subject: a.subject.clone().unwrap_or_default(),
+                    prompt: prompt.clone(),
+                    target: a.target.clone().unwrap_or_default(),
+                    relation: None,
+                };
+                (vec![fact], None)
+            }
+            (None, None) => bail!("give --facts FILE, or --prompt, --subject and --target"),
+        };
+        let lm = load::<B>(&a.model, &device)?;
+        let opts = TraceOptions {
+            kinds,
+            samples: a.samples,
+            window: a.window,
+            noise,
+            uniform: a.uniform,
+            seed: a.seed,
+            n: a.n.unwrap_or(usize::MAX),
+            naive: a.naive,
+            ..TraceOptions::default()
+        };
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let req = TraceRequest {
+            facts,
+            options: opts.clone(),
+            noise_subjects: Vec::new(),
+            dataset,
+        };
+        let started = std::time::Instant::now();
+        let run = run_trace(
+            &lm,
+            &a.model.display().to_string(),
+            &req,
+            &store,
+            &stderr_control(),
+        )?;
+        eprintln!();
+        eprintln!(
+            "noise: {} with scale {:.4}{}",
+            if a.uniform { "uniform" } else { "gaussian" },
+            run.noise_scale,
+            match noise {
+                NoiseLevel::Spread { multiple } => format!(
+                    " ({multiple} x the embedding std of {} subjects)",
+                    req.facts.len()
+                ),
+                NoiseLevel::Fixed(_) => String::new(),
+            }
+        );
+        println!(
+            "traced {} facts, skipped {} (the model did not predict the target, or bad input), in {:.1} s",
+            run.traced,
+            run.skipped,
+            started.elapsed().as_secs_f64()
+        );
+        for kind in &opts.kinds {
+            if let Some(p) = peak(&run.effects, *kind) {
+                println!(
+                    "{:>6}: average indirect effect at the last subject token peaks at layer {} ({:+.4})",
+                    kind.name(),
+                    p.layer,
+                    p.effect
+                );
+            }
+        }
+        println!("run {} in {}", run.info.id, run.info.dir.display());
+        for f in &run.figures {
+            println!("figure {}", f.display());
+        }
+        Ok(())
+    }
+}
