@@ -6,11 +6,13 @@
 //! - [`table`]: typed rows ⇄ polars DataFrames.
 //! - [`summary`]: means with confidence intervals, and LaTeX tables.
 //! - [`figures`]: plotters figures drawn from stored tables.
+//! - [`export`]: a run's tables and figure exported, two runs compared, curves over runs.
 //! - [`merge`]: `--shard K/N` and joining the shards' runs into one.
 
 pub mod corpus;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod facts;
 pub mod figures;
 pub mod merge;

@@ -44,6 +44,10 @@ pub struct RunInfo {
     pub tables: Vec<String>,
     /// Whether the writer called [`RunWriter::finish`].
     pub finished: bool,
+    /// What is wrong with a broken run (its `params.json` missing or
+    /// unreadable); `None` for a sound one. A broken run is listed, never hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -125,8 +129,8 @@ impl RunStore {
                 .map_err(|e| DatasetError::io(kind.path(), e))?
                 .flatten()
             {
-                if let Some(info) = read_info(&run.path()) {
-                    runs.push(info);
+                if run.path().is_dir() {
+                    runs.push(read_info(&run.path()));
                 }
             }
         }
@@ -175,27 +179,62 @@ impl RunStore {
     }
 }
 
-fn read_info(dir: &Path) -> Option<RunInfo> {
-    let text = fs::read_to_string(dir.join("params.json")).ok()?;
-    let p: ParamsFile = serde_json::from_str(&text).ok()?;
+/// A run directory as the catalogue lists it: from its `params.json`, or, where
+/// that is missing or unreadable, from its path, with the problem said.
+fn read_info(dir: &Path) -> RunInfo {
     let mut tables: Vec<String> = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (!name.starts_with('.')).then(|| name.strip_suffix(".parquet").map(String::from))?
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (!name.starts_with('.'))
+                        .then(|| name.strip_suffix(".parquet").map(String::from))?
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     tables.sort();
-    Some(RunInfo {
-        id: p.id,
-        kind: p.kind,
-        created: p.created,
-        params: p.params,
-        tables,
-        finished: dir.join("finished").is_file(),
-        dir: dir.to_path_buf(),
-    })
+    let finished = dir.join("finished").is_file();
+    let params_path = dir.join("params.json");
+    let parsed = fs::read_to_string(&params_path)
+        .map_err(|e| format!("{}: {e}", params_path.display()))
+        .and_then(|text| {
+            serde_json::from_str::<ParamsFile>(&text)
+                .map_err(|e| format!("{}: invalid: {e}", params_path.display()))
+        });
+    match parsed {
+        Ok(p) => RunInfo {
+            id: p.id,
+            kind: p.kind,
+            created: p.created,
+            params: p.params,
+            tables,
+            finished,
+            problem: None,
+            dir: dir.to_path_buf(),
+        },
+        Err(problem) => RunInfo {
+            id: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kind: dir
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            created: fs::metadata(dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+            params: RunParams::default(),
+            tables,
+            finished,
+            problem: Some(problem),
+            dir: dir.to_path_buf(),
+        },
+    }
 }
 
 /// Writes the tables of one run.
@@ -225,9 +264,11 @@ impl RunWriter {
             return Err(DatasetError::Store(format!("bad table name {name:?}")));
         }
         let path = self.dir.join(format!("{name}.parquet"));
-        let tmp = self
-            .dir
-            .join(format!(".{name}.parquet.tmp-{}", std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".{name}.parquet.tmp-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         {
             let mut file = File::create(&tmp).map_err(|e| DatasetError::io(&tmp, e))?;
             ParquetWriter::new(&mut file).finish(df)?;
@@ -246,7 +287,11 @@ impl RunWriter {
     /// Mark the run complete.
     pub fn finish(self) -> Result<RunInfo> {
         write_atomic(&self.dir.join("finished"), b"")?;
-        read_info(&self.dir).ok_or_else(|| DatasetError::Store(format!("run {} vanished", self.id)))
+        let info = read_info(&self.dir);
+        match &info.problem {
+            Some(p) => Err(DatasetError::Store(format!("run {}: {p}", self.id))),
+            None => Ok(info),
+        }
     }
 }
 
@@ -256,7 +301,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut f = File::create(&tmp).map_err(|e| DatasetError::io(&tmp, e))?;
         f.write_all(bytes).map_err(|e| DatasetError::io(&tmp, e))?;
@@ -265,9 +314,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| DatasetError::io(path, e))
 }
 
+/// A parquet file as a DataFrame; a corrupt file's error names it.
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     let file = File::open(path).map_err(|e| DatasetError::io(path, e))?;
-    Ok(ParquetReader::new(file).finish()?)
+    ParquetReader::new(file)
+        .finish()
+        .map_err(|e| DatasetError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a readable parquet table: {e}"),
+        })
 }
 
 pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {

@@ -1,5 +1,5 @@
 //! Tests of the loaders, the run store and the figures, in one binary.
-//! Tests that need `../shared` print a skip message and pass where it is absent.
+//! Tests that need `../shared` are #[ignore]d (run them with --include-ignored where it exists).
 
 mod figures;
 mod loaders;

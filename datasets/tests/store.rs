@@ -140,3 +140,94 @@ fn summaries_and_latex() {
     );
     assert!(tex.contains("counterfact\\_val"));
 }
+
+/// A run whose params.json is missing or invalid is listed with what is
+/// wrong, `find` returns it too, and a corrupt table's error names its file.
+#[test]
+fn broken_runs_are_listed_with_their_problem() {
+    let dir = scratch("broken");
+    let store = RunStore::open(dir.join("runs")).expect("store");
+    let good = store.create("eval", RunParams::default()).expect("create");
+    good.write_rows("cases", &rows()).expect("rows");
+    let good = good.finish().expect("finish");
+    let missing = dir.join("runs/eval/20990101T000000Z-aaaaaa");
+    std::fs::create_dir_all(&missing).expect("dir");
+    let invalid = dir.join("runs/trace/20990101T000000Z-bbbbbb");
+    std::fs::create_dir_all(&invalid).expect("dir");
+    std::fs::write(invalid.join("params.json"), "{ not json").expect("write");
+    let listed = store.list().expect("list");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let m = store
+        .find("aaaaaa")
+        .expect("the missing-params run is found");
+    assert!(
+        m.problem
+            .as_deref()
+            .is_some_and(|p| p.contains("params.json")),
+        "{m:?}"
+    );
+    assert_eq!(m.kind, "eval");
+    let i = store
+        .find("bbbbbb")
+        .expect("the invalid-params run is found");
+    assert!(
+        i.problem.as_deref().is_some_and(|p| p.contains("invalid")),
+        "{i:?}"
+    );
+    assert!(store.find(&good.id).expect("good").problem.is_none());
+    // A corrupt table names its file.
+    let table = good.dir.join("cases.parquet");
+    std::fs::write(&table, b"PAR1 this is not parquet").expect("corrupt");
+    let err = store.read_table(&good, "cases").expect_err("corrupt");
+    assert!(err.to_string().contains("cases.parquet"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A table exported as CSV keeps its header and rows; as LaTeX, its summaries.
+#[test]
+fn tables_export_as_csv_and_latex() {
+    use engram_datasets::export::{export_table, TableFormat};
+    let dir = scratch("export");
+    let store = RunStore::open(dir.join("runs")).expect("store");
+    let run = store.create("eval", RunParams::default()).expect("create");
+    let slim: Vec<(i64, f64)> = rows().iter().map(|r| (r.case_id, r.efficacy)).collect();
+    #[derive(Serialize)]
+    struct Slim {
+        case_id: i64,
+        efficacy: f64,
+    }
+    let slim: Vec<Slim> = slim
+        .into_iter()
+        .map(|(case_id, efficacy)| Slim { case_id, efficacy })
+        .collect();
+    run.write_rows("cases", &slim).expect("rows");
+    let run = run.finish().expect("finish");
+    let csv = export_table(
+        &store,
+        &run,
+        None,
+        TableFormat::Csv,
+        Some(dir.join("c.csv")),
+    )
+    .expect("csv");
+    let text = std::fs::read_to_string(csv).expect("read");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("case_id,efficacy"));
+    assert_eq!(lines.count(), 25);
+    let tex = export_table(
+        &store,
+        &run,
+        None,
+        TableFormat::Latex,
+        Some(dir.join("c.tex")),
+    )
+    .expect("latex");
+    let text = std::fs::read_to_string(tex).expect("read");
+    let mean = slim.iter().map(|r| r.efficacy).sum::<f64>() / 25.0;
+    assert!(
+        text.contains("efficacy") && text.contains(&format!("{mean:.4}")),
+        "{text}"
+    );
+    assert!(!text.contains("case\\_id"), "ids are not metrics: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,33 +1,34 @@
-//! `engram runs …`: list, show, export, plot and compare stored runs.
+//! `engram runs …`: list, show, export, plot, compare, curve and merge stored
+//! runs ([`engram_datasets::export`] and [`engram_datasets::merge`] do the work).
 
 use super::prelude::*;
-use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use engram_datasets::figures::{
-    curves_over, effect_lines, lens_grid, metric_bars, trace_heatmaps, CurvePoint, LensCell,
-    MetricBar, TraceCell,
+use engram_datasets::export::{
+    compare as compare_runs, curve, export_table, plot_run, summary_of, TableFormat,
 };
-use engram_datasets::polars::prelude::DataFrame;
-use engram_datasets::store::write_csv;
-use engram_datasets::summary::{latex_table, summarize, MetricSummary};
-use engram_datasets::table::from_frame;
-use engram_datasets::{RunInfo, RunStore};
+use engram_datasets::summary::MetricSummary;
+use engram_datasets::RunStore;
 
-/// Columns that identify rows rather than measure anything.
-const ID_COLUMNS: [&str; 9] = [
-    "case_id",
-    "known_id",
-    "layer",
-    "token_index",
-    "position",
-    "fact",
-    "index",
-    "seed",
-    "n",
-];
+/// How `runs export` writes a table.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum FormatArg {
+    Parquet,
+    Csv,
+    /// The table's metric summaries as a LaTeX table of means and 95% intervals.
+    Latex,
+}
 
-pub fn list(store: &RunStore, json: bool) -> Result<()> {
+impl From<FormatArg> for TableFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Parquet => TableFormat::Parquet,
+            FormatArg::Csv => TableFormat::Csv,
+            FormatArg::Latex => TableFormat::Latex,
+        }
+    }
+}
+
+fn list(store: &RunStore, json: bool) -> Result<()> {
     let runs = store.list()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
@@ -42,7 +43,11 @@ pub fn list(store: &RunStore, json: bool) -> Result<()> {
         "id", "kind", "status", "model"
     );
     for r in runs {
-        let status = if r.finished { "done" } else { "partial" };
+        let status = match (&r.problem, r.finished) {
+            (Some(_), _) => "broken",
+            (None, true) => "done",
+            (None, false) => "partial",
+        };
         println!(
             "{:<24} {:<18} {:<9} {:<40} {}",
             r.id,
@@ -51,48 +56,38 @@ pub fn list(store: &RunStore, json: bool) -> Result<()> {
             r.params.model,
             r.tables.join(",")
         );
+        if let Some(p) = &r.problem {
+            println!("    broken: {p}");
+        }
     }
     Ok(())
 }
 
-/// The table a command acts on: `--table`, else the run's only or first table.
-fn pick_table(run: &RunInfo, table: Option<&str>) -> Result<String> {
-    match table {
-        Some(t) => Ok(t.to_string()),
-        None => run
-            .tables
-            .iter()
-            .find(|t| *t == "cases" || *t == "summary")
-            .or_else(|| run.tables.first())
-            .cloned()
-            .with_context(|| format!("run {} has no tables", run.id)),
-    }
-}
-
-fn summary_of(df: &DataFrame) -> Result<Vec<MetricSummary>> {
-    Ok(summarize(df, &ID_COLUMNS)?)
-}
-
-pub fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
+fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
     let run = store.find(id)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&run)?);
         return Ok(());
     }
-    println!(
-        "run     {} ({})",
-        run.id,
-        if run.finished {
-            "finished"
-        } else {
-            "partial: its writer did not finish"
-        }
-    );
+    let status = match (&run.problem, run.finished) {
+        (Some(p), _) => format!("broken: {p}"),
+        (None, true) => "finished".into(),
+        (None, false) => "partial: its writer did not finish".into(),
+    };
+    println!("run     {} ({status})", run.id);
     println!("kind    {}", run.kind);
     println!("dir     {}", run.dir.display());
-    println!("params  {}", serde_json::to_string_pretty(&run.params)?);
+    if run.problem.is_none() {
+        println!("params  {}", serde_json::to_string_pretty(&run.params)?);
+    }
     for t in &run.tables {
-        let df = store.read_table(&run, t)?;
+        let df = match store.read_table(&run, t) {
+            Ok(df) => df,
+            Err(e) => {
+                println!("\ntable {t}: {e}");
+                continue;
+            }
+        };
         println!("\ntable {t}: {} rows x {} columns", df.height(), df.width());
         println!("{}", df.head(Some(8)));
         for s in summary_of(&df)? {
@@ -102,102 +97,16 @@ pub fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
             );
         }
     }
-    Ok(())
-}
-
-pub fn export(
-    store: &RunStore,
-    id: &str,
-    format: &str,
-    table: Option<&str>,
-    out: Option<PathBuf>,
-) -> Result<()> {
-    let run = store.find(id)?;
-    let name = pick_table(&run, table)?;
-    let mut df = store.read_table(&run, &name)?;
-    let ext = match format {
-        "parquet" => "parquet",
-        "csv" => "csv",
-        "latex" => "tex",
-        other => bail!("unknown format {other:?}: use parquet, csv or latex"),
-    };
-    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}-{name}.{ext}", run.id)));
-    match format {
-        "parquet" => {
-            let bytes = std::fs::read(run.dir.join(format!("{name}.parquet")))?;
-            engram_datasets::store::write_atomic(&out, &bytes)?;
-        }
-        "csv" => write_csv(&mut df, &out)?,
-        _ => {
-            let caption = format!(
-                "{} ({}), table {name}, run {}",
-                run.kind, run.params.model, run.id
-            );
-            engram_datasets::store::write_atomic(
-                &out,
-                latex_table(&summary_of(&df)?, &caption).as_bytes(),
-            )?;
-        }
+    if run.problem.is_some() {
+        bail!("run {} is broken", run.id);
     }
-    println!("wrote {}", out.display());
     Ok(())
 }
 
-pub fn plot(
-    store: &RunStore,
-    id: &str,
-    table: Option<&str>,
-    fact: Option<&str>,
-    out: &Path,
-) -> Result<()> {
-    let run = store.find(id)?;
-    let name = match table {
-        Some(t) => t.to_string(),
-        None => ["effects", "trace", "lens", "metrics"]
-            .into_iter()
-            .find(|t| run.tables.iter().any(|x| x == t))
-            .map(String::from)
-            .with_context(|| {
-                format!(
-                    "run {} has no plottable table (trace, effects, lens, metrics); tables: {}",
-                    run.id,
-                    run.tables.join(", ")
-                )
-            })?,
-    };
-    let df = store.read_table(&run, &name)?;
-    match name.as_str() {
-        "trace" | "average" => {
-            let mut cells: Vec<TraceCell> = from_frame(&df)?;
-            let first = cells.first().map(|c| c.fact.clone()).unwrap_or_default();
-            let want = fact.map(String::from).unwrap_or(first);
-            cells.retain(|c| c.fact == want);
-            if cells.is_empty() {
-                bail!("run {} has no trace cells for fact {want:?}", run.id);
-            }
-            trace_heatmaps(&cells, out)?
-        }
-        "effects" => effect_lines(
-            &from_frame::<CurvePoint>(&df)?,
-            "average indirect effect",
-            out,
-        )?,
-        "lens" => lens_grid(&from_frame::<LensCell>(&df)?, out)?,
-        "metrics" => metric_bars(&from_frame::<MetricBar>(&df)?, out)?,
-        other => bail!(
-            "no figure for table {other:?}; plottable tables are trace, effects, lens and metrics"
-        ),
-    }
-    println!("wrote {}", out.display());
-    Ok(())
-}
-
-pub fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Result<()> {
+fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Result<()> {
     let (ra, rb) = (store.find(a)?, store.find(b)?);
-    let (ta, tb) = (pick_table(&ra, table)?, pick_table(&rb, table)?);
-    let sa = summary_of(&store.read_table(&ra, &ta)?)?;
-    let sb = summary_of(&store.read_table(&rb, &tb)?)?;
-    let cell = |s: Option<&MetricSummary>| match s {
+    let rows = compare_runs(store, &ra, &rb, table)?;
+    let cell = |s: &Option<MetricSummary>| match s {
         Some(s) => format!(
             "{:.4} ± {:.4} (n={})",
             s.mean,
@@ -212,92 +121,10 @@ pub fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Resul
         format!("{} [{}]", ra.id, ra.kind),
         format!("{} [{}]", rb.id, rb.kind)
     );
-    let mut names: Vec<&str> = sa.iter().map(|s| s.metric.as_str()).collect();
-    for s in &sb {
-        if !names.contains(&s.metric.as_str()) {
-            names.push(&s.metric);
-        }
-    }
-    for n in names {
-        println!(
-            "{:<28} {:<32} {:<32}",
-            n,
-            cell(sa.iter().find(|s| s.metric == n)),
-            cell(sb.iter().find(|s| s.metric == n))
-        );
+    for r in rows {
+        println!("{:<28} {:<32} {:<32}", r.metric, cell(&r.a), cell(&r.b));
     }
     Ok(())
-}
-
-/// Metric against number of edits: each run's `curve` table (from `engram eval
-/// --checkpoints`) as a series named by its method (and `sequential` where
-/// set), one figure per metric, `out/edits-<metric>.png`. Returns the paths.
-pub fn curve(
-    store: &RunStore,
-    ids: &[String],
-    metrics: &[String],
-    out: &Path,
-) -> Result<Vec<PathBuf>> {
-    if ids.is_empty() {
-        bail!("name at least one eval run");
-    }
-    let mut series: Vec<(String, Vec<serde_json::Map<String, serde_json::Value>>)> = Vec::new();
-    for id in ids {
-        let run = store.find(id)?;
-        if !run.tables.iter().any(|t| t == "curve") {
-            bail!(
-                "run {} has no curve table: run `engram eval` with --checkpoints",
-                run.id
-            );
-        }
-        let rows = from_frame(&store.read_table(&run, "curve")?)?;
-        let h = &run.params.hyperparameters;
-        let method = h
-            .get("method")
-            .and_then(|m| m.as_str())
-            .unwrap_or("?")
-            .to_string();
-        let batch = h.get("batch").and_then(|b| b.as_u64());
-        let name = match (h.get("sequential").and_then(|s| s.as_bool()), batch) {
-            (Some(true), Some(b)) => format!("{method} (batches of {b})"),
-            (Some(true), None) => format!("{method} (sequential)"),
-            _ => method,
-        };
-        series.push((name, rows));
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut paths = Vec::new();
-    for metric in metrics {
-        let points: Vec<CurvePoint> = series
-            .iter()
-            .flat_map(|(name, rows)| {
-                rows.iter().filter_map(move |r| {
-                    let x = r.get("edits")?.as_i64()?;
-                    let y = r.get(metric.as_str())?.as_f64()?;
-                    Some(CurvePoint {
-                        series: name.clone(),
-                        layer: x,
-                        mean: y,
-                        ci_low: y,
-                        ci_high: y,
-                    })
-                })
-            })
-            .collect();
-        if points.is_empty() {
-            bail!("no run's curve has {metric}");
-        }
-        let path = out.join(format!("edits-{metric}.png"));
-        curves_over(
-            &points,
-            &format!("{metric} against edits applied"),
-            "edits applied",
-            metric,
-            &path,
-        )?;
-        paths.push(path);
-    }
-    Ok(paths)
 }
 
 /// Stored runs: list, show, export, plot, compare, curve, merge.
@@ -326,8 +153,8 @@ pub(crate) enum RunsCommand {
     /// Write a table as parquet or CSV, or its summary as a LaTeX table of means ± 95% CI.
     Export {
         id: String,
-        #[arg(long, default_value = "csv")]
-        format: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: FormatArg,
         #[arg(long)]
         table: Option<String>,
         #[arg(long)]
@@ -381,15 +208,29 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
             format,
             table,
             out,
-        } => export(&store, &id, &format, table.as_deref(), out),
+        } => {
+            let run = store.find(&id)?;
+            let path = export_table(&store, &run, table.as_deref(), format.into(), out)?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
         RunsCommand::Plot {
             id,
             out,
             table,
             fact,
-        } => plot(&store, &id, table.as_deref(), fact.as_deref(), &out),
+        } => {
+            let run = store.find(&id)?;
+            let path = plot_run(&store, &run, table.as_deref(), fact.as_deref(), &out)?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
         RunsCommand::Curve { ids, out, metrics } => {
-            for p in curve(&store, &ids, &metrics, &out)? {
+            let runs = ids
+                .iter()
+                .map(|id| store.find(id))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            for p in curve(&store, &runs, &metrics, &out)? {
                 println!("figure {}", p.display());
             }
             Ok(())
