@@ -105,6 +105,8 @@ pub struct EngramApp {
     pub(crate) interventions: Vec<(usize, usize, bool)>,
     /// The Probe panel's selected layer (its confusion matrix is shown).
     pub(crate) probe_layer: usize,
+    /// The Runs panel: the store, the open run, comparisons, exports.
+    pub(crate) runs: crate::panels::runs::RunsState,
     theme_applied: Option<bool>,
 }
 
@@ -163,6 +165,7 @@ impl EngramApp {
             .paths
             .clone()
             .unwrap_or_else(|| engram_model::Settings::from_vars(|k| std::env::var_os(k)));
+        let runs = crate::panels::runs::RunsState::new(&paths.runs);
         let worker = Worker::spawn(move || wake_ctx.request_repaint(), paths);
         let form = OpenForm {
             source: settings.model.clone(),
@@ -188,6 +191,7 @@ impl EngramApp {
             trace_cell: None,
             interventions: Vec::new(),
             probe_layer: 0,
+            runs,
             theme_applied: None,
         };
         app.open_model();
@@ -200,6 +204,11 @@ impl EngramApp {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The Runs panel's state (its store, open run, export form).
+    pub fn runs_panel(&mut self) -> &mut crate::panels::runs::RunsState {
+        &mut self.runs
     }
 
     /// What the status bar says now.
@@ -343,7 +352,11 @@ impl EngramApp {
                 noise_subjects: self.noise_subjects(),
             }),
             PanelKind::Memories => Some(self.memories_command()),
-            PanelKind::Model | PanelKind::Facts | PanelKind::Edit | PanelKind::Probe => None,
+            PanelKind::Model
+            | PanelKind::Facts
+            | PanelKind::Edit
+            | PanelKind::Probe
+            | PanelKind::Runs => None,
         }
     }
 
@@ -725,6 +738,7 @@ impl eframe::App for EngramApp {
                     PanelKind::Memories => panels::memories::show(self, ui),
                     PanelKind::Probe => panels::probe::show(self, ui),
                     PanelKind::Edit => panels::edit::show(self, ui),
+                    PanelKind::Runs => panels::runs::show(self, ui),
                 });
         });
     }

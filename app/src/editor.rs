@@ -435,6 +435,21 @@ impl<B: Backend> EditState<B> {
         Ok(self.view())
     }
 
+    /// Revert every edit, then apply the ledger at `path` (its base must be this model).
+    pub fn import(
+        &mut self,
+        lm: &mut LanguageModel<B>,
+        path: &Path,
+    ) -> Result<LedgerView, JobError> {
+        let hash = engram_model::source::model_hash(&lm.source).map_err(failed)?;
+        if let Some(ledger) = self.ledger.as_mut() {
+            ledger.revert_all(&mut lm.model);
+        }
+        let ledger = Ledger::import(path, &mut lm.model, &hash).map_err(edit_error)?;
+        self.ledger = Some(ledger);
+        Ok(self.view())
+    }
+
     /// Save the model with its applied edits as a new checkpoint directory.
     pub fn save(&mut self, lm: &LanguageModel<B>, out: &Path) -> Result<PathBuf, JobError> {
         if out.as_os_str().is_empty() {

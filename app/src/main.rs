@@ -44,7 +44,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let panel = match &args.panel {
         Some(p) => Some(PanelKind::from_key(p).ok_or_else(|| {
-            anyhow!("unknown panel `{p}`; use model, playground, lens, attention, facts, locate, memories, probe or edit")
+            anyhow!("unknown panel `{p}`; use model, playground, lens, attention, facts, locate, memories, probe, edit or runs")
         })?),
         None => None,
     };

@@ -243,6 +243,8 @@ pub trait Session {
     /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit and stored.
     fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError>;
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
+    /// Replace the ledger with the one at `path` (a stored edit run's).
+    fn import_ledger(&mut self, path: &Path) -> Result<LedgerView, JobError>;
     /// Save the edited model as a new checkpoint directory.
     fn save_model(&mut self, out: &Path) -> Result<PathBuf, JobError>;
     /// The memories behind a prediction, under interventions.
@@ -428,6 +430,11 @@ impl<B: Backend> Session for Loaded<B> {
         let model = self.card.source.clone();
         self.edits
             .memit(&mut self.lm, &model, form, workers, &self.settings, ctl)
+    }
+
+    fn import_ledger(&mut self, path: &Path) -> Result<LedgerView, JobError> {
+        self.triggers.clear();
+        self.edits.import(&mut self.lm, path)
     }
 
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError> {

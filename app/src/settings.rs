@@ -20,10 +20,11 @@ pub enum PanelKind {
     Memories,
     Probe,
     Edit,
+    Runs,
 }
 
 impl PanelKind {
-    pub const ALL: [PanelKind; 9] = [
+    pub const ALL: [PanelKind; 10] = [
         PanelKind::Model,
         PanelKind::Playground,
         PanelKind::Lens,
@@ -33,6 +34,7 @@ impl PanelKind {
         PanelKind::Memories,
         PanelKind::Probe,
         PanelKind::Edit,
+        PanelKind::Runs,
     ];
 
     pub fn title(self) -> &'static str {
@@ -46,6 +48,7 @@ impl PanelKind {
             PanelKind::Memories => "Memories",
             PanelKind::Probe => "Probe",
             PanelKind::Edit => "Edit",
+            PanelKind::Runs => "Runs",
         }
     }
 
@@ -61,6 +64,7 @@ impl PanelKind {
             PanelKind::Memories => "memories",
             PanelKind::Probe => "probe",
             PanelKind::Edit => "edit",
+            PanelKind::Runs => "runs",
         }
     }
 

@@ -56,6 +56,8 @@ pub enum Command {
     /// A MEMIT batch from the form's batch list or file.
     Memit(Box<EditSettings>),
     Ledger(LedgerOp),
+    /// Replace the ledger with a stored run's (its edits applied to the loaded model).
+    ImportLedger(PathBuf),
     SaveModel(PathBuf),
     Memories(Box<MemoriesRequest>),
     Triggers {
@@ -88,6 +90,7 @@ impl Command {
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
             Command::Memit(_) => "MEMIT batch".into(),
             Command::Ledger(_) => "Updating the ledger".into(),
+            Command::ImportLedger(_) => "Applying a stored run's ledger".into(),
             Command::SaveModel(out) => format!("Saving to {}", out.display()),
             Command::Memories(_) => "Memories".into(),
             Command::Triggers { layer, memory, .. } => {
@@ -334,6 +337,7 @@ fn run(
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
         Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, ctl)?)),
         Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
+        Command::ImportLedger(path) => Reply::Ledger(model_mut(session)?.import_ledger(&path)?),
         Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),
         Command::Memories(req) => Reply::Memories(Box::new(model(session)?.memories(&req)?)),
         Command::Triggers {

@@ -803,3 +803,95 @@ fn gui_trace_and_edit_store_the_runs_the_cli_stores() {
     assert_eq!(gui_edit.params.model_hash, cli_edit.params.model_hash);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Runs panel lists a store's runs (a broken one with its problem), opens
+/// a run's table, compares two eval runs and exports a table as CSV.
+#[test]
+fn runs_panel_lists_opens_compares_and_exports() {
+    use engram_datasets::{RunParams, RunStore};
+    let dir = std::env::temp_dir().join(format!("engram-app-runspanel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut paths = engram_model::Settings::under(&dir);
+    paths.stats = dir.join("stats");
+    let store = RunStore::open(&paths.runs).expect("store");
+    let mut ids = Vec::new();
+    for (method, es) in [("rome", [1.0, 0.0, 1.0]), ("memit", [1.0, 1.0, 1.0])] {
+        let params = RunParams {
+            model: "demo".into(),
+            hyperparameters: serde_json::json!({"method": method}),
+            ..Default::default()
+        };
+        let run = store.create("eval", params).expect("create");
+        let cases: Vec<serde_json::Value> = es
+            .iter()
+            .enumerate()
+            .map(|(i, e)| serde_json::json!({"case_id": i, "subject": format!("s{i}"), "ES": e}))
+            .collect();
+        let cases: Vec<serde_json::Map<String, serde_json::Value>> = cases
+            .into_iter()
+            .filter_map(|v| v.as_object().cloned())
+            .collect();
+        run.write_rows("cases", &cases).expect("rows");
+        ids.push(run.finish().expect("finish").id);
+    }
+    let broken = paths.runs.join("trace/20990101T000000Z-badbad");
+    std::fs::create_dir_all(&broken).expect("dir");
+    std::fs::write(broken.join("params.json"), "{").expect("write");
+    let mut h = harness(AppOptions {
+        model: Some(demo_model()),
+        panel: Some(PanelKind::Runs),
+        paths: Some(paths.clone()),
+        ..Default::default()
+    });
+    h.run_steps(4);
+    for id in &ids {
+        assert!(has_label(&h, id), "run {id} is listed");
+    }
+    assert!(
+        has_label(&h, "20990101T000000Z-badbad"),
+        "the broken run is listed"
+    );
+    assert!(has_label(&h, "broken: "), "and says what is wrong");
+    // Rows as the panel orders them: newest first.
+    let order: Vec<String> = store
+        .list()
+        .expect("list")
+        .into_iter()
+        .rev()
+        .map(|r| r.id)
+        .collect();
+    let row = |id: &str| order.iter().position(|x| x == id).expect("listed");
+    h.get_all_by_label("open")
+        .nth(row(&ids[1]))
+        .expect("an open button per run")
+        .click();
+    h.run_steps(3);
+    assert_eq!(
+        h.state_mut().runs_panel().selected.as_deref(),
+        Some(ids[1].as_str())
+    );
+    assert!(
+        has_label(&h, "cases: 3 rows x 3 columns"),
+        "the table is shown"
+    );
+    h.get_all_by_label("compare")
+        .nth(row(&ids[0]))
+        .expect("a compare button per run")
+        .click();
+    h.run_steps(3);
+    assert!(has_label(
+        &h,
+        &format!("Comparing {} with {}", ids[1], ids[0])
+    ));
+    assert!(has_label(&h, "0.6667"), "rome's ES mean is compared");
+    let out = dir.join("cases.csv");
+    h.state_mut().runs_panel().export_path = out.display().to_string();
+    h.run_steps(1);
+    h.get_by_label("Export").click();
+    h.run_steps(2);
+    let text = std::fs::read_to_string(&out).expect("the CSV was written");
+    assert_eq!(text.lines().next(), Some("case_id,subject,ES"));
+    assert_eq!(text.lines().count(), 4);
+    assert!(has_label(&h, &format!("wrote {}", out.display())));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,3 +10,4 @@ pub mod memories;
 pub mod model;
 pub mod playground;
 pub mod probe;
+pub mod runs;

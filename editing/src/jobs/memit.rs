@@ -161,6 +161,7 @@ pub fn run_memit<B: Backend>(
     };
     let run = store.create("memit", params)?;
     run.write_rows("requests", &rows)?;
+    ledger.export(&run.dir().join("ledger.json"))?;
     let run = run.finish()?;
     Ok(MemitReport {
         run,

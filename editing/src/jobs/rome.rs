@@ -196,6 +196,8 @@ pub fn run_rome<B: Backend>(
     let run = store.create("edit", params)?;
     run.write_rows("probes", &probes)?;
     run.write_rows("steps", &steps)?;
+    // The ledger after this edit, so the run can be applied again (GUI: Runs → Edit).
+    ledger.export(&run.dir().join("ledger.json"))?;
     let run = run.finish()?;
     Ok(RomeReport {
         run,
