@@ -6,6 +6,9 @@
 # MODEL defaults to the demo model. Needs: xvfb xauth x11-apps imagemagick
 # (Debian: apt install xvfb xauth x11-apps imagemagick mesa-utils xdotool).
 # PNGs go to $OUT (default target/screenshots). Look at them.
+#
+# The Runs panel: RUNS="ID [COMPARE_ID]; ID ..." (with ENGRAM_RUNS naming the
+# store) shoots the panel with each run open, compared with the second id.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -89,6 +92,17 @@ shoot() { # panel, file, extra args...
   wait "$app" 2>/dev/null || true
   echo "$OUT/$file"
 }
+
+if [ -n "${RUNS:-}" ]; then
+  IFS=';' read -ra SHOTS <<<"$RUNS"
+  for shot in "${SHOTS[@]}"; do
+    read -ra ids <<<"$shot"
+    extra=(--run "${ids[0]}")
+    [ "${#ids[@]}" -gt 1 ] && extra+=(--compare "${ids[1]}")
+    shoot runs "runs-${ids[0]}.png" "${extra[@]}"
+  done
+  exit 0
+fi
 
 PANELS=${PANELS:-model playground lens attention facts locate memories probe edit edit-batch}
 FACTS=${FACTS:-datasets/demo/facts.jsonl}

@@ -40,6 +40,10 @@ pub struct AppOptions {
     pub settings_path: Option<PathBuf>,
     /// Where runs and caches live; `None`: from the environment, as the CLI reads it.
     pub paths: Option<engram_model::Settings>,
+    /// A stored run to open on the Runs panel (id, or a unique prefix or suffix).
+    pub run: Option<String>,
+    /// A second run to compare it with.
+    pub compare: Option<String>,
 }
 
 /// A submitted job, as the status bar shows it.
@@ -165,7 +169,13 @@ impl EngramApp {
             .paths
             .clone()
             .unwrap_or_else(|| engram_model::Settings::from_vars(|k| std::env::var_os(k)));
-        let runs = crate::panels::runs::RunsState::new(&paths.runs);
+        let mut runs = crate::panels::runs::RunsState::new(&paths.runs);
+        if options.run.is_some() {
+            settings.panel = PanelKind::Runs;
+        }
+        if let Some(id) = &options.run {
+            runs.open(ctx, id, options.compare.as_deref());
+        }
         let worker = Worker::spawn(move || wake_ctx.request_repaint(), paths);
         let form = OpenForm {
             source: settings.model.clone(),

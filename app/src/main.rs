@@ -20,7 +20,7 @@ struct Args {
     /// Start with this prompt.
     #[arg(long)]
     prompt: Option<String>,
-    /// Start on this panel: model, playground, lens, attention, facts, locate, memories, probe, edit.
+    /// Start on this panel: model, playground, lens, attention, facts, locate, memories, probe, edit, runs.
     #[arg(long)]
     panel: Option<String>,
     /// The subject to trace on the Locate panel.
@@ -38,6 +38,12 @@ struct Args {
     /// Do not read or write the saved settings.
     #[arg(long)]
     no_settings: bool,
+    /// Open this stored run (an id, or a unique prefix or suffix) on the Runs panel.
+    #[arg(long)]
+    run: Option<String>,
+    /// And compare it with this one.
+    #[arg(long, requires = "run")]
+    compare: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -70,6 +76,8 @@ fn main() -> Result<()> {
             engram_app::settings::default_path()
         },
         paths: Some(engram_model::Settings::from_vars(|k| std::env::var_os(k))),
+        run: args.run,
+        compare: args.compare,
     };
     if std::env::var("ENGRAM_CPU_GEMM").as_deref() == Ok("burn") {
         engram_model::cpu::set_enabled(false);

@@ -134,6 +134,26 @@ impl RunsState {
         }
     }
 
+    /// Open the run `id` names (exactly, or a unique prefix or suffix), and
+    /// compare it with `compare`; what cannot be found is said on the panel.
+    pub fn open(&mut self, ctx: &egui::Context, id: &str, compare: Option<&str>) {
+        self.refresh();
+        let find = |id: &str| {
+            self.store()
+                .and_then(|s| s.find(id).map_err(|e| e.to_string()))
+                .map(|r| r.id)
+        };
+        let (a, b) = (find(id), compare.map(find));
+        match (a, b) {
+            (Ok(a), None) => self.select(ctx, &a),
+            (Ok(a), Some(Ok(b))) => {
+                self.compare_with = Some(b);
+                self.select(ctx, &a);
+            }
+            (Err(e), _) | (_, Some(Err(e))) => self.export_status = Some((e, true)),
+        }
+    }
+
     /// Open a run: its default table and its figures.
     pub fn select(&mut self, ctx: &egui::Context, id: &str) {
         self.selected = Some(id.to_string());
@@ -448,10 +468,16 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         .and_then(|id| runs.iter().find(|r| r.id == id))
         .cloned()
     else {
+        if let Some((e, true)) = &app.runs.export_status {
+            ui.label(RichText::new(e).color(ui.visuals().error_fg_color));
+        }
         ui.label(RichText::new("Open a run to see its tables and figures.").weak());
         return;
     };
-    run_details(app, ui, &run);
+    egui::ScrollArea::vertical()
+        .id_salt("run_details")
+        .auto_shrink([false, false])
+        .show(ui, |ui| run_details(app, ui, &run));
 }
 
 fn runs_table(
@@ -478,7 +504,10 @@ fn runs_table(
                     r.id.clone(),
                     r.kind.clone(),
                     when(r.created),
-                    r.params.model.clone(),
+                    Path::new(&r.params.model)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     status(r).0,
                     key_params(r),
                     r.tables.join(", "),
@@ -505,8 +534,8 @@ fn runs_table(
             TableBuilder::new(ui)
                 .id_salt("runs_table")
                 .striped(true)
-                .column(Column::exact(54.0))
-                .column(Column::exact(64.0))
+                .column(Column::exact(48.0))
+                .column(Column::exact(76.0))
                 .column(Column::initial(190.0).clip(true))
                 .column(Column::initial(70.0).clip(true))
                 .column(Column::initial(120.0).clip(true))
@@ -612,6 +641,9 @@ fn run_details(app: &mut EngramApp, ui: &mut Ui, run: &RunInfo) {
             app.settings.panel = PanelKind::Edit;
         }
     });
+    figures(ui, &app.runs.figures);
+    comparison(app, ui);
+    ui.separator();
     egui::CollapsingHeader::new("parameters")
         .id_salt(("run_params", &run.id))
         .show(ui, |ui| {
@@ -646,8 +678,6 @@ fn run_details(app: &mut EngramApp, ui: &mut Ui, run: &RunInfo) {
         data_table(ui, table);
     }
     export_form(app, ui);
-    comparison(app, ui);
-    figures(ui, &app.runs.figures);
 }
 
 fn data_table(ui: &mut Ui, t: &mut ShownTable) {
@@ -676,7 +706,7 @@ fn data_table(ui: &mut Ui, t: &mut ShownTable) {
             let mut builder = TableBuilder::new(ui)
                 .id_salt(("run_data", &t.run, &t.name))
                 .striped(true)
-                .max_scroll_height(260.0);
+                .max_scroll_height(220.0);
             for _ in &t.columns {
                 builder = builder.column(Column::initial(110.0).at_least(40.0).clip(true));
             }
@@ -756,6 +786,7 @@ fn comparison(app: &mut EngramApp, ui: &mut Ui) {
     };
     ui.separator();
     ui.label(RichText::new(format!("Comparing {a} with {b}")).strong());
+    figures(ui, &app.runs.curves);
     match rows {
         Err(e) => {
             ui.label(RichText::new(e).color(ui.visuals().error_fg_color));
@@ -785,7 +816,6 @@ fn comparison(app: &mut EngramApp, ui: &mut Ui) {
                 });
         }
     }
-    figures(ui, &app.runs.curves);
 }
 
 fn figures(ui: &mut Ui, list: &[(PathBuf, Option<TextureHandle>)]) {
@@ -806,7 +836,7 @@ fn figures(ui: &mut Ui, list: &[(PathBuf, Option<TextureHandle>)]) {
                 match tex {
                     Some(t) => {
                         let size = t.size_vec2();
-                        let scale = (520.0 / size.x).min(1.0);
+                        let scale = (400.0 / size.x).min(260.0 / size.y).min(1.0);
                         ui.image((t.id(), size * scale));
                     }
                     None => {
