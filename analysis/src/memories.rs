@@ -337,6 +337,20 @@ pub struct Intervention {
     pub setting: Setting,
 }
 
+impl Intervention {
+    /// `setting` on each (layer, memory).
+    pub fn each(memories: &[(usize, usize)], setting: Setting) -> Vec<Intervention> {
+        memories
+            .iter()
+            .map(|&(layer, memory)| Intervention {
+                layer,
+                memory,
+                setting,
+            })
+            .collect()
+    }
+}
+
 /// A hook on `mlp.hook_post` applying interventions; they compose (later ones
 /// on the same memory win) and an empty hook changes nothing.
 #[derive(Debug, Clone, Default)]

@@ -461,6 +461,7 @@ impl EngramApp {
             Ok(reply) => {
                 let stored = match &reply {
                     Reply::Trace(t) => Some(t.run_id.clone()),
+                    Reply::Lens(l) => Some(l.run_id.clone()),
                     Reply::Edited(e) => Some(e.run.id.clone()),
                     Reply::Batch(b) => Some(b.run.id.clone()),
                     Reply::Probe(p) => Some(p.report.run_id.clone()),

@@ -100,17 +100,15 @@ fn scored<B: Backend>(lm: &LanguageModel<B>, list: &[TokenScore]) -> Vec<Scored>
 }
 
 fn interventions(list: &[(usize, usize, bool)]) -> Vec<Intervention> {
-    list.iter()
-        .map(|&(layer, memory, boost)| Intervention {
-            layer,
-            memory,
-            setting: if boost {
-                Setting::MaxPlus(1.0)
-            } else {
-                Setting::Zero
-            },
-        })
-        .collect()
+    let pick = |boost: bool| -> Vec<(usize, usize)> {
+        list.iter()
+            .filter(|&&(_, _, b)| b == boost)
+            .map(|&(l, m, _)| (l, m))
+            .collect()
+    };
+    let mut out = Intervention::each(&pick(false), Setting::Zero);
+    out.extend(Intervention::each(&pick(true), Setting::MaxPlus(1.0)));
+    out
 }
 
 pub fn memories<B: Backend>(

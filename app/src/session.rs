@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use engram_analysis::lens::{logit_lens, LensSite};
+use engram_analysis::lens::LensSite;
 use engram_datasets::facts::{load_fact_set, UserFact};
 use engram_datasets::OnBadRecord;
 use engram_model::backend::{with_backend, BackendJob, Dtype};
@@ -126,6 +126,8 @@ pub struct LensGrid {
     /// at which the lens already ranks it first there.
     pub final_token: Token,
     pub first_top1_layer: Option<usize>,
+    /// The stored `lens` run.
+    pub run_id: String,
 }
 
 /// Attention patterns of every layer: `pattern[layer][head]` is `[query * key]`.
@@ -561,27 +563,31 @@ impl<B: Backend> Session for Loaded<B> {
     }
 
     fn lens(&self, prompt: &str, site: LensSite, k: usize) -> Result<LensGrid, JobError> {
-        let ids = self.lm.encode_prompt(prompt)?;
-        let lens = logit_lens(&self.lm.model, &ids, site)?;
-        let n_layers = self.lm.model.config.n_layers;
-        let mut cells = vec![Vec::with_capacity(ids.len()); n_layers];
-        for position in 0..ids.len() {
-            for (layer, top) in lens.top_k(position, k).into_iter().enumerate() {
-                cells[layer].push(top.into_iter().map(|(id, p)| (self.token(id), p)).collect());
+        use engram_analysis::jobs::lens::{run_lens, LensRequest};
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        let req = LensRequest {
+            prompt: prompt.to_string(),
+            site,
+            k,
+        };
+        let r = run_lens(&self.lm, &self.card.source, &req, &store).map_err(JobError::from_lib)?;
+        let n_layers = r.n_layers;
+        let mut cells = vec![Vec::with_capacity(r.top.len()); n_layers];
+        for at in &r.top {
+            for (layer, top) in at.iter().enumerate() {
+                cells[layer].push(top.iter().map(|&(id, p)| (self.token(id), p)).collect());
             }
         }
-        let last = ids.len() - 1;
-        let logits = self.lm.next_logits(prompt)?;
-        let final_id = top_k_from_logits(&logits, 1, |_| String::new())
-            .first()
-            .map_or(0, |t| t.id);
+        let ids = self.lm.encode_prompt(prompt)?;
         Ok(LensGrid {
             prompt: prompt.to_string(),
             site,
             tokens: self.tokens(&ids),
             cells,
-            final_token: self.token(final_id),
-            first_top1_layer: lens.first_top1_layer(last, final_id),
+            final_token: self.token(r.final_token),
+            first_top1_layer: r.first_top1_layer,
+            run_id: r.run.id,
         })
     }
 

@@ -29,7 +29,13 @@ fn first_demo_fact() -> (String, String) {
     )
 }
 
-fn harness(options: AppOptions) -> Harness<'static, EngramApp> {
+fn harness(mut options: AppOptions) -> Harness<'static, EngramApp> {
+    // Runs the tests store go to a temporary store, never the checkout's ./runs.
+    if options.paths.is_none() {
+        let mut paths = engram_model::Settings::from_vars(|k| std::env::var_os(k));
+        paths.runs = std::env::temp_dir().join(format!("engram-app-runs-{}", std::process::id()));
+        options.paths = Some(paths);
+    }
     Harness::builder()
         .with_size([1280.0, 800.0])
         .build_eframe(move |cc| EngramApp::new(&cc.egui_ctx, options))

@@ -339,6 +339,18 @@ fn mix(mut z: u64) -> u64 {
 
 /// `YYYYMMDDTHHMMSSZ` in UTC.
 fn timestamp(secs: u64) -> String {
+    let (y, m, d, h, min, s) = utc(secs);
+    format!("{y:04}{m:02}{d:02}T{h:02}{min:02}{s:02}Z")
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC, as the Runs panel shows a run's time.
+pub fn utc_minutes(secs: u64) -> String {
+    let (y, m, d, h, min, _) = utc(secs);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02}")
+}
+
+/// (year, month, day, hour, minute, second) in UTC of seconds since the epoch.
+fn utc(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -351,12 +363,7 @@ fn timestamp(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

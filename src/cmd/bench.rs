@@ -213,10 +213,8 @@ pub(crate) enum BenchCommand {
         /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
         #[arg(long, default_value_t = 0)]
         z_workers: usize,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: DtypeArg,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// MEMIT's solve alone at given sizes (default GPT-2 XL's: d_mlp 6400,
     /// d_model 1600, 5 layers), on random keys and a random C (CPU, f64).
@@ -246,18 +244,14 @@ pub(crate) enum BenchCommand {
         corpus: Option<PathBuf>,
         #[arg(long, default_value_t = 20_000)]
         stats_tokens: usize,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: DtypeArg,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Forward tokens/s (batch 1 x 64, 8 x 128) and generation tokens/s.
     Forward {
         model: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: DtypeArg,
+        #[command(flatten)]
+        backend: BackendArgs,
         #[arg(long, default_value_t = 5)]
         iters: usize,
         /// Tokens generated per generation run.
@@ -280,10 +274,8 @@ pub(crate) enum BenchCommand {
         target: String,
         #[arg(long, default_value_t = 10)]
         samples: usize,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        #[arg(long, value_enum, default_value = "f32")]
-        dtype: DtypeArg,
+        #[command(flatten)]
+        backend: BackendArgs,
         #[arg(long)]
         json: bool,
     },
@@ -306,49 +298,39 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
     match a.which {
         BenchCommand::Forward {
             model,
-            device,
-            dtype,
+            backend,
             iters,
             gen_tokens,
             compare_burn,
             json,
-        } => with_backend(
-            device,
-            dtype.into(),
-            ForwardBenchJob {
-                model,
-                iters,
-                gen_tokens,
-                compare_burn,
-                json,
-                label: format!("{device} {:?}", Dtype::from(dtype)),
-            },
-        ),
+        } => backend.run(ForwardBenchJob {
+            model,
+            iters,
+            gen_tokens,
+            compare_burn,
+            json,
+            label: backend.label(),
+        }),
         BenchCommand::Trace {
             model,
             prompt,
             subject,
             target,
             samples,
-            device,
-            dtype,
+            backend,
             json,
-        } => with_backend(
-            device,
-            dtype.into(),
-            TraceBenchJob {
-                model,
-                fact: engram_datasets::facts::UserFact {
-                    subject,
-                    prompt,
-                    target,
-                    relation: None,
-                },
-                samples,
-                json,
-                label: format!("{device} {:?}", Dtype::from(dtype)),
+        } => backend.run(TraceBenchJob {
+            model,
+            fact: engram_datasets::facts::UserFact {
+                subject,
+                prompt,
+                target,
+                relation: None,
             },
-        ),
+            samples,
+            json,
+            label: backend.label(),
+        }),
         BenchCommand::MemitSolve {
             d_mlp,
             d_model,
@@ -374,23 +356,18 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             stats_tokens,
             z_chunk,
             z_workers,
-            device,
-            dtype,
-        } => with_backend(
-            device,
-            dtype.into(),
-            MemitBenchJob {
-                model,
-                data,
-                n,
-                hparams,
-                corpus,
-                stats_tokens,
-                z_chunk,
-                z_workers: engram_editing::jobs::setup::z_workers(z_workers, &device),
-                label: format!("{device} {:?}", Dtype::from(dtype)),
-            },
-        ),
+            backend,
+        } => backend.run(MemitBenchJob {
+            model,
+            data,
+            n,
+            hparams,
+            corpus,
+            stats_tokens,
+            z_chunk,
+            z_workers: engram_editing::jobs::setup::z_workers(z_workers, &backend.device),
+            label: backend.label(),
+        }),
         BenchCommand::Edit {
             model,
             prompt,
@@ -399,22 +376,17 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             hparams,
             corpus,
             stats_tokens,
-            device,
-            dtype,
-        } => with_backend(
-            device,
-            dtype.into(),
-            EditBenchJob {
-                model,
-                prompt,
-                subject,
-                target,
-                hparams,
-                corpus,
-                stats_tokens,
-                label: format!("{device} {:?}", Dtype::from(dtype)),
-            },
-        ),
+            backend,
+        } => backend.run(EditBenchJob {
+            model,
+            prompt,
+            subject,
+            target,
+            hparams,
+            corpus,
+            stats_tokens,
+            label: backend.label(),
+        }),
         BenchCommand::Hooks {
             model,
             batch,

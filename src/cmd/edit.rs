@@ -46,15 +46,13 @@ pub(crate) struct EditArgs {
     /// Save the edited model as this new checkpoint directory (never overwritten).
     #[arg(long)]
     pub save: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: engram_model::DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub(crate) fn run(args: EditArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, EditJob(args))
+    let backend = args.backend;
+    backend.run(EditJob(args))
 }
 
 struct EditJob(EditArgs);

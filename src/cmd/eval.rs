@@ -103,15 +103,13 @@ pub(crate) struct EvalArgs {
     pub stats_tokens: usize,
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: engram_model::DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub(crate) fn run(args: EvalArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, EvalJob(args))
+    let backend = args.backend;
+    backend.run(EvalJob(args))
 }
 
 struct EvalJob(EvalArgs);
@@ -249,7 +247,7 @@ impl BackendJob for EvalJob {
                 groups: &groups,
                 batch: a.batch.unwrap_or(a.n),
                 z_chunk: a.z_chunk,
-                z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.device),
+                z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device),
                 z_cache: a.z_cache.clone(),
                 model_hash: hash.clone(),
             };

@@ -40,6 +40,7 @@ pub(crate) fn run(a: LensArgs) -> Result<()> {
     let req = engram_analysis::jobs::lens::LensRequest {
         prompt: a.prompt,
         site,
+        k: 1,
     };
     let report =
         engram_analysis::jobs::lens::run_lens(&lm, &a.model.display().to_string(), &req, &store)?;

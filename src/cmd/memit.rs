@@ -38,15 +38,13 @@ pub(crate) struct MemitArgs {
     pub ledger: Option<PathBuf>,
     #[arg(long)]
     pub save: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: engram_model::DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 pub(crate) fn run(args: MemitArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, MemitJob(args))
+    let backend = args.backend;
+    backend.run(MemitJob(args))
 }
 
 struct MemitJob(MemitArgs);
@@ -88,7 +86,7 @@ impl BackendJob for MemitJob {
         };
         show(&lm, "before")?;
         let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
-        let z_workers = engram_editing::jobs::setup::z_workers(a.z_workers, &a.device);
+        let z_workers = engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device);
         let (r, stats_seconds) = memit_batch(
             &mut lm,
             &a.model,

@@ -208,20 +208,8 @@ pub fn top(
     q: &TopQuery<'_>,
     store: &RunStore,
 ) -> Result<()> {
-    let mut interventions: Vec<Intervention> = q
-        .zero
-        .iter()
-        .map(|&(layer, memory)| Intervention {
-            layer,
-            memory,
-            setting: Setting::Zero,
-        })
-        .collect();
-    interventions.extend(q.boost.iter().map(|&(layer, memory)| Intervention {
-        layer,
-        memory,
-        setting: Setting::MaxPlus(1.0),
-    }));
+    let mut interventions = Intervention::each(&q.zero, Setting::Zero);
+    interventions.extend(Intervention::each(&q.boost, Setting::MaxPlus(1.0)));
     interventions.extend(q.set.iter().map(|&(layer, memory, v)| Intervention {
         layer,
         memory,

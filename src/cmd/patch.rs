@@ -24,17 +24,15 @@ pub(crate) struct PatchArgs {
         default_value = "resid_pre,attn_out,mlp_out,head_out"
     )]
     pub sites: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[arg(long)]
     pub runs: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: PatchArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, PatchJob(args))
+    let backend = args.backend;
+    backend.run(PatchJob(args))
 }
 
 struct PatchJob(PatchArgs);

@@ -21,9 +21,9 @@ pub(crate) struct ProbeArgs {
     /// The hook site, e.g. resid_post, resid_pre, mlp_out, attn_out, mlp.hook_post.
     #[arg(long, default_value = "resid_post")]
     pub hook: String,
-    /// last, subject (the subject's last token) or every (each token a sample).
-    #[arg(long, default_value = "last")]
-    pub position: String,
+    /// Which token is a sample: the last, the subject's last, or every token.
+    #[arg(long, value_enum, default_value = "last")]
+    pub position: PositionArg,
     /// Also fit Hewitt & Liang's control task and report selectivity.
     #[arg(long)]
     pub control: bool,
@@ -41,6 +41,24 @@ pub(crate) struct ProbeArgs {
     pub runs: Option<PathBuf>,
 }
 
+/// Where `engram probe` reads activations.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PositionArg {
+    Last,
+    Subject,
+    Every,
+}
+
+impl PositionArg {
+    fn name(self) -> &'static str {
+        match self {
+            PositionArg::Last => "last",
+            PositionArg::Subject => "subject",
+            PositionArg::Every => "every",
+        }
+    }
+}
+
 pub(crate) fn run(a: ProbeArgs) -> Result<()> {
     let lm = load::<engram_model::Cpu>(&a.model, &Default::default())?;
     let store =
@@ -51,7 +69,7 @@ pub(crate) fn run(a: ProbeArgs) -> Result<()> {
         text: &a.text,
         subject: a.subject.as_deref(),
         hook: &a.hook,
-        position: &a.position,
+        position: a.position.name(),
         control: a.control,
         folds: a.folds,
         seed: a.seed,
@@ -105,15 +123,10 @@ pub(crate) fn run_probe(
         "selectivity"
     );
     for l in &r.layers {
+        let [acc, low, high, f1, control, selectivity] = l.figures();
         println!(
-            "{:>6} {:>7.3} [{:.3},{:.3}] {:>10.3} {:>18.3} {:>12.3}",
-            l.layer,
-            l.accuracy.mean,
-            l.accuracy.ci_low,
-            l.accuracy.ci_high,
-            l.macro_f1.mean,
-            l.control.mean,
-            l.selectivity.mean
+            "{:>6} {acc:>7.3} [{low:.3},{high:.3}] {f1:>10.3} {control:>18.3} {selectivity:>12.3}",
+            l.layer
         );
     }
     println!(

@@ -32,17 +32,15 @@ pub(crate) struct RunArgs {
     /// Re-run the whole sequence each step instead of caching keys and values.
     #[arg(long)]
     pub no_kv_cache: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[arg(long)]
     pub json: bool,
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, RunJob(args))
+    let backend = args.backend;
+    backend.run(RunJob(args))
 }
 
 struct RunJob(RunArgs);

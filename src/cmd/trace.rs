@@ -18,9 +18,14 @@ pub(crate) struct TraceArgs {
     pub subject: Option<String>,
     #[arg(long)]
     pub target: Option<String>,
-    /// Comma-separated: hidden, mlp, attn.
-    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn")]
-    pub kind: Vec<String>,
+    /// What is restored, comma-separated: hidden states, MLP outputs, attention outputs.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "hidden,mlp,attn"
+    )]
+    pub kind: Vec<KindArg>,
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
     /// MLP/attention layers restored together. 0: ROME's 10 on models of 28+
@@ -38,17 +43,33 @@ pub(crate) struct TraceArgs {
     /// The reference path: one restoration per forward pass.
     #[arg(long)]
     pub naive: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[arg(long)]
     pub runs: Option<PathBuf>,
 }
 
+/// What a trace restores.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum KindArg {
+    Hidden,
+    Mlp,
+    Attn,
+}
+
+impl From<KindArg> for engram_analysis::trace::TraceKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Hidden => Self::Hidden,
+            KindArg::Mlp => Self::Mlp,
+            KindArg::Attn => Self::Attn,
+        }
+    }
+}
+
 pub(crate) fn run(args: TraceArgs) -> Result<()> {
-    let (device, dtype) = (args.device, args.dtype.into());
-    with_backend(device, dtype, TraceJob(args))
+    let backend = args.backend;
+    backend.run(TraceJob(args))
 }
 
 struct TraceJob(TraceArgs);
@@ -62,14 +83,7 @@ impl BackendJob for TraceJob {
         };
         use engram_analysis::trace::TraceKind;
         let a = self.0;
-        let kinds = a
-            .kind
-            .iter()
-            .map(|k| {
-                TraceKind::from_name(k.trim())
-                    .with_context(|| format!("unknown --kind {k:?}: use hidden, mlp or attn"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let kinds: Vec<TraceKind> = a.kind.iter().map(|&k| k.into()).collect();
         let noise =
             match a.noise.strip_suffix("sigma") {
                 Some(m) => NoiseLevel::Spread {

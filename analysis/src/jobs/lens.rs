@@ -16,6 +16,8 @@ use crate::lens::{logit_lens, LensSite};
 pub struct LensRequest {
     pub prompt: String,
     pub site: LensSite,
+    /// Tokens kept per cell in the report (the stored table keeps the top one).
+    pub k: usize,
 }
 
 /// The stored grid: one cell per (position, layer), position-major.
@@ -25,6 +27,13 @@ pub struct LensReport {
     pub tokens: Vec<String>,
     pub n_layers: usize,
     pub cells: Vec<LensCell>,
+    /// `[position][layer]`: the request's top `k` (token, probability).
+    pub top: Vec<Vec<Vec<(u32, f32)>>>,
+    /// The first layer whose lens already ranks the model's own last-position
+    /// prediction first.
+    pub first_top1_layer: Option<usize>,
+    /// The model's own top-1 token at the last position.
+    pub final_token: u32,
 }
 
 impl LensReport {
@@ -43,8 +52,10 @@ pub fn run_lens<B: Backend>(
     let ids = lm.encode_prompt(&req.prompt)?;
     let lens = logit_lens(&lm.model, &ids, req.site)?;
     let mut cells = Vec::new();
+    let mut tops = Vec::with_capacity(ids.len());
     for (position, &id) in ids.iter().enumerate() {
-        for (layer, top) in lens.top_k(position, 1).into_iter().enumerate() {
+        let at = lens.top_k(position, req.k.max(1));
+        for (layer, top) in at.iter().enumerate() {
             let Some(&(tok, prob)) = top.first() else {
                 continue;
             };
@@ -56,7 +67,13 @@ pub fn run_lens<B: Backend>(
                 prob: prob as f64,
             });
         }
+        tops.push(at);
     }
+    let last = ids.len() - 1;
+    let logits = lm.next_logits(&req.prompt)?;
+    let final_token = engram_model::lm::top_k_from_logits(&logits, 1, |_| String::new())
+        .first()
+        .map_or(0, |t| t.id);
     let params = run_params(
         lm,
         model,
@@ -70,5 +87,8 @@ pub fn run_lens<B: Backend>(
         tokens: ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect(),
         n_layers: lm.model.config.n_layers,
         cells,
+        top: tops,
+        first_top1_layer: lens.first_top1_layer(last, final_token),
+        final_token,
     })
 }

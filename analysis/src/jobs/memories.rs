@@ -274,14 +274,7 @@ pub fn attribute<B: Backend>(
         let ids = lm.encode_prompt(prompt)?;
         let tok = lm.target_tokens(prompt, &req.target)?[0] as usize;
         let last = ids.len() - 1;
-        let zeroed: Vec<Intervention> = neurons
-            .iter()
-            .map(|&(layer, memory)| Intervention {
-                layer,
-                memory,
-                setting: Setting::Zero,
-            })
-            .collect();
+        let zeroed = Intervention::each(&neurons, Setting::Zero);
         let clean = probs_at(lm, &ids, last, &mut MemoryHook::new(&[], Some(last)))?[tok];
         let suppressed = probs_at(lm, &ids, last, &mut MemoryHook::new(&zeroed, Some(last)))?[tok];
         let amplified = probs_at(lm, &ids, last, &mut ScaleHook::new(&neurons, last, 2.0))?[tok];

@@ -117,6 +117,29 @@ pub struct LayerSummary {
     pub confusion: Vec<Vec<usize>>,
 }
 
+impl LayerSummary {
+    /// `accuracy 0.912 [0.880, 0.944], macro-F1 …, control …, selectivity …`
+    pub fn describe(&self) -> String {
+        let [acc, low, high, f1, control, selectivity] = self.figures();
+        format!(
+            "accuracy {acc:.3} [{low:.3}, {high:.3}], macro-F1 {f1:.3}, control {control:.3}, selectivity {selectivity:.3}"
+        )
+    }
+
+    /// Accuracy (R² for a regression) with its 95% interval, macro-F1 (MSE),
+    /// control and selectivity means.
+    pub fn figures(&self) -> [f64; 6] {
+        [
+            self.accuracy.mean,
+            self.accuracy.ci_low,
+            self.accuracy.ci_high,
+            self.macro_f1.mean,
+            self.control.mean,
+            self.selectivity.mean,
+        ]
+    }
+}
+
 /// A finished probing run.
 #[derive(Debug, Clone)]
 pub struct ProbeReport {

@@ -131,19 +131,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         }
     });
     if let Some(l) = r.layers.iter().find(|l| l.layer == app.probe_layer) {
-        ui.label(
-            RichText::new(format!(
-                "Layer {}: accuracy {:.3} [{:.3}, {:.3}], macro-F1 {:.3}, control {:.3}, selectivity {:.3}",
-                l.layer,
-                l.accuracy.mean,
-                l.accuracy.ci_low,
-                l.accuracy.ci_high,
-                l.macro_f1.mean,
-                l.control.mean,
-                l.selectivity.mean
-            ))
-            .strong(),
-        );
+        ui.label(RichText::new(format!("Layer {}: {}", l.layer, l.describe())).strong());
         let n = r.classes.len();
         let conf = &l.confusion;
         let row_total: Vec<usize> = conf.iter().map(|row| row.iter().sum()).collect();

@@ -381,27 +381,6 @@ fn status(r: &RunInfo) -> (String, bool) {
     }
 }
 
-/// `YYYY-MM-DD HH:MM` (UTC) of a run's creation time.
-fn when(secs: u64) -> String {
-    // The run id starts with the same UTC timestamp; read it from there.
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 pub fn show(app: &mut EngramApp, ui: &mut Ui) {
     ui.heading("Runs");
     ui.horizontal(|ui| {
@@ -503,7 +482,7 @@ fn runs_table(
                 vec![
                     r.id.clone(),
                     r.kind.clone(),
-                    when(r.created),
+                    engram_datasets::store::utc_minutes(r.created),
                     Path::new(&r.params.model)
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
