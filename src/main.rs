@@ -120,22 +120,23 @@ fn settings() -> &'static engram_model::Settings {
 fn is_demo(model: &Path) -> bool {
     engram_model::source::is_demo(model, settings())
 }
-/// The content hash of the model `arg` names.
-fn model_hash(arg: &Path) -> Result<String> {
-    let path = engram_model::source::resolve_model(arg, settings())?;
-    Ok(engram_model::source::model_hash(&path)?)
-}
 /// A job handle that shows progress on stderr, one line per stage.
 fn stderr_control() -> engram_model::Control {
     engram_model::Control::with_sink(|p| {
         use std::io::Write;
         let mut err = std::io::stderr().lock();
+        if p.total == 0 {
+            // A stage without a count: say it on a line of its own.
+            let _ = writeln!(err, "{}", p.stage);
+            return;
+        }
         let _ = write!(err, "\r{}: {}/{}   ", p.stage, p.done, p.total);
         if p.done >= p.total {
             let _ = writeln!(err);
         }
     })
 }
+
 fn parse_shard(text: &str) -> std::result::Result<engram_datasets::merge::Shard, String> {
     engram_datasets::merge::Shard::parse(text).map_err(|e| e.to_string())
 }

@@ -14,21 +14,12 @@ pub(crate) enum ConventionArg {
     Easyedit,
 }
 
+/// The editor an evaluation runs.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum MethodArg {
     Rome,
     RRome,
     Memit,
-}
-
-impl MethodArg {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Rome => "rome",
-            Self::RRome => "r-rome",
-            Self::Memit => "memit",
-        }
-    }
 }
 
 #[derive(Args)]
@@ -118,13 +109,9 @@ impl BackendJob for EvalJob {
     type Output = ();
     type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram_datasets::summary::mean_ci;
-        use engram_editing::eval::rome_score;
         use engram_editing::jobs::evaluate::{
-            evaluate, evaluate_memit, zsre_cases, BenchCase, EvalOptions, MemitSetup,
-            ZsreConvention,
+            run_eval, zsre_cases, BenchCase, EvalMethod, EvalOptions, EvalRequest, ZsreConvention,
         };
-        use engram_editing::Ledger;
         let a = self.0;
         if a.method != MethodArg::Memit && (a.batch.is_some() || a.z_cache.is_some()) {
             bail!("--batch and --z-cache are for --method memit");
@@ -208,8 +195,6 @@ impl BackendJob for EvalJob {
             }
             None => (cases, a.n),
         };
-        let hash = model_hash(&a.model)?;
-        let mut ledger = Ledger::new(hash.clone());
         let opts = EvalOptions {
             n,
             sequential: a.sequential,
@@ -224,44 +209,18 @@ impl BackendJob for EvalJob {
             ),
             journal: a.journal.clone(),
         };
-        let (out, hparams, stats_tokens, templates) = if a.method == MethodArg::Memit {
-            if opts.fluency_tokens > 0 {
-                bail!("--fluency-tokens is measured for ROME runs only so far");
-            }
-            let hp = engram_editing::jobs::setup::resolve_memit_hparams(
-                &a.model,
-                a.hparams.as_deref(),
-                settings(),
-            )?;
-            let (covs, groups) = engram_editing::jobs::setup::memit_setup(
-                &lm,
-                &hp,
-                a.corpus.as_deref(),
-                a.stats_tokens,
-                settings(),
-                &stderr_control(),
-            )?;
-            let setup = MemitSetup {
-                hp: &hp,
-                covs: &covs,
-                groups: &groups,
+        let method = if a.method == MethodArg::Memit {
+            EvalMethod::Memit {
+                hparams: engram_editing::jobs::setup::resolve_memit_hparams(
+                    &a.model,
+                    a.hparams.as_deref(),
+                    settings(),
+                )?,
                 batch: a.batch.unwrap_or(a.n),
                 z_chunk: a.z_chunk,
                 z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device),
                 z_cache: a.z_cache.clone(),
-                model_hash: hash.clone(),
-            };
-            let start = std::time::Instant::now();
-            let out = evaluate_memit(&mut lm, &mut ledger, &cases, &setup, &opts, &mut |what| {
-                eprintln!("[{:.0} s] {what}", start.elapsed().as_secs_f64())
-            })?;
-            let tokens = covs.first().map_or(0, |c| c.tokens);
-            (
-                out,
-                serde_json::to_value(&hp)?,
-                tokens,
-                serde_json::to_value(&groups)?,
-            )
+            }
         } else {
             let mut hp = engram_editing::jobs::setup::resolve_hparams(
                 &a.model,
@@ -273,67 +232,43 @@ impl BackendJob for EvalJob {
                 (None, MethodArg::Rome) => engram_editing::KeyChoice::Original,
                 (None, _) => engram_editing::KeyChoice::Consistent,
             };
-            let (cov, templates) = engram_editing::jobs::setup::rome_setup(
-                &lm,
-                &hp,
-                a.corpus.as_deref(),
-                a.stats_tokens,
-                settings(),
-                &stderr_control(),
-            )?;
-            let out = evaluate(
-                &mut lm,
-                &mut ledger,
-                &cases,
-                &hp,
-                &cov,
-                &templates,
-                &opts,
-                &mut |done, skipped, secs| {
-                    eprint!("\r{done} of {n} cases evaluated, {skipped} skipped, {secs:.0} s")
-                },
-            )?;
-            eprintln!();
-            (
-                out,
-                serde_json::to_value(&hp)?,
-                cov.tokens,
-                serde_json::to_value(&templates)?,
-            )
+            EvalMethod::Rome(hp)
         };
+        let req = EvalRequest {
+            cases,
+            benchmark: bench.into(),
+            method,
+            options: opts,
+            corpus: a.corpus.clone(),
+            stats_tokens: a.stats_tokens,
+            dataset: a.data.clone(),
+            cases_from: a.cases_from.clone(),
+            shard: a.shard.map(|s| s.to_string()),
+        };
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let r = run_eval(
+            &mut lm,
+            &a.model.display().to_string(),
+            &req,
+            &store,
+            settings(),
+            &stderr_control(),
+        )?;
+        let out = &r.outcome;
         for note in &out.notes {
             eprintln!("{note}");
         }
-        if out.rows.is_empty() {
-            bail!("no case could be edited ({} skipped)", out.skipped.len());
-        }
-        let summary: Vec<_> = out
-            .metrics
-            .iter()
-            .map(|name| {
-                let values: Vec<f64> = out
-                    .rows
-                    .iter()
-                    .filter_map(|r| r.get(name).and_then(serde_json::Value::as_f64))
-                    .collect();
-                mean_ci(name, &values)
-            })
-            .collect();
-        for s in &summary {
+        for s in &r.summary {
             println!(
                 "{:<28} {:>8.4}  [{:.4}, {:.4}]  n={}",
                 s.metric, s.mean, s.ci_low, s.ci_high, s.n
             );
         }
-        let get = |n: &str| summary.iter().find(|s| s.metric == n).map(|s| s.mean);
-        let score = match (get("ES"), get("PS"), get("NS")) {
-            (Some(es), Some(ps), Some(ns)) => {
-                let s = rome_score(es, ps, ns);
-                println!("S (harmonic mean of ES, PS, NS): {s:.4}");
-                Some(s)
-            }
-            _ => None,
-        };
+        if let Some(s) = r.score {
+            println!("S (harmonic mean of ES, PS, NS): {s:.4}");
+        }
         println!(
             "{} cases evaluated, {} skipped, {:.1} s{}",
             out.rows.len(),
@@ -341,82 +276,23 @@ impl BackendJob for EvalJob {
             out.seconds,
             if a.sequential { " (sequential)" } else { "" }
         );
-        let store = engram_datasets::RunStore::open(
-            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
-        )?;
-        let conventions = match (a.benchmark, conv) {
-            (BenchArg::Counterfact, _) => {
-                "ES/PS/NS/EM/PM/NM as ROME's code; easyedit_* token accuracies as EasyEdit"
-            }
-            (BenchArg::Zsre, ZsreConvention::Rome) => {
-                "zsre_* token accuracies as ROME/MEMIT's code (target answers[0])"
-            }
-            (BenchArg::Zsre, ZsreConvention::EasyEdit) => {
-                "easyedit_* token accuracies as EasyEdit (target alt)"
-            }
-        };
-        let params = engram_datasets::RunParams {
-            model: a.model.display().to_string(),
-            model_hash: hash,
-            hyperparameters: serde_json::json!({
-                "method": a.method.name(),
-                "benchmark": bench,
-                "conventions": conventions,
-                "hparams": hparams,
-                "context_templates": templates,
-                "sequential": a.sequential,
-                "batch": a.batch,
-                "checkpoints": a.checkpoints,
-                "distinct_subjects": opts.distinct_subjects,
-                "cases_from": a.cases_from,
-                "fluency_tokens": opts.fluency_tokens,
-                "stats_tokens": stats_tokens,
-                "skipped": out.skipped,
-                "S": score,
-                "shard": a.shard.map(|s| s.to_string()),
-            }),
-            dataset: a.data.as_ref().map(|d| d.display().to_string()),
-            record_ids: out
-                .rows
-                .iter()
-                .map(|r| {
-                    r.get("case_id")
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                })
-                .collect(),
-            seed: Some(0),
-            engram_version: env!("CARGO_PKG_VERSION").into(),
-            device: format!("{device:?}"),
-        };
-        let run = store.create("eval", params)?;
-        run.write_rows("cases", &out.rows)?;
-        run.write_rows("summary", &summary)?;
-        if !out.curve.is_empty() {
-            for c in &out.curve {
-                println!(
-                    "after {:>5} edits: {}",
-                    c.get("edits")
-                        .and_then(serde_json::Value::as_u64)
-                        .unwrap_or(0),
-                    ["ES", "PS", "NS", "S"]
-                        .iter()
-                        .filter_map(|m| c
-                            .get(*m)
-                            .and_then(serde_json::Value::as_f64)
-                            .map(|v| format!("{m} {v:.4}")))
-                        .collect::<Vec<_>>()
-                        .join("  ")
-                );
-            }
-            run.write_rows("curve", &out.curve)?;
+        for c in &out.curve {
+            println!(
+                "after {:>5} edits: {}",
+                c.get("edits")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+                ["ES", "PS", "NS", "S"]
+                    .iter()
+                    .filter_map(|m| c
+                        .get(*m)
+                        .and_then(serde_json::Value::as_f64)
+                        .map(|v| format!("{m} {v:.4}")))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            );
         }
-        let info = run.finish()?;
-        println!(
-            "run {} in {}",
-            info.id,
-            store.root().join("eval").join(&info.id).display()
-        );
+        println!("run {} in {}", r.run.id, r.run.dir.display());
         Ok(())
     }
 }

@@ -26,9 +26,7 @@ pub(crate) mod prelude {
     pub(crate) use serde_json::json;
 
     pub(crate) use super::BackendArgs;
-    pub(crate) use crate::{
-        is_demo, load, model_hash, parse_shard, settings, stderr_control, KeyArg,
-    };
+    pub(crate) use crate::{is_demo, load, parse_shard, settings, stderr_control, KeyArg};
 }
 
 /// Where a command runs: `--device cpu|cuda[:N]` and `--dtype`.

@@ -175,6 +175,7 @@ pub fn zsre_cases(path: &Path, conv: ZsreConvention) -> Result<(Vec<BenchCase>, 
     Ok((cases, skipped))
 }
 
+#[derive(Debug, Clone)]
 pub struct EvalOptions {
     pub n: usize,
     pub sequential: bool,
@@ -273,6 +274,7 @@ fn append(path: &Path, v: &Value) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+#[derive(Debug)]
 pub struct EvalOutcome {
     /// One object per evaluated case: identity, metrics, `pre_` metrics, timing.
     pub rows: Vec<Map<String, Value>>,
@@ -887,4 +889,231 @@ fn first_id(out: &crate::memit::MemitOutcome) -> Result<usize> {
         .first()
         .copied()
         .context("the MEMIT batch has no layers")
+}
+
+/// Which editor an evaluation runs, with its hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalMethod {
+    /// ROME (original key) or r-ROME (consistent key), as `hparams.key` says.
+    Rome(RomeHparams),
+    Memit {
+        hparams: MemitHparams,
+        /// Requests per MEMIT batch.
+        batch: usize,
+        z_chunk: usize,
+        z_workers: usize,
+        z_cache: Option<PathBuf>,
+    },
+}
+
+impl EvalMethod {
+    /// `rome`, `r-rome` or `memit`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EvalMethod::Rome(h) if h.key == crate::KeyChoice::Original => "rome",
+            EvalMethod::Rome(_) => "r-rome",
+            EvalMethod::Memit { .. } => "memit",
+        }
+    }
+}
+
+/// An evaluation: the cases (already chosen and, for a shard, thinned), the
+/// editor, how to run it, and what to record with the run.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    pub cases: Vec<BenchCase>,
+    /// `counterfact` or `zsre`.
+    pub benchmark: String,
+    pub method: EvalMethod,
+    pub options: EvalOptions,
+    /// The statistics corpus (the demo corpus for the demo model where `None`).
+    pub corpus: Option<PathBuf>,
+    pub stats_tokens: usize,
+    /// Recorded with the run: the data file, the run whose cases were taken,
+    /// the shard (`K/N`).
+    pub dataset: Option<PathBuf>,
+    pub cases_from: Option<String>,
+    pub shard: Option<String>,
+}
+
+/// A stored evaluation.
+#[derive(Debug)]
+pub struct EvalReport {
+    pub run: engram_datasets::RunInfo,
+    pub outcome: EvalOutcome,
+    /// Mean and 95% interval of each metric over the cases.
+    pub summary: Vec<engram_datasets::summary::MetricSummary>,
+    /// ROME's S, the harmonic mean of ES, PS and NS, where they were measured.
+    pub score: Option<f64>,
+}
+
+fn conventions(benchmark: &str, cases: &[BenchCase]) -> &'static str {
+    match (benchmark, cases.first()) {
+        ("zsre", Some(BenchCase::Zsre(_, ZsreConvention::EasyEdit))) => {
+            "easyedit_* token accuracies as EasyEdit (target alt)"
+        }
+        ("zsre", _) => "zsre_* token accuracies as ROME/MEMIT's code (target answers[0])",
+        _ => "ES/PS/NS/EM/PM/NM as ROME's code; easyedit_* token accuracies as EasyEdit",
+    }
+}
+
+/// Edit and score the request's cases, and store them as an `eval` run
+/// (tables `cases`, `summary` and, with checkpoints, `curve`). Progress:
+/// `cases` evaluated, or MEMIT's stages.
+pub fn run_eval<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    model: &str,
+    req: &EvalRequest,
+    store: &engram_datasets::RunStore,
+    settings: &engram_model::Settings,
+    ctl: &engram_model::Control,
+) -> Result<EvalReport> {
+    use engram_datasets::summary::mean_ci;
+    let opts = &req.options;
+    let model_hash = engram_model::source::model_hash(&lm.source)?;
+    let mut ledger = Ledger::new(model_hash.clone());
+    let (outcome, hparams, stats_tokens, templates) = match &req.method {
+        EvalMethod::Memit {
+            hparams,
+            batch,
+            z_chunk,
+            z_workers,
+            z_cache,
+        } => {
+            if opts.fluency_tokens > 0 {
+                bail!("--fluency-tokens is measured for ROME runs only so far");
+            }
+            let (covs, groups) = super::setup::memit_setup(
+                lm,
+                hparams,
+                req.corpus.as_deref(),
+                req.stats_tokens,
+                settings,
+                ctl,
+            )?;
+            let setup = MemitSetup {
+                hp: hparams,
+                covs: &covs,
+                groups: &groups,
+                batch: *batch,
+                z_chunk: *z_chunk,
+                z_workers: *z_workers,
+                z_cache: z_cache.clone(),
+                model_hash: model_hash.clone(),
+            };
+            let out = evaluate_memit(lm, &mut ledger, &req.cases, &setup, opts, &mut |what| {
+                ctl.tick(what, 0, 0);
+            })?;
+            let tokens = covs.first().map_or(0, |c| c.tokens);
+            (
+                out,
+                serde_json::to_value(hparams).context("hparams")?,
+                tokens,
+                serde_json::to_value(&groups).context("context templates")?,
+            )
+        }
+        EvalMethod::Rome(hp) => {
+            let (cov, templates) = super::setup::rome_setup(
+                lm,
+                hp,
+                req.corpus.as_deref(),
+                req.stats_tokens,
+                settings,
+                ctl,
+            )?;
+            let n = opts.n as u64;
+            let out = evaluate(
+                lm,
+                &mut ledger,
+                &req.cases,
+                hp,
+                &cov,
+                &templates,
+                opts,
+                &mut |done, _, _| {
+                    ctl.tick("cases", done as u64, n);
+                },
+            )?;
+            (
+                out,
+                serde_json::to_value(hp).context("hparams")?,
+                cov.tokens,
+                serde_json::to_value(&templates).context("context templates")?,
+            )
+        }
+    };
+    if outcome.rows.is_empty() {
+        bail!(
+            "no case could be edited ({} skipped)",
+            outcome.skipped.len()
+        );
+    }
+    let summary: Vec<_> = outcome
+        .metrics
+        .iter()
+        .map(|name| {
+            let values: Vec<f64> = outcome
+                .rows
+                .iter()
+                .filter_map(|r| r.get(name).and_then(Value::as_f64))
+                .collect();
+            mean_ci(name, &values)
+        })
+        .collect();
+    let get = |n: &str| summary.iter().find(|s| s.metric == n).map(|s| s.mean);
+    let score = match (get("ES"), get("PS"), get("NS")) {
+        (Some(es), Some(ps), Some(ns)) => Some(rome_score(es, ps, ns)),
+        _ => None,
+    };
+    let batch = match &req.method {
+        EvalMethod::Memit { batch, .. } if *batch < opts.n => Some(*batch),
+        _ => None,
+    };
+    let params = engram_datasets::RunParams {
+        model: model.to_string(),
+        model_hash,
+        hyperparameters: serde_json::json!({
+            "method": req.method.name(),
+            "benchmark": req.benchmark,
+            "conventions": conventions(&req.benchmark, &req.cases),
+            "hparams": hparams,
+            "context_templates": templates,
+            "sequential": opts.sequential,
+            "batch": batch,
+            "checkpoints": opts.checkpoints,
+            "distinct_subjects": opts.distinct_subjects,
+            "cases_from": req.cases_from,
+            "fluency_tokens": opts.fluency_tokens,
+            "stats_tokens": stats_tokens,
+            "skipped": outcome.skipped,
+            "S": score,
+            "shard": req.shard,
+        }),
+        dataset: req.dataset.as_ref().map(|d| d.display().to_string()),
+        record_ids: outcome
+            .rows
+            .iter()
+            .map(|r| {
+                r.get("case_id")
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            })
+            .collect(),
+        seed: Some(0),
+        engram_version: env!("CARGO_PKG_VERSION").into(),
+        device: super::device_name::<B>(),
+    };
+    let run = store.create("eval", params)?;
+    run.write_rows("cases", &outcome.rows)?;
+    run.write_rows("summary", &summary)?;
+    if !outcome.curve.is_empty() {
+        run.write_rows("curve", &outcome.curve)?;
+    }
+    let run = run.finish()?;
+    Ok(EvalReport {
+        run,
+        outcome,
+        summary,
+        score,
+    })
 }
