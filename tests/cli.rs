@@ -1249,3 +1249,69 @@ fn eval_shards_merge_into_the_unsharded_run() {
     assert!(!ok && err.contains("not made with --shard"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `trace --facts … --shard K/N` traces every N-th fact with ν measured over
+/// all of them; the shards merged equal the unsharded run: the per-fact rows,
+/// and the averaged effects computed again over every fact.
+#[test]
+fn trace_shards_merge_into_the_unsharded_run() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-trace-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let facts = dir.join("facts.jsonl");
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/demo/facts.jsonl"),
+    )
+    .expect("demo facts");
+    std::fs::write(&facts, text.lines().take(5).collect::<Vec<_>>().join("\n")).expect("write");
+    let runs = dir.join("runs");
+    let trace = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(["trace", "demo", "--samples", "2", "--facts"])
+            .arg(&facts)
+            .arg("--runs")
+            .arg(&runs)
+            .args(extra)
+            .output()
+            .expect("run engram");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(' ').next()))
+            .expect("run id")
+            .to_string()
+    };
+    let whole = trace(&[]);
+    let first = trace(&["--shard", "1/2"]);
+    let second = trace(&["--shard", "2/2"]);
+    let r = runs.to_str().expect("utf8");
+    let (ok, out, err) = engram(&["runs", "merge", &first, &second, "--runs", r]);
+    assert!(ok, "{err}");
+    let merged = out
+        .lines()
+        .find_map(|l| l.strip_prefix("merged 2 shards into run "))
+        .and_then(|l| l.split(' ').next())
+        .expect("merged run id")
+        .to_string();
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    let table = |id: &str, name: &str| {
+        let run = store.find(id).expect("run");
+        store.read_table(&run, name).expect("table")
+    };
+    for name in ["trace", "facts", "effects", "effects_by_group", "average"] {
+        let (a, b) = (table(&whole, name), table(&merged, name));
+        assert!(a.height() > 0, "{name} is empty");
+        assert!(a.equals_missing(&b), "{name}: unsharded\n{a}\nmerged\n{b}");
+    }
+    let m = store.find(&merged).expect("merged");
+    assert!(
+        m.dir.join("average.png").is_file(),
+        "the figures are drawn again"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

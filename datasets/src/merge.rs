@@ -83,19 +83,20 @@ fn shard_of(run: &RunInfo) -> Result<Shard> {
 }
 
 /// The hyperparameters without the shard, for comparing shards of one study.
-fn study(params: &RunParams) -> Value {
+pub fn study(params: &RunParams) -> Value {
     let mut h = params.hyperparameters.clone();
     if let Some(m) = h.as_object_mut() {
-        m.remove("shard");
-        m.remove("skipped");
-        m.remove("S");
+        for k in ["shard", "skipped", "S", "facts_traced", "facts_skipped"] {
+            m.remove(k);
+        }
     }
     h
 }
 
-/// Join the shards `ids` (every shard of one study, each once) into a new run
-/// of the same kind; returns it.
-pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
+/// The runs `ids` as the shards of one study, in shard order: each shard of a
+/// `N`-way study once, all finished, of one kind, model, data and
+/// hyperparameters (the shard aside), with the same tables.
+pub fn check_shards(store: &RunStore, ids: &[String]) -> Result<Vec<(Shard, RunInfo)>> {
     if ids.len() < 2 {
         return Err(DatasetError::Store(
             "name the runs of every shard (at least two)".into(),
@@ -105,12 +106,12 @@ pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
         .iter()
         .map(|id| store.find(id))
         .collect::<Result<Vec<_>>>()?;
-    let mut shards: Vec<(Shard, &RunInfo)> = runs
-        .iter()
-        .map(|r| shard_of(r).map(|s| (s, r)))
+    let mut shards: Vec<(Shard, RunInfo)> = runs
+        .into_iter()
+        .map(|r| shard_of(&r).map(|s| (s, r)))
         .collect::<Result<_>>()?;
     shards.sort_by_key(|(s, _)| s.index);
-    let (first_shard, first) = shards[0];
+    let (first_shard, first) = (shards[0].0, shards[0].1.clone());
     for (i, (s, r)) in shards.iter().enumerate() {
         if s.count != shards.len() || s.index != i + 1 {
             return Err(DatasetError::Store(format!(
@@ -150,16 +151,26 @@ pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
                 first.tables.join(", ")
             )));
         }
-        if let Some(t) = r
-            .tables
-            .iter()
-            .find(|t| WHOLE_RUN_TABLES.contains(&t.as_str()))
-        {
-            return Err(DatasetError::Store(format!(
-                "run {} has a `{t}` table, which only a whole run can compute; shards do not join into it",
-                r.id
-            )));
-        }
+    }
+    Ok(shards)
+}
+
+/// Join the shards `ids` (every shard of one study, each once) into a new run
+/// of the same kind; returns it. Traces, whose averaged effects need the
+/// analysis crate, are merged by `engram_analysis::jobs::trace::merge_trace_shards`.
+pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
+    let shards = check_shards(store, ids)?;
+    let first = shards[0].1.clone();
+    let first = &first;
+    if let Some(t) = first
+        .tables
+        .iter()
+        .find(|t| WHOLE_RUN_TABLES.contains(&t.as_str()))
+    {
+        return Err(DatasetError::Store(format!(
+            "run {} has a `{t}` table, which only a whole run can compute; shards do not join into it",
+            first.id
+        )));
     }
     let mut params = first.params.clone();
     if let Some(m) = params.hyperparameters.as_object_mut() {

@@ -237,7 +237,12 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
         }
         RunsCommand::Compare { a, b, table } => compare(&store, &a, &b, table.as_deref()),
         RunsCommand::Merge { ids } => {
-            let info = engram_datasets::merge::merge_shards(&store, &ids)?;
+            let first = store.find(ids.first().map_or("", String::as_str))?;
+            let info = if first.kind == "trace" {
+                engram_analysis::jobs::trace::merge_trace_shards(&store, &ids)?.info
+            } else {
+                engram_datasets::merge::merge_shards(&store, &ids)?
+            };
             println!(
                 "merged {} shards into run {} ({})",
                 ids.len(),

@@ -40,6 +40,11 @@ pub(crate) struct TraceArgs {
     pub uniform: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Trace every N-th fact, starting at the K-th: this machine's share of a
+    /// study spread over N (`--n` is the whole study's); ν is measured over all
+    /// the facts, so `engram runs merge` joins the shards into the unsharded run.
+    #[arg(long, value_parser = parse_shard, requires = "facts")]
+    pub shard: Option<engram_datasets::merge::Shard>,
     /// The reference path: one restoration per forward pass.
     #[arg(long)]
     pub naive: bool,
@@ -117,6 +122,12 @@ impl BackendJob for TraceJob {
             }
             (None, None) => bail!("give --facts FILE, or --prompt, --subject and --target"),
         };
+        // ν over every fact of the study, so shards trace with the same noise.
+        let noise_subjects: Vec<String> = facts.iter().map(|f| f.subject.clone()).collect();
+        let (facts, n) = match a.shard {
+            Some(shard) => (shard.select(facts), a.n.map(|n| shard.share_of(n))),
+            None => (facts, a.n),
+        };
         let lm = load::<B>(&a.model, &device)?;
         let opts = TraceOptions {
             kinds,
@@ -125,7 +136,7 @@ impl BackendJob for TraceJob {
             noise,
             uniform: a.uniform,
             seed: a.seed,
-            n: a.n.unwrap_or(usize::MAX),
+            n: n.unwrap_or(usize::MAX),
             naive: a.naive,
             ..TraceOptions::default()
         };
@@ -135,8 +146,9 @@ impl BackendJob for TraceJob {
         let req = TraceRequest {
             facts,
             options: opts.clone(),
-            noise_subjects: Vec::new(),
+            noise_subjects,
             dataset,
+            shard: a.shard.map(|s| s.to_string()),
         };
         let started = std::time::Instant::now();
         let run = run_trace(
@@ -154,7 +166,7 @@ impl BackendJob for TraceJob {
             match noise {
                 NoiseLevel::Spread { multiple } => format!(
                     " ({multiple} x the embedding std of {} subjects)",
-                    req.facts.len()
+                    req.noise_subjects.len()
                 ),
                 NoiseLevel::Fixed(_) => String::new(),
             }

@@ -10,8 +10,8 @@ use engram_model::Control;
 
 use crate::error::{bail, Result};
 use crate::trace::{
-    default_window, embedding_std, token_groups, trace_fact, trace_naive, FactTrace, Noise,
-    TraceConfig, TraceInput, TraceKind, TOKEN_GROUPS,
+    default_window, embedding_std, token_groups, trace_fact, trace_naive, FactTrace, KindScores,
+    Noise, TraceConfig, TraceInput, TraceKind, TOKEN_GROUPS,
 };
 use engram_datasets::facts::UserFact;
 use engram_datasets::figures::{effect_lines, trace_heatmaps, CurvePoint, TraceCell};
@@ -445,7 +445,7 @@ pub fn store_run<B: Backend>(
     lm: &LanguageModel<B>,
     model: &str,
     store: &RunStore,
-    dataset: Option<&Path>,
+    source: TraceSource<'_>,
     opts: &TraceOptions,
     scale: f32,
     outcomes: &[FactOutcome],
@@ -479,11 +479,28 @@ pub fn store_run<B: Backend>(
             "path": if opts.naive { "naive" } else { "batched, prefix reuse" },
             "facts_traced": traced,
             "facts_skipped": skipped,
+            "shard": source.shard,
         }),
     )?;
-    params.dataset = dataset.map(|d| d.display().to_string());
-    params.record_ids = outcomes.iter().map(|o| o.fact.prompt.clone()).collect();
+    params.dataset = source.dataset.map(|d| d.display().to_string());
     params.seed = Some(opts.seed);
+    write_trace_run(store, params, scale, outcomes)
+}
+
+/// Store `outcomes` as a `trace` run under `params` (their record ids set
+/// here): the tables, the averaged effects and the figures.
+fn write_trace_run(
+    store: &RunStore,
+    mut params: engram_datasets::RunParams,
+    scale: f32,
+    outcomes: &[FactOutcome],
+) -> Result<TraceRun> {
+    let traced = outcomes
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
+        .count();
+    let skipped = outcomes.len() - traced;
+    params.record_ids = outcomes.iter().map(|o| o.fact.prompt.clone()).collect();
     let run = store.create("trace", params)?;
     let rows = trace_rows(outcomes);
     run.write_rows("trace", &rows)?;
@@ -540,6 +557,124 @@ pub fn store_run<B: Backend>(
     })
 }
 
+/// A stored trace run's facts as outcomes again, in the order they were read
+/// (token ids are not stored: each traced fact's `ids` are placeholders of
+/// the prompt's length).
+pub fn read_outcomes(store: &RunStore, run: &RunInfo) -> Result<Vec<FactOutcome>> {
+    use engram_datasets::table::from_frame;
+    let facts: Vec<FactRow> = from_frame(&store.read_table(run, "facts")?)?;
+    let rows: Vec<TraceRow> = from_frame(&store.read_table(run, "trace")?)?;
+    let mut out = Vec::with_capacity(facts.len());
+    for f in facts {
+        let fact = UserFact {
+            subject: f.subject.clone(),
+            prompt: f.prompt.clone(),
+            target: f.target.clone(),
+            relation: None,
+        };
+        if !f.traced {
+            out.push(FactOutcome {
+                fact,
+                tokens: Vec::new(),
+                outcome: Outcome::Skipped(f.skipped_because),
+            });
+            continue;
+        }
+        let mine: Vec<&TraceRow> = rows
+            .iter()
+            .filter(|r| r.fact_index == f.fact_index)
+            .collect();
+        let n_tokens = mine
+            .iter()
+            .map(|r| r.token_index as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let n_layers = mine.iter().map(|r| r.layer as usize + 1).max().unwrap_or(0);
+        let mut tokens = vec![String::new(); n_tokens];
+        let mut kinds: Vec<KindScores> = Vec::new();
+        let mut subject: Option<std::ops::Range<usize>> = None;
+        for r in &mine {
+            let kind = TraceKind::from_name(&r.kind).ok_or_else(|| {
+                crate::AnalysisError::Invalid(format!(
+                    "run {}: unknown trace kind {:?}",
+                    run.id, r.kind
+                ))
+            })?;
+            let k = match kinds.iter().position(|k| k.kind == kind) {
+                Some(k) => k,
+                None => {
+                    kinds.push(KindScores {
+                        kind,
+                        scores: vec![vec![0.0; n_layers]; n_tokens],
+                    });
+                    kinds.len() - 1
+                }
+            };
+            let (t, l) = (r.token_index as usize, r.layer as usize);
+            kinds[k].scores[t][l] = r.score as f32;
+            tokens[t] = r.token.clone();
+            if r.is_subject {
+                subject = Some(match subject {
+                    Some(s) => s.start.min(t)..s.end.max(t + 1),
+                    None => t..t + 1,
+                });
+            }
+        }
+        out.push(FactOutcome {
+            fact,
+            tokens,
+            outcome: Outcome::Traced(Box::new(FactTrace {
+                input: TraceInput {
+                    ids: vec![0; n_tokens],
+                    subject: subject.unwrap_or(0..0),
+                    target: 0,
+                },
+                predicted: 0,
+                clean_prob: f.clean_prob as f32,
+                corrupted_prob: f.corrupted_prob as f32,
+                kinds,
+            })),
+        });
+    }
+    Ok(out)
+}
+
+/// Join the runs of a trace study's shards (`trace --facts … --shard K/N`)
+/// into one run: the facts back in the study's order, and the averaged
+/// effects, figures and counts computed again over all of them.
+pub fn merge_trace_shards(store: &RunStore, ids: &[String]) -> Result<TraceRun> {
+    let shards = engram_datasets::merge::check_shards(store, ids)?;
+    let first = &shards[0].1;
+    if first.kind != "trace" {
+        bail!("run {} is a {} run, not a trace", first.id, first.kind);
+    }
+    let per_shard = shards
+        .iter()
+        .map(|(_, r)| read_outcomes(store, r))
+        .collect::<Result<Vec<_>>>()?;
+    let longest = per_shard.iter().map(Vec::len).max().unwrap_or(0);
+    let outcomes: Vec<FactOutcome> = (0..longest)
+        .flat_map(|i| per_shard.iter().filter_map(move |o| o.get(i).cloned()))
+        .collect();
+    let mut params = first.params.clone();
+    let traced = outcomes
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
+        .count();
+    if let Some(m) = params.hyperparameters.as_object_mut() {
+        m.remove("shard");
+        m.insert("merged_from".into(), serde_json::Value::from(ids.to_vec()));
+        m.insert("facts_traced".into(), traced.into());
+        m.insert("facts_skipped".into(), (outcomes.len() - traced).into());
+    }
+    let scale = params
+        .hyperparameters
+        .get("noise_scale")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(f64::NAN) as f32;
+    write_trace_run(store, params, scale, &outcomes)
+}
+
 /// What a trace is asked: the facts, how to trace them, and where they came from.
 #[derive(Debug, Clone)]
 pub struct TraceRequest {
@@ -549,6 +684,8 @@ pub struct TraceRequest {
     pub noise_subjects: Vec<String>,
     /// The fact file, stored with the run.
     pub dataset: Option<std::path::PathBuf>,
+    /// `K/N` where this run is one shard of a study.
+    pub shard: Option<String>,
 }
 
 impl TraceRequest {
@@ -559,6 +696,7 @@ impl TraceRequest {
             options,
             noise_subjects: Vec::new(),
             dataset: None,
+            shard: None,
         }
     }
 }
@@ -612,9 +750,19 @@ pub fn run_trace<B: Backend>(
         lm,
         model,
         store,
-        req.dataset.as_deref(),
+        TraceSource {
+            dataset: req.dataset.as_deref(),
+            shard: req.shard.as_deref(),
+        },
         &req.options,
         scale,
         &outcomes,
     )
+}
+
+/// Where a trace's facts came from: the fact file, and the shard of a study.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceSource<'a> {
+    pub dataset: Option<&'a Path>,
+    pub shard: Option<&'a str>,
 }
