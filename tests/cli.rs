@@ -1024,6 +1024,71 @@ fn probe_decodes_the_demo_relation_above_control() {
         table(&second),
         "the same seed gives the same numbers"
     );
+    // --shard K/N probes every N-th layer; the shards merged equal the whole run.
+    let id_of = |out: &str| {
+        out.lines()
+            .find_map(|l| l.split("stored as run ").nth(1))
+            .and_then(|r| r.split(' ').next())
+            .expect("run id")
+            .to_string()
+    };
+    let shard = |k: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_ACTS_DIR", dir.join("acts"))
+            .args([
+                "probe",
+                "demo",
+                "--label",
+                "relation",
+                "--subject",
+                "subject",
+            ])
+            .args(["--position", "subject", "--control", "--shard", k, "--data"])
+            .arg(&data)
+            .arg("--runs")
+            .arg(dir.join("runs"))
+            .output()
+            .expect("run engram");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        id_of(&String::from_utf8_lossy(&out.stdout))
+    };
+    let (a, b) = (shard("1/2"), shard("2/2"));
+    let runs = dir.join("runs");
+    let (ok, out, err) = engram(&[
+        "runs",
+        "merge",
+        &a,
+        &b,
+        "--runs",
+        runs.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    let merged = out
+        .lines()
+        .find_map(|l| l.strip_prefix("merged 2 shards into run "))
+        .and_then(|l| l.split(' ').next())
+        .expect("merged id")
+        .to_string();
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    let read = |id: &str, t: &str| {
+        let run = store.find(id).expect("run");
+        store.read_table(&run, t).expect("table")
+    };
+    let whole = id_of(&second);
+    for t in ["folds", "curve"] {
+        let (x, y) = (read(&whole, t), read(&merged, t));
+        assert!(x.equals_missing(&y), "{t}: whole\n{x}\nmerged\n{y}");
+    }
+    assert!(store
+        .find(&merged)
+        .expect("merged")
+        .dir
+        .join("probe.png")
+        .is_file());
     // --regress: a numeric label gets ridge probes and R² per layer; a
     // label that is not a number is named in the error.
     let numeric: Vec<String> = engram_datasets::demo::demo_facts(150, 0)

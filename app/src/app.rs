@@ -462,6 +462,7 @@ impl EngramApp {
                 let stored = match &reply {
                     Reply::Trace(t) => Some(t.run_id.clone()),
                     Reply::Lens(l) => Some(l.run_id.clone()),
+                    Reply::Memories(m) => Some(m.run_id.clone()),
                     Reply::Edited(e) => Some(e.run.id.clone()),
                     Reply::Batch(b) => Some(b.run.id.clone()),
                     Reply::Probe(p) => Some(p.report.run_id.clone()),

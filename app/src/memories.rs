@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use engram_analysis::jobs::memories::{
-    attribute as attribute_job, search_triggers, top_memories_job, AttributeRequest, TopRequest,
+    attribute as attribute_job, search_triggers, store_top_run, top_memories_job, AttributeRequest,
+    TopRequest,
 };
 use engram_analysis::memories::{Intervention, Setting, TokenScore, Trigger};
 use engram_model::burn_tensor::backend::Backend;
@@ -65,6 +66,8 @@ pub struct MemoriesView {
     pub next_clean: Vec<Scored>,
     pub next_now: Vec<Scored>,
     pub layers: Vec<LayerRow>,
+    /// The stored `memories` run.
+    pub run_id: String,
 }
 
 /// Trigger contexts of one memory.
@@ -111,23 +114,24 @@ fn interventions(list: &[(usize, usize, bool)]) -> Vec<Intervention> {
     out
 }
 
+/// The memories behind the request's prediction, stored as a `memories` run.
 pub fn memories<B: Backend>(
     lm: &LanguageModel<B>,
+    model: &str,
     req: &MemoriesRequest,
+    store: &engram_datasets::RunStore,
 ) -> Result<MemoriesView, JobError> {
-    let r = top_memories_job(
-        lm,
-        &TopRequest {
-            prompt: req.prompt.clone(),
-            subject: Some(req.subject.clone()),
-            position: None,
-            target: Some(req.target.clone()),
-            per_layer: req.per_layer,
-            k: 6,
-            interventions: interventions(&req.interventions),
-        },
-    )
-    .map_err(JobError::from_lib)?;
+    let top = TopRequest {
+        prompt: req.prompt.clone(),
+        subject: Some(req.subject.clone()),
+        position: None,
+        target: Some(req.target.clone()),
+        per_layer: req.per_layer,
+        k: 6,
+        interventions: interventions(&req.interventions),
+    };
+    let r = top_memories_job(lm, &top).map_err(JobError::from_lib)?;
+    let run = store_top_run(lm, model, store, &top, &r).map_err(JobError::from_lib)?;
     let (layers, position) = (r.layers, r.position);
     let layers = layers
         .into_iter()
@@ -156,6 +160,7 @@ pub fn memories<B: Backend>(
         position_token: lm.tokenizer.token_text(r.ids[position]),
         next_clean: scored(lm, &r.next_clean),
         next_now: scored(lm, &r.next_now),
+        run_id: run.id,
         layers,
     })
 }

@@ -449,7 +449,9 @@ impl<B: Backend> Session for Loaded<B> {
     }
 
     fn memories(&self, req: &MemoriesRequest) -> Result<MemoriesView, JobError> {
-        crate::memories::memories(&self.lm, req)
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        crate::memories::memories(&self.lm, &self.card.source, req, &store)
     }
 
     fn triggers(
@@ -497,6 +499,7 @@ impl<B: Backend> Session for Loaded<B> {
             seed: 0,
             min_count: req.min_count,
             regress: false,
+            shard: None,
         };
         let store =
             engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;

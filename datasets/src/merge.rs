@@ -162,6 +162,9 @@ pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
     let shards = check_shards(store, ids)?;
     let first = shards[0].1.clone();
     let first = &first;
+    if first.kind == "probe" {
+        return merge_by_layer(store, ids, &shards);
+    }
     if let Some(t) = first
         .tables
         .iter()
@@ -223,6 +226,63 @@ pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
             .map(|m| Ok(mean_ci(m, &crate::table::f64_column(cases, m)?)))
             .collect::<Result<_>>()?;
         run.write_rows("summary", &summary)?;
+    }
+    run.finish()
+}
+
+/// Probe shards split the layers: their tables joined and ordered by layer,
+/// and the figure drawn again from the joined curve.
+fn merge_by_layer(
+    store: &RunStore,
+    ids: &[String],
+    shards: &[(Shard, RunInfo)],
+) -> Result<RunInfo> {
+    let first = &shards[0].1;
+    let mut params = first.params.clone();
+    if let Some(m) = params.hyperparameters.as_object_mut() {
+        m.remove("shard");
+        m.insert("merged_from".into(), Value::from(ids.to_vec()));
+    }
+    let run = store.create(&first.kind, params.clone())?;
+    for name in &first.tables {
+        let mut joined: Option<DataFrame> = None;
+        for (_, r) in shards {
+            let df = store.read_table(r, name)?;
+            match &mut joined {
+                None => joined = Some(df),
+                Some(j) => {
+                    j.vstack_mut(&df)?;
+                }
+            }
+        }
+        let Some(df) = joined else { continue };
+        let mut df = if df.get_column_names().iter().any(|c| c.as_str() == "layer") {
+            df.sort(
+                ["layer"],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )?
+        } else {
+            df
+        };
+        run.write_table(name, &mut df)?;
+        if name == "curve" {
+            let points: Vec<crate::figures::CurvePoint> = crate::table::from_frame(&df)?;
+            let fig = params.hyperparameters.get("figure");
+            let text = |k: &str| {
+                fig.and_then(|f| f.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            for ext in ["svg", "png"] {
+                crate::figures::curve_lines(
+                    &points,
+                    &text("title"),
+                    &text("y"),
+                    &run.dir().join(format!("probe.{ext}")),
+                )?;
+            }
+        }
     }
     run.finish()
 }

@@ -9,8 +9,8 @@ use std::time::Instant;
 use super::prelude::*;
 use anyhow::{bail, Context, Result};
 use engram_analysis::jobs::memories::{
-    attribute as attribute_job, row, search_triggers, store_memories_run, top_memories_job,
-    AttributeRequest, Row, TopRequest,
+    attribute as attribute_job, row, search_triggers, store_memories_run, store_top_run,
+    token_list, top_memories_job, AttributeRequest, Row, TopRequest,
 };
 use engram_analysis::memories::{
     fact_lens, value_index, value_projections, Intervention, Setting, TokenScore,
@@ -21,10 +21,7 @@ use engram_model::LanguageModel;
 use serde_json::json;
 
 fn tokens(lm: &LanguageModel<Cpu>, list: &[TokenScore]) -> String {
-    list.iter()
-        .map(|t| format!("{:?} {:.2}", lm.tokenizer.token_text(t.id), t.score))
-        .collect::<Vec<_>>()
-        .join(", ")
+    token_list(lm, list)
 }
 
 /// Store `tables` as one `memories` run and say so.
@@ -216,18 +213,16 @@ pub fn top(
         setting: Setting::Value(v),
     }));
     let n_interventions = interventions.len();
-    let r = top_memories_job(
-        lm,
-        &TopRequest {
-            prompt: q.prompt.to_string(),
-            subject: q.subject.map(String::from),
-            position: q.position,
-            target: q.target.map(String::from),
-            per_layer: q.per_layer,
-            k: q.k,
-            interventions,
-        },
-    )?;
+    let req = TopRequest {
+        prompt: q.prompt.to_string(),
+        subject: q.subject.map(String::from),
+        position: q.position,
+        target: q.target.map(String::from),
+        per_layer: q.per_layer,
+        k: q.k,
+        interventions,
+    };
+    let r = top_memories_job(lm, &req)?;
     let pos = r.position;
     if n_interventions > 0 {
         let show = |t: &[TokenScore]| {
@@ -246,7 +241,6 @@ pub fn top(
         "position {pos} ({:?}); memories ranked by |coefficient| x |value|, with the tokens coefficient x value promotes",
         lm.tokenizer.token_text(r.ids[pos])
     );
-    let mut rows = Vec::new();
     for l in &r.layers {
         let standing = |s: Option<engram_analysis::memories::TargetStanding>| {
             s.map(|s| format!(" target rank {} p {:.4};", s.rank, s.prob))
@@ -274,25 +268,10 @@ pub fn top(
                     .unwrap_or_default(),
                 tokens(lm, &h.promotes)
             );
-            rows.push(row(json!({
-                "layer": l.layer, "memory": h.memory, "coefficient": h.coefficient,
-                "value_norm": h.value_norm, "score": h.score, "promotes": tokens(lm, &h.promotes),
-                "target_rank_before": h.target_before.map(|s| s.rank),
-                "target_prob_before": h.target_before.map(|s| s.prob),
-                "target_rank_with": h.target_with.map(|s| s.rank),
-                "target_prob_with": h.target_with.map(|s| s.prob),
-            })));
         }
     }
-    store_run(
-        store,
-        lm,
-        model,
-        "top",
-        json!({"prompt": q.prompt, "position": pos, "target": q.target, "per_layer": q.per_layer,
-               "zero": q.zero, "boost": q.boost, "set": q.set}),
-        &[("memories", &rows)],
-    )?;
+    let info = store_top_run(lm, &model.display().to_string(), store, &req, &r)?;
+    println!("stored as run {} ({})", info.id, info.dir.display());
     Ok(())
 }
 

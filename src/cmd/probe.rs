@@ -24,6 +24,10 @@ pub(crate) struct ProbeArgs {
     /// Which token is a sample: the last, the subject's last, or every token.
     #[arg(long, value_enum, default_value = "last")]
     pub position: PositionArg,
+    /// Probe every N-th layer, from the K-th: this machine's share of a study
+    /// spread over N; `engram runs merge` joins the shards' layers.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<engram_datasets::merge::Shard>,
     /// Also fit Hewitt & Liang's control task and report selectivity.
     #[arg(long)]
     pub control: bool,
@@ -75,6 +79,7 @@ pub(crate) fn run(a: ProbeArgs) -> Result<()> {
         seed: a.seed,
         min_count: a.min_count,
         regress: a.regress,
+        shard: a.shard,
     };
     run_probe(&lm, &a.model, &args, &store)
 }

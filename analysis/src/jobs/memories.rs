@@ -136,6 +136,53 @@ pub fn top_memories_job<B: Backend>(lm: &LanguageModel<B>, req: &TopRequest) -> 
     })
 }
 
+/// Tokens with their scores, `"tok" 0.12, …`, as the stored tables write them.
+pub fn token_list<B: Backend>(lm: &LanguageModel<B>, list: &[TokenScore]) -> String {
+    list.iter()
+        .map(|t| format!("{:?} {:.2}", lm.tokenizer.token_text(t.id), t.score))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Store a [`TopReport`] as a `memories` run (action `top`, table `memories`:
+/// a row per listed memory).
+pub fn store_top_run<B: Backend>(
+    lm: &LanguageModel<B>,
+    model: &str,
+    store: &RunStore,
+    req: &TopRequest,
+    report: &TopReport,
+) -> Result<RunInfo> {
+    let mut rows = Vec::new();
+    for l in &report.layers {
+        for h in &l.memories {
+            rows.push(row(json!({
+                "layer": l.layer, "memory": h.memory, "coefficient": h.coefficient,
+                "value_norm": h.value_norm, "score": h.score,
+                "promotes": token_list(lm, &h.promotes),
+                "target_rank_before": h.target_before.map(|s| s.rank),
+                "target_prob_before": h.target_before.map(|s| s.prob),
+                "target_rank_with": h.target_with.map(|s| s.rank),
+                "target_prob_with": h.target_with.map(|s| s.prob),
+            })));
+        }
+    }
+    let interventions: Vec<Value> = req
+        .interventions
+        .iter()
+        .map(|i| json!({"layer": i.layer, "memory": i.memory, "setting": format!("{:?}", i.setting)}))
+        .collect();
+    store_memories_run(
+        lm,
+        model,
+        store,
+        "top",
+        json!({"prompt": req.prompt, "position": report.position, "target": req.target,
+               "per_layer": req.per_layer, "interventions": interventions}),
+        &[("memories", &rows)],
+    )
+}
+
 /// Every memory's best contexts in a corpus.
 #[derive(Debug, Clone)]
 pub struct TriggerReport {

@@ -34,6 +34,9 @@ pub struct ProbeArgs<'a> {
     pub min_count: usize,
     /// A ridge probe of a numeric label (R² per layer) instead of classes.
     pub regress: bool,
+    /// Probe every N-th layer only, from the K-th: a machine's share of a
+    /// study spread over N (`engram runs merge` joins the shards).
+    pub shard: Option<engram_datasets::merge::Shard>,
 }
 
 /// A hook site by its TransformerLens name, with or without `hook_`.
@@ -358,6 +361,9 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
         if !ctl.tick("probing layers", layer as u64, n_layers as u64) {
             return Err(engram_model::Cancelled.into());
         }
+        if a.shard.is_some_and(|s| !s.takes(layer)) {
+            continue;
+        }
         let mut x = Vec::with_capacity(samples.len() * d);
         for k in 0..n_chunks {
             let ck = SafetensorsCheckpoint::open(&dir.join(format!("chunk{k:05}.safetensors")))?;
@@ -419,6 +425,8 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
             confusion: probed.confusion,
         });
     }
+    let title = format!("Probing `{}` at {} ({})", a.label, site.name(), a.position);
+    let y = format!("accuracy ({}-fold mean, 95% CI)", a.folds);
     let run = store.create(
         "probe",
         RunParams {
@@ -428,6 +436,8 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
                 "label": a.label, "text": a.text, "subject": a.subject, "hook": site.name(),
                 "position": a.position, "folds": a.folds, "grouped_by": a.subject.unwrap_or(a.text),
                 "control": a.control, "min_count": a.min_count, "classes": classes,
+                "shard": a.shard.map(|s| s.to_string()),
+                "figure": {"title": title, "y": y},
                 "probe": if a.regress {
                     "ridge, lambda 1.0, standardised features, closed form"
                 } else {
@@ -450,8 +460,6 @@ pub fn probe_report<B: engram_model::burn_tensor::backend::Backend>(
         .collect();
     run.write_rows("folds", &rows)?;
     run.write_rows("curve", &points)?;
-    let title = format!("Probing `{}` at {} ({})", a.label, site.name(), a.position);
-    let y = format!("accuracy ({}-fold mean, 95% CI)", a.folds);
     curve_lines(&points, &title, &y, &run.dir().join("probe.svg"))?;
     curve_lines(&points, &title, &y, &run.dir().join("probe.png"))?;
     let info = run.finish()?;
