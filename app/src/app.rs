@@ -68,6 +68,7 @@ pub struct Results {
     pub trace: Option<TraceView>,
     pub edit: Option<EditView>,
     pub batch: Option<crate::editor::BatchView>,
+    pub eval: Option<crate::editor::EvalView>,
     pub memories: Option<MemoriesView>,
     pub triggers: Option<TriggersView>,
     pub attribution: Option<AttributionView>,
@@ -229,6 +230,11 @@ impl EngramApp {
     /// The last edit's before/after view.
     pub fn last_edit(&self) -> Option<&EditView> {
         self.results.edit.as_ref()
+    }
+
+    /// The last evaluation.
+    pub fn last_eval(&self) -> Option<&crate::editor::EvalView> {
+        self.results.eval.as_ref()
     }
 
     /// The last MEMIT batch.
@@ -465,6 +471,7 @@ impl EngramApp {
                     Reply::Memories(m) => Some(m.run_id.clone()),
                     Reply::Edited(e) => Some(e.run.id.clone()),
                     Reply::Batch(b) => Some(b.run.id.clone()),
+                    Reply::Evaluated(e) => Some(e.run_id.clone()),
                     Reply::Probe(p) => Some(p.report.run_id.clone()),
                     _ => None,
                 };
@@ -541,6 +548,7 @@ impl EngramApp {
                 self.results.batch = Some(*b);
                 self.weights_changed();
             }
+            Reply::Evaluated(e) => self.results.eval = Some(*e),
             Reply::Ledger(l) => {
                 self.results.ledger = l;
                 self.weights_changed();

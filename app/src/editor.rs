@@ -41,6 +41,12 @@ pub struct EditSettings {
     /// MEMIT batch from a file instead (CSV/JSON/JSONL of subject, prompt,
     /// target, or CounterFact); used when not empty.
     pub batch_file: String,
+    /// Evaluation: `rome`, `r-rome` or `memit`.
+    pub eval_method: String,
+    /// Cases to evaluate.
+    pub eval_cases: usize,
+    /// CounterFact JSON; empty: the demo facts as cases (demo model only).
+    pub eval_data: String,
 }
 
 impl Default for EditSettings {
@@ -62,6 +68,9 @@ impl Default for EditSettings {
                     Zusin Belvale | Zusin Belvale works as a | poet"
                 .into(),
             batch_file: String::new(),
+            eval_method: "r-rome".into(),
+            eval_cases: 10,
+            eval_data: String::new(),
         }
     }
 }
@@ -193,6 +202,20 @@ impl std::ops::Deref for EditView {
     fn deref(&self) -> &RomeReport {
         &self.report
     }
+}
+
+/// A finished evaluation, as the Edit panel shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalView {
+    pub method: String,
+    pub cases: usize,
+    pub skipped: usize,
+    pub seconds: f64,
+    pub summary: Vec<engram_datasets::summary::MetricSummary>,
+    /// ROME's S (harmonic mean of ES, PS, NS).
+    pub score: Option<f64>,
+    /// The stored `eval` run.
+    pub run_id: String,
 }
 
 /// What the ledger list asks for.
@@ -433,6 +456,97 @@ impl<B: Backend> EditState<B> {
             LedgerOp::RevertAll => ledger.revert_all(&mut lm.model),
         }
         Ok(self.view())
+    }
+
+    /// Edit each of the form's evaluation cases on fresh weights and score it
+    /// (ROME's CounterFact conventions), stored as an `eval` run: the same job
+    /// as `engram eval counterfact`.
+    pub fn evaluate(
+        &mut self,
+        lm: &mut LanguageModel<B>,
+        model: &str,
+        form: &EditSettings,
+        z_workers: usize,
+        settings: &Settings,
+        ctl: &Control,
+    ) -> Result<EvalView, JobError> {
+        use engram_editing::jobs::evaluate::{
+            run_eval, BenchCase, EvalMethod, EvalOptions, EvalRequest,
+        };
+        if self
+            .ledger
+            .as_ref()
+            .is_some_and(|l| l.edits().iter().any(|e| e.applied))
+        {
+            return Err(failed(
+                "edits are applied: revert them in the ledger first, so that every case is edited on the original weights",
+            ));
+        }
+        if form.eval_cases == 0 {
+            return Err(failed("evaluate at least one case"));
+        }
+        let data = form.eval_data.trim();
+        let cases = if data.is_empty() {
+            if !engram_model::source::is_demo(&lm.source, settings) {
+                return Err(failed(
+                    "choose a CounterFact file to evaluate on (the demo facts serve the demo model only)",
+                ));
+            }
+            engram_editing::jobs::setup::demo_eval_cases()
+        } else {
+            engram_editing::jobs::setup::counterfact_cases(Path::new(data))
+                .map_err(failed)?
+                .0
+        };
+        let cases: Vec<BenchCase> = cases.into_iter().map(BenchCase::CounterFact).collect();
+        let n = form.eval_cases;
+        let method = match form.eval_method.as_str() {
+            "memit" => EvalMethod::Memit {
+                hparams: memit_hparams(lm, form, settings),
+                batch: n,
+                z_chunk: 16,
+                z_workers,
+                z_cache: None,
+            },
+            m => {
+                let mut hp = base_hparams(Some(&lm.source), Some(settings));
+                hp.key = if m == "rome" {
+                    KeyChoice::Original
+                } else {
+                    KeyChoice::Consistent
+                };
+                EvalMethod::Rome(hp)
+            }
+        };
+        let req = EvalRequest {
+            cases,
+            benchmark: "counterfact".into(),
+            options: EvalOptions {
+                n,
+                sequential: false,
+                distinct_subjects: matches!(method, EvalMethod::Memit { .. }),
+                checkpoints: Vec::new(),
+                fluency_tokens: 0,
+                journal: None,
+            },
+            method,
+            corpus: (!form.corpus.trim().is_empty()).then(|| PathBuf::from(form.corpus.trim())),
+            stats_tokens: form.stats_tokens,
+            dataset: (!data.is_empty()).then(|| PathBuf::from(data)),
+            cases_from: None,
+            shard: None,
+        };
+        let store = engram_datasets::RunStore::open(&settings.runs).map_err(failed)?;
+        let r = run_eval(lm, model, &req, &store, settings, ctl).map_err(edit_error)?;
+        Ok(EvalView {
+            method: req.method.name().to_string(),
+            cases: r.outcome.rows.len(),
+            skipped: r.outcome.skipped.len(),
+            seconds: r.outcome.seconds,
+            summary: r.summary,
+            score: r.score,
+            run_id: r.run.id,
+        })
     }
 
     /// Revert every edit, then apply the ledger at `path` (its base must be this model).

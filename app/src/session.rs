@@ -245,6 +245,12 @@ pub trait Session {
     /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit and stored.
     fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError>;
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
+    /// An evaluation of the form's method, stored as an `eval` run.
+    fn evaluate(
+        &mut self,
+        form: &EditSettings,
+        ctl: &Control,
+    ) -> Result<crate::editor::EvalView, JobError>;
     /// Replace the ledger with the one at `path` (a stored edit run's).
     fn import_ledger(&mut self, path: &Path) -> Result<LedgerView, JobError>;
     /// Save the edited model as a new checkpoint directory.
@@ -432,6 +438,17 @@ impl<B: Backend> Session for Loaded<B> {
         let model = self.card.source.clone();
         self.edits
             .memit(&mut self.lm, &model, form, workers, &self.settings, ctl)
+    }
+
+    fn evaluate(
+        &mut self,
+        form: &EditSettings,
+        ctl: &Control,
+    ) -> Result<crate::editor::EvalView, JobError> {
+        let workers = engram_editing::jobs::setup::z_workers(0, &self.card.device);
+        let model = self.card.source.clone();
+        self.edits
+            .evaluate(&mut self.lm, &model, form, workers, &self.settings, ctl)
     }
 
     fn import_ledger(&mut self, path: &Path) -> Result<LedgerView, JobError> {

@@ -55,6 +55,8 @@ pub enum Command {
     Edit(Box<EditSettings>),
     /// A MEMIT batch from the form's batch list or file.
     Memit(Box<EditSettings>),
+    /// Evaluate the form's method on CounterFact cases (fresh weights per case).
+    Evaluate(Box<EditSettings>),
     Ledger(LedgerOp),
     /// Replace the ledger with a stored run's (its edits applied to the loaded model).
     ImportLedger(PathBuf),
@@ -89,6 +91,7 @@ impl Command {
             Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
             Command::Memit(_) => "MEMIT batch".into(),
+            Command::Evaluate(_) => "Evaluation".into(),
             Command::Ledger(_) => "Updating the ledger".into(),
             Command::ImportLedger(_) => "Applying a stored run's ledger".into(),
             Command::SaveModel(out) => format!("Saving to {}", out.display()),
@@ -114,6 +117,7 @@ pub enum Reply {
     Trace(Box<TraceView>),
     Edited(Box<EditView>),
     Batch(Box<BatchView>),
+    Evaluated(Box<crate::editor::EvalView>),
     Ledger(LedgerView),
     Saved(PathBuf),
     Memories(Box<MemoriesView>),
@@ -336,6 +340,9 @@ fn run(
         )?)),
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
         Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, ctl)?)),
+        Command::Evaluate(form) => {
+            Reply::Evaluated(Box::new(model_mut(session)?.evaluate(&form, ctl)?))
+        }
         Command::Ledger(op) => Reply::Ledger(model_mut(session)?.ledger_op(&op)?),
         Command::ImportLedger(path) => Reply::Ledger(model_mut(session)?.import_ledger(&path)?),
         Command::SaveModel(out) => Reply::Saved(model_mut(session)?.save_model(&out)?),

@@ -901,3 +901,73 @@ fn runs_panel_lists_opens_compares_and_exports() {
     assert!(has_label(&h, &format!("wrote {}", out.display())));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// "Evaluate" on the Edit panel runs the evaluation job on the demo facts and
+/// stores an `eval` run whose cases equal those `engram eval counterfact`
+/// stores for the same request (timings aside).
+#[test]
+fn edit_panel_evaluates_and_stores_the_cli_run() {
+    let Some(cli) = engram_cli() else {
+        eprintln!(
+            "SKIP: the engram CLI is not built beside this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("engram-app-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut paths = engram_model::Settings::under(&dir);
+    paths.runs = dir.join("gui-runs");
+    paths.stats = dir.join("stats");
+    let settings_path = dir.join("app.json");
+    let settings = serde_json::json!({
+        "panel": "Edit",
+        "edit": {"eval_method": "r-rome", "eval_cases": 3},
+    });
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        paths: Some(paths.clone()),
+        ..Default::default()
+    });
+    h.get_by_label("Evaluate").click();
+    wait_for(&mut h, "the evaluation", |h| {
+        !h.state().is_busy() && h.state().last_eval().is_some()
+    });
+    let view = h.state().last_eval().expect("eval").clone();
+    assert_eq!(view.cases, 3, "{view:?}");
+    assert!(view.summary.iter().any(|s| s.metric == "ES"), "{view:?}");
+    let gui = only_run(&paths.runs, "eval");
+    assert_eq!(gui.id, view.run_id);
+    let cli_runs = dir.join("cli-runs");
+    let out = std::process::Command::new(&cli)
+        .args([
+            "eval",
+            "counterfact",
+            &demo_model(),
+            "--n",
+            "3",
+            "--method",
+            "r-rome",
+        ])
+        .arg("--runs")
+        .arg(&cli_runs)
+        .env("ENGRAM_STATS_DIR", &paths.stats)
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_run = only_run(&cli_runs, "eval");
+    let strip = |r: &engram_datasets::RunInfo| {
+        engram_datasets::store::read_parquet(&r.dir.join("cases.parquet"))
+            .expect("cases")
+            .drop_many(["edit_seconds"])
+    };
+    let (a, b) = (strip(&gui), strip(&cli_run));
+    assert!(a.equals_missing(&b), "GUI\n{a}\nCLI\n{b}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,7 +53,85 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
     ui.add_space(8.0);
     batch(app, ui);
     ui.add_space(8.0);
+    evaluation(app, ui);
+    ui.add_space(8.0);
     ledger(app, ui);
+}
+
+/// CounterFact evaluation: each case edited on fresh weights and scored, as
+/// `engram eval counterfact` does; stored as an `eval` run.
+fn evaluation(app: &mut EngramApp, ui: &mut Ui) {
+    let running = app.pending(PanelKind::Edit);
+    egui::CollapsingHeader::new(RichText::new("Evaluate: CounterFact").strong())
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "Each case edited on the original weights and scored before and after (ES, PS, NS and S as ROME's code; EasyEdit's accuracies).",
+                )
+                .weak(),
+            );
+            let e = &mut app.settings.edit;
+            ui.horizontal(|ui| {
+                let l = ui.label("Method");
+                egui::ComboBox::from_id_salt("eval_method")
+                    .selected_text(e.eval_method.clone())
+                    .show_ui(ui, |ui| {
+                        for m in ["r-rome", "rome", "memit"] {
+                            ui.selectable_value(&mut e.eval_method, m.to_string(), m);
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
+                let l = ui.label("Cases");
+                ui.add(egui::DragValue::new(&mut e.eval_cases).range(1..=10_000))
+                    .labelled_by(l.id);
+                let l = ui.label("Data");
+                ui.add(
+                    egui::TextEdit::singleline(&mut e.eval_data)
+                        .desired_width(300.0)
+                        .hint_text("CounterFact JSON (empty: the demo facts)"),
+                )
+                .labelled_by(l.id);
+            });
+            if ui
+                .add_enabled(!running, egui::Button::new(RichText::new("Evaluate").strong()))
+                .on_hover_text("Edit and score each case (progress and Cancel in the status bar)")
+                .clicked()
+            {
+                let form = Box::new(app.settings.edit.clone());
+                app.submit(PanelKind::Edit, Command::Evaluate(form));
+            }
+            if let Some(v) = &app.results.eval {
+                ui.label(
+                    RichText::new(format!(
+                        "{}: {} cases evaluated, {} skipped, {:.1} s{}; run {}",
+                        v.method,
+                        v.cases,
+                        v.skipped,
+                        v.seconds,
+                        v.score.map(|s| format!(", S {s:.4}")).unwrap_or_default(),
+                        v.run_id
+                    ))
+                    .strong(),
+                );
+                egui::Grid::new("eval_summary")
+                    .striped(true)
+                    .num_columns(3)
+                    .show(ui, |ui| {
+                        for h in ["metric", "mean [95% CI]", "n"] {
+                            ui.label(RichText::new(h).strong());
+                        }
+                        ui.end_row();
+                        for s in v.summary.iter().filter(|s| !s.metric.starts_with("pre_")) {
+                            ui.label(&s.metric);
+                            ui.label(format!("{:.4} [{:.4}, {:.4}]", s.mean, s.ci_low, s.ci_high));
+                            ui.label(s.n.to_string());
+                            ui.end_row();
+                        }
+                    });
+            }
+        });
 }
 
 /// MEMIT: a batch of requests, pasted or from a file, applied as one unit.
