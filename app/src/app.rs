@@ -69,6 +69,7 @@ pub struct Results {
     pub edit: Option<EditView>,
     pub batch: Option<crate::editor::BatchView>,
     pub eval: Option<crate::editor::EvalView>,
+    pub patch: Option<crate::session::PatchView>,
     pub memories: Option<MemoriesView>,
     pub triggers: Option<TriggersView>,
     pub attribution: Option<AttributionView>,
@@ -230,6 +231,11 @@ impl EngramApp {
     /// The last edit's before/after view.
     pub fn last_edit(&self) -> Option<&EditView> {
         self.results.edit.as_ref()
+    }
+
+    /// The last activation patching.
+    pub fn last_patch(&self) -> Option<&crate::session::PatchView> {
+        self.results.patch.as_ref()
     }
 
     /// The last evaluation.
@@ -472,6 +478,7 @@ impl EngramApp {
                     Reply::Edited(e) => Some(e.run.id.clone()),
                     Reply::Batch(b) => Some(b.run.id.clone()),
                     Reply::Evaluated(e) => Some(e.run_id.clone()),
+                    Reply::Patched(p) => Some(p.run_id.clone()),
                     Reply::Probe(p) => Some(p.report.run_id.clone()),
                     _ => None,
                 };
@@ -549,6 +556,7 @@ impl EngramApp {
                 self.weights_changed();
             }
             Reply::Evaluated(e) => self.results.eval = Some(*e),
+            Reply::Patched(p) => self.results.patch = Some(*p),
             Reply::Ledger(l) => {
                 self.results.ledger = l;
                 self.weights_changed();

@@ -171,6 +171,24 @@ pub struct TraceRequest {
     /// ν = this × the embedding std of the subjects (ROME: 3).
     pub noise_multiple: f32,
     pub uniform: bool,
+    /// Activation patching: the subject of the corrupted prompt (same token length).
+    pub corrupt_subject: String,
+}
+
+/// Activation patching of one fact, as the Locate panel draws it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchView {
+    pub prompt: String,
+    pub corrupted_prompt: String,
+    pub tokens: Vec<String>,
+    pub answer: String,
+    pub corrupted_answer: String,
+    pub clean_logit_diff: f32,
+    pub corrupted_logit_diff: f32,
+    /// `(site, recovery[layer][position or head])`
+    pub sites: Vec<(String, Vec<Vec<f32>>)>,
+    /// The stored `patch` run.
+    pub run_id: String,
 }
 
 impl Default for TraceRequest {
@@ -182,6 +200,7 @@ impl Default for TraceRequest {
             window: 0,
             noise_multiple: 3.0,
             uniform: false,
+            corrupt_subject: "Quinford Salin".into(),
         }
     }
 }
@@ -240,6 +259,8 @@ pub trait Session {
         noise_subjects: &[String],
         ctl: &Control,
     ) -> Result<TraceView, JobError>;
+    /// Activation patching (clean into corrupted) of one fact, stored as a run.
+    fn patch(&self, prompt: &str, request: &TraceRequest) -> Result<PatchView, JobError>;
     /// A ROME edit of the loaded weights, recorded in the ledger and stored as a run.
     fn edit(&mut self, form: &EditSettings, ctl: &Control) -> Result<EditView, JobError>;
     /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit and stored.
@@ -648,6 +669,45 @@ impl<B: Backend> Session for Loaded<B> {
         ctl: &Control,
     ) -> Result<TraceView, JobError> {
         self.run_trace(prompt, request, noise_subjects, ctl)
+    }
+
+    fn patch(&self, prompt: &str, request: &TraceRequest) -> Result<PatchView, JobError> {
+        use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
+        use engram_analysis::patching::PatchSite;
+        let subject = request.subject.trim();
+        let corruption = Corruption::Subject(request.corrupt_subject.trim().to_string());
+        let setup = prepare(&self.lm, prompt, subject, &request.target, &corruption)
+            .map_err(JobError::from_lib)?;
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        let (info, report) = run_patch(
+            &self.lm,
+            &self.card.source,
+            &store,
+            subject,
+            &setup,
+            &PatchSite::ALL,
+        )
+        .map_err(JobError::from_lib)?;
+        Ok(PatchView {
+            prompt: setup.clean_prompt.clone(),
+            corrupted_prompt: setup.corrupted_prompt.clone(),
+            tokens: setup
+                .clean
+                .iter()
+                .map(|&t| self.lm.tokenizer.token_text(t))
+                .collect(),
+            answer: self.lm.tokenizer.token_text(setup.answer),
+            corrupted_answer: self.lm.tokenizer.token_text(setup.wrong),
+            clean_logit_diff: report.clean_logit_diff,
+            corrupted_logit_diff: report.corrupted_logit_diff,
+            sites: report
+                .sites
+                .into_iter()
+                .map(|s| (s.site.name().to_string(), s.recovery))
+                .collect(),
+            run_id: info.id,
+        })
     }
 
     fn check_facts(

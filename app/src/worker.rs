@@ -52,6 +52,11 @@ pub enum Command {
         request: TraceRequest,
         noise_subjects: Vec<String>,
     },
+    /// Activation patching of the prompt's fact, the corrupted subject in the request.
+    Patch {
+        prompt: String,
+        request: TraceRequest,
+    },
     Edit(Box<EditSettings>),
     /// A MEMIT batch from the form's batch list or file.
     Memit(Box<EditSettings>),
@@ -89,6 +94,7 @@ impl Command {
             Command::Attention { .. } => "Attention patterns".into(),
             Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
             Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
+            Command::Patch { request, .. } => format!("Patching {:?}", request.subject),
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
             Command::Memit(_) => "MEMIT batch".into(),
             Command::Evaluate(_) => "Evaluation".into(),
@@ -117,6 +123,7 @@ pub enum Reply {
     Trace(Box<TraceView>),
     Edited(Box<EditView>),
     Batch(Box<BatchView>),
+    Patched(Box<crate::session::PatchView>),
     Evaluated(Box<crate::editor::EvalView>),
     Ledger(LedgerView),
     Saved(PathBuf),
@@ -338,6 +345,9 @@ fn run(
             &noise_subjects,
             ctl,
         )?)),
+        Command::Patch { prompt, request } => {
+            Reply::Patched(Box::new(model(session)?.patch(&prompt, &request)?))
+        }
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
         Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, ctl)?)),
         Command::Evaluate(form) => {

@@ -971,3 +971,67 @@ fn edit_panel_evaluates_and_stores_the_cli_run() {
     assert!(a.equals_missing(&b), "GUI\n{a}\nCLI\n{b}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Activation patching on Locate stores a `patch` run whose table equals the
+/// one `engram patch` stores for the same fact and corrupted subject.
+#[test]
+fn locate_patches_a_fact_and_stores_the_cli_run() {
+    let Some(cli) = engram_cli() else {
+        eprintln!(
+            "SKIP: the engram CLI is not built beside this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let (subject, prompt, target) = demo_fact(0);
+    let (other, _, _) = demo_fact(6);
+    let dir = std::env::temp_dir().join(format!("engram-app-patch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut paths = engram_model::Settings::under(&dir);
+    paths.runs = dir.join("gui-runs");
+    let settings_path = dir.join("app.json");
+    let settings = serde_json::json!({
+        "prompt": prompt,
+        "panel": "Locate",
+        "trace": {"subject": subject, "target": target, "corrupt_subject": other},
+    });
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        paths: Some(paths.clone()),
+        ..Default::default()
+    });
+    h.get_by_label("Activation patching").click();
+    h.run_steps(2);
+    h.get_by_label("Patch").click();
+    wait_for(&mut h, "the patching", |h| {
+        !h.state().is_busy() && h.state().last_patch().is_some()
+    });
+    let view = h.state().last_patch().expect("patch").clone();
+    assert_eq!(view.sites.len(), 4, "{view:?}");
+    let gui = only_run(&paths.runs, "patch");
+    assert_eq!(gui.id, view.run_id);
+    let cli_runs = dir.join("cli-runs");
+    let out = std::process::Command::new(&cli)
+        .args([
+            "patch",
+            &demo_model(),
+            "--prompt",
+            &prompt,
+            "--subject",
+            &subject,
+        ])
+        .args(["--target", &target, "--corrupt-subject", &other])
+        .args(["--sites", "resid_pre,attn_out,mlp_out,head_out", "--runs"])
+        .arg(&cli_runs)
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_table(&gui, &only_run(&cli_runs, "patch"), "patch");
+    let _ = std::fs::remove_dir_all(&dir);
+}

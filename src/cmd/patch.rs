@@ -17,17 +17,43 @@ pub(crate) struct PatchArgs {
     /// Or give the whole corrupted prompt (same token length).
     #[arg(long, conflicts_with = "corrupt_subject")]
     pub corrupted_prompt: Option<String>,
-    /// Comma-separated: resid_pre, attn_out, mlp_out, head_out.
+    /// What is patched, comma-separated: the residual stream before each
+    /// block, attention outputs, MLP outputs, each head's output.
     #[arg(
         long,
+        value_enum,
         value_delimiter = ',',
         default_value = "resid_pre,attn_out,mlp_out,head_out"
     )]
-    pub sites: Vec<String>,
+    pub sites: Vec<SiteArg>,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[arg(long)]
     pub runs: Option<PathBuf>,
+}
+
+/// A patched site, by its TransformerLens name.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum SiteArg {
+    #[value(name = "resid_pre")]
+    ResidPre,
+    #[value(name = "attn_out")]
+    AttnOut,
+    #[value(name = "mlp_out")]
+    MlpOut,
+    #[value(name = "head_out")]
+    HeadOut,
+}
+
+impl From<SiteArg> for engram_analysis::patching::PatchSite {
+    fn from(s: SiteArg) -> Self {
+        match s {
+            SiteArg::ResidPre => Self::ResidPre,
+            SiteArg::AttnOut => Self::AttnOut,
+            SiteArg::MlpOut => Self::MlpOut,
+            SiteArg::HeadOut => Self::HeadOut,
+        }
+    }
 }
 
 pub(crate) fn run(args: PatchArgs) -> Result<()> {
@@ -44,18 +70,7 @@ impl BackendJob for PatchJob {
         use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
         use engram_analysis::patching::PatchSite;
         let a = self.0;
-        let sites = a
-            .sites
-            .iter()
-            .map(|s| {
-                PatchSite::ALL
-                    .into_iter()
-                    .find(|x| x.name() == s.trim())
-                    .with_context(|| {
-                        format!("unknown site {s:?}: use resid_pre, attn_out, mlp_out or head_out")
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let sites: Vec<PatchSite> = a.sites.iter().map(|&s| s.into()).collect();
         let corruption = match (&a.corrupt_subject, &a.corrupted_prompt) {
             (Some(s), _) => Corruption::Subject(s.clone()),
             (None, Some(p)) => Corruption::Prompt(p.clone()),

@@ -71,6 +71,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         }
     });
     panel_error(app, ui, PanelKind::Locate);
+    patch_section(app, ui);
     let Some(view) = app.results.trace.clone() else {
         return;
     };
@@ -228,4 +229,82 @@ pub fn strongest_mlp_layer(view: &TraceView) -> Option<(usize, f32)> {
 /// The panel's width at the heatmap row (the scroll area gives unbounded width).
 fn app_width(ui: &Ui) -> f32 {
     ui.clip_rect().width()
+}
+
+/// Activation patching (TransformerLens style): each clean activation put into
+/// the corrupted run, one at a time; how much of the clean logit difference
+/// it recovers, per site, layer and position (or head). Stored as a run.
+fn patch_section(app: &mut EngramApp, ui: &mut Ui) {
+    let running = app.pending(PanelKind::Locate);
+    egui::CollapsingHeader::new(RichText::new("Activation patching").strong())
+        .default_open(false)
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                let l = ui.label("Corrupted subject");
+                ui.add(
+                    egui::TextEdit::singleline(&mut app.settings.trace.corrupt_subject)
+                        .desired_width(240.0)
+                        .hint_text("another subject of the same token length"),
+                )
+                .labelled_by(l.id);
+                if ui
+                    .add_enabled(!running, egui::Button::new("Patch"))
+                    .on_hover_text("Patch clean activations into the corrupted run")
+                    .clicked()
+                {
+                    let command = crate::worker::Command::Patch {
+                        prompt: app.settings.prompt.clone(),
+                        request: app.settings.trace.clone(),
+                    };
+                    app.submit(PanelKind::Locate, command);
+                }
+            });
+            let Some(p) = app.results.patch.clone() else {
+                return;
+            };
+            ui.label(
+                RichText::new(format!(
+                    "'{}' vs '{}': logit difference {:+.3} clean, {:+.3} on {:?}; run {}",
+                    show_token(&p.answer),
+                    show_token(&p.corrupted_answer),
+                    p.clean_logit_diff,
+                    p.corrupted_logit_diff,
+                    p.corrupted_prompt,
+                    p.run_id
+                ))
+                .strong(),
+            );
+            ui.horizontal_wrapped(|ui| {
+                for (site, rec) in &p.sites {
+                    let layers = rec.len();
+                    let cols = rec.first().map_or(0, Vec::len);
+                    let value = |r: usize, c: usize| {
+                        rec.get(r)
+                            .and_then(|row| row.get(c))
+                            .map(|v| v.clamp(0.0, 1.0))
+                    };
+                    let col_labels: Vec<String> = if site == "head_out" {
+                        (0..cols).map(|h| format!("h{h}")).collect()
+                    } else {
+                        p.tokens.iter().map(|t| show_token(t)).collect()
+                    };
+                    ui.vertical(|ui| {
+                        ui.label(RichText::new(format!("{site}: recovery")).weak());
+                        Heatmap {
+                            rows: layers,
+                            cols,
+                            value: &value,
+                            text: None,
+                            row_labels: (0..layers).map(|l| format!("L{l}")).collect(),
+                            col_labels,
+                            cell: Vec2::new(22.0, 16.0),
+                            vertical_col_labels: true,
+                            marked_cols: Vec::new(),
+                            selected: None,
+                        }
+                        .show(ui);
+                    });
+                }
+            });
+        });
 }
