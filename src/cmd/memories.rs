@@ -9,8 +9,9 @@ use std::time::Instant;
 use super::prelude::*;
 use anyhow::{bail, Context, Result};
 use engram_analysis::jobs::memories::{
-    attribute as attribute_job, row, search_triggers, store_memories_run, store_top_run,
-    token_list, top_memories_job, AttributeRequest, Row, TopRequest,
+    attribute as attribute_job, attribution_rows, fact_lens_rows, row, search_triggers,
+    store_memories_run, store_top_run, token_list, top_memories_job, trigger_rows, value_rows,
+    AttributeRequest, Row, TopRequest,
 };
 use engram_analysis::memories::{
     fact_lens, value_index, value_projections, Intervention, Setting, TokenScore,
@@ -45,20 +46,6 @@ fn store_run(
     Ok(info.id)
 }
 
-fn projection_rows(
-    lm: &LanguageModel<Cpu>,
-    v: &[engram_analysis::memories::ValueProjection],
-) -> Vec<Row> {
-    v.iter()
-        .map(|p| {
-            row(json!({
-                "layer": p.layer, "memory": p.memory, "norm": p.norm,
-                "top": tokens(lm, &p.top), "bottom": tokens(lm, &p.bottom),
-            }))
-        })
-        .collect()
-}
-
 /// `values`: what chosen memories promote and suppress.
 pub fn values(
     lm: &LanguageModel<Cpu>,
@@ -74,7 +61,7 @@ pub fn values(
         println!("  promotes: {}", tokens(lm, &p.top));
         println!("  suppresses: {}", tokens(lm, &p.bottom));
     }
-    let rows = projection_rows(lm, &v);
+    let rows = value_rows(lm, &v);
     store_run(
         store,
         lm,
@@ -101,7 +88,7 @@ pub fn index(
             eprint!("\rlayer {layer}: {done}/{total} memories");
             true
         })?;
-        rows.extend(projection_rows(lm, &v));
+        rows.extend(value_rows(lm, &v));
     }
     eprintln!();
     println!(
@@ -291,7 +278,6 @@ pub fn lens(
         "{:>6} {:>16} {:>16} {:>16}",
         "layer", "entering", "after attn", "after MLP"
     );
-    let mut rows = Vec::new();
     for s in &steps {
         let f = |x: engram_analysis::memories::TargetStanding| format!("#{} {:.4}", x.rank, x.prob);
         println!(
@@ -301,12 +287,8 @@ pub fn lens(
             f(s.after_attn),
             f(s.after_mlp)
         );
-        rows.push(row(json!({
-            "layer": s.layer, "rank_entering": s.entering.rank, "prob_entering": s.entering.prob,
-            "rank_after_attn": s.after_attn.rank, "prob_after_attn": s.after_attn.prob,
-            "rank_after_mlp": s.after_mlp.rank, "prob_after_mlp": s.after_mlp.prob,
-        })));
     }
+    let rows = fact_lens_rows(&steps);
     match steps.iter().find(|s| s.after_mlp.rank == 0) {
         Some(s) => println!("{target:?} is first top-1 after layer {}", s.layer),
         None => println!("{target:?} never becomes top-1"),
@@ -347,7 +329,7 @@ pub fn triggers(
         seq_len,
         &crate::stderr_control(),
     )?;
-    let (found, tokens_read) = (report.found, report.tokens_read);
+    let tokens_read = report.tokens_read;
     let seq_len = seq_len.clamp(2, lm.model.config.n_ctx);
     println!(
         "{tokens_read} tokens of {} searched for {} layer(s) in {:.1} s",
@@ -355,25 +337,28 @@ pub fn triggers(
         layers.len(),
         start.elapsed().as_secs_f64()
     );
-    let mut rows = Vec::new();
-    for (li, &layer) in layers.iter().enumerate() {
-        for (memory, list) in found[li].iter().enumerate() {
-            for (rank, t) in list.iter().enumerate() {
-                let (last, before) = t.context.split_last().unwrap_or((&0, &[]));
-                let text = lm.tokenizer.decode(before)?;
-                let token = lm.tokenizer.token_text(*last);
-                if show.contains(&memory) {
-                    println!(
-                        "layer {layer} memory {memory} #{rank} {:+.3}: {text}[[{token}]]",
-                        t.coefficient
-                    );
-                }
-                rows.push(row(json!({
-                    "layer": layer, "memory": memory, "rank": rank, "coefficient": t.coefficient,
-                    "context": text, "token": token,
-                })));
-            }
-        }
+    let rows = trigger_rows(lm, &report)?;
+    for r in rows.iter().filter(|r| {
+        r.get("memory")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|m| show.contains(&(m as usize)))
+    }) {
+        let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
+        let num = |k: &str| {
+            r.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(f64::NAN)
+        };
+        let int = |k: &str| r.get(k).map(ToString::to_string).unwrap_or_default();
+        println!(
+            "layer {} memory {} #{} {:+.3}: {}[[{}]]",
+            int("layer"),
+            int("memory"),
+            int("rank"),
+            num("coefficient"),
+            text("context"),
+            text("token")
+        );
     }
     store_run(
         store,
@@ -412,16 +397,7 @@ pub fn attribute(
         },
         &crate::stderr_control(),
     )?;
-    let mut rows = Vec::new();
-    for (pi, layers) in r.attributions.iter().enumerate() {
-        for (layer, a) in layers.iter().enumerate() {
-            for (memory, s) in a.scores.iter().enumerate() {
-                rows.push(row(
-                    json!({"prompt": pi, "layer": layer, "memory": memory, "attribution": s}),
-                ));
-            }
-        }
-    }
+    let rows = attribution_rows(&r);
     let kn = r.neurons;
     println!(
         "{} knowledge neuron(s) (t = {t} x max, shared by >= {:.0}% of {} prompt(s); IG, zero baseline, {steps} steps) in {:.1} s: {}",

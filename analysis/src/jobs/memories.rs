@@ -183,6 +183,70 @@ pub fn store_top_run<B: Backend>(
     )
 }
 
+/// Rows of a `values` table: each memory's norm and what it promotes and suppresses.
+pub fn value_rows<B: Backend>(
+    lm: &LanguageModel<B>,
+    values: &[crate::memories::ValueProjection],
+) -> Vec<Row> {
+    values
+        .iter()
+        .map(|p| {
+            row(json!({
+                "layer": p.layer, "memory": p.memory, "norm": p.norm,
+                "top": token_list(lm, &p.top), "bottom": token_list(lm, &p.bottom),
+            }))
+        })
+        .collect()
+}
+
+/// Rows of a `fact_lens` table: the target's rank and probability entering
+/// each block, after its attention and after its MLP.
+pub fn fact_lens_rows(steps: &[crate::memories::FactStep]) -> Vec<Row> {
+    steps
+        .iter()
+        .map(|s| {
+            row(json!({
+                "layer": s.layer, "rank_entering": s.entering.rank, "prob_entering": s.entering.prob,
+                "rank_after_attn": s.after_attn.rank, "prob_after_attn": s.after_attn.prob,
+                "rank_after_mlp": s.after_mlp.rank, "prob_after_mlp": s.after_mlp.prob,
+            }))
+        })
+        .collect()
+}
+
+/// Rows of a `triggers` table: each memory's contexts, best first, the
+/// triggering token apart.
+pub fn trigger_rows<B: Backend>(lm: &LanguageModel<B>, report: &TriggerReport) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (li, &layer) in report.layers.iter().enumerate() {
+        for (memory, list) in report.found[li].iter().enumerate() {
+            for (rank, t) in list.iter().enumerate() {
+                let (last, before) = t.context.split_last().unwrap_or((&0, &[]));
+                rows.push(row(json!({
+                    "layer": layer, "memory": memory, "rank": rank, "coefficient": t.coefficient,
+                    "context": lm.tokenizer.decode(before)?, "token": lm.tokenizer.token_text(*last),
+                })));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows of an `attributions` table: every prompt's, layer's and memory's attribution.
+pub fn attribution_rows(report: &AttributionReport) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (pi, layers) in report.attributions.iter().enumerate() {
+        for (layer, a) in layers.iter().enumerate() {
+            for (memory, s) in a.scores.iter().enumerate() {
+                rows.push(row(
+                    json!({"prompt": pi, "layer": layer, "memory": memory, "attribution": s}),
+                ));
+            }
+        }
+    }
+    rows
+}
+
 /// Every memory's best contexts in a corpus.
 #[derive(Debug, Clone)]
 pub struct TriggerReport {
