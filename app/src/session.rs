@@ -523,7 +523,21 @@ impl<B: Backend> Session for Loaded<B> {
         req: &crate::settings::ProbeSettings,
         ctl: &Control,
     ) -> Result<ProbeView, JobError> {
-        let data = PathBuf::from(req.data.trim());
+        let data = if req.data.trim() == crate::settings::DEMO_PROBE_DATA {
+            // The demo relation set, compiled in: written once under the cache.
+            let path = self.settings.cache.join("demo-relations.jsonl");
+            let text = engram_datasets::demo::DEMO_RELATIONS_JSONL;
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+                std::fs::create_dir_all(&self.settings.cache).map_err(|e| {
+                    JobError::Failed(format!("{}: {e}", self.settings.cache.display()))
+                })?;
+                engram_datasets::store::write_atomic(&path, text.as_bytes())
+                    .map_err(JobError::from_lib)?;
+            }
+            path
+        } else {
+            PathBuf::from(req.data.trim())
+        };
         let subject = req.subject.trim();
         let args = engram_analysis::jobs::probe::ProbeArgs {
             data: &data,

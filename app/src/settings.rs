@@ -120,15 +120,13 @@ pub struct ProbeSettings {
     pub min_count: usize,
 }
 
+/// The Probe panel's name for the demo relation set compiled into the binary.
+pub const DEMO_PROBE_DATA: &str = "demo";
+
 impl Default for ProbeSettings {
     fn default() -> Self {
-        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/relations.jsonl");
         Self {
-            data: if demo.is_file() {
-                demo.display().to_string()
-            } else {
-                String::new()
-            },
+            data: DEMO_PROBE_DATA.into(),
             label: "relation".into(),
             text: "prompt".into(),
             subject: "subject".into(),

@@ -604,7 +604,11 @@ fn probe_panel_runs_a_probe_and_shows_a_layer() {
         panel: Some(PanelKind::Probe),
         ..Default::default()
     });
-    assert!(h.state().settings().probe.data.ends_with("relations.jsonl"));
+    assert_eq!(
+        h.state().settings().probe.data,
+        "demo",
+        "the compiled-in demo set"
+    );
     h.get_by_label("Run probe").click();
     wait_for(&mut h, "the probe", |h| {
         !h.state().is_busy() && h.state().probe_view().is_some()

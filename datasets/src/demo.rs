@@ -250,6 +250,12 @@ pub fn demo_corpus(facts: &[DemoFact], n_filler: usize, seed: u64) -> Vec<String
     out
 }
 
+/// The demo facts as labelled probing prompts ("The home of {} is the city
+/// of": the relation comes before the subject), one JSON object per line with
+/// `prompt`, `subject` and `relation`; compiled in, so the workbench's Probe
+/// panel has a data set wherever it runs.
+pub const DEMO_RELATIONS_JSONL: &str = include_str!("../demo/relations.jsonl");
+
 /// How many fictional people the demo model was trained on.
 pub const DEMO_SUBJECTS: usize = 150;
 /// How many filler sentences its corpus holds.

@@ -31,7 +31,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
                 (
                     "Data",
                     &mut p.data,
-                    "JSON array or JSON lines of labelled prompts",
+                    "JSON array or JSON lines of labelled prompts; `demo`: the demo relations",
                 ),
                 ("Label field", &mut p.label, "e.g. relation_id"),
                 ("Text field", &mut p.text, "prompt"),
