@@ -87,6 +87,15 @@ shoot() { # panel, file, extra args...
       sleep "${EDIT_WAIT:-$WAIT}"
     fi
   fi
+  if [ "$panel" = runs ] && [ -n "${RUNS_EXPORT:-}" ] && command -v xdotool >/dev/null; then
+    # Press Export (the form under an open run's table).
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${EXPORT_X:-728}" "${EXPORT_Y:-691}" click 1 || true
+      sleep 2
+    fi
+  fi
   xwd -root -silent | "$CONVERT" xwd:- "$OUT/$file"
   kill "$app" 2>/dev/null || true
   wait "$app" 2>/dev/null || true
