@@ -897,7 +897,7 @@ fn runs_panel_lists_opens_compares_and_exports() {
     let out = dir.join("cases.csv");
     h.state_mut().runs_panel().export_path = out.display().to_string();
     h.run_steps(1);
-    h.get_by_label("Export").click();
+    h.get_by_label("Export").click_accesskit();
     h.run_steps(2);
     let text = std::fs::read_to_string(&out).expect("the CSV was written");
     assert_eq!(text.lines().next(), Some("case_id,subject,ES"));
@@ -935,7 +935,7 @@ fn edit_panel_evaluates_and_stores_the_cli_run() {
         paths: Some(paths.clone()),
         ..Default::default()
     });
-    h.get_by_label("Evaluate").click();
+    h.get_by_label("Evaluate").click_accesskit();
     wait_for(&mut h, "the evaluation", |h| {
         !h.state().is_busy() && h.state().last_eval().is_some()
     });
@@ -1006,9 +1006,9 @@ fn locate_patches_a_fact_and_stores_the_cli_run() {
         paths: Some(paths.clone()),
         ..Default::default()
     });
-    h.get_by_label("Activation patching").click();
+    h.get_by_label("Activation patching").click_accesskit();
     h.run_steps(2);
-    h.get_by_label("Patch").click();
+    h.get_by_label("Patch").click_accesskit();
     wait_for(&mut h, "the patching", |h| {
         !h.state().is_busy() && h.state().last_patch().is_some()
     });

@@ -48,17 +48,18 @@ pub fn demo_model_dir(settings: &Settings) -> Result<PathBuf, ModelError> {
     Ok(dir)
 }
 
-/// Whether `arg` names the demo model: `demo`, or a directory holding its copy.
-pub fn is_demo(arg: &Path, settings: &Settings) -> bool {
+/// Whether `arg` names the demo model: `demo`, or a directory holding the
+/// demo checkpoint's files (compared by content, so a copy anywhere counts).
+pub fn is_demo(arg: &Path, _settings: &Settings) -> bool {
     if arg == Path::new("demo") {
         return true;
     }
-    let Ok(a) = std::fs::canonicalize(arg) else {
-        return false;
-    };
-    [repo_demo_dir(), settings.cache.join("demo-model")]
-        .iter()
-        .any(|d| std::fs::canonicalize(d).ok().as_ref() == Some(&a))
+    arg.is_dir()
+        && DEMO_FILES.iter().all(|(name, bytes)| {
+            let path = arg.join(name);
+            std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64)
+                && std::fs::read(&path).is_ok_and(|b| b == *bytes)
+        })
 }
 
 /// Whether `arg` reads as a hub id rather than a path.
