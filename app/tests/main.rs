@@ -1039,3 +1039,63 @@ fn locate_patches_a_fact_and_stores_the_cli_run() {
     assert_same_table(&gui, &only_run(&cli_runs, "patch"), "patch");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stored edit run opens on Edit: "Open ledger on Edit" applies the run's
+/// ledger to the loaded model, and the Playground sees the edit.
+#[test]
+fn runs_panel_applies_an_edit_runs_ledger() {
+    let Some(cli) = engram_cli() else {
+        eprintln!(
+            "SKIP: the engram CLI is not built beside this test (run cargo test --workspace)"
+        );
+        return;
+    };
+    let (subject, prompt, target) = demo_fact(0);
+    let (_, _, new_target) = demo_fact(3);
+    let dir = std::env::temp_dir().join(format!("engram-app-ledger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut paths = engram_model::Settings::under(&dir);
+    paths.stats = dir.join("stats");
+    let out = std::process::Command::new(&cli)
+        .args([
+            "edit",
+            &demo_model(),
+            "--prompt",
+            &prompt,
+            "--subject",
+            &subject,
+        ])
+        .args(["--target", &new_target, "--runs"])
+        .arg(&paths.runs)
+        .env("ENGRAM_STATS_DIR", &paths.stats)
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = only_run(&paths.runs, "edit");
+    assert!(
+        run.dir.join("ledger.json").is_file(),
+        "the edit run keeps its ledger"
+    );
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        prompt: Some(prompt.clone()),
+        run: Some(run.id.clone()),
+        paths: Some(paths.clone()),
+        ..Default::default()
+    });
+    assert!(playground_top1(&mut h).contains(&format!("'{target}'")));
+    h.get_by_label("Runs").click();
+    h.run_steps(2);
+    h.get_by_label("Open ledger on Edit").click_accesskit();
+    wait_for(&mut h, "the ledger", |h| {
+        !h.state().is_busy() && h.state().ledger().len() == 1
+    });
+    assert!(h.state().ledger()[0].applied);
+    assert!(playground_top1(&mut h).contains(&format!("'{new_target}'")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
