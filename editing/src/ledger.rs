@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
 use crate::memit::MemitLayerEdit;
-use crate::rome::{EditRequest, KeyChoice, RomeEdit};
+use crate::rome::{EditRequest, RomeEdit};
 
 /// The ledger's name inside a saved checkpoint directory.
 pub const LEDGER_FILE: &str = "engram-ledger.json";
@@ -106,10 +106,7 @@ impl<B: Backend> Ledger<B> {
 
     /// Add a ROME edit to the ledger and apply it. Returns its id.
     pub fn push(&mut self, model: &mut Transformer<B>, edit: RomeEdit) -> Result<usize> {
-        let method = match edit.key {
-            KeyChoice::Consistent => "r-rome",
-            KeyChoice::Original => "rome",
-        };
+        let method = edit.key.method_name();
         self.push_entry(model, method, None, EditPayload::Rome(edit))
     }
 

@@ -40,12 +40,8 @@ pub(crate) struct EditArgs {
     /// Key vectors for the statistics.
     #[arg(long, default_value_t = 100_000)]
     pub stats_tokens: usize,
-    /// Write the edit ledger (JSON) here.
-    #[arg(long)]
-    pub ledger: Option<PathBuf>,
-    /// Save the edited model as this new checkpoint directory (never overwritten).
-    #[arg(long)]
-    pub save: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: EditOutput,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -66,7 +62,7 @@ impl BackendJob for EditJob {
         use engram_editing::rome::EditRequest;
         use engram_editing::Ledger;
         let a = self.0;
-        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        a.output.refuse_existing()?;
         let mut hparams = engram_editing::jobs::setup::resolve_hparams(
             &a.model,
             a.hparams.as_deref(),
@@ -149,14 +145,7 @@ impl BackendJob for EditJob {
             println!(" after: {}", r.generation_after);
         }
         println!("stored as run {} ({})", r.run.id, r.run.dir.display());
-        if let Some(path) = &a.ledger {
-            ledger.export(path)?;
-            println!("ledger written to {}", path.display());
-        }
-        if let Some(out) = &a.save {
-            let path = ledger.save(&lm, out)?;
-            println!("edited model saved as {}", path.display());
-        }
+        a.output.write(&ledger, &lm)?;
         Ok(())
     }
 }

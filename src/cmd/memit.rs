@@ -34,10 +34,8 @@ pub(crate) struct MemitArgs {
     /// Show the top answers before and after for this many requests.
     #[arg(long, default_value_t = 5)]
     pub show: usize,
-    #[arg(long)]
-    pub ledger: Option<PathBuf>,
-    #[arg(long)]
-    pub save: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: EditOutput,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -55,7 +53,7 @@ impl BackendJob for MemitJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         use engram_editing::Ledger;
         let a = self.0;
-        engram_editing::jobs::setup::refuse_existing(a.save.as_deref())?;
+        a.output.refuse_existing()?;
         let mut requests = engram_editing::jobs::setup::load_requests(&a.requests)?;
         if let Some(n) = a.n {
             requests.truncate(n);
@@ -114,14 +112,7 @@ impl BackendJob for MemitJob {
             stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
         );
         println!("stored as run {} ({})", r.run.id, r.run.dir.display());
-        if let Some(path) = &a.ledger {
-            ledger.export(path)?;
-            println!("ledger written to {}", path.display());
-        }
-        if let Some(out) = &a.save {
-            let path = ledger.save(&lm, out)?;
-            println!("edited model saved as {}", path.display());
-        }
+        a.output.write(&ledger, &lm)?;
         Ok(())
     }
 }

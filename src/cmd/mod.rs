@@ -25,8 +25,45 @@ pub(crate) mod prelude {
     pub(crate) use engram_model::LanguageModel;
     pub(crate) use serde_json::json;
 
-    pub(crate) use super::BackendArgs;
+    pub(crate) use super::{BackendArgs, EditOutput};
     pub(crate) use crate::{is_demo, load, parse_shard, settings, stderr_control, KeyArg};
+}
+
+/// Where an edit's results go: `--ledger FILE` and `--save NEW_DIR`.
+#[derive(clap::Args)]
+pub(crate) struct EditOutput {
+    /// Write the edit ledger (JSON) here.
+    #[arg(long)]
+    pub ledger: Option<std::path::PathBuf>,
+    /// Save the edited model as this new checkpoint directory (never overwritten).
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+}
+
+impl EditOutput {
+    /// Refuse an existing `--save` directory before any work.
+    pub(crate) fn refuse_existing(&self) -> anyhow::Result<()> {
+        Ok(engram_editing::jobs::setup::refuse_existing(
+            self.save.as_deref(),
+        )?)
+    }
+
+    /// Export the ledger and save the edited model where asked.
+    pub(crate) fn write<B: engram_model::burn_tensor::backend::Backend>(
+        &self,
+        ledger: &engram_editing::Ledger<B>,
+        lm: &engram_model::LanguageModel<B>,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.ledger {
+            ledger.export(path)?;
+            println!("ledger written to {}", path.display());
+        }
+        if let Some(out) = &self.save {
+            let path = ledger.save(lm, out)?;
+            println!("edited model saved as {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// Where a command runs: `--device cpu|cuda[:N]` and `--dtype`.

@@ -450,11 +450,6 @@ pub fn store_run<B: Backend>(
     scale: f32,
     outcomes: &[FactOutcome],
 ) -> Result<TraceRun> {
-    let traced = outcomes
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
-        .count();
-    let skipped = outcomes.len() - traced;
     let n_layers = outcomes.iter().find_map(|o| match &o.outcome {
         Outcome::Traced(t) => t.kinds.first().and_then(|k| k.scores.first()).map(Vec::len),
         _ => None,
@@ -477,8 +472,6 @@ pub fn store_run<B: Backend>(
             "window": window,
             "kinds": opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "path": if opts.naive { "naive" } else { "batched, prefix reuse" },
-            "facts_traced": traced,
-            "facts_skipped": skipped,
             "shard": source.shard,
         }),
     )?;
@@ -487,19 +480,28 @@ pub fn store_run<B: Backend>(
     write_trace_run(store, params, scale, outcomes)
 }
 
-/// Store `outcomes` as a `trace` run under `params` (their record ids set
-/// here): the tables, the averaged effects and the figures.
+/// How many of `outcomes` were traced (the rest were skipped).
+fn traced_count(outcomes: &[FactOutcome]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
+        .count()
+}
+
+/// Store `outcomes` as a `trace` run under `params` (their record ids and
+/// counts set here): the tables, the averaged effects and the figures.
 fn write_trace_run(
     store: &RunStore,
     mut params: engram_datasets::RunParams,
     scale: f32,
     outcomes: &[FactOutcome],
 ) -> Result<TraceRun> {
-    let traced = outcomes
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
-        .count();
+    let traced = traced_count(outcomes);
     let skipped = outcomes.len() - traced;
+    if let Some(m) = params.hyperparameters.as_object_mut() {
+        m.insert("facts_traced".into(), traced.into());
+        m.insert("facts_skipped".into(), skipped.into());
+    }
     params.record_ids = outcomes.iter().map(|o| o.fact.prompt.clone()).collect();
     let run = store.create("trace", params)?;
     let rows = trace_rows(outcomes);
@@ -657,15 +659,9 @@ pub fn merge_trace_shards(store: &RunStore, ids: &[String]) -> Result<TraceRun> 
         .flat_map(|i| per_shard.iter().filter_map(move |o| o.get(i).cloned()))
         .collect();
     let mut params = first.params.clone();
-    let traced = outcomes
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
-        .count();
     if let Some(m) = params.hyperparameters.as_object_mut() {
         m.remove("shard");
         m.insert("merged_from".into(), serde_json::Value::from(ids.to_vec()));
-        m.insert("facts_traced".into(), traced.into());
-        m.insert("facts_skipped".into(), (outcomes.len() - traced).into());
     }
     let scale = params
         .hyperparameters
@@ -727,11 +723,7 @@ pub fn run_trace<B: Backend>(
     };
     let scale = noise_scale(lm, &subjects, req.options.noise)?;
     let outcomes = trace_facts(lm, &req.facts, &req.options, scale, ctl)?;
-    let traced = outcomes
-        .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Traced(_)))
-        .count();
-    if traced == 0 {
+    if traced_count(&outcomes) == 0 {
         let reasons: Vec<String> = outcomes
             .iter()
             .take(5)

@@ -910,8 +910,7 @@ impl EvalMethod {
     /// `rome`, `r-rome` or `memit`.
     pub fn name(&self) -> &'static str {
         match self {
-            EvalMethod::Rome(h) if h.key == crate::KeyChoice::Original => "rome",
-            EvalMethod::Rome(_) => "r-rome",
+            EvalMethod::Rome(h) => h.key.method_name(),
             EvalMethod::Memit { .. } => "memit",
         }
     }
@@ -1069,10 +1068,19 @@ pub fn run_eval<B: Backend>(
         EvalMethod::Memit { batch, .. } if *batch < opts.n => Some(*batch),
         _ => None,
     };
-    let params = engram_datasets::RunParams {
-        model: model.to_string(),
+    let record_ids = outcome
+        .rows
+        .iter()
+        .map(|r| {
+            r.get("case_id")
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut params = super::run_params::<B>(
+        model,
         model_hash,
-        hyperparameters: serde_json::json!({
+        serde_json::json!({
             "method": req.method.name(),
             "benchmark": req.benchmark,
             "conventions": conventions(&req.benchmark, &req.cases),
@@ -1089,20 +1097,10 @@ pub fn run_eval<B: Backend>(
             "S": score,
             "shard": req.shard,
         }),
-        dataset: req.dataset.as_ref().map(|d| d.display().to_string()),
-        record_ids: outcome
-            .rows
-            .iter()
-            .map(|r| {
-                r.get("case_id")
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            })
-            .collect(),
-        seed: Some(0),
-        engram_version: env!("CARGO_PKG_VERSION").into(),
-        device: super::device_name::<B>(),
-    };
+        record_ids,
+    );
+    params.dataset = req.dataset.as_ref().map(|d| d.display().to_string());
+    params.seed = Some(0);
     let run = store.create("eval", params)?;
     run.write_rows("cases", &outcome.rows)?;
     run.write_rows("summary", &summary)?;

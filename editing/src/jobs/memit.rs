@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use engram_datasets::{RunInfo, RunParams, RunStore};
+use engram_datasets::{RunInfo, RunStore};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::{Control, LanguageModel, Settings};
 use serde::{Deserialize, Serialize};
@@ -141,10 +141,10 @@ pub fn run_memit<B: Backend>(
         solve_seconds: out.solve_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
     };
-    let params = RunParams {
-        model: model.to_string(),
-        model_hash: ledger.base_model_hash.clone(),
-        hyperparameters: serde_json::json!({
+    let params = super::run_params::<B>(
+        model,
+        ledger.base_model_hash.clone(),
+        serde_json::json!({
             "method": "memit",
             "hparams": hp,
             "z_chunk": req.z_chunk,
@@ -153,16 +153,12 @@ pub fn run_memit<B: Backend>(
             "times": times,
             "context_templates": groups,
         }),
-        dataset: None,
-        record_ids: requests.iter().map(|r| r.prompt.clone()).collect(),
-        seed: None,
-        engram_version: env!("CARGO_PKG_VERSION").into(),
-        device: super::device_name::<B>(),
-    };
-    let run = store.create("memit", params)?;
-    run.write_rows("requests", &rows)?;
-    ledger.export(&run.dir().join("ledger.json"))?;
-    let run = run.finish()?;
+        requests.iter().map(|r| r.prompt.clone()).collect(),
+    );
+    let run = super::store_edit_run(store, "memit", params, ledger, |run| {
+        run.write_rows("requests", &rows)?;
+        Ok(())
+    })?;
     Ok(MemitReport {
         run,
         batch: out.batch,

@@ -3,7 +3,7 @@
 //! the rank-one edit, push it into the ledger, probe again, and store it all as
 //! an `edit` run (tables `probes` and `steps`).
 
-use engram_datasets::{RunInfo, RunParams, RunStore};
+use engram_datasets::{RunInfo, RunStore};
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::{generate, Control, GenerateConfig, LanguageModel, Sampling};
 use serde::{Deserialize, Serialize};
@@ -166,15 +166,11 @@ pub fn run_rome<B: Backend>(
             target_prob: s.target_prob as f64,
         })
         .collect();
-    let method = match req.hparams.key {
-        KeyChoice::Consistent => "r-rome",
-        KeyChoice::Original => "rome",
-    };
-    let params = RunParams {
-        model: model.to_string(),
-        model_hash: ledger.base_model_hash.clone(),
-        hyperparameters: serde_json::json!({
-            "method": method,
+    let params = super::run_params::<B>(
+        model,
+        ledger.base_model_hash.clone(),
+        serde_json::json!({
+            "method": req.hparams.key.method_name(),
             "request": req.request,
             "hparams": req.hparams,
             "paraphrases": req.paraphrases,
@@ -187,18 +183,13 @@ pub fn run_rome<B: Backend>(
             "generation_after": generation_after,
             "context_templates": templates,
         }),
-        dataset: None,
-        record_ids: vec![req.request.prompt.clone()],
-        seed: None,
-        engram_version: env!("CARGO_PKG_VERSION").into(),
-        device: super::device_name::<B>(),
-    };
-    let run = store.create("edit", params)?;
-    run.write_rows("probes", &probes)?;
-    run.write_rows("steps", &steps)?;
-    // The ledger after this edit, so the run can be applied again (GUI: Runs → Edit).
-    ledger.export(&run.dir().join("ledger.json"))?;
-    let run = run.finish()?;
+        vec![req.request.prompt.clone()],
+    );
+    let run = super::store_edit_run(store, "edit", params, ledger, |run| {
+        run.write_rows("probes", &probes)?;
+        run.write_rows("steps", &steps)?;
+        Ok(())
+    })?;
     Ok(RomeReport {
         run,
         id,

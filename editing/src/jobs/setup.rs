@@ -44,26 +44,43 @@ pub fn refuse_existing(save: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// `--hparams`: a checked-in name, a JSON file, or (when absent) the model's own.
+/// `--hparams` for `method` (ROME or MEMIT): a checked-in name (`names`), a
+/// JSON file, or (when absent) the model's own.
+fn resolve<H>(
+    method: &str,
+    names: &str,
+    (model, given, settings): (&Path, Option<&str>, &Settings),
+    builtin: fn(&str) -> Option<H>,
+    load: fn(&Path) -> Result<H>,
+) -> Result<H> {
+    if let Some(g) = given {
+        return match builtin(g) {
+            Some(h) => Ok(h),
+            None => load(Path::new(g)),
+        };
+    }
+    let guess = builtin_name(model, settings).with_context(|| {
+        format!(
+            "no checked-in {method} hyperparameters for {}: pass --hparams NAME|FILE (names: {names})",
+            model.display()
+        )
+    })?;
+    builtin(guess).with_context(|| format!("{method} hparams {guess}"))
+}
+
+/// ROME's `--hparams`: a checked-in name, a JSON file, or the model's own.
 pub fn resolve_hparams(
     model: &Path,
     given: Option<&str>,
     settings: &Settings,
 ) -> Result<RomeHparams> {
-    if let Some(g) = given {
-        if let Some(h) = RomeHparams::builtin(g) {
-            return Ok(h);
-        }
-        return RomeHparams::load(Path::new(g));
-    }
-    let guess = builtin_name(model, settings).with_context(|| {
-        format!(
-            "no checked-in ROME hyperparameters for {}: pass --hparams NAME|FILE \
-             (names: demo, smollm2-135m, gpt2-medium, gpt2-large, gpt2-xl, gpt-j-6b)",
-            model.display()
-        )
-    })?;
-    RomeHparams::builtin(guess).with_context(|| format!("hparams {guess}"))
+    resolve(
+        "ROME",
+        "demo, smollm2-135m, gpt2-medium, gpt2-large, gpt2-xl, gpt-j-6b",
+        (model, given, settings),
+        RomeHparams::builtin,
+        RomeHparams::load,
+    )
 }
 
 /// The statistics text: `--corpus FILE`, or the demo corpus for the demo model.
@@ -223,26 +240,19 @@ pub fn counterfact_cases(path: &Path) -> Result<(Vec<crate::eval::EvalCase>, Vec
     Ok((cases, skipped))
 }
 
-/// `--hparams` for MEMIT: a checked-in name, a JSON file, or the model's own.
+/// MEMIT's `--hparams`: a checked-in name, a JSON file, or the model's own.
 pub fn resolve_memit_hparams(
     model: &Path,
     given: Option<&str>,
     settings: &Settings,
 ) -> Result<MemitHparams> {
-    if let Some(g) = given {
-        if let Some(h) = MemitHparams::builtin(g) {
-            return Ok(h);
-        }
-        return MemitHparams::load(Path::new(g));
-    }
-    let guess = builtin_name(model, settings).with_context(|| {
-        format!(
-            "no checked-in MEMIT hyperparameters for {}: pass --hparams NAME|FILE \
-             (names: demo, smollm2-135m, gpt2-xl, gpt-j-6b)",
-            model.display()
-        )
-    })?;
-    MemitHparams::builtin(guess).with_context(|| format!("MEMIT hparams {guess}"))
+    resolve(
+        "MEMIT",
+        "demo, smollm2-135m, gpt2-xl, gpt-j-6b",
+        (model, given, settings),
+        MemitHparams::builtin,
+        MemitHparams::load,
+    )
 }
 
 /// Threads for MEMIT's z chunks: `requested`, or where 0, every core on the

@@ -31,6 +31,16 @@ pub enum KeyChoice {
     Original,
 }
 
+impl KeyChoice {
+    /// The method's name in ledgers and runs: `r-rome` or `rome`.
+    pub fn method_name(self) -> &'static str {
+        match self {
+            KeyChoice::Consistent => "r-rome",
+            KeyChoice::Original => "rome",
+        }
+    }
+}
+
 /// ROME's hyperparameters, as in its `hparams/ROME/*.json` files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RomeHparams {
