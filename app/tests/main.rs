@@ -33,7 +33,9 @@ fn harness(mut options: AppOptions) -> Harness<'static, EngramApp> {
     // Runs the tests store go to a temporary store, never the checkout's ./runs.
     if options.paths.is_none() {
         let mut paths = engram_model::Settings::from_vars(|k| std::env::var_os(k));
-        paths.runs = std::env::temp_dir().join(format!("engram-app-runs-{}", std::process::id()));
+        // Named apart from every test's own directory, which it removes.
+        paths.runs =
+            std::env::temp_dir().join(format!("engram-app-default-runs-{}", std::process::id()));
         options.paths = Some(paths);
     }
     Harness::builder()

@@ -636,7 +636,7 @@ fn run_details(app: &mut EngramApp, ui: &mut Ui, run: &RunInfo) {
     let current = app.runs.table.as_ref().map(|t| t.name.clone());
     let mut pick: Option<String> = None;
     ui.horizontal(|ui| {
-        ui.label("Table");
+        let label = ui.label("Table");
         egui::ComboBox::from_id_salt("run_table")
             .selected_text(current.clone().unwrap_or_default())
             .show_ui(ui, |ui| {
@@ -648,7 +648,9 @@ fn run_details(app: &mut EngramApp, ui: &mut Ui, run: &RunInfo) {
                         pick = Some(t.clone());
                     }
                 }
-            });
+            })
+            .response
+            .labelled_by(label.id);
     });
     if let Some(t) = pick {
         app.runs.show_table(run, &t);
@@ -735,7 +737,9 @@ fn export_form(app: &mut EngramApp, ui: &mut Ui) {
                 for k in ExportKind::ALL {
                     ui.selectable_value(&mut app.runs.export_kind, k, k.name());
                 }
-            });
+            })
+            .response
+            .labelled_by(label.id);
         if before != app.runs.export_kind {
             let p = PathBuf::from(app.runs.export_path.trim());
             app.runs.export_path = p
