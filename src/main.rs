@@ -11,6 +11,29 @@ use engram_model::backend::Dtype;
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
 
+/// `print!` to standard output that fails with an error, rather than a panic,
+/// when the write fails (a full disk, `> /dev/full`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        anyhow::Context::context(
+            write!(std::io::stdout().lock(), $($t)*),
+            "writing to standard output",
+        )?
+    }};
+}
+
+/// `println!` that fails with an error, rather than a panic, when the write fails.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        anyhow::Context::context(
+            writeln!(std::io::stdout().lock(), $($t)*),
+            "writing to standard output",
+        )?
+    }};
+}
+
 mod cmd;
 
 // Tensor work allocates and frees many large buffers; glibc returns them to the
@@ -143,8 +166,12 @@ fn parse_shard(text: &str) -> std::result::Result<engram_datasets::merge::Shard,
 
 fn load<B: Backend>(model: &Path, device: &B::Device) -> Result<LanguageModel<B>> {
     let path = engram_model::source::resolve_model(model, settings())?;
-    LanguageModel::<B>::load(&path, device)
-        .with_context(|| format!("loading model from {}", path.display()))
+    let lm = LanguageModel::<B>::load(&path, device)
+        .with_context(|| format!("loading model from {}", path.display()))?;
+    for w in &lm.model.config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(lm)
 }
 
 fn main() -> std::process::ExitCode {
@@ -162,7 +189,14 @@ fn main() -> std::process::ExitCode {
     if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
         engram_model::device::add_library_dirs(std::env::split_paths(&p));
     }
-    match dispatch(Cli::parse()) {
+    // Whatever is still buffered must reach stdout too, or the run failed.
+    let done = dispatch(Cli::parse()).and_then(|()| {
+        use std::io::Write as _;
+        std::io::stdout()
+            .flush()
+            .context("writing to standard output")
+    });
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -127,6 +127,81 @@ pub struct ModelConfig {
     pub lm_head_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// What [`ModelConfig::check`] let through but a researcher should know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Upper bounds of plausibility: beyond any released model, small enough
+/// that a typo is caught before it becomes an allocation.
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_WIDTH: usize = 1 << 17;
+const MAX_MLP: usize = 1 << 20;
+const MAX_LAYERS: usize = 1 << 12;
+const MAX_CTX: usize = 1 << 24;
+
+/// `width / heads` where the heads split the width evenly.
+pub(crate) fn derived_head_dim(width: usize, heads: usize) -> Option<usize> {
+    (heads > 0 && width.is_multiple_of(heads)).then(|| width / heads)
+}
+
+/// The rule a head count breaks when it does not divide the width.
+pub(crate) fn heads_rule(width: usize, heads: usize) -> String {
+    format!("{heads} heads do not divide the width {width}: each head needs a whole share")
+}
+
+/// The config values [`ModelConfig::check`] judges, named per format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Vocab,
+    Width,
+    Layers,
+    Heads,
+    KvHeads,
+    HeadDim,
+    Mlp,
+    Ctx,
+    RotaryDim,
+    RopeTheta,
+    NormEps,
+    Bos,
+    Eos,
+}
+
+impl Field {
+    /// The `config.json` key of this value for `arch`.
+    pub fn hf_key(self, arch: Architecture) -> &'static str {
+        use Architecture::*;
+        match (self, arch) {
+            (Field::Vocab, _) => "vocab_size",
+            (Field::Bos, _) => "bos_token_id",
+            (Field::Eos, _) => "eos_token_id",
+            (Field::Width, Gpt2 | GptJ) => "n_embd",
+            (Field::Width, _) => "hidden_size",
+            (Field::Layers, Gpt2 | GptJ) => "n_layer",
+            (Field::Layers, _) => "num_hidden_layers",
+            (Field::Heads, Gpt2 | GptJ) => "n_head",
+            (Field::Heads, _) => "num_attention_heads",
+            (Field::KvHeads, Llama) => "num_key_value_heads",
+            (Field::KvHeads, Gpt2 | GptJ) => "n_head",
+            (Field::KvHeads, GptNeoX) => "num_attention_heads",
+            (Field::HeadDim, Llama) => "head_dim",
+            (Field::HeadDim, Gpt2 | GptJ) => "n_head",
+            (Field::HeadDim, GptNeoX) => "num_attention_heads",
+            (Field::Mlp, Gpt2 | GptJ) => "n_inner",
+            (Field::Mlp, _) => "intermediate_size",
+            (Field::Ctx, Gpt2 | GptJ) => "n_positions",
+            (Field::Ctx, _) => "max_position_embeddings",
+            (Field::RotaryDim, GptJ) => "rotary_dim",
+            (Field::RotaryDim, GptNeoX) => "rotary_pct",
+            (Field::RotaryDim, _) => "head_dim",
+            (Field::RopeTheta, GptNeoX) => "rotary_emb_base",
+            (Field::RopeTheta, _) => "rope_theta",
+            (Field::NormEps, Gpt2 | GptJ) => "layer_norm_epsilon",
+            (Field::NormEps, GptNeoX) => "layer_norm_eps",
+            (Field::NormEps, Llama) => "rms_norm_eps",
+        }
+    }
 }
 
 impl ModelConfig {
@@ -160,45 +235,87 @@ impl ModelConfig {
                 })
             }
         };
-        cfg.validate(path)?;
+        let mut cfg = cfg;
+        let arch = cfg.arch;
+        cfg.check(path, &|f| f.hf_key(arch).to_string())?;
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |field: &str, message: String| ModelError::InvalidField {
+    /// Check the shape this config describes, once, at load, whatever the
+    /// source: `key` names each [`Field`] as the file spells it, so an error
+    /// names the file, the key and the rule. Special token ids outside the
+    /// vocabulary are dropped with a note in [`ModelConfig::warnings`]
+    /// (HF's tiny test models carry GPT-2's 50256 with 512 tokens).
+    pub fn check(&mut self, path: &Path, key: &dyn Fn(Field) -> String) -> Result<()> {
+        let bad = |field: Field, message: String| ModelError::InvalidField {
             path: path.to_path_buf(),
-            field: field.into(),
+            field: key(field),
             message,
         };
-        for (field, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden size", self.d_model),
-            ("number of layers", self.n_layers),
-            ("number of heads", self.n_heads),
-            ("n_ctx", self.n_ctx),
+        for (field, v, max) in [
+            (Field::Vocab, self.vocab_size, MAX_VOCAB),
+            (Field::Width, self.d_model, MAX_WIDTH),
+            (Field::Layers, self.n_layers, MAX_LAYERS),
+            (Field::Heads, self.n_heads, MAX_WIDTH),
+            (Field::HeadDim, self.d_head, MAX_WIDTH),
+            (Field::Mlp, self.d_mlp, MAX_MLP),
+            (Field::Ctx, self.n_ctx, MAX_CTX),
         ] {
-            if v == 0 {
-                return Err(bad(field, "must be positive".into()));
+            if v == 0 || v > max {
+                return Err(bad(
+                    field,
+                    format!("{v} is outside the plausible range 1..={max}"),
+                ));
             }
+        }
+        if self.arch != Architecture::Llama && self.n_heads * self.d_head != self.d_model {
+            return Err(bad(Field::Heads, heads_rule(self.d_model, self.n_heads)));
         }
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(
-                "num_key_value_heads",
+                Field::KvHeads,
                 format!(
-                    "{} heads cannot be grouped into {} key/value heads",
-                    self.n_heads, self.n_kv_heads
+                    "{} key/value heads do not divide the {} query heads",
+                    self.n_kv_heads, self.n_heads
                 ),
             ));
         }
         if let Some(r) = self.rotary {
             if r.dim == 0 || r.dim % 2 != 0 || r.dim > self.d_head {
                 return Err(bad(
-                    "rotary dimension",
+                    Field::RotaryDim,
                     format!(
-                        "{} must be even and at most the head size {}",
+                        "{} rotary dimensions: must be even, positive and at most the head size {}",
                         r.dim, self.d_head
                     ),
                 ));
+            }
+            if !(r.theta.is_finite() && r.theta > 1.0) {
+                return Err(bad(
+                    Field::RopeTheta,
+                    format!("{} must be a finite base above 1", r.theta),
+                ));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0 && self.norm_eps < 1.0) {
+            return Err(bad(
+                Field::NormEps,
+                format!("{} must be finite, at least 0 and below 1", self.norm_eps),
+            ));
+        }
+        let vocab = self.vocab_size;
+        for (field, id) in [
+            (Field::Bos, &mut self.bos_token_id),
+            (Field::Eos, &mut self.eos_token_id),
+        ] {
+            if let Some(t) = id.filter(|&t| t as usize >= vocab) {
+                self.warnings.push(format!(
+                    "{}: `{}` {t} is outside the vocabulary of {vocab} tokens; ignored \
+                     (padding uses token 0, generation does not stop early)",
+                    path.display(),
+                    key(field)
+                ));
+                *id = None;
             }
         }
         Ok(())
@@ -265,7 +382,7 @@ impl HfConfig {
         (!v.is_null()).then_some(v)
     }
 
-    fn invalid(&self, field: &str, message: &str) -> ModelError {
+    pub(crate) fn invalid(&self, field: &str, message: &str) -> ModelError {
         ModelError::InvalidField {
             path: self.path.clone(),
             field: field.into(),

@@ -98,6 +98,20 @@ pub enum ModelError {
     UnknownHook(String),
     #[error("layer {layer} out of range: the model has {n_layers} layers")]
     LayerOutOfRange { layer: usize, n_layers: usize },
+    #[error("{path}: tensor `{tensor}` holds {count} NaN or infinite values of {total}")]
+    NonFiniteWeights {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        total: usize,
+    },
+    #[error("option `{option}`: {message}")]
+    InvalidOption { option: String, message: String },
+    #[error(
+        "the forward pass produced non-finite values ({what}), first at `{point}`; \
+         the checkpoint's weights or config (e.g. rope_theta, norm eps) are broken"
+    )]
+    NonFinite { point: String, what: String },
     #[error("tensor data: {0}")]
     Data(String),
     #[error("device: {0}")]

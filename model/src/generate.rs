@@ -62,6 +62,44 @@ impl Rng {
     }
 }
 
+impl Sampling {
+    /// Each setting within its range: temperature finite and ≥ 0, top-k ≥ 1,
+    /// top-p in (0, 1].
+    pub fn check(self) -> Result<()> {
+        let Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let bad = |option: &str, message: String| {
+            Err(ModelError::InvalidOption {
+                option: option.into(),
+                message,
+            })
+        };
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return bad(
+                "temperature",
+                format!("{temperature} must be finite and at least 0 (0 is greedy)"),
+            );
+        }
+        if top_k == Some(0) {
+            return bad("top-k", "0 keeps no token; give at least 1".into());
+        }
+        if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return bad(
+                "top-p",
+                format!("{p} is outside (0, 1]: the probability mass to keep"),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Choose a token from one row of logits.
 pub fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> Result<u32> {
     let argmax = || {
@@ -81,11 +119,7 @@ pub fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> Result<u32> 
     else {
         return Ok(argmax());
     };
-    if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(ModelError::Data(format!(
-            "temperature {temperature} must be ≥ 0"
-        )));
-    }
+    sampling.check()?;
     if temperature == 0.0 {
         return Ok(argmax());
     }
@@ -146,11 +180,18 @@ pub fn generate_with<B: Backend>(
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ModelError::EmptyPrompt);
     }
+    cfg.sampling.check()?;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + cfg.max_new_tokens > model.config.n_ctx {
-        return Err(ModelError::PromptTooLong {
-            len: longest + cfg.max_new_tokens,
-            n_ctx: model.config.n_ctx,
+    let n_ctx = model.config.n_ctx;
+    if longest.saturating_add(cfg.max_new_tokens) > n_ctx {
+        return Err(ModelError::InvalidOption {
+            option: "generate".into(),
+            message: format!(
+                "{} new tokens after a {longest}-token prompt exceed the model's context of {n_ctx}; \
+                 at most {} fit",
+                cfg.max_new_tokens,
+                n_ctx.saturating_sub(longest)
+            ),
         });
     }
     // Padding is masked out, so any in-vocabulary id will do.

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::config::{Architecture, MlpActivation, ModelConfig, NormKind, Rotary, RotaryStyle};
+use crate::config::{
+    Architecture, Field, MlpActivation, ModelConfig, NormKind, Rotary, RotaryStyle,
+};
 use crate::error::{ModelError, Result};
 use crate::weights::{HostTensor, TensorSource};
 
@@ -397,20 +399,27 @@ impl GgufFile {
         let n_kv_heads = self
             .meta_usize(&k("attention.head_count_kv"))
             .unwrap_or(n_heads);
-        let d_head = self
-            .meta_usize(&k("attention.key_length"))
-            .unwrap_or(d_model / n_heads.max(1));
+        let d_head = match self.meta_usize(&k("attention.key_length")) {
+            Ok(h) => h,
+            Err(_) => crate::config::derived_head_dim(d_model, n_heads).ok_or_else(|| {
+                ModelError::InvalidField {
+                    path: self.path.clone(),
+                    field: k("attention.head_count"),
+                    message: crate::config::heads_rule(d_model, n_heads),
+                }
+            })?,
+        };
         let vocab_size = match self.meta_usize(&k("vocab_size")) {
             Ok(v) => v,
             Err(_) => self
                 .tensors
                 .get("token_embd.weight")
-                .map(|t| t.shape[0])
+                .and_then(|t| t.shape.first().copied())
                 .ok_or_else(|| self.missing(&k("vocab_size")))?,
         };
         let token = |key: &str| self.meta(key).and_then(MetaValue::as_u64).map(|v| v as u32);
         let qwen = arch == "qwen2";
-        Ok(ModelConfig {
+        let mut cfg = ModelConfig {
             arch: Architecture::Llama,
             model_type: arch.clone(),
             vocab_size,
@@ -448,8 +457,31 @@ impl GgufFile {
             lm_head_bias: false,
             bos_token_id: token("tokenizer.ggml.bos_token_id"),
             eos_token_id: token("tokenizer.ggml.eos_token_id"),
-        })
+            warnings: Vec::new(),
+        };
+        cfg.check(&self.path, &|f| gguf_key(&arch, f))?;
+        Ok(cfg)
     }
+}
+
+/// The GGUF metadata key of a config value.
+fn gguf_key(arch: &str, field: Field) -> String {
+    let key = match field {
+        Field::Vocab => "vocab_size",
+        Field::Width => "embedding_length",
+        Field::Layers => "block_count",
+        Field::Heads => "attention.head_count",
+        Field::KvHeads => "attention.head_count_kv",
+        Field::HeadDim => "attention.key_length",
+        Field::Mlp => "feed_forward_length",
+        Field::Ctx => "context_length",
+        Field::RotaryDim => "rope.dimension_count",
+        Field::RopeTheta => "rope.freq_base",
+        Field::NormEps => "attention.layer_norm_rms_epsilon",
+        Field::Bos => return "tokenizer.ggml.bos_token_id".into(),
+        Field::Eos => return "tokenizer.ggml.eos_token_id".into(),
+    };
+    format!("{arch}.{key}")
 }
 
 /// Dequantize ggml blocks to f32.

@@ -13,7 +13,7 @@ use burn_tensor::{Int, Tensor, TensorData};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::hooks::{at3, Hook, HookPoint, NoHooks};
+use crate::hooks::{at3, Activation, Hook, HookPoint, NoHooks};
 use crate::layers::{upload, Block, ForwardCtx, LayerKv, Linear, Norm};
 use crate::weights::{HostTensor, SafetensorsCheckpoint, TensorSource};
 
@@ -250,7 +250,41 @@ impl<B: Backend> Transformer<B> {
         let ctx = self.context(batch)?;
         let x = self.embed(batch, hooks)?;
         let x = self.run_blocks(0..self.config.n_layers, x, &ctx, hooks)?;
-        self.unembed(x, hooks)
+        match self.unembed(x, hooks) {
+            Err(ModelError::NonFinite { what, .. }) => Err(self.first_non_finite(batch, what)),
+            other => other,
+        }
+    }
+
+    /// Where a forward pass that ended non-finite first went so: the pass
+    /// again, unhooked, checking every hook point (only on that failure path).
+    fn first_non_finite(&self, batch: &Batch, what: String) -> ModelError {
+        struct Finder(Option<HookPoint>);
+        impl<B: Backend> Hook<B> for Finder {
+            fn wants(&self, _: HookPoint) -> bool {
+                self.0.is_none()
+            }
+            fn call(&mut self, point: HookPoint, act: &Activation<B>) -> Option<Activation<B>> {
+                let finite = match act {
+                    Activation::Rank3(t) => all_finite(t),
+                    Activation::Rank4(t) => all_finite(t),
+                };
+                if !finite {
+                    self.0 = Some(point);
+                }
+                None
+            }
+        }
+        let mut finder = Finder(None);
+        let _ = self.context(batch).and_then(|ctx| {
+            let x = self.embed(batch, &mut finder)?;
+            self.run_blocks(0..self.config.n_layers, x, &ctx, &mut finder)
+        });
+        let point = match finder.0 {
+            Some(p) => p.to_string(),
+            None => "ln_final, after the hooks' replacements (unhooked, the pass is finite)".into(),
+        };
+        ModelError::NonFinite { point, what }
     }
 
     /// The forward pass with no hooks.
@@ -409,6 +443,13 @@ impl<B: Backend> Transformer<B> {
         hooks: &mut H,
     ) -> Result<Tensor<B, 3>> {
         let normed = at3(hooks, HookPoint::LnFinal, self.ln_final.forward(x))?;
+        // One reduction over [batch, seq, d_model]: NaN never leaves as a probability.
+        if !all_finite(&normed) {
+            return Err(ModelError::NonFinite {
+                point: HookPoint::LnFinal.to_string(),
+                what: "NaN or infinity in the final residual".into(),
+            });
+        }
         Ok(self.unembed.forward(normed))
     }
 
@@ -456,8 +497,19 @@ impl<B: Backend> WeightLoader<'_, B> {
             })
     }
 
+    /// A tensor of the checkpoint, checked for shape and for NaN or infinity.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        self.src.tensor_shaped(name, shape)
+        let t = self.src.tensor_shaped(name, shape)?;
+        let bad = t.data.iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(ModelError::NonFiniteWeights {
+                path: self.src.origin().to_path_buf(),
+                tensor: name.into(),
+                count: bad,
+                total: t.data.len(),
+            });
+        }
+        Ok(t)
     }
 
     pub fn tensor1(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
@@ -549,4 +601,16 @@ impl<B: Backend> WeightLoader<'_, B> {
         };
         Ok(Linear { weight, bias })
     }
+}
+
+/// Whether every element of `t` is finite (one reduction and one read).
+pub fn all_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    use burn_tensor::ElementConversion;
+    t.clone()
+        .is_finite()
+        .all()
+        .int()
+        .into_scalar()
+        .elem::<i64>()
+        == 1
 }

@@ -339,3 +339,154 @@ fn sharded_checkpoint_loads_identically() {
         sharded.next_logits(prompt).expect("b")
     );
 }
+
+/// One config edit on a fixture, and the words its load error must carry.
+fn config_case(
+    arch: &str,
+    tag: &str,
+    f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Option<String> {
+    let dir = scratch(arch, tag)?;
+    edit_config(&dir, f);
+    let err = load(&dir).expect_err("an inconsistent config must fail at load");
+    let msg = err.to_string();
+    assert!(msg.contains("config.json"), "{msg}");
+    Some(msg)
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn inconsistent_shapes_are_refused_at_load_naming_key_and_rule() {
+    use serde_json::json;
+    let cases: Vec<(&str, &str, &str, serde_json::Value, &str)> = vec![
+        (
+            "gpt2",
+            "h5",
+            "n_head",
+            json!(5),
+            "do not divide the width 64",
+        ),
+        (
+            "gptj",
+            "jh5",
+            "n_head",
+            json!(5),
+            "do not divide the width 64",
+        ),
+        (
+            "gpt2",
+            "h0",
+            "n_head",
+            json!(0),
+            "outside the plausible range",
+        ),
+        (
+            "gpt_neox",
+            "nh3",
+            "num_attention_heads",
+            json!(3),
+            "do not divide",
+        ),
+        (
+            "llama",
+            "lh6",
+            "num_attention_heads",
+            json!(6),
+            "do not divide the width 64",
+        ),
+        (
+            "llama",
+            "kv3",
+            "num_key_value_heads",
+            json!(3),
+            "do not divide the 4 query heads",
+        ),
+        (
+            "llama",
+            "kv0",
+            "num_key_value_heads",
+            json!(0),
+            "do not divide",
+        ),
+        (
+            "llama",
+            "theta0",
+            "rope_theta",
+            json!(0.0),
+            "finite base above 1",
+        ),
+        ("gptj", "rot3", "rotary_dim", json!(3), "must be even"),
+        (
+            "gptj",
+            "rot99",
+            "rotary_dim",
+            json!(99),
+            "at most the head size 16",
+        ),
+        (
+            "gpt2",
+            "ctx",
+            "n_positions",
+            json!(1_000_000_000_000u64),
+            "plausible range",
+        ),
+        ("gpt2", "vocab0", "vocab_size", json!(0), "plausible range"),
+        ("llama", "eps", "rms_norm_eps", json!(-1.0), "at least 0"),
+    ];
+    for (arch, tag, key, value, rule) in cases {
+        let Some(msg) = config_case(arch, tag, |c| {
+            c.insert(key.into(), value.clone());
+            if tag == "lh6" {
+                // Without an explicit head size, the width must split evenly.
+                c.remove("head_dim");
+            }
+            if key == "rope_theta" {
+                // transformers 5 writes it under rope_parameters, which wins.
+                c.remove("rope_parameters");
+            }
+        }) else {
+            return;
+        };
+        assert!(
+            msg.contains(&format!("`{key}`")) && msg.contains(rule),
+            "{arch} {key}={value}: {msg}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn special_token_ids_outside_the_vocabulary_are_dropped_with_a_warning() {
+    let Some(dir) = scratch("llama", "eos") else {
+        return;
+    };
+    edit_config(&dir, |c| {
+        c.insert("eos_token_id".into(), 9999.into());
+    });
+    let lm = load(&dir).expect("loads");
+    let c = &lm.model.config;
+    assert_eq!(c.eos_token_id, None);
+    assert_eq!(c.bos_token_id, Some(1));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("`eos_token_id` 9999"));
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn nan_weights_are_named_at_load() {
+    let Some(dir) = scratch("gpt2", "nanw") else {
+        return;
+    };
+    rewrite_tensors(&dir, |name, dtype, shape, bytes| {
+        let mut b = bytes.to_vec();
+        if name.ends_with("h.1.mlp.c_proj.weight") && dtype == safetensors::Dtype::F32 {
+            b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Some((dtype, shape.to_vec(), b))
+    });
+    let msg = load(&dir).expect_err("NaN weights").to_string();
+    assert!(
+        msg.contains("h.1.mlp.c_proj.weight") && msg.contains("1 NaN or infinite values"),
+        "{msg}"
+    );
+}

@@ -104,14 +104,45 @@ fn sampling_is_seeded_and_respects_filters() {
 fn generation_past_the_context_is_an_error() {
     let Some((_, lm)) = tiny("gpt2") else { return };
     let prompt = lm.encode_prompt("word word word").expect("encode");
-    let err = generate(&lm.model, &[prompt], &greedy(100, true)).expect_err("too long");
+    let err = generate(&lm.model, &[prompt.clone()], &greedy(100, true)).expect_err("too long");
     assert!(
         matches!(
-            err,
-            engram_model::ModelError::PromptTooLong { n_ctx: 64, .. }
+            &err,
+            engram_model::ModelError::InvalidOption { option, message }
+                if option == "generate" && message.contains("context of 64")
         ),
         "{err:?}"
     );
+    // A length near usize::MAX must not wrap the check into "fits".
+    let fit = 64 - prompt.len();
+    let err = generate(&lm.model, &[prompt], &greedy(usize::MAX, true)).expect_err("huge");
+    assert!(
+        err.to_string().contains(&format!("at most {fit} fit")),
+        "{err}"
+    );
+}
+
+#[test]
+fn sampling_settings_outside_their_range_are_refused() {
+    let sample = |temperature: f32, top_k: Option<usize>, top_p: Option<f32>| Sampling::Sample {
+        temperature,
+        top_k,
+        top_p,
+        seed: 0,
+    };
+    for (s, option) in [
+        (sample(1.0, None, Some(0.0)), "top-p"),
+        (sample(1.0, None, Some(2.0)), "top-p"),
+        (sample(1.0, None, Some(f32::NAN)), "top-p"),
+        (sample(1.0, Some(0), None), "top-k"),
+        (sample(f32::NAN, None, None), "temperature"),
+        (sample(-1.0, None, None), "temperature"),
+    ] {
+        let err = s.check().expect_err("out of range");
+        assert!(err.to_string().contains(&format!("`{option}`")), "{err}");
+    }
+    assert!(sample(0.7, Some(5), Some(1.0)).check().is_ok());
+    assert!(Sampling::Greedy.check().is_ok());
 }
 
 #[test]

@@ -259,3 +259,86 @@ fn smollm2_greedy_generation_cache_agrees() {
     let text = lm.tokenizer.decode(&a[0]).expect("decode");
     assert!(text.contains("Paris"), "{text:?}");
 }
+
+/// A llama GGUF header with these u32 metadata values and one small tensor:
+/// enough for `GgufCheckpoint::open` to read and check its config.
+fn write_llama_meta(path: &Path, meta: &[(&str, u32)]) {
+    let mut b = Vec::new();
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend((x.len() as u64).to_le_bytes());
+        b.extend(x.as_bytes());
+    };
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend((meta.len() as u64 + 1).to_le_bytes());
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, "llama");
+    for (k, v) in meta {
+        s(&mut b, k);
+        b.extend(4u32.to_le_bytes()); // uint32
+        b.extend(v.to_le_bytes());
+    }
+    s(&mut b, "token_embd.weight");
+    b.extend(2u32.to_le_bytes());
+    b.extend(64u64.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(vec![0u8; 64 * 32 * 4]);
+    std::fs::write(path, b).expect("write gguf");
+}
+
+#[test]
+fn gguf_metadata_with_impossible_shapes_is_refused_naming_the_key() {
+    let base = [
+        ("llama.embedding_length", 64),
+        ("llama.block_count", 1),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 2),
+        ("llama.feed_forward_length", 128),
+        ("llama.context_length", 64),
+        ("llama.rope.dimension_count", 16),
+    ];
+    let path = std::env::temp_dir().join(format!("engram-meta-{}.gguf", std::process::id()));
+    write_llama_meta(&path, &base);
+    let ckpt = engram_model::gguf::GgufCheckpoint::open(&path).expect("the base header is valid");
+    assert_eq!((ckpt.config.vocab_size, ckpt.config.d_head), (32, 16));
+    for (key, value, rule) in [
+        ("llama.attention.head_count", 0, "0 heads do not divide"),
+        (
+            "llama.attention.head_count",
+            5,
+            "do not divide the width 64",
+        ),
+        ("llama.attention.head_count_kv", 0, "do not divide"),
+        (
+            "llama.attention.head_count_kv",
+            3,
+            "do not divide the 4 query heads",
+        ),
+        ("llama.rope.dimension_count", 0, "must be even, positive"),
+        ("llama.rope.dimension_count", 7, "must be even"),
+        ("llama.context_length", 0, "plausible range"),
+        ("llama.block_count", 0, "plausible range"),
+    ] {
+        let meta: Vec<(&str, u32)> = base
+            .iter()
+            .map(|&(k, v)| (k, if k == key { value } else { v }))
+            .collect();
+        write_llama_meta(&path, &meta);
+        let err = match engram_model::gguf::GgufCheckpoint::open(&path) {
+            Ok(_) => panic!("{key} = {value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(key) && err.contains(rule),
+            "{key} = {value}: {err}"
+        );
+    }
+    std::fs::remove_file(&path).ok();
+}

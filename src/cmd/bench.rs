@@ -339,7 +339,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         } => {
             let times = engram_editing::jobs::memit::bench_solve(d_mlp, d_model, n, layers)?;
             let total: f64 = times.iter().sum();
-            println!(
+            outln!(
                 "bench memit-solve: d_mlp {d_mlp}, d_model {d_model}, {n} requests, {layers} layers, {} threads: \
                  {total:.1} s in all ({:.1} s per layer; f64 Cholesky of λC + K Kᵀ and {n} solves)",
                 std::thread::available_parallelism().map_or(1, |p| p.get()),
@@ -430,10 +430,10 @@ impl BackendJob for ForwardBenchJob {
                 Some(b) => serde_json::json!({ "engram": rows, "burn_ops": b }),
                 None => serde_json::to_value(&rows)?,
             };
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        println!(
+        outln!(
             "engram forward: {} ({}), {}, median of {} runs",
             self.model.display(),
             lm.model.config.arch.name(),
@@ -441,17 +441,21 @@ impl BackendJob for ForwardBenchJob {
             self.iters
         );
         for (i, r) in rows.iter().enumerate() {
-            print!(
+            out!(
                 "  {:<34} batch {:>2} x {:>3}  {:>10.2} ms  {:>10.1} tokens/s",
-                r.task, r.batch, r.seq, r.median_ms, r.tokens_per_s
+                r.task,
+                r.batch,
+                r.seq,
+                r.median_ms,
+                r.tokens_per_s
             );
             match burn_rows.as_ref().and_then(|b| b.get(i)) {
-                Some(b) => println!(
+                Some(b) => outln!(
                     "   burn ops {:>10.1} tokens/s  x{:.2}",
                     b.tokens_per_s,
                     r.tokens_per_s / b.tokens_per_s
                 ),
-                None => println!(),
+                None => outln!(),
             }
         }
         Ok(())
@@ -469,18 +473,20 @@ pub(crate) fn bench_hooks(
     let seq = seq.min(lm.model.config.n_ctx);
     let rows = hook_overhead(&lm, batch, seq, iters)?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "hook overhead: {} ({}), batch {batch} x {seq} tokens, median of {iters} runs, CPU",
         model.display(),
         lm.model.config.arch.name()
     );
     for r in rows {
-        println!(
+        outln!(
             "  {:<30} {:>9.3} ms   x{:.3}",
-            r.variant, r.median_ms, r.ratio_to_unhooked
+            r.variant,
+            r.median_ms,
+            r.ratio_to_unhooked
         );
     }
     Ok(())
@@ -530,7 +536,7 @@ impl BackendJob for MemitBenchJob {
         )?;
         let t = out.times;
         let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;
-        println!(
+        outln!(
             "bench memit on {} ({}): {} edits in one batch over layers {:?}, z in chunks of {}",
             self.model.display(),
             self.label,
@@ -538,33 +544,33 @@ impl BackendJob for MemitBenchJob {
             hp.layers,
             self.z_chunk
         );
-        println!(
+        outln!(
             "  statistics (cached or collected): {:>9.1} s",
             stats_seconds
         );
-        println!(
+        outln!(
             "  z (v* optimisation, batched):     {:>9.1} s  ({:.2} s per edit, {:.0}%)",
             t.z_seconds,
             t.z_seconds / t.requests.max(1) as f64,
             100.0 * t.z_seconds / edit.max(1e-9)
         );
-        println!(
+        outln!(
             "  keys and residuals:               {:>9.1} s  ({:.0}%)",
             t.keys_seconds,
             100.0 * t.keys_seconds / edit.max(1e-9)
         );
-        println!(
+        outln!(
             "  solve (f64 Cholesky, {} layers):   {:>9.1} s  ({:.0}%)",
             hp.layers.len(),
             t.solve_seconds,
             100.0 * t.solve_seconds / edit.max(1e-9)
         );
-        println!(
+        outln!(
             "  edit total (z + keys + solve):    {:>9.1} s  ({:.2} s per edit)",
             edit,
             edit / t.requests.max(1) as f64
         );
-        println!(
+        outln!(
             "  mean |z - h| before and after each layer: {:?}",
             out.residual_norms
         );
@@ -651,20 +657,20 @@ impl BackendJob for EditBenchJob {
             times.push(t.elapsed().as_secs_f64());
             steps = e.steps.len();
         }
-        println!(
+        outln!(
             "bench edit on {} ({}), layer {layer}, d_mlp {}",
             a.model.display(),
             a.label,
             stats.dim
         );
-        println!(
+        outln!(
             "statistics: {} key vectors in {:.2} s = {:.0} key vectors/s; Cholesky of C {:.2} s",
             stats.key.tokens,
             stats_s,
             stats.key.tokens as f64 / stats_s,
             chol_s
         );
-        println!(
+        outln!(
             "edit with statistics in memory: {:.3} s, then {:.3} s ({} v* steps, {} prefixes; prefixes generated once in {:.3} s)",
             times[0],
             times[1],
@@ -691,23 +697,27 @@ impl BackendJob for TraceBenchJob {
         let lm = load::<B>(&self.model, &device)?;
         let row = trace_speed(&lm, &self.fact, self.samples)?;
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&row)?);
+            outln!("{}", serde_json::to_string_pretty(&row)?);
         } else {
-            println!(
+            outln!(
                 "causal trace, one fact ({} tokens x {} layers x 3 kinds, {} samples), {}:",
-                row.tokens, row.layers, row.samples, self.label
+                row.tokens,
+                row.layers,
+                row.samples,
+                self.label
             );
-            println!(
+            outln!(
                 "  naive (one restoration per forward pass): {:>9.1} ms",
                 row.naive_ms
             );
-            println!(
+            outln!(
                 "  engram (batched, prefix reuse):           {:>9.1} ms",
                 row.engram_ms
             );
-            println!(
+            outln!(
                 "  speed-up: x{:.2}   max |difference|: {:.2e}",
-                row.speedup, row.max_abs_diff
+                row.speedup,
+                row.max_abs_diff
             );
         }
         Ok(())

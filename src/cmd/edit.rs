@@ -118,14 +118,24 @@ impl BackendJob for EditJob {
             &ctl,
         )?;
         for (i, s) in r.steps.iter().enumerate() {
-            println!(
+            outln!(
                 "v* step {i:>2}: loss {:.4} = nll {:.4} + kl {:.4} + decay {:.4}; p(target) {:.4}",
-                s.total, s.nll, s.kl, s.weight_decay, s.target_prob
+                s.total,
+                s.nll,
+                s.kl,
+                s.weight_decay,
+                s.target_prob
             );
         }
-        println!(
+        outln!(
             "layer {}, key {:?}: |k*| {:.3}, |v0| {:.3}, |v* - v0| {:.3}, {} key vectors, {:.2} s",
-            r.layer, r.key, r.k_star_norm, r.v0_norm, r.delta_norm, r.stats_tokens, r.seconds
+            r.layer,
+            r.key,
+            r.k_star_norm,
+            r.v0_norm,
+            r.delta_norm,
+            r.stats_tokens,
+            r.seconds
         );
         for when in ["before", "after"] {
             for p in &r.probes {
@@ -134,17 +144,19 @@ impl BackendJob for EditJob {
                 } else {
                     (&p.after_top, p.after_top_prob, p.after_target)
                 };
-                println!(
+                outln!(
                     "{when:>6}  {:<10} {:?} -> {top:?} {prob:.4}; p({:?}) {target:.4}",
-                    p.kind, p.prompt, r.request.target
+                    p.kind,
+                    p.prompt,
+                    r.request.target
                 );
             }
         }
         if a.generate > 0 {
-            println!("before: {}", r.generation_before);
-            println!(" after: {}", r.generation_after);
+            outln!("before: {}", r.generation_before);
+            outln!(" after: {}", r.generation_after);
         }
-        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
+        outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
         a.output.write(&ledger, &lm)?;
         Ok(())
     }

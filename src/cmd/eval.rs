@@ -261,15 +261,19 @@ impl BackendJob for EvalJob {
             eprintln!("{note}");
         }
         for s in &r.summary {
-            println!(
+            outln!(
                 "{:<28} {:>8.4}  [{:.4}, {:.4}]  n={}",
-                s.metric, s.mean, s.ci_low, s.ci_high, s.n
+                s.metric,
+                s.mean,
+                s.ci_low,
+                s.ci_high,
+                s.n
             );
         }
         if let Some(s) = r.score {
-            println!("S (harmonic mean of ES, PS, NS): {s:.4}");
+            outln!("S (harmonic mean of ES, PS, NS): {s:.4}");
         }
-        println!(
+        outln!(
             "{} cases evaluated, {} skipped, {:.1} s{}",
             out.rows.len(),
             out.skipped.len(),
@@ -277,7 +281,7 @@ impl BackendJob for EvalJob {
             if a.sequential { " (sequential)" } else { "" }
         );
         for c in &out.curve {
-            println!(
+            outln!(
                 "after {:>5} edits: {}",
                 c.get("edits")
                     .and_then(serde_json::Value::as_u64)
@@ -292,7 +296,7 @@ impl BackendJob for EvalJob {
                     .join("  ")
             );
         }
-        println!("run {} in {}", r.run.id, r.run.dir.display());
+        outln!("run {} in {}", r.run.id, r.run.dir.display());
         Ok(())
     }
 }

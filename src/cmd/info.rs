@@ -32,50 +32,54 @@ pub(crate) fn info<B: Backend>(model: &Path, lm: &LanguageModel<B>, as_json: boo
             "tokenizer_vocab": lm.tokenizer.vocab_size(),
             "hooks": hooks,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("model         {}", model.display());
-    println!(
+    outln!("model         {}", model.display());
+    outln!(
         "architecture  {} (model_type {})",
         c.arch.name(),
         c.model_type
     );
-    println!("parameters    {}", c.parameter_count());
-    println!("layers        {}", c.n_layers);
-    println!("d_model       {}", c.d_model);
-    println!(
+    outln!("parameters    {}", c.parameter_count());
+    outln!("layers        {}", c.n_layers);
+    outln!("d_model       {}", c.d_model);
+    outln!(
         "d_mlp         {}{}",
         c.d_mlp,
         if c.gated_mlp { " (gated)" } else { "" }
     );
-    println!(
+    outln!(
         "heads         {} ({} key/value), d_head {}",
-        c.n_heads, c.n_kv_heads, c.d_head
+        c.n_heads,
+        c.n_kv_heads,
+        c.d_head
     );
-    println!(
+    outln!(
         "vocab         {} (tokenizer {})",
         c.vocab_size,
         lm.tokenizer.vocab_size()
     );
-    println!("context       {}", c.n_ctx);
-    println!("norm          {:?}, eps {}", c.norm, c.norm_eps);
+    outln!("context       {}", c.n_ctx);
+    outln!("norm          {:?}, eps {}", c.norm, c.norm_eps);
     match c.rotary {
-        Some(r) => println!(
+        Some(r) => outln!(
             "positions     rotary {:?}, dim {}, theta {}",
-            r.style, r.dim, r.theta
+            r.style,
+            r.dim,
+            r.theta
         ),
-        None => println!("positions     learned"),
+        None => outln!("positions     learned"),
     }
     let block = if c.parallel_attn_mlp {
         "parallel attention + MLP"
     } else {
         "sequential"
     };
-    println!("block         {block}");
-    println!("hook points   {}", hooks.len());
+    outln!("block         {block}");
+    outln!("hook points   {}", hooks.len());
     for h in hooks {
-        println!("  {h}");
+        outln!("  {h}");
     }
     Ok(())
 }

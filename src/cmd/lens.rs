@@ -44,37 +44,37 @@ pub(crate) fn run(a: LensArgs) -> Result<()> {
     };
     let report =
         engram_analysis::jobs::lens::run_lens(&lm, &a.model.display().to_string(), &req, &store)?;
-    print_lens(&report, site);
-    Ok(())
+    print_lens(&report, site)
 }
 
 /// The lens grid: top token per layer (rows) and position (columns).
 pub(crate) fn print_lens(
     report: &engram_analysis::jobs::lens::LensReport,
     site: engram_analysis::lens::LensSite,
-) {
+) -> Result<()> {
     let clip = |s: &str| -> String { s.chars().take(12).collect() };
-    println!("logit lens ({site:?}), top token per layer (rows) and position (columns):");
-    print!("{:>6}", "");
+    outln!("logit lens ({site:?}), top token per layer (rows) and position (columns):");
+    out!("{:>6}", "");
     for t in &report.tokens {
-        print!(" {:>12}", clip(t));
+        out!(" {:>12}", clip(t));
     }
-    println!();
+    outln!();
     for layer in 0..report.n_layers {
-        print!("{layer:>6}");
+        out!("{layer:>6}");
         for position in 0..report.tokens.len() {
             if let Some(c) = report.cell(position, layer) {
-                print!(
+                out!(
                     " {:>12}",
                     clip(&format!("{}:{:.2}", c.top_token.trim(), c.prob))
                 );
             }
         }
-        println!();
+        outln!();
     }
-    println!(
+    outln!(
         "stored as run {} ({})",
         report.run.id,
         report.run.dir.display()
     );
+    Ok(())
 }

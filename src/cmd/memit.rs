@@ -78,7 +78,7 @@ impl BackendJob for MemitJob {
                     .iter()
                     .map(|t| format!("{:?} {:.4}", t.token, t.prob))
                     .collect();
-                println!("{when:>6}  {:?} -> {}", r.prompt, cells.join(", "));
+                outln!("{when:>6}  {:?} -> {}", r.prompt, cells.join(", "));
             }
             Ok(())
         };
@@ -96,7 +96,7 @@ impl BackendJob for MemitJob {
         )?;
         let (out, t) = (&r, r.times);
         show(&lm, "after")?;
-        println!(
+        outln!(
             "MEMIT: {} requests over layers {:?} (λ {}): mean |z - h| {}",
             requests.len(),
             hp.layers,
@@ -107,11 +107,15 @@ impl BackendJob for MemitJob {
                 .collect::<Vec<_>>()
                 .join(" -> ")
         );
-        println!(
+        outln!(
             "time: statistics {:.1} s, z {:.1} s, keys {:.1} s, solve {:.1} s, total {:.1} s",
-            stats_seconds, t.z_seconds, t.keys_seconds, t.solve_seconds, t.total_seconds
+            stats_seconds,
+            t.z_seconds,
+            t.keys_seconds,
+            t.solve_seconds,
+            t.total_seconds
         );
-        println!("stored as run {} ({})", r.run.id, r.run.dir.display());
+        outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
         a.output.write(&ledger, &lm)?;
         Ok(())
     }

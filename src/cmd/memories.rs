@@ -42,7 +42,7 @@ fn store_run(
         params,
         tables,
     )?;
-    println!("stored as run {} ({})", info.id, info.dir.display());
+    outln!("stored as run {} ({})", info.id, info.dir.display());
     Ok(info.id)
 }
 
@@ -57,9 +57,9 @@ pub fn values(
 ) -> Result<()> {
     let v = value_projections(&lm.model, layer, memories, k)?;
     for p in &v {
-        println!("layer {} memory {} (|v| {:.3})", p.layer, p.memory, p.norm);
-        println!("  promotes: {}", tokens(lm, &p.top));
-        println!("  suppresses: {}", tokens(lm, &p.bottom));
+        outln!("layer {} memory {} (|v| {:.3})", p.layer, p.memory, p.norm);
+        outln!("  promotes: {}", tokens(lm, &p.top));
+        outln!("  suppresses: {}", tokens(lm, &p.bottom));
     }
     let rows = value_rows(lm, &v);
     store_run(
@@ -91,7 +91,7 @@ pub fn index(
         rows.extend(value_rows(lm, &v));
     }
     eprintln!();
-    println!(
+    outln!(
         "{} memories of {} layer(s) projected in {:.1} s",
         rows.len(),
         layers.len(),
@@ -218,13 +218,13 @@ pub fn top(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!("next token without interventions: {}", show(&r.next_clean));
-        println!(
+        outln!("next token without interventions: {}", show(&r.next_clean));
+        outln!(
             "next token with {n_interventions} intervention(s): {}",
             show(&r.next_now)
         );
     }
-    println!(
+    outln!(
         "position {pos} ({:?}); memories ranked by |coefficient| x |value|, with the tokens coefficient x value promotes",
         lm.tokenizer.token_text(r.ids[pos])
     );
@@ -233,19 +233,19 @@ pub fn top(
             s.map(|s| format!(" target rank {} p {:.4};", s.rank, s.prob))
                 .unwrap_or_default()
         };
-        println!(
+        outln!(
             "layer {}: before the MLP{} {}",
             l.layer,
             standing(l.target_before),
             tokens(lm, &l.before)
         );
-        println!(
+        outln!(
             "         after the MLP{} {}",
             standing(l.target_after),
             tokens(lm, &l.after)
         );
         for h in &l.memories {
-            println!(
+            outln!(
                 "  memory {:>5} coef {:+.3} |v| {:.3}{}: {}",
                 h.memory,
                 h.coefficient,
@@ -258,7 +258,7 @@ pub fn top(
         }
     }
     let info = store_top_run(lm, &model.display().to_string(), store, &req, &r)?;
-    println!("stored as run {} ({})", info.id, info.dir.display());
+    outln!("stored as run {} ({})", info.id, info.dir.display());
     Ok(())
 }
 
@@ -274,13 +274,16 @@ pub fn lens(
     let (ids, pos) = resolve_position(lm, prompt, None, position)?;
     let t = lm.target_tokens(prompt, target)?[0];
     let steps = fact_lens(&lm.model, &ids, pos, t)?;
-    println!(
+    outln!(
         "{:>6} {:>16} {:>16} {:>16}",
-        "layer", "entering", "after attn", "after MLP"
+        "layer",
+        "entering",
+        "after attn",
+        "after MLP"
     );
     for s in &steps {
         let f = |x: engram_analysis::memories::TargetStanding| format!("#{} {:.4}", x.rank, x.prob);
-        println!(
+        outln!(
             "{:>6} {:>16} {:>16} {:>16}",
             s.layer,
             f(s.entering),
@@ -290,8 +293,8 @@ pub fn lens(
     }
     let rows = fact_lens_rows(&steps);
     match steps.iter().find(|s| s.after_mlp.rank == 0) {
-        Some(s) => println!("{target:?} is first top-1 after layer {}", s.layer),
-        None => println!("{target:?} never becomes top-1"),
+        Some(s) => outln!("{target:?} is first top-1 after layer {}", s.layer),
+        None => outln!("{target:?} never becomes top-1"),
     }
     store_run(
         store,
@@ -331,7 +334,7 @@ pub fn triggers(
     )?;
     let tokens_read = report.tokens_read;
     let seq_len = seq_len.clamp(2, lm.model.config.n_ctx);
-    println!(
+    outln!(
         "{tokens_read} tokens of {} searched for {} layer(s) in {:.1} s",
         corpus.display(),
         layers.len(),
@@ -350,7 +353,7 @@ pub fn triggers(
                 .unwrap_or(f64::NAN)
         };
         let int = |k: &str| r.get(k).map(ToString::to_string).unwrap_or_default();
-        println!(
+        outln!(
             "layer {} memory {} #{} {:+.3}: {}[[{}]]",
             int("layer"),
             int("memory"),
@@ -399,7 +402,7 @@ pub fn attribute(
     )?;
     let rows = attribution_rows(&r);
     let kn = r.neurons;
-    println!(
+    outln!(
         "{} knowledge neuron(s) (t = {t} x max, shared by >= {:.0}% of {} prompt(s); IG, zero baseline, {steps} steps) in {:.1} s: {}",
         kn.len(),
         p * 100.0,
@@ -412,7 +415,7 @@ pub fn attribute(
     );
     let mut effects = Vec::new();
     for e in &r.effects {
-        println!(
+        outln!(
             "{:?} -> {target:?}: p clean {:.4}, knowledge neurons suppressed {:.4}, amplified x2 {:.4}",
             e.prompt, e.clean, e.suppressed, e.amplified
         );

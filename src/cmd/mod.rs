@@ -56,11 +56,11 @@ impl EditOutput {
     ) -> anyhow::Result<()> {
         if let Some(path) = &self.ledger {
             ledger.export(path)?;
-            println!("ledger written to {}", path.display());
+            outln!("ledger written to {}", path.display());
         }
         if let Some(out) = &self.save {
             let path = ledger.save(lm, out)?;
-            println!("edited model saved as {}", path.display());
+            outln!("edited model saved as {}", path.display());
         }
         Ok(())
     }

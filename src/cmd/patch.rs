@@ -88,11 +88,12 @@ impl BackendJob for PatchJob {
             &setup,
             &sites,
         )?;
-        println!(
+        outln!(
             "clean:     {:?}  logit diff {:+.4}",
-            setup.clean_prompt, report.clean_logit_diff
+            setup.clean_prompt,
+            report.clean_logit_diff
         );
-        println!(
+        outln!(
             "corrupted: {:?}  logit diff {:+.4}  ({:?} vs {:?})",
             setup.corrupted_prompt,
             report.corrupted_logit_diff,
@@ -112,13 +113,13 @@ impl BackendJob for PatchJob {
                 } else {
                     format!("position {i} {:?}", lm.tokenizer.token_text(setup.clean[i]))
                 };
-                println!(
+                outln!(
                     "{:>9}: best recovery {r:+.3} at layer {layer}, {what}",
                     s.site.name()
                 );
             }
         }
-        println!("run {} in {}", info.id, info.dir.display());
+        outln!("run {} in {}", info.id, info.dir.display());
         Ok(())
     }
 }

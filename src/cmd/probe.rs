@@ -99,7 +99,7 @@ pub(crate) fn run_probe(
         settings(),
         &stderr_control(),
     )?;
-    println!(
+    outln!(
         "{} samples, {} labels of `{}` with >= {} samples ({} records skipped: subject not found)",
         r.samples,
         r.classes.len(),
@@ -107,7 +107,7 @@ pub(crate) fn run_probe(
         a.min_count,
         r.skipped
     );
-    println!(
+    outln!(
         "activations {}",
         if r.cached {
             "read from the cache"
@@ -115,7 +115,7 @@ pub(crate) fn run_probe(
             "collected and cached"
         }
     );
-    println!(
+    outln!(
         "{:>6} {:>18} {:>10} {:>18} {:>12}",
         "layer",
         if a.regress {
@@ -129,12 +129,12 @@ pub(crate) fn run_probe(
     );
     for l in &r.layers {
         let [acc, low, high, f1, control, selectivity] = l.figures();
-        println!(
+        outln!(
             "{:>6} {acc:>7.3} [{low:.3},{high:.3}] {f1:>10.3} {control:>18.3} {selectivity:>12.3}",
             l.layer
         );
     }
-    println!(
+    outln!(
         "{:.1} s; stored as run {} ({}), figure probe.svg / probe.png",
         r.seconds,
         r.run_id,

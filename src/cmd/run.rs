@@ -98,18 +98,22 @@ impl BackendJob for RunJob {
                 "top_k": top,
                 "generated": generated.as_ref().map(|(text, ids)| json!({"text": text, "ids": ids})),
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(());
         }
         if let Some(p) = &a.prompt {
-            println!("prompt: {p:?} ({} tokens)", ids.len());
+            outln!("prompt: {p:?} ({} tokens)", ids.len());
         }
-        println!(
+        outln!(
             "{:>4}  {:<20} {:>8}  {:>9}  {:>9}",
-            "rank", "token", "id", "prob", "logit"
+            "rank",
+            "token",
+            "id",
+            "prob",
+            "logit"
         );
         for (rank, t) in top.iter().enumerate() {
-            println!(
+            outln!(
                 "{:>4}  {:<20} {:>8}  {:>9.6}  {:>9.4}",
                 rank + 1,
                 format!("{:?}", t.token),
@@ -119,7 +123,7 @@ impl BackendJob for RunJob {
             );
         }
         if let Some((text, _)) = generated {
-            println!("generated: {text:?}");
+            outln!("generated: {text:?}");
         }
         Ok(())
     }

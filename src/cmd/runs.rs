@@ -31,16 +31,19 @@ impl From<FormatArg> for TableFormat {
 fn list(store: &RunStore, json: bool) -> Result<()> {
     let runs = store.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());
     }
     if runs.is_empty() {
-        println!("no runs in {}", store.root().display());
+        outln!("no runs in {}", store.root().display());
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:<18} {:<9} {:<40} tables",
-        "id", "kind", "status", "model"
+        "id",
+        "kind",
+        "status",
+        "model"
     );
     for r in runs {
         let status = match (&r.problem, r.finished) {
@@ -48,7 +51,7 @@ fn list(store: &RunStore, json: bool) -> Result<()> {
             (None, true) => "done",
             (None, false) => "partial",
         };
-        println!(
+        outln!(
             "{:<24} {:<18} {:<9} {:<40} {}",
             r.id,
             r.kind,
@@ -57,7 +60,7 @@ fn list(store: &RunStore, json: bool) -> Result<()> {
             r.tables.join(",")
         );
         if let Some(p) = &r.problem {
-            println!("    broken: {p}");
+            outln!("    broken: {p}");
         }
     }
     Ok(())
@@ -66,7 +69,7 @@ fn list(store: &RunStore, json: bool) -> Result<()> {
 fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
     let run = store.find(id)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        outln!("{}", serde_json::to_string_pretty(&run)?);
         return Ok(());
     }
     let status = match (&run.problem, run.finished) {
@@ -74,26 +77,30 @@ fn show(store: &RunStore, id: &str, json: bool) -> Result<()> {
         (None, true) => "finished".into(),
         (None, false) => "partial: its writer did not finish".into(),
     };
-    println!("run     {} ({status})", run.id);
-    println!("kind    {}", run.kind);
-    println!("dir     {}", run.dir.display());
+    outln!("run     {} ({status})", run.id);
+    outln!("kind    {}", run.kind);
+    outln!("dir     {}", run.dir.display());
     if run.problem.is_none() {
-        println!("params  {}", serde_json::to_string_pretty(&run.params)?);
+        outln!("params  {}", serde_json::to_string_pretty(&run.params)?);
     }
     for t in &run.tables {
         let df = match store.read_table(&run, t) {
             Ok(df) => df,
             Err(e) => {
-                println!("\ntable {t}: {e}");
+                outln!("\ntable {t}: {e}");
                 continue;
             }
         };
-        println!("\ntable {t}: {} rows x {} columns", df.height(), df.width());
-        println!("{}", df.head(Some(8)));
+        outln!("\ntable {t}: {} rows x {} columns", df.height(), df.width());
+        outln!("{}", df.head(Some(8)));
         for s in summary_of(&df)? {
-            println!(
+            outln!(
                 "  {:<28} n={:<6} mean {:.4}  95% CI [{:.4}, {:.4}]",
-                s.metric, s.n, s.mean, s.ci_low, s.ci_high
+                s.metric,
+                s.n,
+                s.mean,
+                s.ci_low,
+                s.ci_high
             );
         }
     }
@@ -115,14 +122,14 @@ fn compare(store: &RunStore, a: &str, b: &str, table: Option<&str>) -> Result<()
         ),
         None => "—".to_string(),
     };
-    println!(
+    outln!(
         "{:<28} {:<32} {:<32}",
         "metric",
         format!("{} [{}]", ra.id, ra.kind),
         format!("{} [{}]", rb.id, rb.kind)
     );
     for r in rows {
-        println!("{:<28} {:<32} {:<32}", r.metric, cell(&r.a), cell(&r.b));
+        outln!("{:<28} {:<32} {:<32}", r.metric, cell(&r.a), cell(&r.b));
     }
     Ok(())
 }
@@ -211,7 +218,7 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
         } => {
             let run = store.find(&id)?;
             let path = export_table(&store, &run, table.as_deref(), format.into(), out)?;
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
             Ok(())
         }
         RunsCommand::Plot {
@@ -222,7 +229,7 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
         } => {
             let run = store.find(&id)?;
             let path = plot_run(&store, &run, table.as_deref(), fact.as_deref(), &out)?;
-            println!("wrote {}", path.display());
+            outln!("wrote {}", path.display());
             Ok(())
         }
         RunsCommand::Curve { ids, out, metrics } => {
@@ -231,7 +238,7 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
                 .map(|id| store.find(id))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             for p in curve(&store, &runs, &metrics, &out)? {
-                println!("figure {}", p.display());
+                outln!("figure {}", p.display());
             }
             Ok(())
         }
@@ -243,7 +250,7 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
             } else {
                 engram_datasets::merge::merge_shards(&store, &ids)?
             };
-            println!(
+            outln!(
                 "merged {} shards into run {} ({})",
                 ids.len(),
                 info.id,

@@ -171,7 +171,7 @@ impl BackendJob for TraceJob {
                 NoiseLevel::Fixed(_) => String::new(),
             }
         );
-        println!(
+        outln!(
             "traced {} facts, skipped {} (the model did not predict the target, or bad input), in {:.1} s",
             run.traced,
             run.skipped,
@@ -179,7 +179,7 @@ impl BackendJob for TraceJob {
         );
         for kind in &opts.kinds {
             if let Some(p) = peak(&run.effects, *kind) {
-                println!(
+                outln!(
                     "{:>6}: average indirect effect at the last subject token peaks at layer {} ({:+.4})",
                     kind.name(),
                     p.layer,
@@ -187,9 +187,9 @@ impl BackendJob for TraceJob {
                 );
             }
         }
-        println!("run {} in {}", run.info.id, run.info.dir.display());
+        outln!("run {} in {}", run.info.id, run.info.dir.display());
         for f in &run.figures {
-            println!("figure {}", f.display());
+            outln!("figure {}", f.display());
         }
         Ok(())
     }

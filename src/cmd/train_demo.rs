@@ -31,6 +31,6 @@ pub(crate) fn run(a: TrainDemoArgs) -> Result<()> {
             }
         },
     )?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

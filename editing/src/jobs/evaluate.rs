@@ -203,7 +203,7 @@ type Skip = (u64, String);
 /// What a journal holds: rows, skip notes, each row's neighbourhood argmax
 /// before its edit (sequential runs), and curve points.
 #[derive(Default)]
-struct Journal {
+pub struct Journal {
     rows: Vec<Row>,
     skipped: Vec<Skip>,
     pre_nb: std::collections::HashMap<u64, NeighbourhoodArgmax>,
@@ -218,7 +218,7 @@ pub fn journal_ledger(journal: &Path) -> PathBuf {
 }
 
 /// Rows and skip notes already in a journal.
-fn read_journal(path: &Path) -> Result<Journal> {
+pub fn read_journal(path: &Path) -> Result<Journal> {
     let mut j = Journal::default();
     if !path.exists() {
         return Ok(j);

@@ -47,6 +47,7 @@ pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
         lm_head_bias: true,
         bos_token_id: hf.opt_token_id("bos_token_id")?,
         eos_token_id: hf.opt_token_id("eos_token_id")?,
+        warnings: Vec::new(),
     })
 }
 

@@ -8,7 +8,9 @@
 
 use burn_tensor::backend::Backend;
 
-use crate::config::{Architecture, HfConfig, ModelConfig, NormKind, Rotary, RotaryStyle};
+use crate::config::{
+    heads_rule, Architecture, HfConfig, ModelConfig, NormKind, Rotary, RotaryStyle,
+};
 use crate::error::Result;
 use crate::layers::{Attention, Block, Mlp};
 use crate::transformer::{Transformer, WeightLoader};
@@ -17,9 +19,11 @@ pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
     let model_type = hf.string("model_type")?;
     let d_model = hf.usize("hidden_size")?;
     let n_heads = hf.usize("num_attention_heads")?;
-    let d_head = hf
-        .opt_usize("head_dim")?
-        .unwrap_or(d_model / n_heads.max(1));
+    let d_head = match hf.opt_usize("head_dim")? {
+        Some(h) => h,
+        None => crate::config::derived_head_dim(d_model, n_heads)
+            .ok_or_else(|| hf.invalid("num_attention_heads", &heads_rule(d_model, n_heads)))?,
+    };
     hf.check_default_rope()?;
     let qwen = model_type == "qwen2";
     Ok(ModelConfig {
@@ -52,6 +56,7 @@ pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
         lm_head_bias: false,
         bos_token_id: hf.opt_token_id("bos_token_id")?,
         eos_token_id: hf.opt_token_id("eos_token_id")?,
+        warnings: Vec::new(),
     })
 }
 

@@ -54,6 +54,7 @@ pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
         lm_head_bias: false,
         bos_token_id: hf.opt_token_id("bos_token_id")?,
         eos_token_id: hf.opt_token_id("eos_token_id")?,
+        warnings: Vec::new(),
     })
 }
 
