@@ -329,6 +329,8 @@ impl<B: Backend> EditState<B> {
         };
         // Refuse a bad request before any long work.
         request.template().map_err(edit_error)?;
+        engram_editing::memit::check_batch(lm, std::slice::from_ref(&request))
+            .map_err(edit_error)?;
         let mut hp = base_hparams(Some(&lm.source), Some(settings));
         let h = &form.hparams;
         let n_layers = lm.model.config.n_layers;

@@ -153,17 +153,33 @@ pub fn plot_run(
     out: &Path,
 ) -> Result<PathBuf> {
     let name = plot_table(run, table)?;
+    if let (Some(f), false) = (fact, matches!(name.as_str(), "trace" | "average")) {
+        return Err(store_err(format!(
+            "fact {f:?}: table {name:?} of run {} has no facts to pick; facts are picked in trace tables",
+            run.id
+        )));
+    }
     let df = store.read_table(run, &name)?;
     match name.as_str() {
         "trace" | "average" => {
             let mut cells: Vec<TraceCell> = from_frame(&df)?;
-            let first = cells.first().map(|c| c.fact.clone()).unwrap_or_default();
-            let want = fact.map(String::from).unwrap_or(first);
+            let mut facts: Vec<String> = cells.iter().map(|c| c.fact.clone()).collect();
+            facts.dedup();
+            let want = fact
+                .map(String::from)
+                .or_else(|| facts.first().cloned())
+                .unwrap_or_default();
             cells.retain(|c| c.fact == want);
             if cells.is_empty() {
                 return Err(store_err(format!(
-                    "run {} has no trace cells for fact {want:?}",
-                    run.id
+                    "run {} has no trace cells for fact {want:?}; its facts: {}",
+                    run.id,
+                    facts
+                        .iter()
+                        .take(10)
+                        .map(|f| format!("{f:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             trace_heatmaps(&cells, out)?

@@ -10,6 +10,12 @@ pub enum EditError {
     Model(#[from] ModelError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error(
+        "{path} changed since this run {was} it (another engram wrote it): not overwritten, \
+         so no edit is lost. This run's edit is stored with its run; run it again to add it \
+         on top of the ledger as it is now"
+    )]
+    LedgerChanged { path: PathBuf, was: &'static str },
     #[error("the new target {target:?} is already the model's answer to {prompt:?}")]
     TargetIsCurrent { prompt: String, target: String },
     #[error("{what} became {value} at step {step}: the edit was not applied")]
@@ -28,12 +34,12 @@ pub enum EditError {
     NoSuchEdit(usize),
     #[error("this ledger was made on model {expected}, not on {found}")]
     WrongBase { expected: String, found: String },
-    #[error("request {index} ({subject:?}): {source}")]
+    #[error("request {index} ({subject:?}): {cause}")]
     BadRequest {
         index: usize,
         subject: String,
-        #[source]
-        source: Box<EditError>,
+        /// In the message, not a `#[source]`: printed once, also by `{:#}` chains.
+        cause: Box<EditError>,
     },
     #[error("requests {first} and {second} ask {prompt:?} to answer both {first_target:?} and {second_target:?}")]
     Conflict {

@@ -23,6 +23,13 @@ use crate::rome::{EditRequest, RomeEdit};
 /// The ledger's name inside a saved checkpoint directory.
 pub const LEDGER_FILE: &str = "engram-ledger.json";
 
+/// A ledger file as [`Ledger::continue_file`] found it (`None`: absent).
+#[derive(Debug, Clone)]
+pub struct LedgerFileState {
+    pub path: PathBuf,
+    seen: Option<Vec<u8>>,
+}
+
 /// One ledger entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Edit {
@@ -268,17 +275,88 @@ impl<B: Backend> Ledger<B> {
         }
     }
 
-    /// Write the ledger as JSON, atomically.
+    /// Write the ledger as JSON, whole: a temporary file unique to this
+    /// process, then a rename.
     pub fn export(&self, path: &Path) -> Result<()> {
-        let io = |e: std::io::Error| EditError::File {
+        let text = serde_json::to_vec_pretty(&self.to_file())
+            .map_err(|e| EditError::Invalid(e.to_string()))?;
+        Ok(engram_model::save::write_file_atomic(path, &text)?)
+    }
+
+    /// Continue the ledger file at `path`: its edits applied to `model` if it
+    /// exists, else a new ledger. Checked before any work: not a directory, a
+    /// folder to write into, the same base model. [`Ledger::save_over`] later
+    /// refuses to overwrite what another process wrote meanwhile.
+    pub fn continue_file(
+        path: &Path,
+        model: &mut Transformer<B>,
+        model_hash: &str,
+    ) -> Result<(Self, LedgerFileState)> {
+        let bad = |message: String| EditError::File {
             path: path.into(),
+            message,
+        };
+        if path.is_dir() {
+            return Err(bad("is a directory; give a file name for the ledger".into()));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(bad(format!("folder {} does not exist", parent.display())));
+        }
+        let seen = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let ledger = match &seen {
+            Some(bytes) => Self::from_bytes(path, bytes, model, model_hash)?,
+            None => Self::new(model_hash),
+        };
+        let state = LedgerFileState {
+            path: path.to_path_buf(),
+            seen,
+        };
+        Ok((ledger, state))
+    }
+
+    /// Write this ledger over the file [`Ledger::continue_file`] read, under
+    /// an advisory lock (`FILE.lock`), refusing if the file changed since.
+    pub fn save_over(&self, state: &LedgerFileState) -> Result<()> {
+        let path = &state.path;
+        let mut lock_name = path.as_os_str().to_owned();
+        lock_name.push(".lock");
+        let lock_path = PathBuf::from(lock_name);
+        let io = |p: &Path, e: std::io::Error| EditError::File {
+            path: p.into(),
             message: e.to_string(),
         };
-        let text = serde_json::to_string_pretty(&self.to_file())
-            .map_err(|e| EditError::Invalid(e.to_string()))?;
-        let tmp = path.with_extension("json.partial");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        lock.lock().map_err(|e| io(&lock_path, e))?;
+        let now = match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(path, e)),
+        };
+        if now != state.seen {
+            return Err(EditError::LedgerChanged {
+                path: path.clone(),
+                was: if state.seen.is_some() {
+                    "read"
+                } else {
+                    "found absent"
+                },
+            });
+        }
+        self.export(path)
+        // The lock is released when `lock` is dropped.
     }
 
     /// Save the model as it stands (applied edits in its weights) as the new
@@ -314,13 +392,26 @@ impl<B: Backend> Ledger<B> {
     /// Read a ledger and apply its applied edits to `model`, whose content hash
     /// must be the ledger's base.
     pub fn import(path: &Path, model: &mut Transformer<B>, model_hash: &str) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| EditError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(path, &bytes, model, model_hash)
+    }
+
+    /// [`Ledger::import`] of a ledger's bytes; `path` names it in errors.
+    fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        model: &mut Transformer<B>,
+        model_hash: &str,
+    ) -> Result<Self> {
         let bad = |message: String| EditError::File {
             path: path.into(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let file: LedgerFile =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not a ledger: {e}")))?;
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a ledger: {e}")))?;
         if file.base_model_hash != model_hash {
             return Err(EditError::WrongBase {
                 expected: file.base_model_hash,

@@ -70,6 +70,11 @@ pub enum ModelError {
     EmptyPrompt,
     #[error("the target is empty; give the answer the model should produce, e.g. \"Paris\"")]
     EmptyTarget,
+    #[error(
+        "the target {target:?} is not in the tokenizer's vocabulary: it maps to the unknown \
+         token `{unk}`, and an edit toward it would teach the model `{unk}`"
+    )]
+    UnknownTarget { target: String, unk: String },
     #[error("the prompt has {len} tokens, longer than the model's context of {n_ctx}")]
     PromptTooLong { len: usize, n_ctx: usize },
     #[error("token id {id} at position {position} is outside the vocabulary of {vocab} tokens")]

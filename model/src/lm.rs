@@ -104,6 +104,12 @@ impl<B: Backend> LanguageModel<B> {
         if ids.is_empty() {
             return Err(ModelError::EmptyTarget);
         }
+        if let Some(unk) = self.tokenizer.unk_id().filter(|u| ids.contains(u)) {
+            return Err(ModelError::UnknownTarget {
+                target: target.into(),
+                unk: self.tokenizer.token_text(unk),
+            });
+        }
         Ok(ids)
     }
 

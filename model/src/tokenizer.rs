@@ -129,6 +129,19 @@ impl Tokenizer {
             .unwrap_or_else(|| format!("<{id}>"))
     }
 
+    /// The id the tokenizer gives text it cannot represent, where it has one
+    /// (byte-level BPE has none: every string is representable).
+    pub fn unk_id(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper as M;
+        let name = match self.inner.get_model() {
+            M::BPE(b) => b.get_unk_token().clone(),
+            M::WordPiece(w) => Some(w.unk_token.clone()),
+            M::WordLevel(w) => Some(w.unk_token.clone()),
+            M::Unigram(_) => Some("<unk>".into()),
+        }?;
+        self.inner.token_to_id(&name)
+    }
+
     /// The id of a single-token string, if it is one token.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

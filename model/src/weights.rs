@@ -184,7 +184,8 @@ impl SafetensorsCheckpoint {
             let (header_len, metadata) =
                 SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
                     path: path.clone(),
-                    message: describe_safetensors_error(&e, map.len()),
+                    message: header_problem(&map)
+                        .unwrap_or_else(|| describe_safetensors_error(&e, map.len())),
                 })?;
             for name in metadata.tensors().keys() {
                 names.insert(name.clone(), shards.len());
@@ -235,6 +236,50 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError, file_len: usize)
         }
         other => other.to_string(),
     }
+}
+
+/// What is wrong with a header the safetensors crate refused, named by
+/// tensor where its own error does not: a name listed twice, or data
+/// offsets past the end of the file. `None` leaves the crate's words.
+fn header_problem(map: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Entries(Vec<(String, Option<(u64, u64)>)>);
+    impl<'de> Visitor<'de> for &mut Entries {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a safetensors header object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+            while let Some(name) = m.next_key::<String>()? {
+                let v: serde_json::Value = m.next_value()?;
+                let offsets = v
+                    .get("data_offsets")
+                    .and_then(|o| Some((o.get(0)?.as_u64()?, o.get(1)?.as_u64()?)));
+                self.0.push((name, offsets));
+            }
+            Ok(())
+        }
+    }
+    let len = usize::try_from(u64::from_le_bytes(map.get(..8)?.try_into().ok()?)).ok()?;
+    let header = map.get(8..8usize.checked_add(len)?)?;
+    let mut entries = Entries(Vec::new());
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(&mut entries)
+        .ok()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = entries.0.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+        return Some(format!("tensor `{name}` is listed twice in the header"));
+    }
+    let data = (map.len() - 8 - len) as u64;
+    entries.0.iter().find_map(|(name, o)| {
+        let (start, end) = (*o)?;
+        (end > data || start > end).then(|| {
+            format!(
+                "tensor `{name}` (data bytes {start}..{end}) lies past the end of the data \
+                 ({data} bytes); the file is truncated"
+            )
+        })
+    })
 }
 
 impl TensorSource for SafetensorsCheckpoint {

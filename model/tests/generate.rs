@@ -104,7 +104,8 @@ fn sampling_is_seeded_and_respects_filters() {
 fn generation_past_the_context_is_an_error() {
     let Some((_, lm)) = tiny("gpt2") else { return };
     let prompt = lm.encode_prompt("word word word").expect("encode");
-    let err = generate(&lm.model, &[prompt.clone()], &greedy(100, true)).expect_err("too long");
+    let err = generate(&lm.model, std::slice::from_ref(&prompt), &greedy(100, true))
+        .expect_err("too long");
     assert!(
         matches!(
             &err,

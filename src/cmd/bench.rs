@@ -200,15 +200,15 @@ pub(crate) enum BenchCommand {
         /// the demo model: its facts, each edited to another answer).
         #[arg(long)]
         data: Option<PathBuf>,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 1000)]
         n: usize,
         #[arg(long)]
         hparams: Option<String>,
         #[arg(long)]
         corpus: Option<PathBuf>,
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 100_000)]
         stats_tokens: usize,
-        #[arg(long, default_value_t = 16)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 16)]
         z_chunk: usize,
         /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
         #[arg(long, default_value_t = 0)]
@@ -219,13 +219,13 @@ pub(crate) enum BenchCommand {
     /// MEMIT's solve alone at given sizes (default GPT-2 XL's: d_mlp 6400,
     /// d_model 1600, 5 layers), on random keys and a random C (CPU, f64).
     MemitSolve {
-        #[arg(long, default_value_t = 6400)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 6400)]
         d_mlp: usize,
-        #[arg(long, default_value_t = 1600)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 1600)]
         d_model: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 1000)]
         n: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 5)]
         layers: usize,
     },
     /// ROME: key-statistics throughput (key vectors/s) and edit latency with statistics in memory.
@@ -242,7 +242,7 @@ pub(crate) enum BenchCommand {
         hparams: Option<String>,
         #[arg(long)]
         corpus: Option<PathBuf>,
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 20_000)]
         stats_tokens: usize,
         #[command(flatten)]
         backend: BackendArgs,
@@ -252,10 +252,10 @@ pub(crate) enum BenchCommand {
         model: PathBuf,
         #[command(flatten)]
         backend: BackendArgs,
-        #[arg(long, default_value_t = 5)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 5)]
         iters: usize,
         /// Tokens generated per generation run.
-        #[arg(long, default_value_t = 32)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 32)]
         gen_tokens: usize,
         /// On the CPU, measure again with Engram's AVX-512 kernels off (burn's ops) and print the ratio.
         #[arg(long)]
@@ -272,7 +272,7 @@ pub(crate) enum BenchCommand {
         subject: String,
         #[arg(long, default_value = "Paris")]
         target: String,
-        #[arg(long, default_value_t = 10)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
         samples: usize,
         #[command(flatten)]
         backend: BackendArgs,
@@ -282,11 +282,11 @@ pub(crate) enum BenchCommand {
     /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
     Hooks {
         model: PathBuf,
-        #[arg(long, default_value_t = 4)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 4)]
         batch: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 32)]
         seq: usize,
-        #[arg(long, default_value_t = 20)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 20)]
         iters: usize,
         #[arg(long)]
         json: bool,

@@ -20,7 +20,7 @@ pub(crate) struct EditArgs {
     #[arg(long = "neighbour")]
     pub neighbour: Vec<String>,
     /// Greedy tokens to generate after the prompt, before and after the edit.
-    #[arg(long, default_value_t = 0)]
+    #[arg(value_parser = crate::cmd::range::tokens, long, default_value_t = 0)]
     pub generate: usize,
     /// The run store (default: $ENGRAM_RUNS, else ./runs).
     #[arg(long)]
@@ -38,7 +38,7 @@ pub(crate) struct EditArgs {
     #[arg(long)]
     pub corpus: Option<PathBuf>,
     /// Key vectors for the statistics.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 100_000)]
     pub stats_tokens: usize,
     #[command(flatten)]
     pub output: EditOutput,
@@ -60,7 +60,6 @@ impl BackendJob for EditJob {
         use engram_editing::jobs::rome::{check_request, run_rome, RomeRequest};
         use engram_editing::jobs::setup::{key_covariance, rome_templates};
         use engram_editing::rome::EditRequest;
-        use engram_editing::Ledger;
         let a = self.0;
         a.output.refuse_existing()?;
         let mut hparams = engram_editing::jobs::setup::resolve_hparams(
@@ -89,6 +88,8 @@ impl BackendJob for EditJob {
         )?;
         let mut lm = load::<B>(&a.model, &device)?;
         let layer = req.hparams.layer()?;
+        engram_editing::memit::check_batch(&lm, std::slice::from_ref(&req.request))?;
+        let (mut ledger, ledger_file) = a.output.ledger(&mut lm)?;
         let ctl = stderr_control();
         let cov = key_covariance(
             &lm,
@@ -106,7 +107,6 @@ impl BackendJob for EditJob {
             cov.seconds
         );
         let templates = rome_templates(&lm, &req.hparams)?;
-        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
         let r = run_rome(
             &mut lm,
             &a.model.display().to_string(),
@@ -157,7 +157,7 @@ impl BackendJob for EditJob {
             outln!(" after: {}", r.generation_after);
         }
         outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
-        a.output.write(&ledger, &lm)?;
+        a.output.write(&ledger, ledger_file.as_ref(), &lm)?;
         Ok(())
     }
 }

@@ -37,14 +37,14 @@ pub(crate) struct EvalArgs {
     pub convention: ConventionArg,
     /// Tokens generated per prompt for the generation-entropy fluency measure
     /// (ROME's top-5 sampling). Default: 100 with --sequential, else off (0).
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::positive, long)]
     pub fluency_tokens: Option<usize>,
     /// Append each finished case to this JSON-lines file and skip the cases
     /// already in it: an interrupted run picks up where it stopped.
     #[arg(long)]
     pub journal: Option<PathBuf>,
     /// Evaluate this many usable cases (cases the edit refuses are skipped and counted).
-    #[arg(long, default_value_t = 50)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 50)]
     pub n: usize,
     /// rome (ROME's code: the plain prompt's key in the update), r-rome (the
     /// consistent key, Gupta et al. 2024) or memit.
@@ -73,14 +73,14 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<engram_datasets::merge::Shard>,
     /// MEMIT: requests per batch (default: all --n cases in one batch).
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::positive, long)]
     pub batch: Option<usize>,
     /// Numbers of edits at which every case edited so far is scored again
     /// (the metric-against-edits curve), e.g. 1,10,50,100,200.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(value_parser = crate::cmd::range::positive, long, value_delimiter = ',')]
     pub checkpoints: Vec<usize>,
     /// MEMIT: requests per z optimisation batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 16)]
     pub z_chunk: usize,
     /// MEMIT: threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
     #[arg(long, default_value_t = 0)]
@@ -90,7 +90,7 @@ pub(crate) struct EvalArgs {
     pub z_cache: Option<PathBuf>,
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 100_000)]
     pub stats_tokens: usize,
     #[arg(long)]
     pub runs: Option<PathBuf>,

@@ -10,7 +10,7 @@ pub(crate) struct MemitArgs {
     #[arg(long)]
     pub requests: PathBuf,
     /// Use the first N requests.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::positive, long)]
     pub n: Option<usize>,
     /// Checked-in hyperparameters (demo, smollm2-135m, gpt2-xl, gpt-j-6b) or a JSON file.
     #[arg(long)]
@@ -19,14 +19,14 @@ pub(crate) struct MemitArgs {
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<usize>,
     /// λ, the weight of the key statistics.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::non_negative, long)]
     pub lambda: Option<f64>,
     #[arg(long)]
     pub corpus: Option<PathBuf>,
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 100_000)]
     pub stats_tokens: usize,
     /// Requests per z optimisation batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 16)]
     pub z_chunk: usize,
     /// Threads optimising z chunks at once (0: every core on the CPU, 1 on a GPU).
     #[arg(long, default_value_t = 0)]
@@ -51,7 +51,6 @@ impl BackendJob for MemitJob {
     type Output = ();
     type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        use engram_editing::Ledger;
         let a = self.0;
         a.output.refuse_existing()?;
         let mut requests = engram_editing::jobs::setup::load_requests(&a.requests)?;
@@ -59,6 +58,9 @@ impl BackendJob for MemitJob {
             requests.truncate(n);
         }
         let mut lm = load::<B>(&a.model, &device)?;
+        // Refused before the statistics; its warnings print with the report.
+        engram_editing::memit::check_batch(&lm, &requests)?;
+        let (mut ledger, ledger_file) = a.output.ledger(&mut lm)?;
         let mut hp = engram_editing::jobs::setup::resolve_memit_hparams(
             &a.model,
             a.hparams.as_deref(),
@@ -83,7 +85,6 @@ impl BackendJob for MemitJob {
             Ok(())
         };
         show(&lm, "before")?;
-        let mut ledger = Ledger::new(engram_model::source::model_hash(&lm.source)?);
         let z_workers = engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device);
         let (r, stats_seconds) = memit_batch(
             &mut lm,
@@ -116,7 +117,7 @@ impl BackendJob for MemitJob {
             t.total_seconds
         );
         outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
-        a.output.write(&ledger, &lm)?;
+        a.output.write(&ledger, ledger_file.as_ref(), &lm)?;
         Ok(())
     }
 }

@@ -320,6 +320,14 @@ pub fn triggers(
     show: &[usize],
     store: &RunStore,
 ) -> Result<()> {
+    let c = &lm.model.config;
+    engram_analysis::jobs::memories::check_memories(
+        c.n_layers,
+        c.d_mlp,
+        layers
+            .iter()
+            .flat_map(|&l| show.iter().map(move |&m| (l, m))),
+    )?;
     let start = Instant::now();
     let mut docs = engram_datasets::corpus::Corpus::open(corpus)?
         .map(|d| d.map_err(engram_analysis::AnalysisError::from));
@@ -463,7 +471,7 @@ pub(crate) enum MemoriesCommand {
         /// Memory indices, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         memory: Vec<usize>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
         k: usize,
     },
     /// Every memory's projection for some layers (default: all), as one table.
@@ -471,7 +479,7 @@ pub(crate) enum MemoriesCommand {
         model: PathBuf,
         #[arg(long, value_delimiter = ',')]
         layer: Vec<usize>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
         k: usize,
     },
     /// The memories behind a prediction, per layer (LM-Debugger's view).
@@ -487,9 +495,9 @@ pub(crate) enum MemoriesCommand {
         target: Option<String>,
         #[arg(long)]
         position: Option<usize>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 5)]
         per_layer: usize,
-        #[arg(long, default_value_t = 8)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 8)]
         k: usize,
         /// Switch memories off: LAYER:INDEX,…
         #[arg(long, default_value = "")]
@@ -518,11 +526,11 @@ pub(crate) enum MemoriesCommand {
         corpus: PathBuf,
         #[arg(long, value_delimiter = ',', required = true)]
         layer: Vec<usize>,
-        #[arg(long, default_value_t = 10)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
         top: usize,
-        #[arg(long, default_value_t = usize::MAX)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = usize::MAX)]
         max_tokens: usize,
-        #[arg(long, default_value_t = 128)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 128)]
         seq_len: usize,
         /// Print these memories' contexts.
         #[arg(long, value_delimiter = ',')]
@@ -538,13 +546,13 @@ pub(crate) enum MemoriesCommand {
         also: Vec<String>,
         #[arg(long)]
         target: String,
-        #[arg(long, default_value_t = 20)]
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 20)]
         steps: usize,
         /// Keep neurons above this share of a prompt's largest attribution.
-        #[arg(long, default_value_t = 0.2)]
+        #[arg(value_parser = crate::cmd::range::share, long, default_value_t = 0.2)]
         t: f32,
         /// ... found for at least this share of the prompts.
-        #[arg(long, default_value_t = 0.7)]
+        #[arg(value_parser = crate::cmd::range::share, long, default_value_t = 0.7)]
         p: f32,
     },
 }

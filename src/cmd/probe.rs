@@ -31,12 +31,12 @@ pub(crate) struct ProbeArgs {
     /// Also fit Hewitt & Liang's control task and report selectivity.
     #[arg(long)]
     pub control: bool,
-    #[arg(long, default_value_t = 5)]
+    #[arg(value_parser = crate::cmd::range::folds, long, default_value_t = 5)]
     pub folds: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Keep labels with at least this many samples.
-    #[arg(long, default_value_t = 30)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 30)]
     pub min_count: usize,
     /// The label is a number: fit ridge probes and report R² per layer.
     #[arg(long)]

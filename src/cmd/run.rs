@@ -13,19 +13,19 @@ pub(crate) struct RunArgs {
     #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     pub ids: Option<Vec<u32>>,
     /// Rows of the next-token table.
-    #[arg(long, default_value_t = 10)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
     pub top_k: usize,
     /// Generate this many tokens after the prompt.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::tokens, long)]
     pub generate: Option<usize>,
     /// Sample with this temperature instead of greedy decoding.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::temperature, long)]
     pub temperature: Option<f32>,
     /// Sample only among the k most likely tokens.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::positive, long)]
     pub sample_top_k: Option<usize>,
     /// Nucleus sampling: the smallest set of tokens with this much probability.
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::probability, long)]
     pub top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

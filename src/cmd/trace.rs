@@ -9,7 +9,7 @@ pub(crate) struct TraceArgs {
     #[arg(long, required_unless_present = "prompt")]
     pub facts: Option<PathBuf>,
     /// Trace this many facts the model gets right (skipping the others).
-    #[arg(long)]
+    #[arg(value_parser = crate::cmd::range::positive, long)]
     pub n: Option<usize>,
     /// One fact: the prompt, its subject and the expected answer.
     #[arg(long, conflicts_with = "facts", requires_all = ["subject", "target"])]
@@ -26,7 +26,7 @@ pub(crate) struct TraceArgs {
         default_value = "hidden,mlp,attn"
     )]
     pub kind: Vec<KindArg>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
     pub samples: usize,
     /// MLP/attention layers restored together. 0: ROME's 10 on models of 28+
     /// layers, the same share of depth (10/48) on shallower ones.

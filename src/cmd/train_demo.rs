@@ -9,7 +9,7 @@ pub(crate) struct TrainDemoArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "datasets/demo/facts.jsonl")]
     pub facts_out: PathBuf,
-    #[arg(long, default_value_t = 3000)]
+    #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 3000)]
     pub steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

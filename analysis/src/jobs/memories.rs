@@ -96,6 +96,12 @@ pub struct TopReport {
 
 /// Rank each layer's memories at the request's position by |aᵢ|·‖vᵢ‖.
 pub fn top_memories_job<B: Backend>(lm: &LanguageModel<B>, req: &TopRequest) -> Result<TopReport> {
+    let c = &lm.model.config;
+    check_memories(
+        c.n_layers,
+        c.d_mlp,
+        req.interventions.iter().map(|i| (i.layer, i.memory)),
+    )?;
     let ids = lm.encode_prompt(&req.prompt)?;
     let position = match (req.position, req.subject.as_deref().map(str::trim)) {
         (Some(p), _) => p,
@@ -445,4 +451,23 @@ impl<B: Backend> Hook<B> for ScaleHook {
         );
         Some(Activation::Rank3(x.clone() * scale))
     }
+}
+
+/// Every (layer, memory) names a memory of the model: layer below `n_layers`,
+/// index below `d_mlp`.
+pub fn check_memories(
+    n_layers: usize,
+    d_mlp: usize,
+    memories: impl IntoIterator<Item = (usize, usize)>,
+) -> Result<()> {
+    for (layer, memory) in memories {
+        if layer >= n_layers || memory >= d_mlp {
+            bail!(
+                "memory {layer}:{memory} does not exist: layers are 0..{}, memories 0..{} per layer",
+                n_layers.saturating_sub(1),
+                d_mlp.saturating_sub(1)
+            );
+        }
+    }
+    Ok(())
 }

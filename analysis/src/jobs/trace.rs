@@ -50,6 +50,31 @@ pub struct TraceOptions {
     pub naive: bool,
 }
 
+impl TraceOptions {
+    /// Every setting within its range, before any work.
+    pub fn check(&self) -> Result<()> {
+        let (name, level) = match self.noise {
+            NoiseLevel::Spread { multiple } => ("noise multiple (e.g. 3sigma)", multiple),
+            NoiseLevel::Fixed(v) => ("noise", v),
+        };
+        if !(level.is_finite() && level > 0.0) {
+            bail!("{name} {level}: must be a finite number above 0");
+        }
+        if self.samples == 0 || self.n == 0 || self.max_rows == 0 {
+            bail!(
+                "samples ({}), facts ({}) and rows ({}) must each be at least 1",
+                self.samples,
+                self.n,
+                self.max_rows
+            );
+        }
+        if self.kinds.is_empty() {
+            bail!("no trace kind chosen (residual, mlp, attention)");
+        }
+        Ok(())
+    }
+}
+
 impl Default for TraceOptions {
     fn default() -> Self {
         Self {
@@ -707,11 +732,9 @@ pub fn run_trace<B: Backend>(
     store: &RunStore,
     ctl: &Control,
 ) -> Result<TraceRun> {
+    req.options.check()?;
     if req.facts.is_empty() {
         bail!("the fact set is empty");
-    }
-    if req.options.n == 0 {
-        bail!("--n 0: trace at least one fact");
     }
     if req.facts.len() == 1 {
         prepare(lm, &req.facts[0])?;

@@ -217,25 +217,46 @@ pub fn journal_ledger(journal: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Rows and skip notes already in a journal.
+/// Rows and skip notes already in a journal. A last line cut short by a
+/// kill is cut off the file, so that the next append starts a fresh line;
+/// a whole last line missing only its newline gets one.
 pub fn read_journal(path: &Path) -> Result<Journal> {
     let mut j = Journal::default();
-    if !path.exists() {
-        return Ok(j);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let mut v: Map<String, Value> = match serde_json::from_str(line) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(j),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| start + i);
+        let line = &bytes[start..end.unwrap_or(bytes.len())];
+        let next = end.map_or(bytes.len(), |e| e + 1);
+        let last = next >= bytes.len();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            start = next;
+            continue;
+        }
+        let mut v: Map<String, Value> = match serde_json::from_slice(line) {
             Ok(v) => v,
-            // A line cut short by an interruption is the last one; drop it.
-            Err(_) if i + 1 == text.lines().count() => break,
-            Err(e) => bail!("{} line {}: {e}", path.display(), i + 1),
+            Err(_) if last => {
+                truncate_journal(path, start)?;
+                break;
+            }
+            Err(e) => bail!(
+                "{} line {line_no}: {e}; only the last line may be cut short",
+                path.display()
+            ),
         };
+        if end.is_none() {
+            append_newline(path)?;
+        }
+        start = next;
         if let Some(Value::Object(c)) = v.remove("curve") {
             j.curve.push(c);
             continue;
@@ -247,15 +268,38 @@ pub fn read_journal(path: &Path) -> Result<Journal> {
             (Some(id), None) => {
                 if let Some(nb) = nb {
                     let nb = serde_json::from_value(nb)
-                        .with_context(|| format!("{} line {}: pre_nb", path.display(), i + 1))?;
+                        .with_context(|| format!("{} line {line_no}: pre_nb", path.display()))?;
                     j.pre_nb.insert(id, nb);
                 }
                 j.rows.push(v)
             }
-            _ => bail!("{} line {}: no case_id", path.display(), i + 1),
+            _ => bail!("{} line {line_no}: no case_id", path.display()),
         }
     }
     Ok(j)
+}
+
+/// Cut a journal back to its first `len` bytes (a torn last line dropped).
+fn truncate_journal(path: &Path, len: usize) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.set_len(len as u64)
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("cutting the torn last line of {}", path.display()))
+}
+
+/// End a journal's whole last line that lacks its newline.
+fn append_newline(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(b"\n")
+        .and_then(|()| f.sync_data())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Append one JSON line: the whole line in one buffer and one write, then a sync.
@@ -679,11 +723,11 @@ fn remap_index(e: EditError, part: &[usize]) -> EditError {
         EditError::BadRequest {
             index,
             subject,
-            source,
+            cause,
         } => EditError::BadRequest {
             index: part.get(index).copied().unwrap_or(index),
             subject,
-            source,
+            cause,
         },
         other => other,
     }
@@ -720,7 +764,7 @@ pub fn evaluate_memit<B: Backend>(
         let r = case.request();
         if let Err(e) = crate::memit::check_batch(lm, std::slice::from_ref(&r)) {
             let e = match e {
-                EditError::BadRequest { source, .. } => *source,
+                EditError::BadRequest { cause, .. } => *cause,
                 other => other,
             };
             skipped.push(format!("case {}: {e}", case.id()));

@@ -59,7 +59,7 @@ pub fn compute_zs<B: Backend>(
         let bad = |source: EditError| EditError::BadRequest {
             index,
             subject: r.subject.clone(),
-            source: Box::new(source),
+            cause: Box::new(source),
         };
         let ids = lm
             .target_tokens(&r.prompt, &r.target)

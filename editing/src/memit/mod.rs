@@ -165,7 +165,7 @@ pub fn check_batch<B: Backend>(
         let bad = |source: EditError| EditError::BadRequest {
             index,
             subject: r.subject.clone(),
-            source: Box::new(source),
+            cause: Box::new(source),
         };
         r.template().map_err(bad)?;
         let ids = lm
