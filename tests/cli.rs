@@ -713,8 +713,11 @@ fn edit_command_rewrites_a_fact_and_refuses_bad_requests() {
     );
     let (ok, _, err) = run(&other.target, &fact.subject, true);
     assert!(!ok && err.contains("already exists"), "{err}");
-    let (ok, _, err) = run(&fact.target, &fact.subject, false);
+    // `--ledger` continues the ledger: its edit is applied first, so the
+    // edited answer is now the model's own.
+    let (ok, _, err) = run(&other.target, &fact.subject, false);
     assert!(!ok && err.contains("already the model's answer"), "{err}");
+    assert!(err.contains("1 edit(s) applied first"), "{err}");
     let (ok, _, err) = run(&other.target, "Nobody", false);
     assert!(!ok && err.contains("Nobody"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,6 +56,8 @@ pub struct ModelCard {
     pub load_seconds: f64,
     /// The model's checked-in ROME hyperparameters, if it has some.
     pub rome: Option<crate::editor::EditHparams>,
+    /// What the config check let through but a researcher should know.
+    pub warnings: Vec<String>,
 }
 
 /// The next-token table for a prompt.
@@ -387,6 +389,7 @@ impl BackendJob for LoadJob {
             device: self.device,
             dtype: self.dtype,
             load_seconds: self.started.elapsed().as_secs_f64(),
+            warnings: c.warnings.clone(),
             rome,
         };
         Ok(Box::new(Loaded {

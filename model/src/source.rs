@@ -10,7 +10,7 @@ use crate::settings::Settings;
 use crate::ModelError;
 
 /// The demo checkpoint, compiled into every binary so that it opens from anywhere.
-const DEMO_FILES: [(&str, &[u8]); 3] = [
+pub const DEMO_FILES: [(&str, &[u8]); 3] = [
     (
         "config.json",
         include_bytes!("../../app/assets/demo-model/config.json"),

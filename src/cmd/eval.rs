@@ -37,7 +37,7 @@ pub(crate) struct EvalArgs {
     pub convention: ConventionArg,
     /// Tokens generated per prompt for the generation-entropy fluency measure
     /// (ROME's top-5 sampling). Default: 100 with --sequential, else off (0).
-    #[arg(value_parser = crate::cmd::range::positive, long)]
+    #[arg(value_parser = crate::cmd::range::tokens, long)]
     pub fluency_tokens: Option<usize>,
     /// Append each finished case to this JSON-lines file and skip the cases
     /// already in it: an interrupted run picks up where it stopped.

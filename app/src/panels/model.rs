@@ -118,6 +118,9 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
             row("device", format!("{} ({})", card.device, card.dtype));
             row("load time", format!("{:.2} s", card.load_seconds));
         });
+    for w in &card.warnings {
+        ui.colored_label(ui.visuals().warn_fg_color, format!("⚠ {w}"));
+    }
     ui.add_space(8.0);
     egui::CollapsingHeader::new(format!("Hook points ({})", card.hooks.len()))
         .default_open(false)
