@@ -269,11 +269,17 @@ impl RunWriter {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        let mut bytes = Vec::new();
+        ParquetWriter::new(&mut bytes).finish(df)?;
         {
             let mut file = File::create(&tmp).map_err(|e| DatasetError::io(&tmp, e))?;
-            ParquetWriter::new(&mut file).finish(df)?;
-            file.sync_all().map_err(|e| DatasetError::io(&tmp, e))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| DatasetError::io(&tmp, e))?;
         }
+        // The checksum first: a table without one is read unverified, never
+        // the other way round.
+        write_atomic(&checksum_path(&path), checksum_line(&bytes).as_bytes())?;
         fs::rename(&tmp, &path).map_err(|e| DatasetError::io(&path, e))?;
         Ok(path)
     }
@@ -314,15 +320,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| DatasetError::io(path, e))
 }
 
-/// A parquet file as a DataFrame; a corrupt file's error names it.
+/// A parquet file as a DataFrame; a corrupt file's error names it. A table
+/// the store wrote is checked against its checksum before it is decoded (a
+/// corrupt page can make the decoder abort on a huge allocation).
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
-    let file = File::open(path).map_err(|e| DatasetError::io(path, e))?;
-    ParquetReader::new(file)
+    let bytes = fs::read(path).map_err(|e| DatasetError::io(path, e))?;
+    if let Ok(want) = fs::read_to_string(checksum_path(path)) {
+        let have = checksum_line(&bytes);
+        if want.trim() != have.trim() {
+            return Err(DatasetError::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "changed since Engram wrote it (checksum {}, now {}): the table is corrupt",
+                    want.trim(),
+                    have.trim()
+                ),
+            });
+        }
+    }
+    ParquetReader::new(std::io::Cursor::new(bytes))
         .finish()
         .map_err(|e| DatasetError::Format {
             path: path.to_path_buf(),
             message: format!("not a readable parquet table: {e}"),
         })
+}
+
+/// `.<file>.sum` beside a table: its length and 64-bit FNV-1a checksum.
+pub fn checksum_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.sum"))
+}
+
+/// `fnv1a64 <hex> <length>` of `bytes`.
+pub fn checksum_line(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64 {h:016x} {}\n", bytes.len())
 }
 
 pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {

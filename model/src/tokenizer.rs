@@ -53,10 +53,18 @@ impl Tokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+        let err = |message: String| ModelError::Tokenizer {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        // The JSON first: `tokenizers` panics on some malformed files (its
+        // decoder section), where this names the line and column.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| err(format!("invalid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| err("the tokenizers library could not read this file".into()))?;
+        let inner = parsed.map_err(|e| err(e.to_string()))?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),

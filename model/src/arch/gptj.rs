@@ -26,7 +26,9 @@ pub fn config(hf: &HfConfig) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads: n_heads,
         d_head,
-        d_mlp: hf.opt_usize("n_inner")?.unwrap_or(4 * d_model),
+        d_mlp: hf
+            .opt_usize("n_inner")?
+            .unwrap_or(d_model.saturating_mul(4)),
         n_ctx: hf.usize("n_positions")?,
         norm: NormKind::LayerNorm,
         norm_eps: hf.f64_or("layer_norm_epsilon", 1e-5)?,
