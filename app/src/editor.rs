@@ -433,6 +433,7 @@ impl<B: Backend> EditState<B> {
             hparams: hp,
             z_chunk: 16,
             z_workers,
+            alphaedit: None,
         };
         let report =
             run_memit(lm, model, ledger, &req, covs, groups, &store, ctl).map_err(edit_error)?;

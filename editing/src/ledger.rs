@@ -133,7 +133,52 @@ impl<B: Backend> Ledger<B> {
         edit: MemitLayerEdit,
         batch: usize,
     ) -> Result<usize> {
-        self.push_entry(model, "memit", Some(batch), EditPayload::Memit(edit))
+        self.push_batch_layer(model, "memit", edit, batch)
+    }
+
+    /// Add one layer of a batch edit (`method` "memit" or "alphaedit") and
+    /// apply it. Returns its id.
+    pub fn push_batch_layer(
+        &mut self,
+        model: &mut Transformer<B>,
+        method: &str,
+        edit: MemitLayerEdit,
+        batch: usize,
+    ) -> Result<usize> {
+        self.push_entry(model, method, Some(batch), EditPayload::Memit(edit))
+    }
+
+    /// AlphaEdit's K_p at `layer`: the keys of every applied AlphaEdit entry
+    /// there, one row per key. A reverted or removed batch drops out.
+    pub fn alphaedit_keys(&self, layer: usize) -> Vec<Vec<f32>> {
+        self.edits
+            .iter()
+            .filter(|e| e.applied && e.method == "alphaedit")
+            .filter_map(|e| match &e.edit {
+                EditPayload::Memit(m) if m.layer == layer && !m.cache_keys.is_empty() => {
+                    let width = m.cache_keys.len() / m.requests.len().max(1);
+                    Some(m.cache_keys.chunks(width.max(1)).map(<[f32]>::to_vec))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Record an AlphaEdit entry's keys (`[n][d_mlp]`, flat).
+    pub fn set_cache_keys(&mut self, id: usize, keys: Vec<f32>) -> Result<()> {
+        match self
+            .edits
+            .iter_mut()
+            .find(|e| e.id == id)
+            .map(|e| &mut e.edit)
+        {
+            Some(EditPayload::Memit(m)) => {
+                m.cache_keys = keys;
+                Ok(())
+            }
+            _ => Err(EditError::Invalid(format!("no batch entry {id}"))),
+        }
     }
 
     fn push_entry(

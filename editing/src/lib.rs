@@ -7,6 +7,7 @@
 //! - [`linalg`]: the f64 Cholesky solves behind u = C⁻¹k* and MEMIT's update;
 //! - [`jobs`]: ROME edits, MEMIT batches and evaluations as jobs that store runs.
 
+pub mod alphaedit;
 pub mod demo;
 pub mod error;
 pub mod eval;

@@ -173,6 +173,202 @@ pub fn add_outer_lower(a: &mut [f64], n: usize, x: &[f64], m: usize) {
     }
 }
 
+/// Eigenvalues (ascending) and eigenvectors of the symmetric row-major
+/// `n × n` matrix `a`: Householder reduction to tridiagonal form, then the QL
+/// algorithm with implicit shifts (Wilkinson & Reinsch, Handbook for Automatic
+/// Computation II, tred2/tql2). Vectors come back row-major with eigenvector
+/// `j` in column `j`. O(n³); for AlphaEdit's null-space projector.
+pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    if a.len() != n * n {
+        return Err(EditError::Invalid(format!(
+            "matrix has {} entries, expected {n} x {n}",
+            a.len()
+        )));
+    }
+    if let Some(bad) = a.iter().find(|x| !x.is_finite()) {
+        return Err(EditError::Invalid(format!(
+            "the matrix holds {bad}; eigenvectors need finite entries"
+        )));
+    }
+    if n == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut v = a.to_vec();
+    let (mut d, mut e) = (vec![0f64; n], vec![0f64; n]);
+    tridiagonalize(&mut v, &mut d, &mut e, n);
+    tridiagonal_ql(&mut v, &mut d, &mut e, n)?;
+    // Ascending order, vectors moved with their values.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
+    let values: Vec<f64> = order.iter().map(|&i| d[i]).collect();
+    let mut vectors = vec![0f64; n * n];
+    for (new, &old) in order.iter().enumerate() {
+        for k in 0..n {
+            vectors[k * n + new] = v[k * n + old];
+        }
+    }
+    Ok((values, vectors))
+}
+
+/// Householder reduction of the symmetric `v` (overwritten by the
+/// orthogonal transform) to tridiagonal form: diagonal `d`, subdiagonal `e`.
+fn tridiagonalize(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) {
+    let at = |i: usize, j: usize| i * n + j;
+    d.copy_from_slice(&v[at(n - 1, 0)..at(n - 1, 0) + n]);
+    for i in (1..n).rev() {
+        let scale: f64 = d[..i].iter().map(|x| x.abs()).sum();
+        let mut h = 0.0;
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+                v[at(j, i)] = 0.0;
+            }
+        } else {
+            for x in d[..i].iter_mut() {
+                *x /= scale;
+                h += *x * *x;
+            }
+            let f = d[i - 1];
+            let g = if f > 0.0 { -h.sqrt() } else { h.sqrt() };
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            e[..i].fill(0.0);
+            for j in 0..i {
+                let f = d[j];
+                v[at(j, i)] = f;
+                let mut g = e[j] + v[at(j, j)] * f;
+                for k in j + 1..i {
+                    g += v[at(k, j)] * d[k];
+                    e[k] += v[at(k, j)] * f;
+                }
+                e[j] = g;
+            }
+            let mut f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                let (f, g) = (d[j], e[j]);
+                for k in j..i {
+                    v[at(k, j)] -= f * e[k] + g * d[k];
+                }
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    // Accumulate the transformations.
+    for i in 0..n - 1 {
+        v[at(n - 1, i)] = v[at(i, i)];
+        v[at(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = v[at(k, i + 1)] / h;
+            }
+            for j in 0..=i {
+                let g: f64 = (0..=i).map(|k| v[at(k, i + 1)] * v[at(k, j)]).sum();
+                for k in 0..=i {
+                    v[at(k, j)] -= g * d[k];
+                }
+            }
+        }
+        for k in 0..=i {
+            v[at(k, i + 1)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+        v[at(n - 1, j)] = 0.0;
+    }
+    v[at(n - 1, n - 1)] = 1.0;
+    e[0] = 0.0;
+}
+
+/// The QL algorithm with implicit shifts on the tridiagonal (`d`, `e`),
+/// rotating the columns of `v` along.
+fn tridiagonal_ql(v: &mut [f64], d: &mut [f64], e: &mut [f64], n: usize) -> Result<()> {
+    let at = |i: usize, j: usize| i * n + j;
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let (mut f, mut tst1) = (0f64, 0f64);
+    let eps = f64::EPSILON;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            let mut iterations = 0;
+            loop {
+                iterations += 1;
+                if iterations > 60 {
+                    return Err(EditError::Invalid(
+                        "the eigenvalue iteration did not converge".into(),
+                    ));
+                }
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let mut h = g - d[l];
+                for x in d[l + 2..n].iter_mut() {
+                    *x -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1f64, 1f64, 1f64);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0f64, 0f64);
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    for k in 0..n {
+                        let h = v[at(k, i + 1)];
+                        v[at(k, i + 1)] = s * v[at(k, i)] + c * h;
+                        v[at(k, i)] = c * v[at(k, i)] - s * h;
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +422,46 @@ mod tests {
             assert_eq!(a[i * n + j], want);
         }
         assert_eq!(a[3 * n + 10], 0.0, "the upper triangle is left alone");
+    }
+
+    #[test]
+    fn eigenvectors_diagonalise_the_matrix() {
+        // A rank-deficient PSD matrix (zero eigenvalues, as in a null space)
+        // and a full one; A V = V Λ and Vᵀ V = I to 1e-9 of the scale.
+        for (n, rank) in [(1, 1), (5, 2), (64, 64), (120, 30)] {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n * 31 + rank) as u64;
+            let x: Vec<f64> = (0..n * rank)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+                })
+                .collect();
+            let mut a = vec![0f64; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    a[i * n + j] = (0..rank).map(|k| x[i * rank + k] * x[j * rank + k]).sum();
+                }
+            }
+            let (vals, vecs) = symmetric_eigen(&a, n).expect("eigen");
+            assert!(vals.windows(2).all(|w| w[0] <= w[1]), "ascending");
+            let scale = vals.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+            for j in 0..n {
+                for i in 0..n {
+                    let av: f64 = (0..n).map(|k| a[i * n + k] * vecs[k * n + j]).sum();
+                    assert!((av - vals[j] * vecs[i * n + j]).abs() < 1e-9 * scale);
+                    let dot: f64 = (0..n).map(|k| vecs[k * n + i] * vecs[k * n + j]).sum();
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-9, "orthonormal {i} {j}: {dot}");
+                }
+            }
+            let zeros = vals.iter().filter(|v| v.abs() < 1e-9 * scale).count();
+            assert_eq!(
+                zeros,
+                n - rank.min(n),
+                "null space of {n} x {n} rank {rank}"
+            );
+        }
     }
 }

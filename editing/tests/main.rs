@@ -12,6 +12,7 @@ use engram_editing::{EditError, Ledger};
 use engram_model::device::Cpu;
 use engram_model::LanguageModel;
 
+mod alphaedit;
 mod memit;
 
 fn demo() -> LanguageModel<Cpu> {

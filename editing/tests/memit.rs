@@ -58,6 +58,124 @@ fn memit_setup() -> &'static (Vec<LayerMom2>, Vec<Vec<String>>) {
     })
 }
 
+/// Run AlphaEdit (MEMIT's z and keys, the null-space solve) on `requests`.
+fn alphaedit(
+    lm: &mut LanguageModel<Cpu>,
+    ledger: &mut Ledger<Cpu>,
+    requests: &[EditRequest],
+    hp: &MemitHparams,
+    threshold: f64,
+) -> engram_editing::memit::MemitOutcome {
+    use engram_editing::memit::update::Solver;
+    let (covs, groups) = memit_setup();
+    let covs: Vec<LayerMom2> = hp
+        .layers
+        .iter()
+        .map(|l| covs.iter().find(|c| c.layer == *l).expect("stats").clone())
+        .collect();
+    let spaces: Vec<_> = covs
+        .iter()
+        .map(|c| engram_editing::alphaedit::null_space(c, threshold).expect("null space"))
+        .collect();
+    let flat: Vec<String> = groups.iter().flatten().cloned().collect();
+    let (zs, _) = compute_zs(lm, requests, hp, &flat, 32, 1, &mut |_, _| true).expect("z");
+    let solver = Solver::AlphaEdit {
+        spaces: &spaces,
+        l2: 1.0,
+    };
+    apply_memit(
+        lm,
+        ledger,
+        requests,
+        &zs,
+        hp,
+        &covs,
+        groups,
+        &solver,
+        &mut |_, _| true,
+    )
+    .expect("alphaedit")
+}
+
+/// AlphaEdit on the demo model: each batch's update lies in its layer's null
+/// space, the batch's keys join K_p for the next batch and leave it when the
+/// batch is reverted, and reverting is bit-exact.
+#[test]
+fn alphaedit_batches_stay_in_the_null_space_and_revert_bit_for_bit() {
+    let mut lm = demo();
+    let mut hp = memit_hparams();
+    hp.v_num_grad_steps = 4;
+    let fs = facts();
+    let n_layers = lm.model.blocks.len();
+    let original: Vec<Vec<u32>> = (0..n_layers).map(|l| out_proj_bits(&lm.model, l)).collect();
+    let (covs, _) = memit_setup();
+    // The demo's C: a threshold at 1e-3 of its largest eigenvalue.
+    let max_eig = engram_editing::alphaedit::null_space(&covs[0], f64::INFINITY)
+        .expect("whole space")
+        .max_eigenvalue;
+    let threshold = 1e-3 * max_eig;
+    let mut ledger = Ledger::new("demo");
+    let first: Vec<EditRequest> = [5, 9]
+        .iter()
+        .map(|&i| request(&fs[i], &new_target(&fs[i], 1)))
+        .collect();
+    let a = alphaedit(&mut lm, &mut ledger, &first, &hp, threshold);
+    assert!(ledger.edits().iter().all(|e| e.method == "alphaedit"));
+    let d_mlp = lm.model.config.d_mlp;
+    for (&layer, c) in hp.layers.iter().zip(covs) {
+        assert_eq!(ledger.alphaedit_keys(layer).len(), first.len());
+        // u_i ∈ null space: ‖P u‖ = ‖u‖ and u's energy along C is below the threshold.
+        let space = engram_editing::alphaedit::null_space(c, threshold).expect("space");
+        let entry = ledger
+            .edits()
+            .iter()
+            .find(|e| e.edit.layer() == layer)
+            .expect("entry");
+        let (rank, u, _) = entry.edit.factors();
+        for i in 0..rank {
+            let ui: Vec<f64> = u[i * d_mlp..(i + 1) * d_mlp]
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            let coords = space.coords(&ui, 1);
+            let back = space.lift(&coords, 1);
+            let (norm, off): (f64, f64) =
+                ui.iter().zip(&back).fold((0.0, 0.0), |(n, o), (x, y)| {
+                    (n + x * x, o + (x - y) * (x - y))
+                });
+            assert!(off.sqrt() < 1e-4 * norm.sqrt(), "u leaves the null space");
+        }
+    }
+    let after_first: Vec<Vec<u32>> = (0..n_layers).map(|l| out_proj_bits(&lm.model, l)).collect();
+    let second: Vec<EditRequest> = [13]
+        .iter()
+        .map(|&i| request(&fs[i], &new_target(&fs[i], 2)))
+        .collect();
+    let b = alphaedit(&mut lm, &mut ledger, &second, &hp, threshold);
+    assert_eq!(ledger.alphaedit_keys(hp.layers[0]).len(), 3);
+    // Reverting the first batch takes its keys out of K_p.
+    ledger
+        .set_applied(&mut lm.model, a.ids[0], false)
+        .expect("off");
+    assert_eq!(ledger.alphaedit_keys(hp.layers[0]).len(), 1);
+    ledger
+        .set_applied(&mut lm.model, a.ids[0], true)
+        .expect("on");
+    ledger.remove(&mut lm.model, b.ids[0]).expect("remove");
+    for (l, want) in after_first.iter().enumerate() {
+        assert_eq!(
+            &out_proj_bits(&lm.model, l),
+            want,
+            "layer {l} after removing b"
+        );
+    }
+    ledger.remove(&mut lm.model, a.ids[0]).expect("remove");
+    for (l, want) in original.iter().enumerate() {
+        assert_eq!(&out_proj_bits(&lm.model, l), want, "layer {l} original");
+    }
+    assert!(ledger.alphaedit_keys(hp.layers[0]).is_empty());
+}
+
 /// Run MEMIT on `requests` through `ledger`.
 fn memit(
     lm: &mut LanguageModel<Cpu>,
@@ -73,9 +191,18 @@ fn memit(
         .collect();
     let flat: Vec<String> = groups.iter().flatten().cloned().collect();
     let (zs, _) = compute_zs(lm, requests, hp, &flat, 32, 1, &mut |_, _| true).expect("z");
-    apply_memit(lm, ledger, requests, &zs, hp, &covs, groups, &mut |_, _| {
-        true
-    })
+    let memit = engram_editing::memit::update::Solver::Memit;
+    apply_memit(
+        lm,
+        ledger,
+        requests,
+        &zs,
+        hp,
+        &covs,
+        groups,
+        &memit,
+        &mut |_, _| true,
+    )
     .expect("memit")
 }
 

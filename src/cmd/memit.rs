@@ -34,10 +34,38 @@ pub(crate) struct MemitArgs {
     /// Show the top answers before and after for this many requests.
     #[arg(long, default_value_t = 5)]
     pub show: usize,
+    /// MEMIT, or AlphaEdit (Fang et al. 2025): each update confined to the null
+    /// space of the layer's key statistics, with earlier AlphaEdit batches' keys kept.
+    #[arg(long, value_enum, default_value = "memit")]
+    pub method: BatchMethod,
+    /// AlphaEdit: eigenvalues of C below this span the null space (the paper's 2e-2).
+    #[arg(value_parser = crate::cmd::range::non_negative, long, default_value_t = 2e-2)]
+    pub nullspace_threshold: f64,
+    /// AlphaEdit: the ridge term of its solve (its `L2`).
+    #[arg(value_parser = crate::cmd::range::non_negative, long, default_value_t = 10.0)]
+    pub l2: f64,
     #[command(flatten)]
     pub output: EditOutput,
     #[command(flatten)]
     pub backend: BackendArgs,
+}
+
+/// How a batch's updates are solved.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BatchMethod {
+    Memit,
+    Alphaedit,
+}
+
+impl MemitArgs {
+    fn alphaedit(&self) -> Option<engram_editing::jobs::memit::AlphaEditOptions> {
+        (self.method == BatchMethod::Alphaedit).then_some(
+            engram_editing::jobs::memit::AlphaEditOptions {
+                threshold: self.nullspace_threshold,
+                l2: self.l2,
+            },
+        )
+    }
 }
 
 pub(crate) fn run(args: MemitArgs) -> Result<()> {
@@ -94,6 +122,7 @@ impl BackendJob for MemitJob {
             hp.clone(),
             (a.corpus.as_deref(), a.stats_tokens),
             (a.z_chunk, z_workers),
+            a.alphaedit(),
         )?;
         let (out, t) = (&r, r.times);
         show(&lm, "after")?;
@@ -124,6 +153,7 @@ impl BackendJob for MemitJob {
 
 /// One MEMIT batch from the command line: C of each layer and the prefixes,
 /// then the batch job, stored as a run. Also returns the statistics' seconds.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn memit_batch<B: Backend>(
     lm: &mut LanguageModel<B>,
     model: &Path,
@@ -132,6 +162,7 @@ pub(crate) fn memit_batch<B: Backend>(
     hparams: engram_editing::MemitHparams,
     (corpus, stats_tokens): (Option<&Path>, usize),
     (z_chunk, z_workers): (usize, usize),
+    alphaedit: Option<engram_editing::jobs::memit::AlphaEditOptions>,
 ) -> Result<(engram_editing::jobs::memit::MemitReport, f64)> {
     use engram_editing::jobs::memit::{run_memit, MemitRequest};
     if requests.is_empty() {
@@ -160,6 +191,7 @@ pub(crate) fn memit_batch<B: Backend>(
         hparams,
         z_chunk,
         z_workers,
+        alphaedit,
     };
     let report = run_memit(
         lm,

@@ -836,6 +836,7 @@ pub fn evaluate_memit<B: Backend>(
                     setup.hp,
                     setup.covs,
                     setup.groups,
+                    &crate::memit::update::Solver::Memit,
                     &mut |_, _| true,
                 )?;
                 let firsts: Vec<(&BenchCase, NeighbourhoodArgmax)> = cases_b[..n]
@@ -856,6 +857,7 @@ pub fn evaluate_memit<B: Backend>(
             setup.hp,
             setup.covs,
             setup.groups,
+            &crate::memit::update::Solver::Memit,
             &mut |_, _| true,
         )?;
         applied += reqs_b.len();

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::rome::probe;
 use crate::error::{bail, Result};
 use crate::memit::compute_z::compute_zs;
-use crate::memit::update::LayerMom2;
+use crate::memit::update::{LayerMom2, Solver};
 use crate::memit::{apply_memit, check_batch, MemitHparams};
 use crate::rome::EditRequest;
 use crate::Ledger;
@@ -29,6 +29,15 @@ pub struct MemitRequest {
     pub z_chunk: usize,
     /// Threads optimising z chunks at once.
     pub z_workers: usize,
+    /// AlphaEdit instead of MEMIT: the null-space threshold and L2 term.
+    pub alphaedit: Option<AlphaEditOptions>,
+}
+
+/// AlphaEdit's two settings beyond MEMIT's (its `nullspace_threshold`, `L2`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlphaEditOptions {
+    pub threshold: f64,
+    pub l2: f64,
 }
 
 /// Timings of one batch.
@@ -113,9 +122,33 @@ pub fn run_memit<B: Backend>(
         req.z_workers,
         &mut |done, total| ctl.tick("z", done as u64, total as u64),
     )?;
-    let out = apply_memit(lm, ledger, requests, &zs, hp, covs, groups, &mut |i, n| {
-        ctl.tick("update", i as u64 + 1, n as u64)
-    })?;
+    let spaces = match req.alphaedit {
+        Some(a) => {
+            ctl.tick("null spaces", 0, covs.len() as u64);
+            covs.iter()
+                .map(|c| crate::alphaedit::null_space(c, a.threshold))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        }
+        None => Vec::new(),
+    };
+    let solver = match req.alphaedit {
+        Some(a) => Solver::AlphaEdit {
+            spaces: &spaces,
+            l2: a.l2,
+        },
+        None => Solver::Memit,
+    };
+    let out = apply_memit(
+        lm,
+        ledger,
+        requests,
+        &zs,
+        hp,
+        covs,
+        groups,
+        &solver,
+        &mut |i, n| ctl.tick("update", i as u64 + 1, n as u64),
+    )?;
     let rows = requests
         .iter()
         .zip(before)

@@ -83,6 +83,34 @@ pub struct MemitLayerEdit {
     /// Per request, on the last layer's entry only.
     #[serde(default)]
     pub z: Vec<ZSummary>,
+    /// AlphaEdit: the batch's keys at this layer, read after the batch was
+    /// applied (`[n][d_mlp]`); while the entry is applied they are part of the
+    /// running K_p of later batches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_keys: Vec<f32>,
+}
+
+/// How each layer's update is solved.
+#[derive(Debug, Clone, Copy)]
+pub enum Solver<'a> {
+    /// MEMIT: (λC + K Kᵀ) Δ = R Kᵀ.
+    Memit,
+    /// AlphaEdit: within each layer's null space (in `hp.layers` order), with
+    /// the keys of applied earlier AlphaEdit batches and the L2 term.
+    AlphaEdit {
+        spaces: &'a [crate::alphaedit::NullSpace],
+        l2: f64,
+    },
+}
+
+impl Solver<'_> {
+    /// The ledger's method name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Memit => "memit",
+            Self::AlphaEdit { .. } => "alphaedit",
+        }
+    }
 }
 
 /// The factors of one layer's update: `([n][d_mlp], [n][d_model])`.
@@ -170,9 +198,19 @@ pub fn apply_memit<B: Backend>(
     hp: &MemitHparams,
     covs: &[LayerMom2],
     groups: &[Vec<String>],
+    solver: &Solver<'_>,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<MemitOutcome> {
     let z_layer = hp.z_layer()?;
+    if let Solver::AlphaEdit { spaces, .. } = solver {
+        let layers: Vec<usize> = spaces.iter().map(|s| s.layer).collect();
+        if layers != hp.layers || spaces.iter().any(|s| s.dim != lm.model.config.d_mlp) {
+            return Err(EditError::Invalid(format!(
+                "null spaces for layers {layers:?}, edited layers {:?}",
+                hp.layers
+            )));
+        }
+    }
     if zs.len() != requests.len() {
         return Err(EditError::Invalid(format!(
             "{} targets for {} requests",
@@ -236,7 +274,17 @@ pub fn apply_memit<B: Backend>(
             } else {
                 1.0
             };
-            let (u, r) = layer_update(&cov.mom2, cov.dim, lambda, &ks, &targets, share)?;
+            let (u, r) = match solver {
+                Solver::Memit => layer_update(&cov.mom2, cov.dim, lambda, &ks, &targets, share)?,
+                Solver::AlphaEdit { spaces, l2 } => crate::alphaedit::layer_update(
+                    &spaces[i],
+                    *l2,
+                    &ks,
+                    &ledger.alphaedit_keys(layer),
+                    &targets,
+                    share,
+                )?,
+            };
             let seconds = t.elapsed().as_secs_f64();
             solve_seconds += seconds;
             let z = if layer == z_layer {
@@ -262,8 +310,16 @@ pub fn apply_memit<B: Backend>(
                 seconds,
                 stats_tokens: cov.tokens,
                 z,
+                cache_keys: Vec::new(),
             };
-            ids.push(ledger.push_memit(&mut lm.model, edit, batch)?);
+            ids.push(ledger.push_batch_layer(&mut lm.model, solver.method(), edit, batch)?);
+        }
+        if let Solver::AlphaEdit { .. } = solver {
+            // AlphaEdit's running sum: the keys as the edited model reads them.
+            for (&layer, &id) in hp.layers.iter().zip(&ids) {
+                let ks = compute_ks(lm, requests, groups, layer)?;
+                ledger.set_cache_keys(id, ks.concat())?;
+            }
         }
         let cur = current_zs(lm, requests, z_layer)?;
         let left: Vec<Vec<f32>> = zs
