@@ -1383,3 +1383,78 @@ fn trace_shards_merge_into_the_unsharded_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram memit --method alphaedit`: the batch lands in the ledger as
+/// AlphaEdit entries carrying their keys, and a second batch on the same
+/// ledger continues it; AlphaEdit's options without the method are refused.
+#[test]
+fn memit_alphaedit_keeps_its_keys_in_the_ledger() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-alphaedit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let demo = demo_fact_records();
+    let other = |i: usize| demo[(i + 3) % demo.len()].target.clone();
+    let write = |name: &str, idx: &[usize]| {
+        let reqs: Vec<serde_json::Value> = idx
+            .iter()
+            .map(|&i| {
+                serde_json::json!({"prompt": demo[i].prompt, "subject": demo[i].subject,
+                                   "target": other(i)})
+            })
+            .collect();
+        let p = dir.join(name);
+        std::fs::write(&p, serde_json::to_string(&reqs).expect("json")).expect("write");
+        p
+    };
+    let (a, b) = (write("a.json", &[0, 6]), write("b.json", &[12]));
+    let ledger = dir.join("ledger.json");
+    let run = |requests: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .env("ENGRAM_RUNS", dir.join("runs"))
+            .args(["memit", "demo", "--requests"])
+            .arg(requests)
+            .args(extra)
+            .arg("--ledger")
+            .arg(&ledger)
+            .output()
+            .expect("run engram")
+    };
+    let out = run(&a, &["--method", "alphaedit"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("AlphaEdit: null spaces below 0.02 (layer 0 "),
+        "{stdout}"
+    );
+    let entries = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p).expect("ledger")).expect("json");
+        v["edits"].as_array().expect("edits").clone()
+    };
+    let first = entries(&ledger);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["method"], "alphaedit");
+    let keys = first[0]["edit"]["cache_keys"]
+        .as_array()
+        .expect("cache_keys")
+        .len();
+    assert_eq!(keys % 2, 0, "two requests' keys");
+    assert!(first[0]["norms"]["delta_fro"].as_f64().expect("norm") > 0.0);
+    let out = run(&b, &["--method", "alphaedit"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 edit(s) applied first"));
+    assert_eq!(entries(&ledger).len(), 2);
+    let out = run(&b, &["--l2", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --method alphaedit"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

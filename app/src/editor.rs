@@ -148,6 +148,8 @@ pub struct LedgerEntry {
     pub layer: usize,
     pub delta_norm: f32,
     pub seconds: f64,
+    /// ‖ΔW‖_F and its ratio to the layer's ‖W‖_F when applied.
+    pub norms: Option<engram_editing::EditNorms>,
 }
 
 pub type LedgerView = Vec<LedgerEntry>;
@@ -308,6 +310,7 @@ impl<B: Backend> EditState<B> {
                         EditPayload::Memit(m) => m.residual_norm,
                     },
                     seconds: e.edit.seconds(),
+                    norms: e.norms,
                 }
             })
             .collect()

@@ -41,6 +41,46 @@ pub struct Edit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<usize>,
     pub edit: EditPayload,
+    /// The size of the change when it was made (the early sign of collapse
+    /// under sequential editing; ENCORE, arXiv 2502.01636).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norms: Option<EditNorms>,
+}
+
+/// ‖ΔW‖_F of an entry, and relative to the layer's weight when it was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EditNorms {
+    pub delta_fro: f64,
+    pub weight_fro: f64,
+    /// `delta_fro / weight_fro`.
+    pub relative: f64,
+}
+
+impl EditNorms {
+    /// ‖Σ u_i r_iᵀ‖_F from the factors (`rank` rows of `u` and `r`), in f64:
+    /// Σ_ij (u_i·u_j)(r_i·r_j).
+    pub fn of(rank: usize, u: &[f32], r: &[f32], weight_fro: f64) -> Self {
+        let (du, dr) = (u.len() / rank.max(1), r.len() / rank.max(1));
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum()
+        };
+        let mut sq = 0.0;
+        for i in 0..rank {
+            for j in 0..rank {
+                sq += dot(&u[i * du..(i + 1) * du], &u[j * du..(j + 1) * du])
+                    * dot(&r[i * dr..(i + 1) * dr], &r[j * dr..(j + 1) * dr]);
+            }
+        }
+        let delta_fro = sq.max(0.0).sqrt();
+        Self {
+            delta_fro,
+            weight_fro,
+            relative: delta_fro / weight_fro,
+        }
+    }
 }
 
 /// What an entry changes: a rank-one ROME edit, or one layer of a MEMIT batch.
@@ -203,12 +243,19 @@ impl<B: Backend> Ledger<B> {
             )));
         }
         let id = self.edits.iter().map(|e| e.id + 1).max().unwrap_or(0);
+        let weight_fro = {
+            use burn_tensor::ElementConversion;
+            let w = model.blocks[layer].mlp.fc_out.weight.clone();
+            f64::from(w.powf_scalar(2.0).sum().into_scalar().elem::<f32>()).sqrt()
+        };
+        let norms = Some(EditNorms::of(rank, u, r, weight_fro));
         self.edits.push(Edit {
             id,
             method: method.into(),
             applied: true,
             batch,
             edit,
+            norms,
         });
         self.rebuild(model, layer);
         Ok(id)

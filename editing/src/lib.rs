@@ -19,7 +19,7 @@ pub mod rome;
 pub mod stats;
 
 pub use error::{EditError, Result};
-pub use ledger::{Edit, EditPayload, Ledger};
+pub use ledger::{Edit, EditNorms, EditPayload, Ledger};
 pub use memit::MemitHparams;
 pub use rome::{EditRequest, KeyChoice, RomeHparams};
 pub use stats::{LayerStats, StatsOptions};

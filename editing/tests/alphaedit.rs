@@ -191,3 +191,25 @@ fn a_threshold_below_every_eigenvalue_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn alphaedit_hparams_are_checked_in_with_their_source() {
+    use engram_editing::alphaedit::AlphaEditHparams;
+    for (name, layers, l2) in [
+        ("gpt2-xl", vec![13, 14, 15, 16, 17], 10.0),
+        ("gpt-j-6b", vec![3, 4, 5, 6, 7, 8], 10.0),
+        ("llama3-8b", vec![4, 5, 6, 7, 8], 10.0),
+        ("demo", vec![0], 0.1),
+        ("smollm2-135m", vec![1, 2, 3, 4, 5], 10.0),
+    ] {
+        let hp = AlphaEditHparams::builtin(name).unwrap_or_else(|| panic!("{name} parses"));
+        hp.check().expect("in range");
+        assert_eq!(hp.memit.layers, layers, "{name}");
+        assert_eq!((hp.nullspace_threshold, hp.l2), (2e-2, l2), "{name}");
+        assert!(
+            hp.memit.source.contains("AlphaEdit"),
+            "{name}: {}",
+            hp.memit.source
+        );
+    }
+}

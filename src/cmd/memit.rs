@@ -38,12 +38,13 @@ pub(crate) struct MemitArgs {
     /// space of the layer's key statistics, with earlier AlphaEdit batches' keys kept.
     #[arg(long, value_enum, default_value = "memit")]
     pub method: BatchMethod,
-    /// AlphaEdit: eigenvalues of C below this span the null space (the paper's 2e-2).
-    #[arg(value_parser = crate::cmd::range::non_negative, long, default_value_t = 2e-2)]
-    pub nullspace_threshold: f64,
-    /// AlphaEdit: the ridge term of its solve (its `L2`).
-    #[arg(value_parser = crate::cmd::range::non_negative, long, default_value_t = 10.0)]
-    pub l2: f64,
+    /// AlphaEdit: eigenvalues of C below this span the null space (default:
+    /// the hyperparameters', AlphaEdit's 2e-2).
+    #[arg(value_parser = crate::cmd::range::non_negative, long)]
+    pub nullspace_threshold: Option<f64>,
+    /// AlphaEdit: the ridge term of its solve (default: the hyperparameters' `L2`).
+    #[arg(value_parser = crate::cmd::range::non_negative, long)]
+    pub l2: Option<f64>,
     #[command(flatten)]
     pub output: EditOutput,
     #[command(flatten)]
@@ -58,13 +59,30 @@ pub(crate) enum BatchMethod {
 }
 
 impl MemitArgs {
-    fn alphaedit(&self) -> Option<engram_editing::jobs::memit::AlphaEditOptions> {
-        (self.method == BatchMethod::Alphaedit).then_some(
-            engram_editing::jobs::memit::AlphaEditOptions {
-                threshold: self.nullspace_threshold,
-                l2: self.l2,
-            },
-        )
+    /// The batch's hyperparameters, and AlphaEdit's two settings where it is chosen.
+    fn hparams(
+        &self,
+    ) -> Result<(
+        engram_editing::MemitHparams,
+        Option<engram_editing::jobs::memit::AlphaEditOptions>,
+    )> {
+        use engram_editing::jobs::setup::{resolve_alphaedit_hparams, resolve_memit_hparams};
+        if self.method == BatchMethod::Memit {
+            if self.nullspace_threshold.is_some() || self.l2.is_some() {
+                bail!("--nullspace-threshold and --l2 are AlphaEdit's; add --method alphaedit");
+            }
+            let hp = resolve_memit_hparams(&self.model, self.hparams.as_deref(), settings())?;
+            return Ok((hp, None));
+        }
+        let hp = resolve_alphaedit_hparams(&self.model, self.hparams.as_deref(), settings())?;
+        let options = engram_editing::jobs::memit::AlphaEditOptions {
+            threshold: self.nullspace_threshold.unwrap_or(hp.nullspace_threshold),
+            l2: self.l2.unwrap_or(hp.l2),
+        };
+        if !(options.threshold > 0.0 && options.l2 > 0.0) {
+            bail!("--nullspace-threshold and --l2 must be above 0");
+        }
+        Ok((hp.memit, Some(options)))
     }
 }
 
@@ -89,11 +107,7 @@ impl BackendJob for MemitJob {
         // Refused before the statistics; its warnings print with the report.
         engram_editing::memit::check_batch(&lm, &requests)?;
         let (mut ledger, ledger_file) = a.output.ledger(&mut lm)?;
-        let mut hp = engram_editing::jobs::setup::resolve_memit_hparams(
-            &a.model,
-            a.hparams.as_deref(),
-            settings(),
-        )?;
+        let (mut hp, alphaedit) = a.hparams()?;
         if !a.layers.is_empty() {
             hp.layers = a.layers.clone();
         }
@@ -122,15 +136,31 @@ impl BackendJob for MemitJob {
             hp.clone(),
             (a.corpus.as_deref(), a.stats_tokens),
             (a.z_chunk, z_workers),
-            a.alphaedit(),
+            alphaedit,
         )?;
         let (out, t) = (&r, r.times);
         show(&lm, "after")?;
+        if let Some(o) = alphaedit {
+            let dims: Vec<String> = r
+                .null_space
+                .iter()
+                .map(|(l, q, d)| format!("layer {l} {q}/{d}"))
+                .collect();
+            outln!(
+                "AlphaEdit: null spaces below {} ({}), L2 {}",
+                o.threshold,
+                dims.join(", "),
+                o.l2
+            );
+        }
+        let method = match alphaedit {
+            Some(_) => "AlphaEdit".to_string(),
+            None => format!("MEMIT (λ {})", hp.mom2_update_weight),
+        };
         outln!(
-            "MEMIT: {} requests over layers {:?} (λ {}): mean |z - h| {}",
+            "{method}: {} requests over layers {:?}: mean |z - h| {}",
             requests.len(),
             hp.layers,
-            hp.mom2_update_weight,
             out.residual_norms
                 .iter()
                 .map(|x| format!("{x:.3}"))

@@ -473,7 +473,18 @@ fn ledger(app: &mut EngramApp, ui: &mut Ui) {
                 } else {
                     "|delta|"
                 };
-                ui.label(format!("{what} {:.2}, {:.2} s", e.delta_norm, e.seconds));
+                let size = e.norms.map_or(String::new(), |n| {
+                    format!(
+                        ", |dW| {:.3} ({:.2}% of |W|)",
+                        n.delta_fro,
+                        100.0 * n.relative
+                    )
+                });
+                ui.label(format!(
+                    "{what} {:.2}{size}, {:.2} s",
+                    e.delta_norm, e.seconds
+                ))
+                .on_hover_text("|dW|: the Frobenius norm of this entry's weight change");
                 if ui.small_button("remove").clicked() {
                     op = Some(LedgerOp::Remove(e.id));
                 }

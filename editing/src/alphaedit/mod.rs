@@ -43,6 +43,21 @@ pub struct AlphaEditHparams {
 }
 
 impl AlphaEditHparams {
+    /// The checked-in files: AlphaEdit's own for GPT-2 XL, GPT-J and
+    /// Llama3-8B, and Engram's MEMIT layers with AlphaEdit's threshold and L2
+    /// for the demo and SmolLM2.
+    pub fn builtin(name: &str) -> Option<Self> {
+        let text = match name {
+            "gpt2-xl" => include_str!("../../hparams/alphaedit/gpt2-xl.json"),
+            "gpt-j-6b" => include_str!("../../hparams/alphaedit/gpt-j-6b.json"),
+            "llama3-8b" => include_str!("../../hparams/alphaedit/llama3-8b.json"),
+            "demo" => include_str!("../../hparams/alphaedit/demo.json"),
+            "smollm2-135m" => include_str!("../../hparams/alphaedit/smollm2-135m.json"),
+            _ => return None,
+        };
+        serde_json::from_str(text).ok()
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
             path: path.into(),
@@ -56,8 +71,9 @@ impl AlphaEditHparams {
         Ok(hp)
     }
 
-    /// The threshold and L2 within their ranges.
+    /// MEMIT's checks, and the threshold and L2 within their ranges.
     pub fn check(&self) -> Result<()> {
+        self.memit.check()?;
         if !(self.nullspace_threshold.is_finite() && self.nullspace_threshold > 0.0) {
             return Err(EditError::Invalid(format!(
                 "nullspace_threshold {} must be a finite number above 0",

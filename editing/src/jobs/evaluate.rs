@@ -483,6 +483,7 @@ pub fn evaluate<B: Backend>(
         };
         let (seconds, v_steps) = (edit.seconds, edit.steps.len());
         let id = ledger.push(&mut lm.model, edit)?;
+        let norms = entry_norms(ledger, &[id]);
         let (post, _) = case.score(lm, Some(&pre_nb))?;
         let fluency = if opts.fluency_tokens > 0 {
             Some(
@@ -519,6 +520,8 @@ pub fn evaluate<B: Backend>(
         }
         row.insert("edit_seconds".into(), seconds.into());
         row.insert("v_steps".into(), v_steps.into());
+        row.insert("delta_fro".into(), norms.0.into());
+        row.insert("delta_relative".into(), norms.1.into());
         if metrics.is_empty() {
             metrics = post.iter().map(|(n, _)| n.to_string()).collect();
             if fluency.is_some() {
@@ -717,6 +720,24 @@ fn zs_for<B: Backend>(
     Ok((out.into_iter().flatten().collect(), seconds))
 }
 
+/// The size of the change made by ledger entries `ids` (one edit, or a
+/// batch's layers): (√Σ ‖ΔW_l‖²_F, the largest ‖ΔW_l‖_F / ‖W_l‖_F).
+fn entry_norms<B: Backend>(ledger: &Ledger<B>, ids: &[usize]) -> (f64, f64) {
+    let norms: Vec<_> = ledger
+        .edits()
+        .iter()
+        .filter(|e| ids.contains(&e.id))
+        .filter_map(|e| e.norms)
+        .collect();
+    let fro = norms
+        .iter()
+        .map(|n| n.delta_fro * n.delta_fro)
+        .sum::<f64>()
+        .sqrt();
+    let rel = norms.iter().map(|n| n.relative).fold(0.0, f64::max);
+    (fro, rel)
+}
+
 /// A bad request's index within a sub-batch, as its index in the whole batch.
 fn remap_index(e: EditError, part: &[usize]) -> EditError {
     match e {
@@ -861,6 +882,7 @@ pub fn evaluate_memit<B: Backend>(
             &mut |_, _| true,
         )?;
         applied += reqs_b.len();
+        let norms = entry_norms(ledger, &out.ids);
         let per_case = (z_seconds + out.keys_seconds + out.solve_seconds) / reqs_b.len() as f64;
         for ((case, (pre_m, pre_nb)), z) in cases_b.iter().zip(pre).zip(&zs) {
             let (post, _) = case.score(lm, Some(&pre_nb))?;
@@ -888,6 +910,8 @@ pub fn evaluate_memit<B: Backend>(
             }
             row.insert("edit_seconds".into(), per_case.into());
             row.insert("v_steps".into(), z.steps.len().into());
+            row.insert("delta_fro".into(), norms.0.into());
+            row.insert("delta_relative".into(), norms.1.into());
             if metrics.is_empty() {
                 metrics = post.iter().map(|(n, _)| n.to_string()).collect();
                 metrics.extend(pre_m.iter().map(|(n, _)| format!("pre_{n}")));

@@ -79,6 +79,8 @@ pub struct MemitReport {
     /// Mean |z − h| before each layer and after the last.
     pub residual_norms: Vec<f32>,
     pub times: MemitTimes,
+    /// AlphaEdit: `(layer, null-space dimension, key dimension)` per layer.
+    pub null_space: Vec<(usize, usize, usize)>,
 }
 
 /// Check, compute and apply one MEMIT batch into `ledger` with C of each
@@ -138,6 +140,8 @@ pub fn run_memit<B: Backend>(
         },
         None => Solver::Memit,
     };
+    let null_space: Vec<(usize, usize, usize)> =
+        spaces.iter().map(|s| (s.layer, s.rank, s.dim)).collect();
     let out = apply_memit(
         lm,
         ledger,
@@ -178,7 +182,12 @@ pub fn run_memit<B: Backend>(
         model,
         ledger.base_model_hash.clone(),
         serde_json::json!({
-            "method": "memit",
+            "method": solver.method(),
+            "alphaedit": req.alphaedit.map(|a| serde_json::json!({
+                "nullspace_threshold": a.threshold,
+                "L2": a.l2,
+                "null_space": null_space,
+            })),
             "hparams": hp,
             "z_chunk": req.z_chunk,
             "residual_norms": out.residual_norms,
@@ -188,7 +197,7 @@ pub fn run_memit<B: Backend>(
         }),
         requests.iter().map(|r| r.prompt.clone()).collect(),
     );
-    let run = super::store_edit_run(store, "memit", params, ledger, |run| {
+    let run = super::store_edit_run(store, solver.method(), params, ledger, |run| {
         run.write_rows("requests", &rows)?;
         Ok(())
     })?;
@@ -202,6 +211,7 @@ pub fn run_memit<B: Backend>(
         warnings,
         residual_norms: out.residual_norms.clone(),
         times,
+        null_space,
     })
 }
 

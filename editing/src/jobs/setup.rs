@@ -28,6 +28,8 @@ fn builtin_name(model: &Path, settings: &Settings) -> Option<&'static str> {
         Some("gpt2-xl")
     } else if name.contains("gpt-j-6b") {
         Some("gpt-j-6b")
+    } else if name.contains("llama-3-8b") || name.contains("llama3-8b") {
+        Some("llama3-8b")
     } else {
         None
     }
@@ -252,6 +254,22 @@ pub fn resolve_memit_hparams(
         (model, given, settings),
         MemitHparams::builtin,
         MemitHparams::load,
+    )
+}
+
+/// AlphaEdit's hyperparameters for `model`: `given` (a checked-in name or a
+/// JSON file), else the model's checked-in file.
+pub fn resolve_alphaedit_hparams(
+    model: &Path,
+    given: Option<&str>,
+    settings: &Settings,
+) -> Result<crate::alphaedit::AlphaEditHparams> {
+    resolve(
+        "AlphaEdit",
+        "demo, smollm2-135m, gpt2-xl, gpt-j-6b, llama3-8b",
+        (model, given, settings),
+        crate::alphaedit::AlphaEditHparams::builtin,
+        crate::alphaedit::AlphaEditHparams::load,
     )
 }
 

@@ -88,7 +88,7 @@ impl MemitHparams {
         serde_json::from_str(text).ok()
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.layers.is_empty() {
             return Err(EditError::Invalid("\"layers\" is empty".into()));
         }
