@@ -513,6 +513,7 @@ impl<B: Backend> EditState<B> {
                 z_chunk: 16,
                 z_workers,
                 z_cache: None,
+                alphaedit: None,
             },
             m => {
                 let mut hp = base_hparams(Some(&lm.source), Some(settings));

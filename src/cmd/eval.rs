@@ -20,6 +20,15 @@ pub(crate) enum MethodArg {
     Rome,
     RRome,
     Memit,
+    /// AlphaEdit (Fang et al. 2025): MEMIT's batches within each layer's null space.
+    Alphaedit,
+}
+
+impl MethodArg {
+    /// MEMIT and AlphaEdit edit in batches; ROME and r-ROME one fact at a time.
+    fn batched(self) -> bool {
+        matches!(self, Self::Memit | Self::Alphaedit)
+    }
 }
 
 #[derive(Args)]
@@ -113,7 +122,7 @@ impl BackendJob for EvalJob {
             run_eval, zsre_cases, BenchCase, EvalMethod, EvalOptions, EvalRequest, ZsreConvention,
         };
         let a = self.0;
-        if a.method != MethodArg::Memit && (a.batch.is_some() || a.z_cache.is_some()) {
+        if !a.method.batched() && (a.batch.is_some() || a.z_cache.is_some()) {
             bail!("--batch and --z-cache are for --method memit");
         }
         let conv = match a.convention {
@@ -185,7 +194,7 @@ impl BackendJob for EvalJob {
         };
         let (cases, n) = match a.shard {
             Some(shard) => {
-                if a.sequential || a.method == MethodArg::Memit || a.journal.is_some() {
+                if a.sequential || a.method.batched() || a.journal.is_some() {
                     bail!(
                         "--shard {shard}: shards edit on fresh weights, one case at a time (ROME or r-ROME, \
                          not --sequential, --method memit or --journal), so that their runs join into the unsharded one"
@@ -199,23 +208,39 @@ impl BackendJob for EvalJob {
             n,
             sequential: a.sequential,
             checkpoints: a.checkpoints.clone(),
-            distinct_subjects: a.distinct_subjects || a.method == MethodArg::Memit,
-            fluency_tokens: a.fluency_tokens.unwrap_or(
-                if a.sequential && a.method != MethodArg::Memit {
+            distinct_subjects: a.distinct_subjects || a.method.batched(),
+            fluency_tokens: a
+                .fluency_tokens
+                .unwrap_or(if a.sequential && !a.method.batched() {
                     100
                 } else {
                     0
-                },
-            ),
+                }),
             journal: a.journal.clone(),
         };
-        let method = if a.method == MethodArg::Memit {
-            EvalMethod::Memit {
-                hparams: engram_editing::jobs::setup::resolve_memit_hparams(
+        let method = if a.method.batched() {
+            let (hparams, alphaedit) = if a.method == MethodArg::Alphaedit {
+                let hp = engram_editing::jobs::setup::resolve_alphaedit_hparams(
                     &a.model,
                     a.hparams.as_deref(),
                     settings(),
-                )?,
+                )?;
+                let options = engram_editing::jobs::memit::AlphaEditOptions {
+                    threshold: hp.nullspace_threshold,
+                    l2: hp.l2,
+                };
+                (hp.memit, Some(options))
+            } else {
+                let hp = engram_editing::jobs::setup::resolve_memit_hparams(
+                    &a.model,
+                    a.hparams.as_deref(),
+                    settings(),
+                )?;
+                (hp, None)
+            };
+            EvalMethod::Memit {
+                hparams,
+                alphaedit,
                 batch: a.batch.unwrap_or(a.n),
                 z_chunk: a.z_chunk,
                 z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device),

@@ -630,13 +630,26 @@ pub struct MemitSetup<'a> {
     /// optimiser settings, request and the weights' edits match.
     pub z_cache: Option<PathBuf>,
     pub model_hash: String,
+    /// MEMIT's solve, or AlphaEdit's with each layer's null space.
+    pub solver: crate::memit::update::Solver<'a>,
 }
 
 /// The z cache key of a request on the model as it is (`edits` applied before).
 fn z_key(setup: &MemitSetup<'_>, r: &EditRequest, edits: usize) -> Result<String> {
     let hp = setup.hp;
+    // Earlier batches were solved by this method: the model they left differs.
+    let method = match setup.solver {
+        crate::memit::update::Solver::Memit => String::new(),
+        crate::memit::update::Solver::AlphaEdit { l2, spaces } => format!(
+            "alphaedit {l2} {:?}|",
+            spaces
+                .iter()
+                .map(|s| (s.rank, s.threshold))
+                .collect::<Vec<_>>()
+        ),
+    };
     Ok(crate::stats::corpus_hash(&format!(
-        "{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}\u{1}{}\u{1}{}",
+        "{method}{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}\u{1}{}\u{1}{}",
         setup.model_hash,
         hp.z_layer()?,
         hp.v_num_grad_steps,
@@ -857,7 +870,7 @@ pub fn evaluate_memit<B: Backend>(
                     setup.hp,
                     setup.covs,
                     setup.groups,
-                    &crate::memit::update::Solver::Memit,
+                    &setup.solver,
                     &mut |_, _| true,
                 )?;
                 let firsts: Vec<(&BenchCase, NeighbourhoodArgmax)> = cases_b[..n]
@@ -878,7 +891,7 @@ pub fn evaluate_memit<B: Backend>(
             setup.hp,
             setup.covs,
             setup.groups,
-            &crate::memit::update::Solver::Memit,
+            &setup.solver,
             &mut |_, _| true,
         )?;
         applied += reqs_b.len();
@@ -973,6 +986,8 @@ pub enum EvalMethod {
         z_chunk: usize,
         z_workers: usize,
         z_cache: Option<PathBuf>,
+        /// AlphaEdit's threshold and L2, where the batches are AlphaEdit's.
+        alphaedit: Option<super::memit::AlphaEditOptions>,
     },
 }
 
@@ -981,6 +996,9 @@ impl EvalMethod {
     pub fn name(&self) -> &'static str {
         match self {
             EvalMethod::Rome(h) => h.key.method_name(),
+            EvalMethod::Memit {
+                alphaedit: Some(_), ..
+            } => "alphaedit",
             EvalMethod::Memit { .. } => "memit",
         }
     }
@@ -1048,6 +1066,7 @@ pub fn run_eval<B: Backend>(
             z_chunk,
             z_workers,
             z_cache,
+            alphaedit,
         } => {
             if opts.fluency_tokens > 0 {
                 bail!("--fluency-tokens is measured for ROME runs only so far");
@@ -1060,7 +1079,23 @@ pub fn run_eval<B: Backend>(
                 settings,
                 ctl,
             )?;
+            // AlphaEdit's projections, once per evaluation (as its code does).
+            let spaces = match alphaedit {
+                Some(a) => covs
+                    .iter()
+                    .map(|c| crate::alphaedit::null_space(c, a.threshold))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+                None => Vec::new(),
+            };
+            let solver = match alphaedit {
+                Some(a) => crate::memit::update::Solver::AlphaEdit {
+                    spaces: &spaces,
+                    l2: a.l2,
+                },
+                None => crate::memit::update::Solver::Memit,
+            };
             let setup = MemitSetup {
+                solver,
                 hp: hparams,
                 covs: &covs,
                 groups: &groups,
