@@ -41,7 +41,9 @@ pub struct EditSettings {
     /// MEMIT batch from a file instead (CSV/JSON/JSONL of subject, prompt,
     /// target, or CounterFact); used when not empty.
     pub batch_file: String,
-    /// Evaluation: `rome`, `r-rome` or `memit`.
+    /// The batch's method: `memit` or `alphaedit`.
+    pub batch_method: String,
+    /// Evaluation: `rome`, `r-rome`, `memit` or `alphaedit`.
     pub eval_method: String,
     /// Cases to evaluate.
     pub eval_cases: usize,
@@ -68,6 +70,7 @@ impl Default for EditSettings {
                     Zusin Belvale | Zusin Belvale works as a | poet"
                 .into(),
             batch_file: String::new(),
+            batch_method: "memit".into(),
             eval_method: "r-rome".into(),
             eval_cases: 10,
             eval_data: String::new(),
@@ -436,7 +439,7 @@ impl<B: Backend> EditState<B> {
             hparams: hp,
             z_chunk: 16,
             z_workers,
-            alphaedit: None,
+            alphaedit: (form.batch_method == "alphaedit").then(|| alphaedit_options(lm, settings)),
         };
         let report =
             run_memit(lm, model, ledger, &req, covs, groups, &store, ctl).map_err(edit_error)?;
@@ -507,13 +510,14 @@ impl<B: Backend> EditState<B> {
         let cases: Vec<BenchCase> = cases.into_iter().map(BenchCase::CounterFact).collect();
         let n = form.eval_cases;
         let method = match form.eval_method.as_str() {
-            "memit" => EvalMethod::Memit {
+            "memit" | "alphaedit" => EvalMethod::Memit {
                 hparams: memit_hparams(lm, form, settings),
                 batch: n,
                 z_chunk: 16,
                 z_workers,
                 z_cache: None,
-                alphaedit: None,
+                alphaedit: (form.eval_method == "alphaedit")
+                    .then(|| alphaedit_options(lm, settings)),
             },
             m => {
                 let mut hp = base_hparams(Some(&lm.source), Some(settings));
@@ -582,6 +586,18 @@ impl<B: Backend> EditState<B> {
 
 /// The model's checked-in MEMIT hyperparameters, else MEMIT's GPT-2 XL values
 /// at the form's layer.
+/// AlphaEdit's threshold and L2 for the loaded model: its checked-in file,
+/// else AlphaEdit's published 2e-2 and 10.
+fn alphaedit_options<B: Backend>(
+    lm: &LanguageModel<B>,
+    settings: &Settings,
+) -> engram_editing::jobs::memit::AlphaEditOptions {
+    let (threshold, l2) =
+        engram_editing::jobs::setup::resolve_alphaedit_hparams(&lm.source, None, settings)
+            .map_or((2e-2, 10.0), |h| (h.nullspace_threshold, h.l2));
+    engram_editing::jobs::memit::AlphaEditOptions { threshold, l2 }
+}
+
 fn memit_hparams<B: Backend>(
     lm: &LanguageModel<B>,
     form: &EditSettings,

@@ -534,6 +534,45 @@ fn edit_panel_runs_a_memit_batch_and_reverts_it_as_a_unit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An AlphaEdit batch from the Edit panel (the method chosen in the form):
+/// the report names each layer's null space and the ledger's entries are
+/// AlphaEdit's, with their weight-change norms.
+#[test]
+fn alphaedit_batch_from_the_edit_panel() {
+    let dir = std::env::temp_dir().join(format!("engram-app-alphaedit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let settings = serde_json::json!({
+        "panel": "Edit",
+        "edit": {"batch_method": "alphaedit"},
+    });
+    let settings_path = dir.join("app.json");
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    shared_stats_dir();
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        ..Default::default()
+    });
+    h.get_by_label("Run AlphaEdit").click_accesskit();
+    wait_for(&mut h, "the AlphaEdit batch", |h| {
+        !h.state().is_busy() && h.state().last_batch().is_some()
+    });
+    let view = h.state().last_batch().expect("batch").clone();
+    assert_eq!(view.rows.len(), 3);
+    assert!(!view.null_space.is_empty(), "{view:?}");
+    assert!(
+        view.rows.iter().all(|r| r.after_target > r.before_target),
+        "{view:?}"
+    );
+    let entries = h.state().ledger().to_vec();
+    assert!(entries
+        .iter()
+        .all(|e| e.method == "alphaedit" && e.norms.is_some_and(|n| n.delta_fro > 0.0)));
+    assert!(has_label(&h, "AlphaEdit: updates kept in the null spaces"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Memories: the demo fact's memories per layer, a memory switched off and
 /// the prompt re-run, trigger contexts, and knowledge neurons whose
 /// suppression lowers the answer.

@@ -77,7 +77,7 @@ fn evaluation(app: &mut EngramApp, ui: &mut Ui) {
                 egui::ComboBox::from_id_salt("eval_method")
                     .selected_text(e.eval_method.clone())
                     .show_ui(ui, |ui| {
-                        for m in ["r-rome", "rome", "memit"] {
+                        for m in ["r-rome", "rome", "memit", "alphaedit"] {
                             ui.selectable_value(&mut e.eval_method, m.to_string(), m);
                         }
                     })
@@ -137,12 +137,12 @@ fn evaluation(app: &mut EngramApp, ui: &mut Ui) {
 /// MEMIT: a batch of requests, pasted or from a file, applied as one unit.
 fn batch(app: &mut EngramApp, ui: &mut Ui) {
     let running = app.pending(PanelKind::Edit);
-    egui::CollapsingHeader::new(RichText::new("Batch edit: MEMIT").strong())
+    egui::CollapsingHeader::new(RichText::new("Batch edit: MEMIT / AlphaEdit").strong())
         .default_open(true)
         .show(ui, |ui| {
             ui.label(
                 RichText::new(
-                    "Many facts at once, spread over the model's MEMIT layers (Meng et al. 2023). One request per line: subject | prompt | target.",
+                    "Many facts at once, spread over the model's MEMIT layers (Meng et al. 2023); AlphaEdit (Fang et al. 2025) keeps each update in the null space of the preserved keys and of earlier AlphaEdit batches. One request per line: subject | prompt | target.",
                 )
                 .weak(),
             );
@@ -164,10 +164,27 @@ fn batch(app: &mut EngramApp, ui: &mut Ui) {
                 )
                 .labelled_by(l.id);
             });
+            ui.horizontal(|ui| {
+                let l = ui.label("Method");
+                egui::ComboBox::from_id_salt("batch_method")
+                    .selected_text(e.batch_method.clone())
+                    .show_ui(ui, |ui| {
+                        for m in ["memit", "alphaedit"] {
+                            ui.selectable_value(&mut e.batch_method, m.to_string(), m);
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
+            });
+            let run_label = if e.batch_method == "alphaedit" {
+                "Run AlphaEdit"
+            } else {
+                "Run MEMIT"
+            };
             if ui
                 .add_enabled(
                     !running,
-                    egui::Button::new(RichText::new("Run MEMIT").strong()),
+                    egui::Button::new(RichText::new(run_label).strong()),
                 )
                 .on_hover_text("Compute and apply the batch (progress and Cancel in the status bar)")
                 .clicked()
@@ -206,6 +223,17 @@ fn batch_result(app: &mut EngramApp, ui: &mut Ui, v: &BatchView, running: bool) 
         ))
         .strong(),
     );
+    if !v.null_space.is_empty() {
+        let dims: Vec<String> = v
+            .null_space
+            .iter()
+            .map(|(l, q, d)| format!("layer {l}: {q} of {d}"))
+            .collect();
+        ui.label(format!(
+            "AlphaEdit: updates kept in the null spaces ({}); λ unused",
+            dims.join(", ")
+        ));
+    }
     for w in &v.warnings {
         ui.label(RichText::new(format!("warning: {w}")).color(ui.visuals().warn_fg_color));
     }
