@@ -80,6 +80,8 @@ enum Command {
     TrainDemo(cmd::train_demo::TrainDemoArgs),
     /// Stored runs: list, show, export, plot, compare, curve, merge.
     Runs(cmd::runs::RunsArgs),
+    /// Layer statistics as ROME/MEMIT's .npz files: export Engram's, check theirs.
+    Stats(cmd::stats::StatsArgs),
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -97,6 +99,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Memories(a) => cmd::memories::run(a),
         Command::TrainDemo(a) => cmd::train_demo::run(a),
         Command::Runs(a) => cmd::runs::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
     }
 }
 

@@ -1458,3 +1458,60 @@ fn memit_alphaedit_keeps_its_keys_in_the_ledger() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --method alphaedit"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram stats export` writes ROME's `.npz`; `edit --corpus FILE.npz` and
+/// `memit --corpus DIR` read such files instead of text.
+#[test]
+fn statistics_files_export_and_feed_an_edit() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-npz-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("npz")).expect("dir");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .env("ENGRAM_RUNS", dir.join("runs"))
+            .args(args)
+            .output()
+            .expect("run engram");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    // ROME's own name for the file, so that a folder of them serves MEMIT.
+    let file = dir.join("npz/transformer.h.0.mlp.c_proj_float32_mom2_100000.npz");
+    let f = file.to_str().expect("utf-8");
+    let (out, _) = run(&["stats", "export", "demo", "--layer", "0", "--out", f]);
+    assert!(out.contains("15223 key vectors"), "{out}");
+    let fact = &demo_fact_records()[0];
+    let other = &demo_fact_records()[3].target;
+    let (_, err) = run(&[
+        "edit",
+        "demo",
+        "--prompt",
+        &fact.prompt,
+        "--subject",
+        &fact.subject,
+        "--target",
+        other,
+        "--corpus",
+        f,
+    ]);
+    assert!(
+        err.contains("15223 key vectors from") && err.contains(".npz"),
+        "{err}"
+    );
+    let requests = dir.join("r.json");
+    let body =
+        serde_json::json!([{"prompt": fact.prompt, "subject": fact.subject, "target": other}]);
+    std::fs::write(&requests, body.to_string()).expect("requests");
+    let folder = dir.join("npz");
+    run(&[
+        "memit",
+        "demo",
+        "--requests",
+        requests.to_str().expect("utf-8"),
+        "--corpus",
+        folder.to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod linalg;
 pub mod memit;
+pub mod npz;
 pub mod rome;
 pub mod stats;
 

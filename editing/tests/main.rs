@@ -14,6 +14,7 @@ use engram_model::LanguageModel;
 
 mod alphaedit;
 mod memit;
+mod npz;
 
 fn demo() -> LanguageModel<Cpu> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");

@@ -11,6 +11,7 @@ pub(crate) mod patch;
 pub(crate) mod probe;
 pub(crate) mod run;
 pub(crate) mod runs;
+pub(crate) mod stats;
 pub(crate) mod trace;
 pub(crate) mod train_demo;
 

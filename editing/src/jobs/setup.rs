@@ -4,7 +4,7 @@
 //! cache (`Settings::stats`), the context prefixes, and edit requests and
 //! evaluation cases read from files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::source::is_demo;
@@ -155,8 +155,16 @@ pub fn key_covariance<B: Backend>(
     ctl: &Control,
 ) -> Result<LayerCovariance> {
     let start = std::time::Instant::now();
-    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
     let hash = engram_model::source::model_hash(&lm.source)?;
+    if let Some(stats) = npz_stats(lm, &hash, layer, corpus)? {
+        return Ok(LayerCovariance {
+            covariance: KeyCovariance::new(&stats.0)?,
+            cached: true,
+            corpus: stats.1,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
     let opts = StatsOptions {
         max_tokens,
         ..StatsOptions::new(layer)
@@ -176,6 +184,72 @@ pub fn key_covariance<B: Backend>(
         corpus: name,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether `--corpus` names ROME/MEMIT statistics files (an `.npz`, or a
+/// folder of them) rather than text.
+pub fn is_npz_source(corpus: &Path) -> bool {
+    corpus.is_dir()
+        || corpus
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
+/// A layer's statistics from ROME's `.npz` files: the file itself, or in a
+/// folder the one whose name holds `.{layer}.` and `mom2` (ROME's
+/// `transformer.h.{layer}.mlp.c_proj_float32_mom2_100000.npz`). `None` where
+/// `corpus` is text. The width must be the layer's key width.
+pub fn npz_stats<B: Backend>(
+    lm: &LanguageModel<B>,
+    model_hash: &str,
+    layer: usize,
+    corpus: Option<&Path>,
+) -> Result<Option<(crate::stats::LayerStats, String)>> {
+    let Some(corpus) = corpus.filter(|c| is_npz_source(c)) else {
+        return Ok(None);
+    };
+    let file = if corpus.is_dir() {
+        let want = format!(".{layer}.");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(corpus)
+            .with_context(|| format!("reading {}", corpus.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                n.is_some_and(|n| n.contains(&want) && n.contains("mom2") && n.ends_with(".npz"))
+            })
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => found.remove(0),
+            0 => bail!(
+                "{}: no statistics file for layer {layer} (a name with \".{layer}.\" and \"mom2\", ending .npz)",
+                corpus.display()
+            ),
+            _ => bail!(
+                "{}: several statistics files for layer {layer}: {found:?}",
+                corpus.display()
+            ),
+        }
+    } else {
+        corpus.to_path_buf()
+    };
+    let key = crate::stats::StatsKey {
+        model_hash: model_hash.into(),
+        layer,
+        corpus_hash: format!("npz:{}", file.display()),
+        tokens: 0,
+    };
+    let stats = crate::npz::stats_from_npz(&file, key)?;
+    let d_mlp = lm.model.config.d_mlp;
+    if stats.dim != d_mlp {
+        bail!(
+            "{}: statistics of width {}, but layer {layer}'s keys have {d_mlp}",
+            file.display(),
+            stats.dim
+        );
+    }
+    let name = format!("{} ({} key vectors)", file.display(), stats.key.tokens);
+    Ok(Some((stats, name)))
 }
 
 /// Demo facts as CounterFact-style cases: the first phrasing is the rewrite
@@ -326,8 +400,19 @@ pub fn memit_covs<B: Backend>(
             .collect();
         return Ok((covs, "identity".into()));
     }
-    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
     let hash = engram_model::source::model_hash(&lm.source)?;
+    if corpus.is_some_and(is_npz_source) {
+        let mut covs = Vec::new();
+        let mut names = Vec::new();
+        for &layer in &hp.layers {
+            let (stats, name) = npz_stats(lm, &hash, layer, corpus)?
+                .with_context(|| format!("no statistics file for layer {layer}"))?;
+            covs.push(LayerMom2::new(&stats));
+            names.push(name);
+        }
+        return Ok((covs, names.join(", ")));
+    }
+    let (text, name) = corpus_text(&lm.source, corpus, settings)?;
     let first = *hp
         .layers
         .first()
