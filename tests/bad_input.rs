@@ -396,35 +396,24 @@ fn broken_checkpoints_name_file_and_key() {
 #[test]
 fn gguf_with_impossible_metadata_names_the_key() {
     let dir = scratch("gguf");
-    let write = |path: &Path, meta: &[(&str, u32)]| {
-        let mut b = Vec::new();
-        let s = |b: &mut Vec<u8>, x: &str| {
-            b.extend((x.len() as u64).to_le_bytes());
-            b.extend(x.as_bytes());
-        };
-        b.extend(b"GGUF");
-        b.extend(3u32.to_le_bytes());
-        b.extend(1u64.to_le_bytes());
-        b.extend((meta.len() as u64 + 1).to_le_bytes());
-        s(&mut b, "general.architecture");
-        b.extend(8u32.to_le_bytes());
-        s(&mut b, "llama");
-        for (k, v) in meta {
-            s(&mut b, k);
-            b.extend(4u32.to_le_bytes());
-            b.extend(v.to_le_bytes());
-        }
-        s(&mut b, "token_embd.weight");
-        b.extend(2u32.to_le_bytes());
-        b.extend(64u64.to_le_bytes());
-        b.extend(32u64.to_le_bytes());
-        b.extend(0u32.to_le_bytes());
-        b.extend(0u64.to_le_bytes());
-        while b.len() % 32 != 0 {
-            b.push(0);
-        }
-        b.extend(vec![0u8; 64 * 32 * 4]);
-        std::fs::write(path, b).expect("gguf");
+    // The fuzz seed (a 1-block llama), one u32 metadata value set to 0.
+    let seed = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/gguf/tiny-llama.gguf"),
+    )
+    .expect("the GGUF seed");
+    let zeroed = |key: &str| -> Vec<u8> {
+        // A key is stored as its u64 length and bytes, then its u32 type (4: u32).
+        let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+        needle.extend(key.as_bytes());
+        needle.extend(4u32.to_le_bytes());
+        let at = seed
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .unwrap_or_else(|| panic!("{key} in the seed"))
+            + needle.len();
+        let mut b = seed.clone();
+        b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        b
     };
     let path = dir.join("m.gguf");
     for (key, rule) in [
@@ -435,25 +424,24 @@ fn gguf_with_impossible_metadata_names_the_key() {
         ),
         ("llama.rope.dimension_count", "must be even, positive"),
     ] {
-        let meta: Vec<(&str, u32)> = [
-            ("llama.embedding_length", 64),
-            ("llama.block_count", 1),
-            ("llama.attention.head_count", 4),
-            ("llama.attention.head_count_kv", 4),
-            ("llama.feed_forward_length", 128),
-            ("llama.context_length", 64),
-            ("llama.rope.dimension_count", 16),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k, if k == key { 0 } else { v }))
-        .collect();
-        write(&path, &meta);
+        std::fs::write(&path, zeroed(key)).expect("gguf");
         fails(
             &engram(&dir, &["info", path.to_str().expect("utf-8")]),
             1,
             &["m.gguf", key, rule],
         );
     }
+    std::fs::write(&path, &seed).expect("gguf");
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        engram_model::source::DEMO_FILES
+            .iter()
+            .find(|(n, _)| *n == "tokenizer.json")
+            .expect("demo tokenizer")
+            .1,
+    )
+    .expect("tokenizer");
+    succeeds(&engram(&dir, &["info", path.to_str().expect("utf-8")]));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -47,17 +47,5 @@ pub fn layer_update(
     drop(m);
     let solved = cholesky_solve_many(&l, q, &uk, n);
     let u: Vec<f32> = space.lift(&solved, n).iter().map(|&x| x as f32).collect();
-    let r: Vec<f32> = targets
-        .iter()
-        .flatten()
-        .map(|&x| (f64::from(x) * share) as f32)
-        .collect();
-    if let Some(bad) = u.iter().chain(&r).find(|x| !x.is_finite()) {
-        return Err(EditError::NonFinite {
-            what: "the AlphaEdit update",
-            value: *bad,
-            step: 0,
-        });
-    }
-    Ok((u, r))
+    crate::memit::update::factors(u, targets, share, "the AlphaEdit update")
 }

@@ -149,6 +149,17 @@ pub fn layer_update(
     drop(m);
     let adj = cholesky_solve_many(&l, dim, &k, n);
     let u: Vec<f32> = adj.iter().map(|&x| x as f32).collect();
+    factors(u, targets, share, "the MEMIT update")
+}
+
+/// The factors `(u, r)` with r_i = share · target_i, refused where either
+/// holds a non-finite value.
+pub(crate) fn factors(
+    u: Vec<f32>,
+    targets: &[Vec<f32>],
+    share: f64,
+    what: &'static str,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let r: Vec<f32> = targets
         .iter()
         .flatten()
@@ -156,7 +167,7 @@ pub fn layer_update(
         .collect();
     if let Some(bad) = u.iter().chain(&r).find(|x| !x.is_finite()) {
         return Err(EditError::NonFinite {
-            what: "the MEMIT update",
+            what,
             value: *bad,
             step: 0,
         });
