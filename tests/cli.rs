@@ -1515,3 +1515,55 @@ fn statistics_files_export_and_feed_an_edit() {
     ]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram edit --method ft-l`: the demo fact moves within the bound, the
+/// run stores its losses, and the ledger holds a dense `ft-l` entry.
+#[test]
+fn edit_ft_l_fine_tunes_within_its_bound() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-ftl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let fact = &demo_fact_records()[0];
+    let other = &demo_fact_records()[3].target;
+    let ledger = dir.join("ledger.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .env("ENGRAM_RUNS", dir.join("runs"))
+        .args([
+            "edit",
+            "demo",
+            "--method",
+            "ft-l",
+            "--prompt",
+            &fact.prompt,
+            "--subject",
+            &fact.subject,
+            "--target",
+            other,
+            "--ledger",
+        ])
+        .arg(&ledger)
+        .output()
+        .expect("run engram");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(bound 2.00e-2)"), "{stdout}");
+    let prompt_line = stdout
+        .lines()
+        .find(|l| l.starts_with("prompt"))
+        .expect("prompt probe");
+    assert!(
+        prompt_line.contains(&format!("-> {other:?}")),
+        "{prompt_line}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ledger).expect("ledger")).expect("json");
+    assert_eq!(v["edits"][0]["method"], "ft-l");
+    assert!(v["edits"][0]["edit"]["delta"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -311,6 +311,7 @@ impl<B: Backend> EditState<B> {
                     delta_norm: match &e.edit {
                         EditPayload::Rome(r) => r.delta_norm,
                         EditPayload::Memit(m) => m.residual_norm,
+                        EditPayload::Dense(d) => d.losses.last().copied().unwrap_or(f32::NAN),
                     },
                     seconds: e.edit.seconds(),
                     norms: e.norms,

@@ -57,6 +57,20 @@ pub struct EditNorms {
 }
 
 impl EditNorms {
+    /// ‖ΔW‖_F of a dense change.
+    pub fn dense(delta: &[f32], weight_fro: f64) -> Self {
+        let delta_fro = delta
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        Self {
+            delta_fro,
+            weight_fro,
+            relative: delta_fro / weight_fro,
+        }
+    }
+
     /// ‖Σ u_i r_iᵀ‖_F from the factors (`rank` rows of `u` and `r`), in f64:
     /// Σ_ij (u_i·u_j)(r_i·r_j).
     pub fn of(rank: usize, u: &[f32], r: &[f32], weight_fro: f64) -> Self {
@@ -83,12 +97,14 @@ impl EditNorms {
     }
 }
 
-/// What an entry changes: a rank-one ROME edit, or one layer of a MEMIT batch.
+/// What an entry changes: a rank-one ROME edit, one layer of a MEMIT or
+/// AlphaEdit batch, or a dense FT-L change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum EditPayload {
     Rome(RomeEdit),
     Memit(MemitLayerEdit),
+    Dense(crate::ft::FtEdit),
 }
 
 impl EditPayload {
@@ -96,6 +112,7 @@ impl EditPayload {
         match self {
             Self::Rome(e) => e.layer,
             Self::Memit(e) => e.layer,
+            Self::Dense(e) => e.layer,
         }
     }
 
@@ -103,14 +120,25 @@ impl EditPayload {
         match self {
             Self::Rome(e) => std::slice::from_ref(&e.request),
             Self::Memit(e) => &e.requests,
+            Self::Dense(e) => std::slice::from_ref(&e.request),
         }
     }
 
-    /// `(rank, u [rank][d_mlp], r [rank][d_model])`: the update is Σ u_i r_iᵀ.
+    /// `(rank, u [rank][d_mlp], r [rank][d_model])`: the update is Σ u_i r_iᵀ
+    /// (rank 0 for a dense change, see [`Self::dense`]).
     pub fn factors(&self) -> (usize, &[f32], &[f32]) {
         match self {
             Self::Rome(e) => (1, &e.u, &e.r),
             Self::Memit(e) => (e.requests.len(), &e.u, &e.r),
+            Self::Dense(_) => (0, &[], &[]),
+        }
+    }
+
+    /// A dense change, `[d_mlp, d_model]` row-major (FT-L).
+    pub fn dense(&self) -> Option<&[f32]> {
+        match self {
+            Self::Dense(e) => Some(&e.delta),
+            _ => None,
         }
     }
 
@@ -118,6 +146,7 @@ impl EditPayload {
         match self {
             Self::Rome(e) => e.seconds,
             Self::Memit(e) => e.seconds,
+            Self::Dense(e) => e.seconds,
         }
     }
 }
@@ -155,6 +184,15 @@ impl<B: Backend> Ledger<B> {
     pub fn push(&mut self, model: &mut Transformer<B>, edit: RomeEdit) -> Result<usize> {
         let method = edit.key.method_name();
         self.push_entry(model, method, None, EditPayload::Rome(edit))
+    }
+
+    /// Add an FT-L change to the ledger and apply it. Returns its id.
+    pub fn push_ft(
+        &mut self,
+        model: &mut Transformer<B>,
+        edit: crate::ft::FtEdit,
+    ) -> Result<usize> {
+        self.push_entry(model, "ft-l", None, EditPayload::Dense(edit))
     }
 
     /// A batch number for [`Self::push_memit`], unused so far.
@@ -242,13 +280,22 @@ impl<B: Backend> Ledger<B> {
                 r.len()
             )));
         }
+        if let Some(d) = edit.dense().filter(|d| d.len() != d_mlp * d_model) {
+            return Err(EditError::Invalid(format!(
+                "a dense change of {} entries, layer {layer} is {d_mlp} x {d_model}",
+                d.len()
+            )));
+        }
         let id = self.edits.iter().map(|e| e.id + 1).max().unwrap_or(0);
         let weight_fro = {
             use burn_tensor::ElementConversion;
             let w = model.blocks[layer].mlp.fc_out.weight.clone();
             f64::from(w.powf_scalar(2.0).sum().into_scalar().elem::<f32>()).sqrt()
         };
-        let norms = Some(EditNorms::of(rank, u, r, weight_fro));
+        let norms = Some(match edit.dense() {
+            Some(d) => EditNorms::dense(d, weight_fro),
+            None => EditNorms::of(rank, u, r, weight_fro),
+        });
         self.edits.push(Edit {
             id,
             method: method.into(),
@@ -333,7 +380,27 @@ impl<B: Backend> Ledger<B> {
             .iter()
             .filter(|e| e.applied && e.edit.layer() == layer)
             .map(|e| e.edit.factors())
+            .filter(|(rank, _, _)| *rank > 0)
             .collect();
+        let dense: Vec<&[f32]> = self
+            .edits
+            .iter()
+            .filter(|e| e.applied && e.edit.layer() == layer)
+            .filter_map(|e| e.edit.dense())
+            .collect();
+        let w0 = if dense.is_empty() {
+            w0
+        } else {
+            // Dense changes summed in f32 in id order, then added once.
+            let [d_mlp, d_model] = w0.dims();
+            let mut sum = vec![0f32; d_mlp * d_model];
+            for d in &dense {
+                for (s, x) in sum.iter_mut().zip(d.iter()) {
+                    *s += x;
+                }
+            }
+            w0 + Tensor::<B, 2>::from_data(TensorData::new(sum, [d_mlp, d_model]), &model.device)
+        };
         let w = if on.is_empty() {
             w0
         } else {
@@ -530,6 +597,11 @@ impl<B: Backend> Ledger<B> {
             }
             if u.iter().chain(r).any(|x| !x.is_finite()) {
                 return Err(bad(format!("edit {} has a non-finite factor", e.id)));
+            }
+            if let Some(d) = e.edit.dense() {
+                if d.len() != d_mlp * d_model || d.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!("dense edit {} does not fit this model", e.id)));
+                }
             }
             if matches!(e.edit, EditPayload::Memit(_)) && e.batch.is_none() {
                 return Err(bad(format!("MEMIT edit {} has no batch", e.id)));

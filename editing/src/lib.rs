@@ -11,6 +11,7 @@ pub mod alphaedit;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod ft;
 pub mod jobs;
 pub mod ledger;
 pub mod linalg;

@@ -13,6 +13,7 @@ use engram_model::device::Cpu;
 use engram_model::LanguageModel;
 
 mod alphaedit;
+mod ft;
 mod memit;
 mod npz;
 

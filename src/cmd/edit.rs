@@ -34,6 +34,10 @@ pub(crate) struct EditArgs {
     /// The update's key: consistent (r-ROME) or original (ROME's code).
     #[arg(long, value_enum, default_value = "consistent")]
     pub key: KeyArg,
+    /// ROME (rank one, with --key), or FT-L: fine-tune the layer's MLP output
+    /// projection within an L∞ bound (the papers' fine-tuning baseline).
+    #[arg(long, value_enum, default_value = "rome")]
+    pub method: EditMethod,
     /// Text for the key statistics (default for the demo model: its corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -46,9 +50,97 @@ pub(crate) struct EditArgs {
     pub backend: BackendArgs,
 }
 
+/// How the single edit is made.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EditMethod {
+    Rome,
+    #[value(name = "ft-l")]
+    FtL,
+}
+
 pub(crate) fn run(args: EditArgs) -> Result<()> {
     let backend = args.backend;
+    if args.method == EditMethod::FtL {
+        return backend.run(FtJob(args));
+    }
     backend.run(EditJob(args))
+}
+
+struct FtJob(EditArgs);
+
+impl BackendJob for FtJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_editing::jobs::ft::{run_ft, FtRequest};
+        let a = self.0;
+        a.output.refuse_existing()?;
+        let mut hparams = engram_editing::jobs::setup::resolve_ft_hparams(
+            &a.model,
+            a.hparams.as_deref(),
+            settings(),
+        )?;
+        if let Some(l) = a.layer {
+            hparams.layer = l;
+        }
+        let req = FtRequest {
+            request: engram_editing::EditRequest {
+                prompt: a.prompt.clone(),
+                subject: a.subject.clone(),
+                target: a.target.clone(),
+            },
+            hparams,
+            paraphrases: a.also.clone(),
+            neighbours: a.neighbour.clone(),
+            generate_tokens: a.generate,
+        };
+        let store = engram_datasets::RunStore::open(
+            a.runs.clone().unwrap_or_else(|| settings().runs.clone()),
+        )?;
+        let mut lm = load::<B>(&a.model, &device)?;
+        engram_editing::memit::check_batch(&lm, std::slice::from_ref(&req.request))?;
+        let (mut ledger, ledger_file) = a.output.ledger(&mut lm)?;
+        let r = run_ft(
+            &mut lm,
+            &a.model.display().to_string(),
+            &mut ledger,
+            &req,
+            &store,
+            &stderr_control(),
+        )?;
+        outln!(
+            "FT-L layer {}: target NLL {:.4} -> {:.4} in {} steps; max |dW| {:.2e} (bound {:.2e}), |dW|_F {:.4}, {:.2} s",
+            r.layer,
+            r.losses.first().copied().unwrap_or(f32::NAN),
+            r.losses.last().copied().unwrap_or(f32::NAN),
+            r.losses.len().saturating_sub(1),
+            r.delta_max,
+            req.hparams.norm_constraint,
+            r.delta_fro,
+            r.seconds
+        );
+        for p in &r.probes {
+            outln!(
+                "{:<10} {:?}: {:?} {:.4} -> {:?} {:.4}; p({:?}) {:.4} -> {:.4}",
+                p.kind,
+                p.prompt,
+                p.before_top,
+                p.before_top_prob,
+                p.after_top,
+                p.after_top_prob,
+                req.request.target,
+                p.before_target,
+                p.after_target
+            );
+        }
+        if a.generate > 0 {
+            outln!("before: {}", r.generation_before);
+            outln!(" after: {}", r.generation_after);
+        }
+        outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
+        a.output.write(&ledger, ledger_file.as_ref(), &lm)?;
+        Ok(())
+    }
 }
 
 struct EditJob(EditArgs);

@@ -4,6 +4,7 @@
 //! workbench call the same functions.
 
 pub mod evaluate;
+pub mod ft;
 pub mod memit;
 pub mod rome;
 pub mod setup;

@@ -234,7 +234,7 @@ pub fn probe<B: Backend>(lm: &LanguageModel<B>, prompt: &str, target: &str) -> R
     })
 }
 
-fn probe_all<B: Backend>(
+pub(crate) fn probe_all<B: Backend>(
     lm: &LanguageModel<B>,
     prompts: &[(ProbeKind, String)],
     target: &str,

@@ -347,6 +347,22 @@ pub fn resolve_alphaedit_hparams(
     )
 }
 
+/// FT-L's hyperparameters for `model`: `given` (a checked-in name or a JSON
+/// file), else the model's checked-in file.
+pub fn resolve_ft_hparams(
+    model: &Path,
+    given: Option<&str>,
+    settings: &Settings,
+) -> Result<crate::ft::FtHparams> {
+    resolve(
+        "FT-L",
+        "demo; other models: a JSON file with layer, num_steps, lr, norm_constraint",
+        (model, given, settings),
+        crate::ft::FtHparams::builtin,
+        crate::ft::FtHparams::load,
+    )
+}
+
 /// Threads for MEMIT's z chunks: `requested`, or where 0, every core on the
 /// CPU (one chunk there keeps about one core busy) and 1 on a GPU.
 pub fn z_workers(requested: usize, device: &engram_model::DeviceSpec) -> usize {

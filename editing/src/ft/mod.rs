@@ -1,0 +1,217 @@
+//! FT-L, the fine-tuning baseline of the editing papers: one layer's MLP
+//! output projection trained on the request (the target's tokens after the
+//! prompt), with every weight kept within ±ε of its original value, an L∞
+//! bound (Zhu et al. 2020, "Modifying Memories in Transformer Models"; ROME's
+//! `baselines/ft`, EasyEdit's FT-L). The change is dense, so the ledger keeps
+//! it as a dense entry.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn_autodiff::Autodiff;
+use burn_tensor::activation::log_softmax;
+use burn_tensor::backend::Backend;
+use burn_tensor::{Int, Tensor, TensorData};
+use engram_model::{Batch, LanguageModel, NoHooks, Transformer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EditError, Result};
+use crate::rome::EditRequest;
+
+/// FT-L's hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FtHparams {
+    /// The trained MLP (one layer).
+    pub layer: usize,
+    pub num_steps: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// ε of the L∞ bound |W − W₀| ≤ ε, applied after every step.
+    pub norm_constraint: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Where the values come from.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl FtHparams {
+    /// The checked-in file: the demo's (measured); other models take
+    /// `--hparams FILE`.
+    pub fn builtin(name: &str) -> Option<Self> {
+        let text = match name {
+            "demo" => include_str!("../../hparams/ft/demo.json"),
+            _ => return None,
+        };
+        serde_json::from_str(text).ok()
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let hp: Self = serde_json::from_str(&text).map_err(|e| EditError::File {
+            path: path.into(),
+            message: format!("not FT-L hyperparameters: {e}"),
+        })?;
+        hp.check()?;
+        Ok(hp)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.num_steps == 0 {
+            return Err(EditError::Invalid("num_steps must be at least 1".into()));
+        }
+        for (name, v) in [("lr", self.lr), ("norm_constraint", self.norm_constraint)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(EditError::Invalid(format!(
+                    "{name} {v} must be a finite number above 0"
+                )));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(EditError::Invalid(format!(
+                "weight_decay {} must be finite and at least 0",
+                self.weight_decay
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A finished FT-L edit: ΔW `[d_mlp][d_model]` of the layer's output projection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FtEdit {
+    pub request: EditRequest,
+    pub layer: usize,
+    /// Row-major `[d_mlp, d_model]`, each entry within ±`norm_constraint`.
+    pub delta: Vec<f32>,
+    pub norm_constraint: f64,
+    /// The target's mean negative log-likelihood before each step, and after the last.
+    pub losses: Vec<f32>,
+    pub seconds: f64,
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| EditError::Invalid(format!("tensor data: {e:?}")))
+}
+
+/// Train layer `hp.layer`'s output projection so that the model continues
+/// `req.prompt` with `req.target`: Adam on the target tokens' mean negative
+/// log-likelihood, each weight clamped to W₀ ± ε after every step.
+/// `progress(step, steps)` returns false to cancel.
+pub fn ft_edit<B: Backend>(
+    lm: &LanguageModel<B>,
+    req: &EditRequest,
+    hp: &FtHparams,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<FtEdit> {
+    hp.check()?;
+    let start = Instant::now();
+    let n_layers = lm.model.config.n_layers;
+    if hp.layer >= n_layers {
+        return Err(EditError::Layer {
+            layer: hp.layer,
+            n_layers,
+        });
+    }
+    req.template()?;
+    let prompt = lm.encode_prompt(&req.prompt)?;
+    let target = lm.target_tokens(&req.prompt, &req.target)?;
+    // Input: prompt + target without its last token; the target's tokens are
+    // read at the positions that predict them.
+    let mut ids = prompt.clone();
+    ids.extend_from_slice(&target[..target.len() - 1]);
+    if ids.len() > lm.model.config.n_ctx {
+        return Err(engram_model::ModelError::PromptTooLong {
+            len: ids.len(),
+            n_ctx: lm.model.config.n_ctx,
+        }
+        .into());
+    }
+    let batch = Batch::single(&ids);
+    let (first, n_t) = (prompt.len() - 1, target.len());
+    type Ad<B> = Autodiff<B>;
+    let mut model: Transformer<Ad<B>> = Transformer::lift(&lm.model);
+    let device = lm.model.device.clone();
+    let w0 = host(lm.model.blocks[hp.layer].mlp.fc_out.weight.clone())?;
+    let [d_mlp, d_model] = lm.model.blocks[hp.layer].mlp.fc_out.weight.dims();
+    let vocab = lm.model.config.vocab_size;
+    let want = Tensor::<Ad<B>, 2, Int>::from_data(
+        TensorData::new(target.iter().map(|&t| t as i64).collect(), [n_t, 1]),
+        &device,
+    );
+    let eps = hp.norm_constraint as f32;
+    let (beta1, beta2, adam_eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let mut w = w0.clone();
+    let (mut m, mut v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+    let mut losses = Vec::with_capacity(hp.num_steps + 1);
+    let loss_of = |model: &Transformer<Ad<B>>| -> Result<Tensor<Ad<B>, 1>> {
+        let logits = model.forward(&batch, &mut NoHooks)?;
+        // [n_t, vocab] at the positions that predict the target's tokens.
+        let rows = logits
+            .slice([0..1, first..first + n_t, 0..vocab])
+            .reshape([n_t, vocab]);
+        let picked = log_softmax(rows, 1).gather(1, want.clone());
+        Ok(picked.mean().neg())
+    };
+    for step in 0..hp.num_steps {
+        if !progress(step, hp.num_steps) {
+            return Err(engram_model::Cancelled.into());
+        }
+        let wt =
+            Tensor::<Ad<B>, 2>::from_data(TensorData::new(w.clone(), [d_mlp, d_model]), &device)
+                .require_grad();
+        model.blocks[hp.layer].mlp.fc_out.weight = wt.clone();
+        let loss = loss_of(&model)?;
+        let value = host(loss.clone().inner())?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN);
+        if !value.is_finite() {
+            return Err(EditError::NonFinite {
+                what: "the FT-L loss",
+                value,
+                step,
+            });
+        }
+        losses.push(value);
+        let grads = loss.backward();
+        let g = host(
+            wt.grad(&grads)
+                .ok_or_else(|| EditError::Invalid("the weight received no gradient".into()))?,
+        )?;
+        let t = (step + 1) as i32;
+        let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
+        let (lr, wd) = (hp.lr as f32, hp.weight_decay as f32);
+        for i in 0..w.len() {
+            let gi = g[i] + wd * w[i];
+            m[i] = beta1 * m[i] + (1.0 - beta1) * gi;
+            v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi;
+            w[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + adam_eps);
+            // The L∞ bound around the original weight.
+            w[i] = w[i].clamp(w0[i] - eps, w0[i] + eps);
+        }
+    }
+    let wt = Tensor::<Ad<B>, 2>::from_data(TensorData::new(w.clone(), [d_mlp, d_model]), &device);
+    model.blocks[hp.layer].mlp.fc_out.weight = wt;
+    losses.push(
+        host(loss_of(&model)?.inner())?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN),
+    );
+    let delta: Vec<f32> = w.iter().zip(&w0).map(|(a, b)| a - b).collect();
+    Ok(FtEdit {
+        request: req.clone(),
+        layer: hp.layer,
+        delta,
+        norm_constraint: hp.norm_constraint,
+        losses,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

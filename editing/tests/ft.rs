@@ -1,0 +1,51 @@
+//! FT-L on the demo model: the bound holds, the target rises, the ledger
+//! applies and reverts the dense change bit for bit.
+
+use engram_editing::ft::{ft_edit, FtHparams};
+use engram_editing::Ledger;
+
+use super::{demo, facts, new_target, out_proj_bits, request};
+
+#[test]
+fn ft_l_keeps_its_bound_raises_the_target_and_reverts_bit_for_bit() {
+    let mut lm = demo();
+    let hp = FtHparams::builtin("demo").expect("demo FT-L hparams");
+    let f = &facts()[4];
+    let target = new_target(f, 1);
+    let req = request(f, &target);
+    let p = |lm: &engram_model::LanguageModel<engram_model::Cpu>| {
+        let id = lm.target_tokens(&req.prompt, &req.target).expect("target")[0];
+        engram_model::lm::prob_of(&lm.next_logits(&req.prompt).expect("logits"), id)
+    };
+    let before = p(&lm);
+    let edit = ft_edit(&lm, &req, &hp, &mut |_, _| true).expect("FT-L");
+    eprintln!("FT-L losses {:?}", edit.losses);
+    let eps = hp.norm_constraint as f32;
+    let worst = edit.delta.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // f32 rounding of W₀ ± ε may add an ulp of the weight.
+    assert!(worst <= eps * (1.0 + 1e-3), "|ΔW|∞ {worst} > ε {eps}");
+    assert!(
+        edit.losses.last() < edit.losses.first(),
+        "{:?}",
+        edit.losses
+    );
+    let original = out_proj_bits(&lm.model, hp.layer);
+    let mut ledger = Ledger::new("demo");
+    let id = ledger.push_ft(&mut lm.model, edit).expect("push");
+    let after = p(&lm);
+    assert!(after > before, "p(target) {before} -> {after}");
+    let entry = &ledger.edits()[0];
+    assert_eq!(entry.method, "ft-l");
+    assert!(entry.norms.is_some_and(|n| n.delta_fro > 0.0));
+    ledger.set_applied(&mut lm.model, id, false).expect("off");
+    assert_eq!(out_proj_bits(&lm.model, hp.layer), original);
+    // Export and import keep the dense entry.
+    let path = std::env::temp_dir().join(format!("engram-ft-ledger-{}.json", std::process::id()));
+    ledger.set_applied(&mut lm.model, id, true).expect("on");
+    let applied = out_proj_bits(&lm.model, hp.layer);
+    ledger.export(&path).expect("export");
+    let mut fresh = demo();
+    Ledger::<engram_model::Cpu>::import(&path, &mut fresh.model, "demo").expect("import");
+    assert_eq!(out_proj_bits(&fresh.model, hp.layer), applied);
+    let _ = std::fs::remove_file(&path);
+}
