@@ -1567,3 +1567,34 @@ fn edit_ft_l_fine_tunes_within_its_bound() {
         .is_some_and(|d| !d.is_empty()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram eval --method ft-l` scores FT-L edits like any other method.
+#[test]
+fn eval_ft_l_scores_demo_cases() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-eval-ftl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .env("ENGRAM_RUNS", dir.join("runs"))
+        .args([
+            "eval",
+            "counterfact",
+            "demo",
+            "--method",
+            "ft-l",
+            "--n",
+            "3",
+        ])
+        .output()
+        .expect("run engram");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 cases evaluated") && stdout.contains("ES "),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -520,6 +520,10 @@ impl<B: Backend> EditState<B> {
                 alphaedit: (form.eval_method == "alphaedit")
                     .then(|| alphaedit_options(lm, settings)),
             },
+            "ft-l" => EvalMethod::Ft(
+                engram_editing::jobs::setup::resolve_ft_hparams(&lm.source, None, settings)
+                    .map_err(failed)?,
+            ),
             m => {
                 let mut hp = base_hparams(Some(&lm.source), Some(settings));
                 hp.key = if m == "rome" {

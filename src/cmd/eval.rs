@@ -22,6 +22,9 @@ pub(crate) enum MethodArg {
     Memit,
     /// AlphaEdit (Fang et al. 2025): MEMIT's batches within each layer's null space.
     Alphaedit,
+    /// FT-L: fine-tune one layer's MLP output projection within an L∞ bound.
+    #[value(name = "ft-l")]
+    FtL,
 }
 
 impl MethodArg {
@@ -246,6 +249,12 @@ impl BackendJob for EvalJob {
                 z_workers: engram_editing::jobs::setup::z_workers(a.z_workers, &a.backend.device),
                 z_cache: a.z_cache.clone(),
             }
+        } else if a.method == MethodArg::FtL {
+            EvalMethod::Ft(engram_editing::jobs::setup::resolve_ft_hparams(
+                &a.model,
+                a.hparams.as_deref(),
+                settings(),
+            )?)
         } else {
             let mut hp = engram_editing::jobs::setup::resolve_hparams(
                 &a.model,

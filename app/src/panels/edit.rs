@@ -77,7 +77,7 @@ fn evaluation(app: &mut EngramApp, ui: &mut Ui) {
                 egui::ComboBox::from_id_salt("eval_method")
                     .selected_text(e.eval_method.clone())
                     .show_ui(ui, |ui| {
-                        for m in ["r-rome", "rome", "memit", "alphaedit"] {
+                        for m in ["r-rome", "rome", "ft-l", "memit", "alphaedit"] {
                             ui.selectable_value(&mut e.eval_method, m.to_string(), m);
                         }
                     })

@@ -318,6 +318,24 @@ fn append(path: &Path, v: &Value) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// How [`evaluate`] edits each case: ROME (with its statistics and
+/// prefixes) or FT-L.
+#[derive(Debug, Clone, Copy)]
+pub enum SingleEdit<'a> {
+    Rome {
+        hp: &'a RomeHparams,
+        cov: &'a KeyCovariance,
+        templates: &'a [String],
+    },
+    Ft(&'a crate::ft::FtHparams),
+}
+
+/// A case's edit, before it enters the ledger.
+enum Made {
+    Rome(crate::rome::RomeEdit),
+    Ft(crate::ft::FtEdit),
+}
+
 #[derive(Debug)]
 pub struct EvalOutcome {
     /// One object per evaluated case: identity, metrics, `pre_` metrics, timing.
@@ -341,9 +359,7 @@ pub fn evaluate<B: Backend>(
     lm: &mut LanguageModel<B>,
     ledger: &mut Ledger<B>,
     cases: &[BenchCase],
-    hp: &RomeHparams,
-    cov: &KeyCovariance,
-    templates: &[String],
+    editor: &SingleEdit<'_>,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<EvalOutcome> {
@@ -467,7 +483,15 @@ pub fn evaluate<B: Backend>(
         progress(rows.len(), skipped.len(), start.elapsed().as_secs_f64());
         let request = case.request();
         let (pre, pre_nb) = case.score(lm, None)?;
-        let edit = match rome_edit(lm, &request, hp, cov, templates, &mut |_, _| true) {
+        let made = match editor {
+            SingleEdit::Rome { hp, cov, templates } => {
+                rome_edit(lm, &request, hp, cov, templates, &mut |_, _| true).map(Made::Rome)
+            }
+            SingleEdit::Ft(hp) => {
+                crate::ft::ft_edit(lm, &request, hp, &mut |_, _| true).map(Made::Ft)
+            }
+        };
+        let edit = match made {
             Ok(e) => e,
             Err(e @ (EditError::TargetIsCurrent { .. } | EditError::Model(_))) => {
                 skipped.push(format!("case {}: {e}", case.id()));
@@ -481,8 +505,14 @@ pub fn evaluate<B: Backend>(
             }
             Err(e) => return Err(e),
         };
-        let (seconds, v_steps) = (edit.seconds, edit.steps.len());
-        let id = ledger.push(&mut lm.model, edit)?;
+        let (seconds, v_steps, id) = match edit {
+            Made::Rome(e) => (e.seconds, e.steps.len(), ledger.push(&mut lm.model, e)?),
+            Made::Ft(e) => (
+                e.seconds,
+                e.losses.len().saturating_sub(1),
+                ledger.push_ft(&mut lm.model, e)?,
+            ),
+        };
         let norms = entry_norms(ledger, &[id]);
         let (post, _) = case.score(lm, Some(&pre_nb))?;
         let fluency = if opts.fluency_tokens > 0 {
@@ -979,6 +1009,8 @@ fn first_id(out: &crate::memit::MemitOutcome) -> Result<usize> {
 pub enum EvalMethod {
     /// ROME (original key) or r-ROME (consistent key), as `hparams.key` says.
     Rome(RomeHparams),
+    /// FT-L: fine-tuning one layer within an L∞ bound.
+    Ft(crate::ft::FtHparams),
     Memit {
         hparams: MemitHparams,
         /// Requests per MEMIT batch.
@@ -996,6 +1028,7 @@ impl EvalMethod {
     pub fn name(&self) -> &'static str {
         match self {
             EvalMethod::Rome(h) => h.key.method_name(),
+            EvalMethod::Ft(_) => "ft-l",
             EvalMethod::Memit {
                 alphaedit: Some(_), ..
             } => "alphaedit",
@@ -1116,6 +1149,25 @@ pub fn run_eval<B: Backend>(
                 serde_json::to_value(&groups).context("context templates")?,
             )
         }
+        EvalMethod::Ft(hp) => {
+            let n = opts.n as u64;
+            let out = evaluate(
+                lm,
+                &mut ledger,
+                &req.cases,
+                &SingleEdit::Ft(hp),
+                opts,
+                &mut |done, _, _| {
+                    ctl.tick("cases", done as u64, n);
+                },
+            )?;
+            (
+                out,
+                serde_json::to_value(hp).context("hparams")?,
+                0,
+                serde_json::Value::Null,
+            )
+        }
         EvalMethod::Rome(hp) => {
             let (cov, templates) = super::setup::rome_setup(
                 lm,
@@ -1130,9 +1182,11 @@ pub fn run_eval<B: Backend>(
                 lm,
                 &mut ledger,
                 &req.cases,
-                hp,
-                &cov,
-                &templates,
+                &SingleEdit::Rome {
+                    hp,
+                    cov: &cov,
+                    templates: &templates,
+                },
                 opts,
                 &mut |done, _, _| {
                     ctl.tick("cases", done as u64, n);
