@@ -67,6 +67,7 @@ pub struct Results {
     pub facts: Option<FactReport>,
     pub trace: Option<TraceView>,
     pub edit: Option<EditView>,
+    pub ft_edit: Option<crate::editor::FtView>,
     pub batch: Option<crate::editor::BatchView>,
     pub eval: Option<crate::editor::EvalView>,
     pub patch: Option<crate::session::PatchView>,
@@ -226,6 +227,11 @@ impl EngramApp {
     /// What the status bar says now.
     pub fn status_line(&self) -> Option<String> {
         self.status.as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// The last FT-L edit's view.
+    pub fn last_ft_edit(&self) -> Option<&crate::editor::FtView> {
+        self.results.ft_edit.as_ref()
     }
 
     /// The last edit's before/after view.
@@ -476,6 +482,7 @@ impl EngramApp {
                     Reply::Lens(l) => Some(l.run_id.clone()),
                     Reply::Memories(m) => Some(m.run_id.clone()),
                     Reply::Edited(e) => Some(e.run.id.clone()),
+                    Reply::EditedFt(e) => Some(e.report.run.id.clone()),
                     Reply::Batch(b) => Some(b.run.id.clone()),
                     Reply::Evaluated(e) => Some(e.run_id.clone()),
                     Reply::Patched(p) => Some(p.run_id.clone()),
@@ -548,6 +555,13 @@ impl EngramApp {
             Reply::Edited(e) => {
                 self.results.ledger = e.ledger.clone();
                 self.results.edit = Some(*e);
+                self.results.ft_edit = None;
+                self.weights_changed();
+            }
+            Reply::EditedFt(e) => {
+                self.results.ledger = e.ledger.clone();
+                self.results.ft_edit = Some(*e);
+                self.results.edit = None;
                 self.weights_changed();
             }
             Reply::Batch(b) => {

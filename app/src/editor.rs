@@ -41,6 +41,8 @@ pub struct EditSettings {
     /// MEMIT batch from a file instead (CSV/JSON/JSONL of subject, prompt,
     /// target, or CounterFact); used when not empty.
     pub batch_file: String,
+    /// The single edit's method: `rome` (the key as the hyperparameters say) or `ft-l`.
+    pub edit_method: String,
     /// The batch's method: `memit` or `alphaedit`.
     pub batch_method: String,
     /// Evaluation: `rome`, `r-rome`, `memit` or `alphaedit`.
@@ -71,6 +73,7 @@ impl Default for EditSettings {
                 .into(),
             batch_file: String::new(),
             batch_method: "memit".into(),
+            edit_method: "rome".into(),
             eval_method: "r-rome".into(),
             eval_cases: 10,
             eval_data: String::new(),
@@ -156,6 +159,13 @@ pub struct LedgerEntry {
 }
 
 pub type LedgerView = Vec<LedgerEntry>;
+
+/// A finished FT-L edit: the job's report and the ledger after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FtView {
+    pub report: engram_editing::jobs::ft::FtReport,
+    pub ledger: LedgerView,
+}
 
 /// A finished MEMIT batch: the job's report and the ledger after it.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +331,50 @@ impl<B: Backend> EditState<B> {
     }
 
     /// Compute and apply one ROME edit, probing before and after; stored as an `edit` run.
+    /// FT-L on the form's request at the form's layer, with the model's
+    /// checked-in FT-L settings (else the demo's); stored as an `edit` run.
+    pub fn edit_ft(
+        &mut self,
+        lm: &mut LanguageModel<B>,
+        model: &str,
+        form: &EditSettings,
+        settings: &Settings,
+        ctl: &Control,
+    ) -> Result<FtView, JobError> {
+        let request = EditRequest {
+            prompt: form.prompt.trim_end().to_string(),
+            subject: form.subject.trim().to_string(),
+            target: form.target.clone(),
+        };
+        request.template().map_err(edit_error)?;
+        engram_editing::memit::check_batch(lm, std::slice::from_ref(&request))
+            .map_err(edit_error)?;
+        let mut hparams =
+            engram_editing::jobs::setup::resolve_ft_hparams(&lm.source, None, settings)
+                .ok()
+                .or_else(|| engram_editing::ft::FtHparams::builtin("demo"))
+                .ok_or_else(|| failed("no FT-L hyperparameters"))?;
+        hparams.layer = form.hparams.layer;
+        let req = engram_editing::jobs::ft::FtRequest {
+            request,
+            hparams,
+            paraphrases: lines(&form.paraphrases),
+            neighbours: lines(&form.neighbours),
+            generate_tokens: 20,
+        };
+        let store = engram_datasets::RunStore::open(&settings.runs).map_err(failed)?;
+        self.ledger(lm)?;
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Err(JobError::NoModel);
+        };
+        let report = engram_editing::jobs::ft::run_ft(lm, model, ledger, &req, &store, ctl)
+            .map_err(edit_error)?;
+        Ok(FtView {
+            report,
+            ledger: self.view(),
+        })
+    }
+
     pub fn edit(
         &mut self,
         lm: &mut LanguageModel<B>,

@@ -265,6 +265,12 @@ pub trait Session {
     fn patch(&self, prompt: &str, request: &TraceRequest) -> Result<PatchView, JobError>;
     /// A ROME edit of the loaded weights, recorded in the ledger and stored as a run.
     fn edit(&mut self, form: &EditSettings, ctl: &Control) -> Result<EditView, JobError>;
+    /// An FT-L edit of the loaded weights, recorded in the ledger and stored as a run.
+    fn edit_ft(
+        &mut self,
+        form: &EditSettings,
+        ctl: &Control,
+    ) -> Result<crate::editor::FtView, JobError>;
     /// A MEMIT batch of the loaded weights, recorded in the ledger as one unit and stored.
     fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError>;
     fn ledger_op(&mut self, op: &LedgerOp) -> Result<LedgerView, JobError>;
@@ -454,6 +460,17 @@ impl<B: Backend> Session for Loaded<B> {
         let model = self.card.source.clone();
         self.edits
             .edit(&mut self.lm, &model, form, &self.settings, ctl)
+    }
+
+    fn edit_ft(
+        &mut self,
+        form: &EditSettings,
+        ctl: &Control,
+    ) -> Result<crate::editor::FtView, JobError> {
+        self.triggers.clear();
+        let model = self.card.source.clone();
+        self.edits
+            .edit_ft(&mut self.lm, &model, form, &self.settings, ctl)
     }
 
     fn memit(&mut self, form: &EditSettings, ctl: &Control) -> Result<BatchView, JobError> {

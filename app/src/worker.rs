@@ -58,6 +58,8 @@ pub enum Command {
         request: TraceRequest,
     },
     Edit(Box<EditSettings>),
+    /// FT-L on the form's request.
+    EditFt(Box<EditSettings>),
     /// A MEMIT batch from the form's batch list or file.
     Memit(Box<EditSettings>),
     /// Evaluate the form's method on CounterFact cases (fresh weights per case).
@@ -96,6 +98,9 @@ impl Command {
             Command::Trace { request, .. } => format!("Tracing {:?}", request.subject),
             Command::Patch { request, .. } => format!("Patching {:?}", request.subject),
             Command::Edit(form) => format!("Editing {:?} -> {:?}", form.subject, form.target),
+            Command::EditFt(form) => {
+                format!("FT-L {:?} -> {:?}", form.subject, form.target)
+            }
             Command::Memit(_) => "MEMIT batch".into(),
             Command::Evaluate(_) => "Evaluation".into(),
             Command::Ledger(_) => "Updating the ledger".into(),
@@ -122,6 +127,7 @@ pub enum Reply {
     Facts(FactReport),
     Trace(Box<TraceView>),
     Edited(Box<EditView>),
+    EditedFt(Box<crate::editor::FtView>),
     Batch(Box<BatchView>),
     Patched(Box<crate::session::PatchView>),
     Evaluated(Box<crate::editor::EvalView>),
@@ -349,6 +355,9 @@ fn run(
             Reply::Patched(Box::new(model(session)?.patch(&prompt, &request)?))
         }
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
+        Command::EditFt(form) => {
+            Reply::EditedFt(Box::new(model_mut(session)?.edit_ft(&form, ctl)?))
+        }
         Command::Memit(form) => Reply::Batch(Box::new(model_mut(session)?.memit(&form, ctl)?)),
         Command::Evaluate(form) => {
             Reply::Evaluated(Box::new(model_mut(session)?.evaluate(&form, ctl)?))

@@ -573,6 +573,39 @@ fn alphaedit_batch_from_the_edit_panel() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// FT-L from the Edit panel (the method chosen in the form): the default
+/// demo request fine-tuned in, within its bound, as a dense ledger entry.
+#[test]
+fn ft_l_edit_from_the_edit_panel() {
+    let dir = std::env::temp_dir().join(format!("engram-app-ftl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let settings = serde_json::json!({"panel": "Edit", "edit": {"edit_method": "ft-l"}});
+    let settings_path = dir.join("app.json");
+    std::fs::write(&settings_path, settings.to_string()).expect("settings");
+    let mut h = loaded(AppOptions {
+        model: Some(demo_model()),
+        settings_path: Some(settings_path),
+        ..Default::default()
+    });
+    h.get_by_label("Apply edit").click_accesskit();
+    wait_for(&mut h, "the FT-L edit", |h| {
+        !h.state().is_busy() && h.state().last_ft_edit().is_some()
+    });
+    let view = h.state().last_ft_edit().expect("FT-L").clone();
+    let bound = engram_editing::ft::FtHparams::builtin("demo")
+        .expect("demo FT-L")
+        .norm_constraint as f32;
+    assert!(view.report.delta_max <= bound * 1.001, "{view:?}");
+    let prompt = &view.report.probes[0];
+    assert!(prompt.after_target > prompt.before_target, "{prompt:?}");
+    let entries = h.state().ledger().to_vec();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].method, "ft-l");
+    assert!(has_label(&h, "FT-L edit #"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Memories: the demo fact's memories per layer, a memory switched off and
 /// the prompt re-run, trigger contexts, and knowledge neurons whose
 /// suppression lowers the answer.

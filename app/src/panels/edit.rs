@@ -20,16 +20,27 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
     if need_model(app, ui) {
         return;
     }
-    ui.heading("Edit a fact: ROME");
+    ui.heading("Edit a fact: ROME or FT-L");
     ui.label(
         RichText::new(
-            "A rank-one update of the MLP output projection at one layer. The checkpoint on disk is never changed.",
+            "ROME: a rank-one update of the MLP output projection at one layer. FT-L: that projection fine-tuned on the request, each weight within ±ε (the papers' baseline). The checkpoint on disk is never changed.",
         )
         .weak(),
     );
     form(app, ui);
     let running = app.pending(PanelKind::Edit);
     ui.horizontal(|ui| {
+        let l = ui.label("Method");
+        let e = &mut app.settings.edit;
+        egui::ComboBox::from_id_salt("edit_method")
+            .selected_text(e.edit_method.clone())
+            .show_ui(ui, |ui| {
+                for m in ["rome", "ft-l"] {
+                    ui.selectable_value(&mut e.edit_method, m.to_string(), m);
+                }
+            })
+            .response
+            .labelled_by(l.id);
         if ui
             .add_enabled(
                 !running,
@@ -39,7 +50,12 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
             .clicked()
         {
             let form = Box::new(app.settings.edit.clone());
-            app.submit(PanelKind::Edit, Command::Edit(form));
+            let command = if form.edit_method == "ft-l" {
+                Command::EditFt(form)
+            } else {
+                Command::Edit(form)
+            };
+            app.submit(PanelKind::Edit, command);
         }
         if running {
             ui.spinner();
@@ -49,6 +65,10 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
     if let Some(view) = app.results.edit.clone() {
         ui.add_space(8.0);
         result(ui, &view);
+    }
+    if let Some(view) = app.results.ft_edit.clone() {
+        ui.add_space(8.0);
+        ft_result(ui, &view);
     }
     ui.add_space(8.0);
     batch(app, ui);
@@ -421,6 +441,24 @@ fn result(ui: &mut Ui, v: &EditView) {
         ))
         .strong(),
     );
+    probes_grid(ui, &v.probes);
+    ui.add_space(4.0);
+    egui::Grid::new("edit_generations")
+        .num_columns(2)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            ui.label(RichText::new("before").weak());
+            ui.label(RichText::new(&v.generation_before).monospace());
+            ui.end_row();
+            ui.label(RichText::new("after").weak());
+            ui.label(RichText::new(&v.generation_after).monospace());
+            ui.end_row();
+        });
+}
+
+/// Each probe's top-1 before and after, and p(new target); a neighbour
+/// whose answer moved is marked.
+fn probes_grid(ui: &mut Ui, probes: &[engram_editing::jobs::rome::ProbeRow]) {
     egui::Grid::new("edit_probes")
         .striped(true)
         .num_columns(5)
@@ -430,7 +468,7 @@ fn result(ui: &mut Ui, v: &EditView) {
                 ui.label(RichText::new(h).strong());
             }
             ui.end_row();
-            for r in &v.probes {
+            for r in probes {
                 ui.label(RichText::new(&r.kind).weak());
                 ui.label(&r.prompt);
                 ui.label(format!(
@@ -451,18 +489,26 @@ fn result(ui: &mut Ui, v: &EditView) {
                 ui.end_row();
             }
         });
-    ui.add_space(4.0);
-    egui::Grid::new("edit_generations")
-        .num_columns(2)
-        .spacing([12.0, 4.0])
-        .show(ui, |ui| {
-            ui.label(RichText::new("before").weak());
-            ui.label(RichText::new(&v.generation_before).monospace());
-            ui.end_row();
-            ui.label(RichText::new("after").weak());
-            ui.label(RichText::new(&v.generation_after).monospace());
-            ui.end_row();
-        });
+}
+
+/// A finished FT-L edit.
+fn ft_result(ui: &mut Ui, v: &crate::editor::FtView) {
+    let r = &v.report;
+    ui.label(
+        RichText::new(format!(
+            "FT-L edit #{} at layer {}: target NLL {:.4} -> {:.4} in {} steps; max |dW| {:.2e}, |dW|_F {:.3}; {:.2} s",
+            r.id,
+            r.layer,
+            r.losses.first().copied().unwrap_or(f32::NAN),
+            r.losses.last().copied().unwrap_or(f32::NAN),
+            r.losses.len().saturating_sub(1),
+            r.delta_max,
+            r.delta_fro,
+            r.seconds
+        ))
+        .strong(),
+    );
+    probes_grid(ui, &r.probes);
 }
 
 fn ledger(app: &mut EngramApp, ui: &mut Ui) {
