@@ -48,9 +48,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Locate and edit facts in transformer language models"
 )]
 struct Cli {
+    /// No progress on stderr (errors and warnings still print).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// `--quiet`, set once before the command runs.
+static QUIET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Command {
@@ -148,6 +154,14 @@ fn is_demo(model: &Path) -> bool {
 }
 /// A job handle that shows progress on stderr, one line per stage.
 fn stderr_control() -> engram_model::Control {
+    use std::io::IsTerminal;
+    if QUIET.get().copied().unwrap_or(false) {
+        return engram_model::Control::new();
+    }
+    if std::io::stderr().is_terminal() {
+        return bar_control();
+    }
+    // Not a terminal (a log, a pipe): plain counts, as a log reader wants them.
     engram_model::Control::with_sink(|p| {
         use std::io::Write;
         let mut err = std::io::stderr().lock();
@@ -159,6 +173,51 @@ fn stderr_control() -> engram_model::Control {
         let _ = write!(err, "\r{}: {}/{}   ", p.stage, p.done, p.total);
         if p.done >= p.total {
             let _ = writeln!(err);
+        }
+    })
+}
+
+/// Progress on a terminal: one `indicatif` bar per stage, with rate and ETA.
+fn bar_control() -> engram_model::Control {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let style = ProgressStyle::with_template(
+        "{msg:>14} [{bar:30.cyan/blue}] {pos}/{len} {per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let current: std::sync::Mutex<Option<(String, ProgressBar)>> = std::sync::Mutex::new(None);
+    engram_model::Control::with_sink(move |p| {
+        let Ok(mut cur) = current.lock() else { return };
+        if p.total == 0 {
+            match &*cur {
+                Some((_, bar)) => bar.println(&p.stage),
+                None => eprintln!("{}", p.stage),
+            }
+            return;
+        }
+        let same = matches!(&*cur, Some((stage, bar)) if *stage == p.stage && bar.length() == Some(p.total));
+        if !same {
+            if let Some((_, bar)) = cur.take() {
+                bar.finish_and_clear();
+            }
+            let bar = ProgressBar::new(p.total).with_style(style.clone());
+            bar.set_message(p.stage.clone());
+            *cur = Some((p.stage.clone(), bar));
+        }
+        if let Some((_, bar)) = &*cur {
+            bar.set_position(p.done);
+            if p.done >= p.total {
+                // A finished stage leaves one plain line, not a bar that later output runs into.
+                bar.finish_and_clear();
+                eprintln!(
+                    "{}: {}/{} in {:.1} s",
+                    p.stage,
+                    p.done,
+                    p.total,
+                    bar.elapsed().as_secs_f64()
+                );
+                *cur = None;
+            }
         }
     })
 }
@@ -192,8 +251,10 @@ fn main() -> std::process::ExitCode {
     if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
         engram_model::device::add_library_dirs(std::env::split_paths(&p));
     }
+    let cli = Cli::parse();
+    let _ = QUIET.set(cli.quiet);
     // Whatever is still buffered must reach stdout too, or the run failed.
-    let done = dispatch(Cli::parse()).and_then(|()| {
+    let done = dispatch(cli).and_then(|()| {
         use std::io::Write as _;
         std::io::stdout()
             .flush()

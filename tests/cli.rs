@@ -1598,3 +1598,29 @@ fn eval_ft_l_scores_demo_cases() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Progress goes to stderr as plain counts when stderr is not a terminal, and
+/// `--quiet` silences it.
+#[test]
+fn progress_is_plain_off_a_terminal_and_quiet_silences_it() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-quiet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_RUNS", dir.join("runs"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args(["eval", "counterfact", "demo", "--n", "1"])
+            .args(extra)
+            .output()
+            .expect("run engram");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&[]).contains("cases: 1/1"));
+    let quiet = run(&["--quiet"]);
+    assert!(
+        !quiet.contains("cases:") && !quiet.contains("statistics"),
+        "{quiet}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

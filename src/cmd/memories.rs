@@ -83,14 +83,15 @@ pub fn index(
 ) -> Result<()> {
     let start = Instant::now();
     let mut rows = Vec::new();
+    let ctl = crate::stderr_control();
     for &layer in layers {
+        let stage = format!("layer {layer} memories");
         let v = value_index(&lm.model, layer, k, &mut |done, total| {
-            eprint!("\rlayer {layer}: {done}/{total} memories");
+            ctl.tick(&stage, done as u64, total as u64);
             true
         })?;
         rows.extend(value_rows(lm, &v));
     }
-    eprintln!();
     outln!(
         "{} memories of {} layer(s) projected in {:.1} s",
         rows.len(),
