@@ -277,6 +277,22 @@ fn edit_error(e: EditError) -> JobError {
     JobError::from_lib(e)
 }
 
+/// The form's single request, refused before any long work where the
+/// subject, target or tokens do not fit the model.
+fn checked_request<B: Backend>(
+    lm: &LanguageModel<B>,
+    form: &EditSettings,
+) -> Result<EditRequest, JobError> {
+    let request = EditRequest {
+        prompt: form.prompt.trim_end().to_string(),
+        subject: form.subject.trim().to_string(),
+        target: form.target.clone(),
+    };
+    request.template().map_err(edit_error)?;
+    engram_editing::memit::check_batch(lm, std::slice::from_ref(&request)).map_err(edit_error)?;
+    Ok(request)
+}
+
 fn lines(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim)
@@ -330,7 +346,6 @@ impl<B: Backend> EditState<B> {
             .collect()
     }
 
-    /// Compute and apply one ROME edit, probing before and after; stored as an `edit` run.
     /// FT-L on the form's request at the form's layer, with the model's
     /// checked-in FT-L settings (else the demo's); stored as an `edit` run.
     pub fn edit_ft(
@@ -341,14 +356,7 @@ impl<B: Backend> EditState<B> {
         settings: &Settings,
         ctl: &Control,
     ) -> Result<FtView, JobError> {
-        let request = EditRequest {
-            prompt: form.prompt.trim_end().to_string(),
-            subject: form.subject.trim().to_string(),
-            target: form.target.clone(),
-        };
-        request.template().map_err(edit_error)?;
-        engram_editing::memit::check_batch(lm, std::slice::from_ref(&request))
-            .map_err(edit_error)?;
+        let request = checked_request(lm, form)?;
         let mut hparams =
             engram_editing::jobs::setup::resolve_ft_hparams(&lm.source, None, settings)
                 .ok()
@@ -375,6 +383,7 @@ impl<B: Backend> EditState<B> {
         })
     }
 
+    /// Compute and apply one ROME edit, probing before and after; stored as an `edit` run.
     pub fn edit(
         &mut self,
         lm: &mut LanguageModel<B>,
@@ -383,15 +392,7 @@ impl<B: Backend> EditState<B> {
         settings: &Settings,
         ctl: &Control,
     ) -> Result<EditView, JobError> {
-        let request = EditRequest {
-            prompt: form.prompt.trim_end().to_string(),
-            subject: form.subject.trim().to_string(),
-            target: form.target.clone(),
-        };
-        // Refuse a bad request before any long work.
-        request.template().map_err(edit_error)?;
-        engram_editing::memit::check_batch(lm, std::slice::from_ref(&request))
-            .map_err(edit_error)?;
+        let request = checked_request(lm, form)?;
         let mut hp = base_hparams(Some(&lm.source), Some(settings));
         let h = &form.hparams;
         let n_layers = lm.model.config.n_layers;

@@ -59,14 +59,7 @@ impl AlphaEditHparams {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| EditError::File {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        let hp: Self = serde_json::from_str(&text).map_err(|e| EditError::File {
-            path: path.into(),
-            message: format!("not AlphaEdit hyperparameters: {e}"),
-        })?;
+        let hp: Self = crate::rome::load_json(path, "AlphaEdit hyperparameters")?;
         hp.check()?;
         Ok(hp)
     }

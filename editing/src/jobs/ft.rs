@@ -7,7 +7,7 @@ use engram_datasets::{RunInfo, RunStore};
 use engram_model::{Control, LanguageModel};
 use serde::{Deserialize, Serialize};
 
-use super::rome::{greedy, probe_all, ProbeKind, ProbeRow};
+use super::rome::{greedy, probe_all, probe_rows, ProbeKind, ProbeRow};
 use crate::error::Result;
 use crate::ft::{ft_edit, FtHparams};
 use crate::rome::EditRequest;
@@ -82,20 +82,7 @@ pub fn run_ft<B: Backend>(
     let id = ledger.push_ft(&mut lm.model, edit)?;
     let after = probe_all(lm, &prompts, target)?;
     let generation_after = greedy(lm, &req.request.prompt, req.generate_tokens)?;
-    let probes: Vec<ProbeRow> = prompts
-        .into_iter()
-        .zip(before.into_iter().zip(after))
-        .map(|((kind, prompt), (b, a))| ProbeRow {
-            kind: kind.name().into(),
-            prompt,
-            before_top: b.top,
-            before_top_prob: b.top_prob,
-            after_top: a.top,
-            after_top_prob: a.top_prob,
-            before_target: b.target_prob,
-            after_target: a.target_prob,
-        })
-        .collect();
+    let probes = probe_rows(prompts, before, after);
     let rows: Vec<LossRow> = losses
         .iter()
         .enumerate()

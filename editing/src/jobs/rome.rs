@@ -139,20 +139,7 @@ pub fn run_rome<B: Backend>(
     let id = ledger.push(&mut lm.model, edit)?;
     let after = probe_all(lm, &probes, target)?;
     let generation_after = greedy(lm, &req.request.prompt, req.generate_tokens)?;
-    let probes: Vec<ProbeRow> = probes
-        .into_iter()
-        .zip(before.into_iter().zip(after))
-        .map(|((kind, prompt), (b, a))| ProbeRow {
-            kind: kind.name().into(),
-            prompt,
-            before_top: b.top,
-            before_top_prob: b.top_prob,
-            after_top: a.top,
-            after_top_prob: a.top_prob,
-            before_target: b.target_prob,
-            after_target: a.target_prob,
-        })
-        .collect();
+    let probes = probe_rows(probes, before, after);
     let steps: Vec<StepRow> = report_edit
         .steps
         .iter()
@@ -232,6 +219,28 @@ pub fn probe<B: Backend>(lm: &LanguageModel<B>, prompt: &str, target: &str) -> R
         top_prob: prob as f64,
         target_prob: logp.exp() as f64,
     })
+}
+
+/// Each probe's prompt with its readings before and after an edit.
+pub(crate) fn probe_rows(
+    prompts: Vec<(ProbeKind, String)>,
+    before: Vec<Probe>,
+    after: Vec<Probe>,
+) -> Vec<ProbeRow> {
+    prompts
+        .into_iter()
+        .zip(before.into_iter().zip(after))
+        .map(|((kind, prompt), (b, a))| ProbeRow {
+            kind: kind.name().into(),
+            prompt,
+            before_top: b.top,
+            before_top_prob: b.top_prob,
+            after_top: a.top,
+            after_top_prob: a.top_prob,
+            before_target: b.target_prob,
+            after_target: a.target_prob,
+        })
+        .collect()
 }
 
 pub(crate) fn probe_all<B: Backend>(
