@@ -205,6 +205,25 @@ impl Field {
 }
 
 impl ModelConfig {
+    /// Multiply-adds × 2 of one block for one token attending to `keys` keys:
+    /// the q/k/v/o projections, the MLP's two (gated: three) matrices, and the
+    /// attention scores and mix. The arithmetic floor of the benchmarks counts these.
+    pub fn block_flops(&self, keys: usize) -> f64 {
+        let (d, q, kv) = (
+            self.d_model as f64,
+            (self.n_heads * self.d_head) as f64,
+            (self.n_kv_heads * self.d_head) as f64,
+        );
+        let mlp_mats = if self.gated_mlp { 3.0 } else { 2.0 };
+        let proj = d * q + 2.0 * d * kv + q * d + mlp_mats * d * self.d_mlp as f64;
+        2.0 * (proj + 2.0 * keys as f64 * q)
+    }
+
+    /// Multiply-adds × 2 of the unembedding of one position.
+    pub fn unembed_flops(&self) -> f64 {
+        2.0 * (self.d_model * self.vocab_size) as f64
+    }
+
     /// Read `config.json` and map it through the family's own field names.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;

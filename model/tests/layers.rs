@@ -106,6 +106,73 @@ fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
 }
 
 #[test]
+fn cpu_gemm_with_a_transposed_operand_matches_an_f64_product() {
+    use engram_model::cpu::{sgemm_bt, supported};
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX-512F");
+        return;
+    }
+    // Small row counts too: a transposed operand is always packed.
+    for (i, &(m, n, k)) in [
+        (1, 1, 1),
+        (3, 33, 7),
+        (13, 47, 300),
+        (30, 576, 1536),
+        (40, 600, 513),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = values(m * k, 7 * i as u64);
+        let bt = values(n * k, 7 * i as u64 + 1);
+        let mut c = vec![f32::NAN; m * n];
+        assert!(sgemm_bt(m, n, k, &a, &bt, &mut c));
+        for r in 0..m {
+            for j in 0..n {
+                let (mut want, mut scale) = (0f64, 1f64);
+                for p in 0..k {
+                    let t = f64::from(a[r * k + p]) * f64::from(bt[j * k + p]);
+                    want += t;
+                    scale += t.abs();
+                }
+                let got = f64::from(c[r * n + j]);
+                assert!(
+                    (got - want).abs() <= 1e-6 * scale,
+                    "{m}x{n}x{k} c[{r},{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gram_matches_an_f64_sum_of_outer_products() {
+    use engram_model::cpu::{enabled, gram};
+    if !enabled() {
+        eprintln!("skipped: this CPU lacks AVX-512F");
+        return;
+    }
+    let (n, d) = (70, 45);
+    let x = values(n * d, 99);
+    let t = Tensor::<Cpu, 2>::from_data(TensorData::new(x.clone(), [n, d]), &Default::default());
+    let g = gram(&t).expect("gram on the fast path");
+    for i in 0..d {
+        for j in 0..d {
+            let (mut want, mut scale) = (0f64, 1f64);
+            for r in 0..n {
+                let p = f64::from(x[r * d + i]) * f64::from(x[r * d + j]);
+                want += p;
+                scale += p.abs();
+            }
+            assert!(
+                (f64::from(g[i * d + j]) - want).abs() <= 1e-6 * scale,
+                "[{i},{j}]"
+            );
+        }
+    }
+}
+
+#[test]
 fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn() {
     use engram_model::cpu::{enabled, linear};
     use engram_model::layers::Linear;

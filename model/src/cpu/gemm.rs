@@ -36,6 +36,27 @@ pub fn sgemm(
     bias: Option<&[f32]>,
     c: &mut [f32],
 ) -> bool {
+    gemm(m, n, k, a, b, false, bias, c)
+}
+
+/// `c = a · btᵀ`, all row-major: `a: [m, k]`, `bt: [n, k]`, `c: [m, n]`. The input
+/// gradient of a linear map (`∂x = ∂y · Wᵀ` with `W: [in, out]`) and `kᵀk` sums are
+/// this product. Returns false (leaving `c` alone) where `sgemm` would.
+pub fn sgemm_bt(m: usize, n: usize, k: usize, a: &[f32], bt: &[f32], c: &mut [f32]) -> bool {
+    gemm(m, n, k, a, bt, true, None, c)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    b_trans: bool,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) -> bool {
     if !supported()
         || a.len() != m * k
         || b.len() != k * n
@@ -61,10 +82,11 @@ pub fn sgemm(
         let job = Job {
             k,
             lda: k,
-            ldb: n,
+            ldb: if b_trans { k } else { n },
             ldc: n,
             a: a.as_ptr(),
             b: b.as_ptr(),
+            b_trans,
             bias: bias.map(<[f32]>::as_ptr),
             c: c.as_mut_ptr(),
         };
@@ -91,7 +113,7 @@ pub fn sgemm(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (a, b, bias, c);
+        let _ = (a, b, b_trans, bias, c);
         false
     }
 }
@@ -120,6 +142,7 @@ pub(crate) unsafe fn sgemm_strided(
         ldc,
         a,
         b,
+        b_trans: false,
         bias: None,
         c,
     };
@@ -134,7 +157,9 @@ struct Job {
     ldb: usize,
     ldc: usize,
     a: *const f32,
+    /// `b[p * ldb + j]`, or `b[j * ldb + p]` when `b_trans` (then always packed).
     b: *const f32,
+    b_trans: bool,
     bias: Option<*const f32>,
     c: *mut f32,
 }
@@ -151,7 +176,7 @@ impl Job {
         if rows.is_empty() || cols.is_empty() {
             return;
         }
-        let pack = rows.len() >= PACK_MIN_ROWS;
+        let pack = self.b_trans || rows.len() >= PACK_MIN_ROWS;
         let mut buf = if pack {
             vec![0f32; KC * NC.min(cols.len().div_ceil(NR) * NR)]
         } else {
@@ -176,7 +201,23 @@ impl Job {
             let mut pc = 0;
             while pc < k {
                 let kc = KC.min(k - pc);
-                if pack {
+                if self.b_trans {
+                    // Panel `p` holds Bᵀ's rows jc + p*NR .. as columns: each source
+                    // row is read front to back and scattered down one column.
+                    for (p, j0) in (0..nc).step_by(NR).enumerate() {
+                        let w = NR.min(nc - j0);
+                        let panel = &mut buf[p * kc * NR..(p + 1) * kc * NR];
+                        if w < NR {
+                            panel.fill(0.0);
+                        }
+                        for j in 0..w {
+                            let src = self.b.add((jc + j0 + j) * self.ldb + pc);
+                            for r in 0..kc {
+                                *panel.get_unchecked_mut(r * NR + j) = *src.add(r);
+                            }
+                        }
+                    }
+                } else if pack {
                     // Panel `p` holds B[pc.., jc + p*NR ..] as `kc` rows of NR floats,
                     // zero-padded; each source row segment is read front to back.
                     for r in 0..kc {

@@ -1,6 +1,7 @@
 //! CPU fast paths on the ndarray backend, used where the CPU has AVX-512F and the
 //! tensors are f32 ndarray tensors; elsewhere (autodiff, CUDA, other CPUs) each entry
-//! returns `None` and the burn ops in [`crate::layers`] run instead.
+//! returns `None` and the burn ops in [`crate::layers`] run instead. Under autodiff
+//! on the ndarray backend, linear maps still run here (`autodiff.rs`).
 //!
 //! - [`gemm`]: the matrix product under `Linear` and attention.
 //! - [`ops`]: fused norms, SiLU, rotary embeddings and attention, one pass each.
@@ -9,6 +10,7 @@
 //! benchmarks can compare both paths in one run.
 #![allow(unsafe_code)]
 
+mod autodiff;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod ops;
@@ -68,13 +70,13 @@ pub mod ops {
 }
 
 use std::any::Any;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use burn_ndarray::NdArrayTensor;
 use burn_tensor::backend::Backend;
 use burn_tensor::{Bool, Tensor, TensorPrimitive};
 
-pub use gemm::sgemm;
+pub use gemm::{sgemm, sgemm_bt};
 
 /// 0: undecided, 1: on, 2: off.
 static STATE: AtomicU8 = AtomicU8::new(0);
@@ -97,6 +99,21 @@ pub fn enabled() -> bool {
 /// they stay off where the CPU lacks AVX-512F.
 pub fn set_enabled(on: bool) {
     STATE.store(if on && supported() { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the editing workflows' products run on the kernels too: linear maps
+/// under autodiff (v*, z) and the statistics' `kᵀk`.
+static WORKFLOW: AtomicBool = AtomicBool::new(true);
+
+/// Turn the kernels off (or back on) for the workflow products only, leaving the
+/// plain forward on them: benchmarks time burn's autodiff and matmul against them.
+pub fn set_workflow_paths(on: bool) {
+    WORKFLOW.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_workflow_paths`] left the workflow products on the kernels.
+pub fn workflow_paths() -> bool {
+    WORKFLOW.load(Ordering::Relaxed)
 }
 
 /// Whether this CPU can run the kernels.
@@ -156,18 +173,24 @@ pub(crate) fn bools<B: Backend, const D: usize>(t: &Tensor<B, D, Bool>) -> Optio
     }
 }
 
+/// Row-major f32 data of shape `dims` as an ndarray primitive.
+fn nd_tensor(data: Vec<f32>, dims: &[usize]) -> Option<NdArrayTensor> {
+    let arr = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(dims), data).ok()?;
+    Some(NdArrayTensor::from(arr))
+}
+
 /// Wrap row-major f32 data of shape `dims` as a tensor of backend `B` (ndarray only).
 pub(crate) fn tensor<B: Backend, const D: usize>(
     data: Vec<f32>,
     dims: [usize; D],
 ) -> Option<Tensor<B, D>> {
-    let arr = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&dims), data).ok()?;
-    let prim: Box<dyn Any> = Box::new(NdArrayTensor::from(arr));
+    let prim: Box<dyn Any> = Box::new(nd_tensor(data, &dims)?);
     let prim = prim.downcast::<B::FloatTensorPrimitive>().ok()?;
     Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
 }
 
 /// `x · W (+ b)` through [`gemm::sgemm`], or `None` where the fast path does not apply.
+/// Under autodiff on the ndarray backend the input gradient runs on the GEMM too.
 ///
 /// # Shapes
 /// - x: `[batch, pos, d_in]`, weight: `[d_in, d_out]`, bias: `[d_out]` → `[batch, pos, d_out]`
@@ -184,7 +207,12 @@ pub fn linear<B: Backend>(
     if k != k2 || b * s == 0 || n == 0 {
         return None;
     }
-    let (xh, wh) = (Host::new(x)?, Host::new(weight)?);
+    let Some(xh) = Host::new(x) else {
+        return workflow_paths()
+            .then(|| autodiff::linear(x, weight, bias))
+            .flatten();
+    };
+    let wh = Host::new(weight)?;
     let bh = match bias {
         Some(t) => Some(Host::new(t)?),
         None => None,
@@ -204,4 +232,29 @@ pub fn linear<B: Backend>(
         return None;
     }
     tensor(c, [b, s, n])
+}
+
+/// `xᵀx` of `x: [n, d]` on the GEMM, row-major `[d, d]` (a sum of outer products,
+/// as the key statistics need); `None` off the fast path.
+pub fn gram<B: Backend>(x: &Tensor<B, 2>) -> Option<Vec<f32>> {
+    if !enabled() {
+        return None;
+    }
+    let [n, d] = x.dims();
+    let h = Host::new(x)?;
+    let data = h.data();
+    // xᵀ, transposed in 64 × 64 tiles.
+    const T: usize = 64;
+    let mut xt = vec![0f32; n * d];
+    for i0 in (0..n).step_by(T) {
+        for j0 in (0..d).step_by(T) {
+            for i in i0..(i0 + T).min(n) {
+                for j in j0..(j0 + T).min(d) {
+                    xt[j * n + i] = data[i * d + j];
+                }
+            }
+        }
+    }
+    let mut c = vec![0f32; d * d];
+    sgemm(d, d, n, &xt, &data, None, &mut c).then_some(c)
 }
