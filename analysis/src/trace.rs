@@ -9,9 +9,15 @@
 //!   (`[l - w/2, l + ceil(w/2))`, clipped) at one token.
 //!
 //! [`trace_naive`] does what the reference code does: one forward pass per
-//! (token, layer). [`trace_fact`] gives the same numbers faster: the corrupted
-//! run up to the first restored layer is computed once and reused, and all
-//! tokens' restorations at a layer run as one batch (in chunks of `max_rows`).
+//! (token, layer). [`trace_fact`] gives the same numbers at the arithmetic floor:
+//! a restoration at (token t, layer l) changes nothing before t, nor below l, so
+//! one corrupted run (shared by the three kinds) leaves every block's input and
+//! keys/values, and each restoration computes only positions t.. from layer l
+//! on, over the corrupted keys and values of positions before t. Tokens before
+//! the subject carry no noise: restoring them gives the corrupted run's score.
+//! [`trace_batched`] is the earlier procedure (every position, every token's
+//! restoration at a layer in one batch of at most `max_rows`), kept to measure
+//! against.
 
 use std::ops::Range;
 
@@ -19,6 +25,7 @@ use burn_tensor::activation::softmax;
 use burn_tensor::backend::Backend;
 use burn_tensor::{Tensor, TensorData};
 use engram_model::generate::Rng;
+use engram_model::layers::{ForwardCtx, LayerKv};
 use engram_model::{
     Activation, ActivationCache, Batch, BlockSite, Hook, HookPoint, ModelError, NoHooks,
     Transformer,
@@ -82,7 +89,7 @@ pub struct TraceConfig {
     pub window: usize,
     pub seed: u64,
     pub kinds: Vec<TraceKind>,
-    /// At most this many rows per batched forward pass.
+    /// At most this many rows per batched forward pass ([`trace_batched`]).
     pub max_rows: usize,
 }
 
@@ -534,9 +541,10 @@ pub fn trace_naive<B: Backend>(
     })
 }
 
-/// The fast procedure: same numbers as [`trace_naive`], with the corrupted
-/// prefix computed once and every token's restoration at a layer in one batch.
-pub fn trace_fact<B: Backend>(
+/// The earlier fast procedure: same numbers as [`trace_naive`], with the
+/// corrupted prefix computed once and every token's restoration at a layer in
+/// one batch, every position recomputed. [`trace_fact`] replaces it.
+pub fn trace_batched<B: Backend>(
     model: &Transformer<B>,
     input: &TraceInput,
     cfg: &TraceConfig,
@@ -637,6 +645,194 @@ pub fn trace_fact<B: Backend>(
         predicted: clean.predicted,
         clean_prob: clean.prob,
         corrupted_prob,
+        kinds,
+    })
+}
+
+/// The corrupted run, kept at every layer for restorations to start from.
+struct Corrupted<B: Backend> {
+    /// `n_layers + 1` entries `[samples, pos, d_model]`: the residual entering
+    /// each block, then the final one.
+    resid: Vec<Tensor<B, 3>>,
+    /// Each block's keys and values over all positions.
+    kv: Vec<LayerKv<B>>,
+    prob: f32,
+}
+
+fn corrupted_run<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    noise: &Tensor<B, 3>,
+) -> Result<Corrupted<B>> {
+    let n_layers = model.config.n_layers;
+    let batch = Batch::uniform(&vec![input.ids.clone(); cfg.samples])?;
+    let ctx = model.context(&batch)?;
+    let mut x = model.embed(
+        &batch,
+        &mut AddNoise {
+            noise: noise.clone(),
+        },
+    )?;
+    let mut kv = vec![LayerKv::default(); n_layers];
+    let mut resid = Vec::with_capacity(n_layers + 1);
+    for layer in 0..n_layers {
+        resid.push(x.clone());
+        x = model.run_blocks_cached(layer..layer + 1, x, &ctx, &mut kv, &mut NoHooks)?;
+    }
+    resid.push(x);
+    let prob = last_means(model, &resid[n_layers], input.target, cfg.samples)?;
+    Ok(Corrupted { resid, kv, prob })
+}
+
+/// Mean target probability at the last position of `[samples, pos, d_model]`.
+fn last_means<B: Backend>(
+    model: &Transformer<B>,
+    x: &Tensor<B, 3>,
+    target: u32,
+    samples: usize,
+) -> Result<f32> {
+    let [rows, pos, d] = x.dims();
+    let last = x.clone().slice([0..rows, pos - 1..pos, 0..d]);
+    let logits = model.unembed(last, &mut NoHooks)?;
+    Ok(group_means(logits, target, samples)?[0])
+}
+
+/// What restorations at token `t` share: positions `t..` over keys and values before `t`.
+struct FromToken<B: Backend> {
+    ctx: ForwardCtx<B>,
+    /// `[samples, len - t, 1]`: 1 at `t`.
+    mask: Tensor<B, 3>,
+    /// Each block's corrupted keys and values at positions `..t`.
+    kv: Vec<LayerKv<B>>,
+}
+
+fn from_token<B: Backend>(
+    model: &Transformer<B>,
+    corrupted: &Corrupted<B>,
+    samples: usize,
+    len: usize,
+    t: usize,
+) -> FromToken<B> {
+    let positions = vec![(t..len).collect::<Vec<_>>(); samples];
+    let keep = vec![vec![true; len]; samples];
+    let ctx = ForwardCtx::new(&model.config, &positions, &keep, &model.device);
+    let mut m = vec![0f32; samples * (len - t)];
+    for s in 0..samples {
+        m[s * (len - t)] = 1.0;
+    }
+    let mask = Tensor::from_data(TensorData::new(m, [samples, len - t, 1]), &model.device);
+    let cut = |x: &Tensor<B, 4>| {
+        let [b, _, h, d] = x.dims();
+        x.clone().slice([0..b, 0..t, 0..h, 0..d])
+    };
+    let kv = corrupted
+        .kv
+        .iter()
+        .map(|l| match (t, &l.k, &l.v) {
+            (1.., Some(k), Some(v)) => LayerKv {
+                k: Some(cut(k)),
+                v: Some(cut(v)),
+            },
+            _ => LayerKv::default(),
+        })
+        .collect();
+    FromToken { ctx, mask, kv }
+}
+
+/// `x[:, t.., :]` of `[rows, pos, d]`.
+fn from_pos<B: Backend>(x: &Tensor<B, 3>, t: usize) -> Tensor<B, 3> {
+    let [rows, pos, d] = x.dims();
+    x.clone().slice([0..rows, t..pos, 0..d])
+}
+
+/// The fast procedure: same numbers as [`trace_naive`], computing only what a
+/// restoration can change (see the module header).
+pub fn trace_fact<B: Backend>(
+    model: &Transformer<B>,
+    input: &TraceInput,
+    cfg: &TraceConfig,
+    on_step: OnStep<'_>,
+) -> Result<FactTrace> {
+    let Setup {
+        n_layers,
+        len,
+        noise,
+        clean,
+    } = setup(model, input, cfg)?;
+    let samples = cfg.samples;
+    let corrupted = corrupted_run(model, input, cfg, &noise)?;
+    // Tokens before the subject are the same in both runs.
+    let first = input.subject.start;
+    let shared: Vec<FromToken<B>> = (first..len)
+        .map(|t| from_token(model, &corrupted, samples, len, t))
+        .collect();
+    let total = cfg.kinds.len() * n_layers;
+    let mut done = 0;
+    let mut kinds = Vec::new();
+    for &kind in &cfg.kinds {
+        let mut scores = scores_shape(len, n_layers);
+        for layer in 0..n_layers {
+            let window = window_layers(kind, layer, cfg.window, n_layers);
+            for (t, row) in scores.iter_mut().enumerate() {
+                if t < first {
+                    row[layer] = corrupted.prob;
+                    continue;
+                }
+                let at = &shared[t - first];
+                let mut kv = at.kv.clone();
+                let out = match kind {
+                    // The restored residual is the next block's input.
+                    TraceKind::Hidden => {
+                        let point = HookPoint::block(layer, BlockSite::ResidPost);
+                        let x = blend(
+                            from_pos(&corrupted.resid[layer + 1], t),
+                            from_pos(&clean_act(&clean, point)?, t),
+                            at.mask.clone(),
+                        );
+                        model.run_blocks_cached(
+                            layer + 1..n_layers,
+                            x,
+                            &at.ctx,
+                            &mut kv,
+                            &mut NoHooks,
+                        )?
+                    }
+                    TraceKind::Mlp | TraceKind::Attn => {
+                        let points: Vec<(HookPoint, Tensor<B, 3>)> = window
+                            .clone()
+                            .map(|l| {
+                                let p = HookPoint::block(l, kind.site());
+                                clean_act(&clean, p).map(|c| (p, from_pos(&c, t)))
+                            })
+                            .collect::<Result<_>>()?;
+                        let mut hook = Restore {
+                            clean: points,
+                            mask: at.mask.clone(),
+                        };
+                        model.run_blocks_cached(
+                            window.start..n_layers,
+                            from_pos(&corrupted.resid[window.start], t),
+                            &at.ctx,
+                            &mut kv,
+                            &mut hook,
+                        )?
+                    }
+                };
+                row[layer] = last_means(model, &out, input.target, samples)?;
+            }
+            done += 1;
+            if !on_step(done, total) {
+                return Err(engram_model::Cancelled.into());
+            }
+        }
+        kinds.push(KindScores { kind, scores });
+    }
+    Ok(FactTrace {
+        input: input.clone(),
+        predicted: clean.predicted,
+        clean_prob: clean.prob,
+        corrupted_prob: corrupted.prob,
         kinds,
     })
 }
