@@ -1,8 +1,9 @@
 //! Layer statistics (ROME §3.1, "layer_stats"): the uncentred second moment
 //! C = E[k kᵀ] of an MLP's keys k (`blocks.{l}.mlp.hook_post`, the input of the
-//! output projection), streamed over a text corpus. Each batch's kᵀk is formed
-//! on the device and added into an f64 accumulator, so memory stays at d_mlp²
-//! beyond the model. Results are cached on disk, keyed by the model's content
+//! output projection), streamed over a text corpus. Only blocks up to the
+//! edited one run; each batch's kᵀk is one GEMM (Engram's on the CPU, the
+//! device's elsewhere) in f32, flushed into an f64 accumulator, so memory stays
+//! at d_mlp² beyond the model. Results are cached on disk, keyed by the model's content
 //! hash, the layer, the corpus hash and the token count.
 
 use std::io::{Read, Write};
@@ -297,12 +298,20 @@ fn collect_layers<B: Backend>(
                 let [b, s, d] = k.dims();
                 n = b * s;
                 let k = k.reshape([b * s, d]);
-                let outer = k.clone().transpose().matmul(k);
-                let v: Vec<f32> = outer
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec()
-                    .map_err(|e| EditError::Invalid(format!("reading statistics: {e:?}")))?;
+                let fast = engram_model::cpu::workflow_paths()
+                    .then(|| engram_model::cpu::gram(&k))
+                    .flatten();
+                let v: Vec<f32> = match fast {
+                    Some(v) => v,
+                    None => k
+                        .clone()
+                        .transpose()
+                        .matmul(k)
+                        .into_data()
+                        .convert::<f32>()
+                        .into_vec()
+                        .map_err(|e| EditError::Invalid(format!("reading statistics: {e:?}")))?,
+                };
                 for (acc, x) in sum.iter_mut().zip(&v) {
                     *acc += f64::from(*x);
                 }
