@@ -133,53 +133,130 @@ pub fn forward_throughput<B: Backend>(
     Ok(rows)
 }
 
-/// Naive vs Engram causal trace of one fact, measured in one run.
+/// The CPU GEMM's rate on `[m, k] · [k, n]` (median of a few runs, this
+/// process's threads), in GFLOP/s; `None` where the kernel is off. The benchmarks'
+/// arithmetic floor is their FLOP count divided by this.
+pub fn gemm_gflops(m: usize, n: usize, k: usize) -> Option<f64> {
+    use engram_model::cpu::{enabled, sgemm};
+    if !enabled() {
+        return None;
+    }
+    let a: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let mut c = vec![0f32; m * n];
+    let reps = ((2e9 / (2.0 * (m * n * k) as f64)) as usize).clamp(3, 200);
+    let t = median_time(5, || {
+        for _ in 0..reps {
+            sgemm(m, n, k, &a, &b, None, &mut c);
+        }
+        Ok(())
+    })
+    .ok()?;
+    Some(2.0 * (m * n * k) as f64 * reps as f64 / t.as_secs_f64() / 1e9)
+}
+
+/// The causal trace of one fact by Engram's procedure, the earlier batched one
+/// and (optionally) the naive one, measured in one run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TraceBenchRow {
     pub tokens: usize,
     pub layers: usize,
     pub samples: usize,
-    pub naive_ms: f64,
+    pub window: usize,
+    pub threads: usize,
+    /// `None` unless `--naive`.
+    pub naive_ms: Option<f64>,
+    pub batched_ms: f64,
     pub engram_ms: f64,
-    pub speedup: f64,
-    /// Largest difference between the two paths' scores.
+    /// Engram's procedure's FLOPs.
+    pub gflop: f64,
+    pub gemm_gflops: Option<f64>,
+    /// FLOPs ÷ the GEMM's rate.
+    pub floor_ms: Option<f64>,
+    /// Largest difference between Engram's scores and the reference's (naive where run, else batched).
     pub max_abs_diff: f32,
+}
+
+/// FLOPs of [`engram_analysis::trace::trace_fact`]: the clean and corrupted
+/// runs, then each restoration's positions `t..` from its first layer on.
+fn trace_flops(
+    c: &engram_model::ModelConfig,
+    input: &engram_analysis::trace::TraceInput,
+    cfg: &engram_analysis::trace::TraceConfig,
+) -> f64 {
+    use engram_analysis::trace::{window_layers, TraceKind};
+    let (len, n) = (input.ids.len(), c.n_layers);
+    let block = c.block_flops(len);
+    let mut f = (1 + cfg.samples) as f64 * len as f64 * n as f64 * block;
+    for &kind in &cfg.kinds {
+        for layer in 0..n {
+            let start = match kind {
+                TraceKind::Hidden => layer + 1,
+                _ => window_layers(kind, layer, cfg.window, n).start,
+            };
+            for t in input.subject.start..len {
+                f += cfg.samples as f64 * ((len - t) * (n - start)) as f64 * block
+                    + cfg.samples as f64 * c.unembed_flops();
+            }
+        }
+    }
+    f
 }
 
 pub fn trace_speed<B: Backend>(
     lm: &engram_model::LanguageModel<B>,
     fact: &engram_datasets::facts::UserFact,
     samples: usize,
+    window: usize,
+    naive: bool,
 ) -> Result<TraceBenchRow> {
-    use engram_analysis::trace::{trace_fact, trace_naive, TraceConfig};
+    use engram_analysis::trace::{trace_batched, trace_fact, trace_naive, FactTrace, TraceConfig};
     let input = engram_analysis::jobs::trace::prepare(lm, fact)?;
     let cfg = TraceConfig {
         samples,
+        window,
         ..TraceConfig::rome(0.1)
     };
+    let timed =
+        |f: &dyn Fn() -> std::result::Result<FactTrace, engram_analysis::trace::TraceError>| {
+            let t = Instant::now();
+            let r = f()?;
+            Ok::<_, anyhow::Error>((r, t.elapsed().as_secs_f64() * 1e3))
+        };
     // Warm-up (allocator, kernels), then one timed run of each.
     trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
-    let t = Instant::now();
-    let fast = trace_fact(&lm.model, &input, &cfg, &mut |_, _| true)?;
-    let engram_ms = t.elapsed().as_secs_f64() * 1e3;
-    let t = Instant::now();
-    let naive = trace_naive(&lm.model, &input, &cfg, &mut |_, _| true)?;
-    let naive_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut max_abs_diff = 0f32;
-    for (a, b) in fast.kinds.iter().zip(&naive.kinds) {
+    let (fast, engram_ms) = timed(&|| trace_fact(&lm.model, &input, &cfg, &mut |_, _| true))?;
+    let (batched, batched_ms) =
+        timed(&|| trace_batched(&lm.model, &input, &cfg, &mut |_, _| true))?;
+    let (reference, naive_ms) = if naive {
+        let (r, ms) = timed(&|| trace_naive(&lm.model, &input, &cfg, &mut |_, _| true))?;
+        (r, Some(ms))
+    } else {
+        (batched, None)
+    };
+    let mut max_abs_diff = (fast.corrupted_prob - reference.corrupted_prob).abs();
+    for (a, b) in fast.kinds.iter().zip(&reference.kinds) {
         for (ra, rb) in a.scores.iter().zip(&b.scores) {
             for (x, y) in ra.iter().zip(rb) {
                 max_abs_diff = max_abs_diff.max((x - y).abs());
             }
         }
     }
+    let c = &lm.model.config;
+    let flops = trace_flops(c, &input, &cfg);
+    let rate = gemm_gflops(samples * input.ids.len() / 2, c.d_mlp, c.d_model);
     Ok(TraceBenchRow {
         tokens: input.ids.len(),
-        layers: lm.model.config.n_layers,
+        layers: c.n_layers,
         samples,
+        window,
+        threads: rayon::current_num_threads(),
         naive_ms,
+        batched_ms,
         engram_ms,
-        speedup: naive_ms / engram_ms,
+        gflop: flops / 1e9,
+        gemm_gflops: rate,
+        floor_ms: rate.map(|r| flops / r / 1e6),
         max_abs_diff,
     })
 }
@@ -274,6 +351,12 @@ pub(crate) enum BenchCommand {
         target: String,
         #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
         samples: usize,
+        /// Layers restored together for mlp and attn (ROME's 10).
+        #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 10)]
+        window: usize,
+        /// Also time the naive procedure (one forward pass per restoration; slow).
+        #[arg(long)]
+        naive: bool,
         #[command(flatten)]
         backend: BackendArgs,
         #[arg(long)]
@@ -317,6 +400,8 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             subject,
             target,
             samples,
+            window,
+            naive,
             backend,
             json,
         } => backend.run(TraceBenchJob {
@@ -328,6 +413,8 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                 relation: None,
             },
             samples,
+            window,
+            naive,
             json,
             label: backend.label(),
         }),
@@ -598,7 +685,6 @@ impl BackendJob for EditBenchJob {
         use engram_editing::rome::context::context_templates;
         use engram_editing::rome::{rome_edit, EditRequest};
         use engram_editing::stats::{collect_stats, StatsOptions};
-        use std::time::Instant;
         let a = self;
         let lm = load::<B>(&a.model, &device)?;
         let hp = engram_editing::jobs::setup::resolve_hparams(
@@ -629,16 +715,38 @@ impl BackendJob for EditBenchJob {
             max_tokens: a.stats_tokens,
             ..StatsOptions::new(layer)
         };
-        let t = Instant::now();
-        let stats = collect_stats(
-            &lm.model,
-            &lm.tokenizer,
-            &text,
-            "bench",
-            &opts,
-            &mut |_, _| true,
-        )?;
-        let stats_s = t.elapsed().as_secs_f64();
+        let c = lm.model.config.clone();
+        let stats_once = |label: &str| -> Result<(engram_editing::stats::LayerStats, f64)> {
+            let t = Instant::now();
+            let stats = collect_stats(
+                &lm.model,
+                &lm.tokenizer,
+                &text,
+                label,
+                &opts,
+                &mut |_, _| true,
+            )?;
+            Ok((stats, t.elapsed().as_secs_f64()))
+        };
+        // Statistics: Engram's, the plain loop (burn's matmul for kᵀk), and a bare
+        // forward pass through the same blocks on rows of the same shape.
+        let (stats, stats_s) = stats_once("bench")?;
+        engram_model::cpu::set_workflow_paths(false);
+        let plain = stats_once("bench");
+        engram_model::cpu::set_workflow_paths(true);
+        let (_, plain_s) = plain?;
+        let rows = synthetic_rows(c.vocab_size, opts.batch_size, opts.seq_len.min(c.n_ctx));
+        let batch = Batch::uniform(&rows)?;
+        let ctx = lm.model.context(&batch)?;
+        let fwd = median_time(3, || {
+            let x = lm.model.embed(&batch, &mut NoHooks)?;
+            let _ = lm
+                .model
+                .run_blocks(0..layer + 1, x, &ctx, &mut NoHooks)?
+                .into_data();
+            Ok(())
+        })?;
+        let fwd_tps = (batch.batch_size() * batch.seq_len()) as f64 / fwd.as_secs_f64();
         let t = Instant::now();
         let cov = KeyCovariance::new(&stats)?;
         let chol_s = t.elapsed().as_secs_f64();
@@ -650,34 +758,108 @@ impl BackendJob for EditBenchJob {
             0,
         )?;
         let templ_s = t.elapsed().as_secs_f64();
-        let mut times = Vec::new();
-        let mut steps = 0;
-        for _ in 0..2 {
+        let edit = || -> Result<(engram_editing::rome::RomeEdit, f64)> {
             let t = Instant::now();
             let e = rome_edit(&lm, &request, &hp, &cov, &templates, &mut |_, _| true)?;
-            times.push(t.elapsed().as_secs_f64());
-            steps = e.steps.len();
-        }
+            Ok((e, t.elapsed().as_secs_f64()))
+        };
+        let (_, first_s) = edit()?;
+        let (e, edit_s) = edit()?;
+        engram_model::cpu::set_workflow_paths(false);
+        let burn = edit();
+        engram_model::cpu::set_workflow_paths(true);
+        let (e_burn, burn_s) = burn?;
+        let max_diff =
+            e.r.iter()
+                .zip(&e_burn.r)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+        // The v* optimisation's arithmetic: per step, the tail rows through the
+        // blocks above the edit and the picked positions through the unembedding,
+        // forward and back (the input gradient costs what the forward does).
+        let target_ids = lm.target_tokens(&request.prompt, &request.target)?;
+        let job = engram_editing::rome::compute_v::DeltaJob::new(
+            &lm,
+            &request.prompt,
+            &request.subject,
+            &target_ids,
+            &templates,
+        )?;
+        let longest = job.rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let positions = job.rows.len() * job.tail_len();
+        let picks = job.prompt_lens.len() * target_ids.len() + 1;
+        let step_flops = 2.0
+            * (positions as f64 * (c.n_layers - layer - 1) as f64 * c.block_flops(longest)
+                + picks as f64 * c.unembed_flops());
+        let v_flops = step_flops * e.steps.len() as f64;
+        let stats_flops = stats.key.tokens as f64
+            * ((layer + 1) as f64 * c.block_flops(opts.seq_len / 2)
+                + 2.0 * (c.d_mlp * c.d_mlp) as f64);
+        let rate_v = gemm_gflops(positions, c.d_mlp, c.d_model);
+        let rate_s = gemm_gflops(
+            opts.batch_size * opts.seq_len.min(c.n_ctx),
+            c.d_mlp,
+            c.d_model,
+        );
+        let floor = |flops: f64, rate: Option<f64>| match rate {
+            Some(r) => format!(
+                "{:.1} GFLOP / {r:.1} GFLOP/s (GEMM) = {:.2} s",
+                flops / 1e9,
+                flops / r / 1e9
+            ),
+            None => "not measured (the CPU GEMM is off)".into(),
+        };
+        let keys = stats.key.tokens as f64;
         outln!(
-            "bench edit on {} ({}), layer {layer}, d_mlp {}",
+            "bench edit on {} ({}), layer {layer}, d_mlp {}, {} thread(s)",
             a.model.display(),
             a.label,
-            stats.dim
+            stats.dim,
+            rayon::current_num_threads()
         );
         outln!(
-            "statistics: {} key vectors in {:.2} s = {:.0} key vectors/s; Cholesky of C {:.2} s",
+            "statistics, {} key vectors: engram {:.2} s = {:.0} key vectors/s; plain loop (burn matmul for kᵀk) {:.2} s = {:.0}/s",
             stats.key.tokens,
             stats_s,
-            stats.key.tokens as f64 / stats_s,
-            chol_s
+            keys / stats_s,
+            plain_s,
+            keys / plain_s
         );
         outln!(
-            "edit with statistics in memory: {:.3} s, then {:.3} s ({} v* steps, {} prefixes; prefixes generated once in {:.3} s)",
-            times[0],
-            times[1],
-            steps,
-            templates.len(),
-            templ_s
+            "  forward through blocks 0..={layer} ({} x {} rows): {:.0} tokens/s; statistics at {:.0}% of it",
+            batch.batch_size(),
+            batch.seq_len(),
+            fwd_tps,
+            100.0 * keys / stats_s / fwd_tps
+        );
+        outln!(
+            "  arithmetic floor: {}; engram is x{:.2} the floor",
+            floor(stats_flops, rate_s),
+            rate_s.map_or(f64::NAN, |r| stats_s / (stats_flops / r / 1e9))
+        );
+        outln!(
+            "  Cholesky of C: {chol_s:.2} s; {} prefixes generated once in {templ_s:.3} s",
+            templates.len()
+        );
+        outln!(
+            "edit with statistics in memory ({} v* steps, {} rows x {} tail positions): engram {:.3} s (first run {:.3} s); burn autodiff v* {:.3} s: x{:.2}",
+            e.steps.len(),
+            job.rows.len(),
+            job.tail_len(),
+            edit_s,
+            first_s,
+            burn_s,
+            burn_s / edit_s
+        );
+        outln!(
+            "  v* arithmetic floor: {}; the whole edit is x{:.2} the floor",
+            floor(v_flops, rate_v),
+            rate_v.map_or(f64::NAN, |r| edit_s / (v_flops / r / 1e9))
+        );
+        outln!(
+            "  max |r(engram) - r(burn autodiff)|: {max_diff:.2e} ({} and {} v* steps)",
+            e.steps.len(),
+            e_burn.steps.len()
         );
         Ok(())
     }
@@ -687,6 +869,8 @@ struct TraceBenchJob {
     model: PathBuf,
     fact: engram_datasets::facts::UserFact,
     samples: usize,
+    window: usize,
+    naive: bool,
     json: bool,
     label: String,
 }
@@ -696,31 +880,52 @@ impl BackendJob for TraceBenchJob {
     type Error = anyhow::Error;
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let lm = load::<B>(&self.model, &device)?;
-        let row = trace_speed(&lm, &self.fact, self.samples)?;
+        let row = trace_speed(&lm, &self.fact, self.samples, self.window, self.naive)?;
         if self.json {
             outln!("{}", serde_json::to_string_pretty(&row)?);
-        } else {
+            return Ok(());
+        }
+        outln!(
+            "causal trace, one fact ({} tokens x {} layers x 3 kinds, {} samples, window {}), {}, {} thread(s):",
+            row.tokens,
+            row.layers,
+            row.samples,
+            row.window,
+            self.label,
+            row.threads
+        );
+        if let Some(ms) = row.naive_ms {
             outln!(
-                "causal trace, one fact ({} tokens x {} layers x 3 kinds, {} samples), {}:",
-                row.tokens,
-                row.layers,
-                row.samples,
-                self.label
-            );
-            outln!(
-                "  naive (one restoration per forward pass): {:>9.1} ms",
-                row.naive_ms
-            );
-            outln!(
-                "  engram (batched, prefix reuse):           {:>9.1} ms",
-                row.engram_ms
-            );
-            outln!(
-                "  speed-up: x{:.2}   max |difference|: {:.2e}",
-                row.speedup,
-                row.max_abs_diff
+                "  naive (one restoration per forward pass):     {ms:>10.1} ms  x{:.2} of engram",
+                ms / row.engram_ms
             );
         }
+        outln!(
+            "  batched (every position, one batch per layer): {:>10.1} ms  x{:.2} of engram",
+            row.batched_ms,
+            row.batched_ms / row.engram_ms
+        );
+        outln!(
+            "  engram (positions t.. from layer l, cached):   {:>10.1} ms",
+            row.engram_ms
+        );
+        match (row.gemm_gflops, row.floor_ms) {
+            (Some(rate), Some(floor)) => outln!(
+                "  arithmetic floor: {:.1} GFLOP / {rate:.1} GFLOP/s (GEMM) = {floor:.1} ms; engram is x{:.2} the floor",
+                row.gflop,
+                row.engram_ms / floor
+            ),
+            _ => outln!("  arithmetic floor: not measured (the CPU GEMM is off)"),
+        }
+        outln!(
+            "  max |engram - {}|: {:.2e}",
+            if row.naive_ms.is_some() {
+                "naive"
+            } else {
+                "batched"
+            },
+            row.max_abs_diff
+        );
         Ok(())
     }
 }
