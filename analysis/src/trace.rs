@@ -698,56 +698,45 @@ fn last_means<B: Backend>(
     Ok(group_means(logits, target, samples)?[0])
 }
 
-/// What restorations at token `t` share: positions `t..` over keys and values before `t`.
-struct FromToken<B: Backend> {
-    ctx: ForwardCtx<B>,
-    /// `[samples, len - t, 1]`: 1 at `t`.
-    mask: Tensor<B, 3>,
-    /// Each block's corrupted keys and values at positions `..t`.
-    kv: Vec<LayerKv<B>>,
-}
-
-fn from_token<B: Backend>(
-    model: &Transformer<B>,
-    corrupted: &Corrupted<B>,
-    samples: usize,
-    len: usize,
-    t: usize,
-) -> FromToken<B> {
-    let positions = vec![(t..len).collect::<Vec<_>>(); samples];
-    let keep = vec![vec![true; len]; samples];
-    let ctx = ForwardCtx::new(&model.config, &positions, &keep, &model.device);
-    let mut m = vec![0f32; samples * (len - t)];
-    for s in 0..samples {
-        m[s * (len - t)] = 1.0;
-    }
-    let mask = Tensor::from_data(TensorData::new(m, [samples, len - t, 1]), &model.device);
-    let cut = |x: &Tensor<B, 4>| {
-        let [b, _, h, d] = x.dims();
-        x.clone().slice([0..b, 0..t, 0..h, 0..d])
-    };
-    let kv = corrupted
-        .kv
-        .iter()
-        .map(|l| match (t, &l.k, &l.v) {
-            (1.., Some(k), Some(v)) => LayerKv {
-                k: Some(cut(k)),
-                v: Some(cut(v)),
-            },
-            _ => LayerKv::default(),
-        })
-        .collect();
-    FromToken { ctx, mask, kv }
-}
-
 /// `x[:, t.., :]` of `[rows, pos, d]`.
 fn from_pos<B: Backend>(x: &Tensor<B, 3>, t: usize) -> Tensor<B, 3> {
     let [rows, pos, d] = x.dims();
     x.clone().slice([0..rows, t..pos, 0..d])
 }
 
+/// The first block a restoration of `kind` at `layer` changes.
+fn first_block(kind: TraceKind, layer: usize, window: usize, n_layers: usize) -> usize {
+    match kind {
+        // The restored residual is the next block's input.
+        TraceKind::Hidden => layer + 1,
+        _ => window_layers(kind, layer, window, n_layers).start,
+    }
+}
+
+/// `[rows, len, 1]`: 1 at position 0 of the rows of the groups `on` picks.
+fn group_mask<B: Backend>(
+    on: impl Iterator<Item = bool>,
+    samples: usize,
+    len: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let mut m = Vec::new();
+    for pick in on {
+        for _ in 0..samples {
+            m.push(if pick { 1.0 } else { 0.0 });
+            m.extend(std::iter::repeat_n(0f32, len - 1));
+        }
+    }
+    let rows = m.len() / len;
+    Tensor::from_data(TensorData::new(m, [rows, len, 1]), device)
+}
+
 /// The fast procedure: same numbers as [`trace_naive`], computing only what a
-/// restoration can change (see the module header).
+/// restoration can change (see the module header). For each token `t`, every
+/// restoration (kind × layer) runs in one batch that grows block by block: a
+/// restoration's rows join at the first block it changes, entering with the
+/// corrupted residual there, and all rows share the corrupted keys and values
+/// of positions before `t`.
 pub fn trace_fact<B: Backend>(
     model: &Transformer<B>,
     input: &TraceInput,
@@ -761,79 +750,158 @@ pub fn trace_fact<B: Backend>(
         clean,
     } = setup(model, input, cfg)?;
     let samples = cfg.samples;
+    let device = &model.device;
     let corrupted = corrupted_run(model, input, cfg, &noise)?;
+    let mut scores = vec![scores_shape(len, n_layers); cfg.kinds.len()];
     // Tokens before the subject are the same in both runs.
     let first = input.subject.start;
-    let shared: Vec<FromToken<B>> = (first..len)
-        .map(|t| from_token(model, &corrupted, samples, len, t))
+    for kind_scores in &mut scores {
+        for row in &mut kind_scores[..first] {
+            row.fill(corrupted.prob);
+        }
+    }
+    let n = n_layers;
+    let all: Vec<(usize, usize)> = (0..cfg.kinds.len())
+        .flat_map(|k| (0..n).map(move |l| (k, l)))
         .collect();
-    let total = cfg.kinds.len() * n_layers;
+    let starts: Vec<usize> = all
+        .iter()
+        .map(|&(k, l)| first_block(cfg.kinds[k], l, cfg.window, n))
+        .collect();
+    let total = (len - first) * (n + 1);
     let mut done = 0;
-    let mut kinds = Vec::new();
-    for &kind in &cfg.kinds {
-        let mut scores = scores_shape(len, n_layers);
-        for layer in 0..n_layers {
-            let window = window_layers(kind, layer, cfg.window, n_layers);
-            for (t, row) in scores.iter_mut().enumerate() {
-                if t < first {
-                    row[layer] = corrupted.prob;
-                    continue;
+    // `t` is a token position first, an index second.
+    #[allow(clippy::needless_range_loop)]
+    for t in first..len {
+        let tail = len - t;
+        let max_rows = all.len() * samples;
+        let full = ForwardCtx::new(
+            &model.config,
+            &vec![(t..len).collect::<Vec<_>>(); max_rows],
+            &vec![vec![true; len]; max_rows],
+            device,
+        );
+        let one = group_mask::<B>(std::iter::once(true), samples, tail, device);
+        // Row groups (indices into `all`), `samples` rows each, in the order they joined.
+        let mut groups: Vec<usize> = Vec::new();
+        let mut x: Option<Tensor<B, 3>> = None;
+        let mut kv = vec![LayerKv::<B>::default(); n];
+        for j in 0..=n {
+            let entering: Vec<usize> = (0..all.len()).filter(|&i| starts[i] == j).collect();
+            if !entering.is_empty() {
+                let base = from_pos(&corrupted.resid[j], t);
+                let mut parts: Vec<Tensor<B, 3>> = x.take().into_iter().collect();
+                for &i in &entering {
+                    let (k, l) = all[i];
+                    parts.push(match cfg.kinds[k] {
+                        TraceKind::Hidden => {
+                            let point = HookPoint::block(l, BlockSite::ResidPost);
+                            blend(
+                                base.clone(),
+                                from_pos(&clean_act(&clean, point)?, t),
+                                one.clone(),
+                            )
+                        }
+                        _ => base.clone(),
+                    });
                 }
-                let at = &shared[t - first];
-                let mut kv = at.kv.clone();
-                let out = match kind {
-                    // The restored residual is the next block's input.
-                    TraceKind::Hidden => {
-                        let point = HookPoint::block(layer, BlockSite::ResidPost);
-                        let x = blend(
-                            from_pos(&corrupted.resid[layer + 1], t),
-                            from_pos(&clean_act(&clean, point)?, t),
-                            at.mask.clone(),
-                        );
-                        model.run_blocks_cached(
-                            layer + 1..n_layers,
-                            x,
-                            &at.ctx,
-                            &mut kv,
-                            &mut NoHooks,
-                        )?
-                    }
-                    TraceKind::Mlp | TraceKind::Attn => {
-                        let points: Vec<(HookPoint, Tensor<B, 3>)> = window
-                            .clone()
-                            .map(|l| {
-                                let p = HookPoint::block(l, kind.site());
-                                clean_act(&clean, p).map(|c| (p, from_pos(&c, t)))
-                            })
-                            .collect::<Result<_>>()?;
-                        let mut hook = Restore {
-                            clean: points,
-                            mask: at.mask.clone(),
-                        };
-                        model.run_blocks_cached(
-                            window.start..n_layers,
-                            from_pos(&corrupted.resid[window.start], t),
-                            &at.ctx,
-                            &mut kv,
-                            &mut hook,
-                        )?
-                    }
+                x = Some(Tensor::cat(parts, 0));
+                groups.extend(entering);
+            }
+            if j == n {
+                break;
+            }
+            if let Some(xj) = x.take() {
+                let rows = groups.len() * samples;
+                let ctx = ForwardCtx {
+                    mask: {
+                        let [_, h, q, k] = full.mask.dims();
+                        full.mask.clone().slice([0..rows, 0..h, 0..q, 0..k])
+                    },
+                    rotary: full.rotary.as_ref().map(|(c, s)| {
+                        let [_, p, h, d] = c.dims();
+                        (
+                            c.clone().slice([0..rows, 0..p, 0..h, 0..d]),
+                            s.clone().slice([0..rows, 0..p, 0..h, 0..d]),
+                        )
+                    }),
                 };
-                row[layer] = last_means(model, &out, input.target, samples)?;
+                kv[j] = match (t, &corrupted.kv[j].k, &corrupted.kv[j].v) {
+                    (1.., Some(k), Some(v)) => {
+                        let cut = |x: &Tensor<B, 4>| {
+                            let [b, _, h, d] = x.dims();
+                            x.clone()
+                                .slice([0..b, 0..t, 0..h, 0..d])
+                                .repeat_dim(0, groups.len())
+                        };
+                        LayerKv {
+                            k: Some(cut(k)),
+                            v: Some(cut(v)),
+                        }
+                    }
+                    _ => LayerKv::default(),
+                };
+                // The MLP and attention restorations whose window holds block j.
+                let restore = |kind: TraceKind| -> Result<Restore<B>> {
+                    let on: Vec<bool> = groups
+                        .iter()
+                        .map(|&i| {
+                            let (k, l) = all[i];
+                            cfg.kinds[k] == kind
+                                && window_layers(kind, l, cfg.window, n).contains(&j)
+                        })
+                        .collect();
+                    let clean = if on.iter().any(|&b| b) {
+                        let p = HookPoint::block(j, kind.site());
+                        vec![(p, from_pos(&clean_act(&clean, p)?, t))]
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Restore {
+                        clean,
+                        mask: group_mask(on.into_iter(), samples, tail, device),
+                    })
+                };
+                let mut hooks = (restore(TraceKind::Mlp)?, restore(TraceKind::Attn)?);
+                x = Some(model.run_blocks_cached(j..j + 1, xj, &ctx, &mut kv, &mut hooks)?);
+                kv[j] = LayerKv::default();
             }
             done += 1;
             if !on_step(done, total) {
                 return Err(engram_model::Cancelled.into());
             }
         }
-        kinds.push(KindScores { kind, scores });
+        let Some(out) = x else { continue };
+        // The last position of every row, unembedded in chunks of whole groups.
+        let [rows, _, d] = out.dims();
+        let last = out.slice([0..rows, tail - 1..tail, 0..d]);
+        let per_chunk = (256 / samples).max(1) * samples;
+        let mut means = Vec::with_capacity(groups.len());
+        for r0 in (0..rows).step_by(per_chunk) {
+            let r1 = (r0 + per_chunk).min(rows);
+            let logits = model.unembed(last.clone().slice([r0..r1, 0..1, 0..d]), &mut NoHooks)?;
+            means.extend(group_means(logits, input.target, samples)?);
+        }
+        for (&i, p) in groups.iter().zip(means) {
+            let (k, l) = all[i];
+            scores[k][t][l] = p;
+        }
+        done += 1;
+        if !on_step(done, total) {
+            return Err(engram_model::Cancelled.into());
+        }
     }
     Ok(FactTrace {
         input: input.clone(),
         predicted: clean.predicted,
         clean_prob: clean.prob,
         corrupted_prob: corrupted.prob,
-        kinds,
+        kinds: cfg
+            .kinds
+            .iter()
+            .zip(scores)
+            .map(|(&kind, scores)| KindScores { kind, scores })
+            .collect(),
     })
 }
 
