@@ -70,6 +70,15 @@ impl<B: Backend> Norm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if let Some(y) =
             crate::cpu::ops::norm(&x, self.kind, self.eps, &self.weight, self.bias.as_ref())
+                .or_else(|| {
+                    crate::cpu::autodiff_norm(
+                        &x,
+                        self.kind,
+                        self.eps,
+                        &self.weight,
+                        self.bias.as_ref(),
+                    )
+                })
         {
             return y;
         }
@@ -201,7 +210,9 @@ fn apply_rotary<B: Backend>(
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    if let Some(y) = crate::cpu::ops::rotary(&x, style, cos, sin) {
+    if let Some(y) = crate::cpu::ops::rotary(&x, style, cos, sin)
+        .or_else(|| crate::cpu::autodiff_rotary(&x, style, cos, sin))
+    {
         return y;
     }
     let [b, s, h, d] = x.dims();
@@ -306,6 +317,7 @@ impl<B: Backend> Attention<B> {
             None
         } else {
             crate::cpu::ops::attention(&q, &k, &v, &ctx.mask)
+                .or_else(|| crate::cpu::autodiff_attention(&q, &k, &v, &ctx.mask))
         };
         // [batch, pos, head, d_head]
         let z = match fused {
@@ -396,7 +408,9 @@ impl<B: Backend> Mlp<B> {
             Some(up) => {
                 let up = at3(hooks, hp(BlockSite::MlpPreLinear), up.forward(x))?;
                 match self.act {
-                    MlpActivation::Silu => match crate::cpu::ops::silu_mul(&pre, &up) {
+                    MlpActivation::Silu => match crate::cpu::ops::silu_mul(&pre, &up)
+                        .or_else(|| crate::cpu::autodiff_silu_mul(&pre, &up))
+                    {
                         Some(post) => post,
                         None => silu(pre) * up,
                     },

@@ -258,3 +258,65 @@ pub fn gram<B: Backend>(x: &Tensor<B, 2>) -> Option<Vec<f32>> {
     let mut c = vec![0f32; d * d];
     sgemm(d, d, n, &xt, &data, None, &mut c).then_some(c)
 }
+
+/// Attention under autodiff on the ndarray backend (ROME's v*, MEMIT's z) as one
+/// graph step with a hand-written backward; `None` elsewhere.
+///
+/// # Shapes
+/// - q: `[batch, pos, head, d_head]`, k, v: `[batch, key_pos, kv_head, d_head]`,
+///   mask: `[batch, 1, pos, key_pos]` → `[batch, pos, head, d_head]`
+pub fn autodiff_attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+) -> Option<Tensor<B, 4>> {
+    if !enabled() || !workflow_paths() {
+        return None;
+    }
+    autodiff::attention(q, k, v, mask)
+}
+
+/// LayerNorm or RMSNorm under autodiff on the ndarray backend, with a hand-written backward.
+///
+/// # Shapes
+/// - x: `[batch, pos, d]`, weight/bias: `[d]` → `[batch, pos, d]`
+pub fn autodiff_norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    kind: crate::config::NormKind,
+    eps: f64,
+    weight: &Tensor<B, 1>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 3>> {
+    (enabled() && workflow_paths())
+        .then(|| autodiff::norm(x, kind, eps, weight, bias))
+        .flatten()
+}
+
+/// Rotary embeddings under autodiff on the ndarray backend.
+///
+/// # Shapes
+/// - x: `[batch, pos, heads, d_head]`, cos/sin: `[batch, pos, 1, rotary_dim]`
+pub fn autodiff_rotary<B: Backend>(
+    x: &Tensor<B, 4>,
+    style: crate::config::RotaryStyle,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    (enabled() && workflow_paths())
+        .then(|| autodiff::rotary(x, style, cos, sin))
+        .flatten()
+}
+
+/// `silu(gate) · up` under autodiff on the ndarray backend.
+///
+/// # Shapes
+/// - gate, up: `[batch, pos, d_mlp]` → `[batch, pos, d_mlp]`
+pub fn autodiff_silu_mul<B: Backend>(
+    gate: &Tensor<B, 3>,
+    up: &Tensor<B, 3>,
+) -> Option<Tensor<B, 3>> {
+    (enabled() && workflow_paths())
+        .then(|| autodiff::silu_mul(gate, up))
+        .flatten()
+}
