@@ -161,8 +161,11 @@ fn stderr_control() -> engram_model::Control {
     if std::io::stderr().is_terminal() {
         return bar_control();
     }
-    // Not a terminal (a log, a pipe): plain counts, as a log reader wants them.
-    engram_model::Control::with_sink(|p| {
+    // Not a terminal (a log, a pipe): plain count lines, as a log reader wants them:
+    // a stage's first count, then at most one line per 5 s while it moves, and its last.
+    let last: std::sync::Mutex<Option<(String, u64, std::time::Instant)>> =
+        std::sync::Mutex::new(None);
+    engram_model::Control::with_sink(move |p| {
         use std::io::Write;
         let mut err = std::io::stderr().lock();
         if p.total == 0 {
@@ -170,9 +173,16 @@ fn stderr_control() -> engram_model::Control {
             let _ = writeln!(err, "{}", p.stage);
             return;
         }
-        let _ = write!(err, "\r{}: {}/{}   ", p.stage, p.done, p.total);
-        if p.done >= p.total {
-            let _ = writeln!(err);
+        let Ok(mut last) = last.lock() else { return };
+        let due = match &*last {
+            Some((stage, done, at)) if *stage == p.stage => {
+                p.done >= p.total || (p.done != *done && at.elapsed().as_secs() >= 5)
+            }
+            _ => true,
+        };
+        if due {
+            let _ = writeln!(err, "{}: {}/{}", p.stage, p.done, p.total);
+            *last = Some((p.stage.clone(), p.done, std::time::Instant::now()));
         }
     })
 }

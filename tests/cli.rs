@@ -1599,8 +1599,8 @@ fn eval_ft_l_scores_demo_cases() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Progress goes to stderr as plain counts when stderr is not a terminal, and
-/// `--quiet` silences it.
+/// Progress goes to stderr as plain count lines when stderr is not a terminal,
+/// and `--quiet` silences it.
 #[test]
 fn progress_is_plain_off_a_terminal_and_quiet_silences_it() {
     let dir = std::env::temp_dir().join(format!("engram-cli-quiet-{}", std::process::id()));
@@ -1616,7 +1616,10 @@ fn progress_is_plain_off_a_terminal_and_quiet_silences_it() {
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    assert!(run(&[]).contains("cases: 1/1"));
+    let plain = run(&[]);
+    // Whole lines for a log: no carriage returns, each count on a line of its own.
+    assert!(plain.lines().any(|l| l == "cases: 1/1"), "{plain}");
+    assert!(!plain.contains('\r'), "{plain}");
     let quiet = run(&["--quiet"]);
     assert!(
         !quiet.contains("cases:") && !quiet.contains("statistics"),
