@@ -49,3 +49,33 @@ fn ft_l_keeps_its_bound_raises_the_target_and_reverts_bit_for_bit() {
     assert_eq!(out_proj_bits(&fresh.model, hp.layer), applied);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn the_checked_in_ft_hparams_parse_and_say_where_they_come_from() {
+    for name in ["demo", "smollm2-135m", "gpt2-xl", "gpt-j-6b", "llama3-8b"] {
+        let hp = FtHparams::builtin(name).unwrap_or_else(|| panic!("{name} is checked in"));
+        hp.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!hp.source.is_empty(), "{name} says where it comes from");
+    }
+    let bound = |name| {
+        FtHparams::builtin(name)
+            .expect("checked in")
+            .norm_constraint
+    };
+    assert_eq!(bound("gpt2-xl"), 5e-4);
+    assert_eq!(bound("gpt-j-6b"), 5e-5);
+    // AlphaEdit's Llama3 baseline is plain FT: `"norm_constraint": false`.
+    assert!(bound("llama3-8b").is_infinite());
+    let parse = |v: &str| {
+        serde_json::from_str::<FtHparams>(&format!(
+            r#"{{"layer": 0, "num_steps": 1, "lr": 0.1, "norm_constraint": {v}}}"#
+        ))
+    };
+    assert!(parse("true").is_err(), "true is not a bound");
+    assert!(parse("null")
+        .expect("null: no bound")
+        .norm_constraint
+        .is_infinite());
+    let zero = parse("0").expect("parses");
+    assert!(zero.check().is_err(), "a zero bound is refused");
+}

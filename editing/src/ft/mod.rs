@@ -26,7 +26,9 @@ pub struct FtHparams {
     pub num_steps: usize,
     /// Adam's learning rate.
     pub lr: f64,
-    /// ε of the L∞ bound |W − W₀| ≤ ε, applied after every step.
+    /// ε of the L∞ bound |W − W₀| ≤ ε, applied after every step; infinite where
+    /// the file says `false` (plain FT, as AlphaEdit's Llama3 baseline).
+    #[serde(deserialize_with = "bound")]
     pub norm_constraint: f64,
     #[serde(default)]
     pub weight_decay: f64,
@@ -36,11 +38,14 @@ pub struct FtHparams {
 }
 
 impl FtHparams {
-    /// The checked-in file: the demo's (measured); other models take
-    /// `--hparams FILE`.
+    /// The checked-in file (each says where its values come from).
     pub fn builtin(name: &str) -> Option<Self> {
         let text = match name {
             "demo" => include_str!("../../hparams/ft/demo.json"),
+            "smollm2-135m" => include_str!("../../hparams/ft/smollm2-135m.json"),
+            "gpt2-xl" => include_str!("../../hparams/ft/gpt2-xl.json"),
+            "gpt-j-6b" => include_str!("../../hparams/ft/gpt-j-6b.json"),
+            "llama3-8b" => include_str!("../../hparams/ft/llama3-8b.json"),
             _ => return None,
         };
         serde_json::from_str(text).ok()
@@ -56,12 +61,17 @@ impl FtHparams {
         if self.num_steps == 0 {
             return Err(EditError::Invalid("num_steps must be at least 1".into()));
         }
-        for (name, v) in [("lr", self.lr), ("norm_constraint", self.norm_constraint)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(EditError::Invalid(format!(
-                    "{name} {v} must be a finite number above 0"
-                )));
-            }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(EditError::Invalid(format!(
+                "lr {} must be a finite number above 0",
+                self.lr
+            )));
+        }
+        if self.norm_constraint.is_nan() || self.norm_constraint <= 0.0 {
+            return Err(EditError::Invalid(format!(
+                "norm_constraint {} must be a number above 0, or false for no bound",
+                self.norm_constraint
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(EditError::Invalid(format!(
@@ -80,6 +90,8 @@ pub struct FtEdit {
     pub layer: usize,
     /// Row-major `[d_mlp, d_model]`, each entry within ±`norm_constraint`.
     pub delta: Vec<f32>,
+    /// Infinite (written `null`) where there was no bound.
+    #[serde(deserialize_with = "bound")]
     pub norm_constraint: f64,
     /// The target's mean negative log-likelihood before each step, and after the last.
     pub losses: Vec<f32>,
@@ -207,4 +219,21 @@ pub fn ft_edit<B: Backend>(
         losses,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// An L∞ bound: a number, or `false`/`null` for none (infinity).
+fn bound<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bound {
+        Eps(f64),
+        Off(bool),
+    }
+    match Option::<Bound>::deserialize(d)? {
+        Some(Bound::Eps(e)) => Ok(e),
+        Some(Bound::Off(false)) | None => Ok(f64::INFINITY),
+        Some(Bound::Off(true)) => Err(serde::de::Error::custom(
+            "norm_constraint: a number, or false for no bound",
+        )),
+    }
 }

@@ -356,7 +356,7 @@ pub fn resolve_ft_hparams(
 ) -> Result<crate::ft::FtHparams> {
     resolve(
         "FT-L",
-        "demo; other models: a JSON file with layer, num_steps, lr, norm_constraint",
+        "demo, smollm2-135m, gpt2-xl, gpt-j-6b, llama3-8b",
         (model, given, settings),
         crate::ft::FtHparams::builtin,
         crate::ft::FtHparams::load,
