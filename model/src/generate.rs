@@ -5,7 +5,7 @@
 use burn_tensor::backend::Backend;
 
 use crate::error::{ModelError, Result};
-use crate::hooks::NoHooks;
+use crate::hooks::{Hook, NoHooks};
 use crate::transformer::{last_position, Batch, KvCache, Transformer};
 
 /// How the next token is chosen.
@@ -175,6 +175,21 @@ pub fn generate_with<B: Backend>(
     model: &Transformer<B>,
     prompts: &[Vec<u32>],
     cfg: &GenerateConfig,
+    on_step: impl FnMut(&[Vec<u32>]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
+    generate_hooked(model, prompts, cfg, &mut NoHooks, on_step)
+}
+
+/// [`generate_with`] through `hooks`, the same hooks a forward pass takes. With the
+/// KV cache a hook sees each step's new positions only: the (left-padded) prompts
+/// at the first step, then one position per row; what it replaces enters the
+/// cache, so later steps attend to the replaced keys and values. Without the
+/// cache it sees every position at every step.
+pub fn generate_hooked<B: Backend, H: Hook<B> + ?Sized>(
+    model: &Transformer<B>,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+    hooks: &mut H,
     mut on_step: impl FnMut(&[Vec<u32>]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
@@ -217,9 +232,9 @@ pub fn generate_with<B: Backend>(
     let vocab = model.config.vocab_size;
     for _ in 0..cfg.max_new_tokens {
         let logits = if cfg.kv_cache {
-            model.forward_cached(&step, &mut cache, &mut NoHooks)?
+            model.forward_cached(&step, &mut cache, hooks)?
         } else {
-            model.forward(&full, &mut NoHooks)?
+            model.forward(&full, hooks)?
         };
         let s = logits.dims()[1];
         let last: Vec<f32> = last_position(logits, &vec![s - 1; n])

@@ -35,7 +35,7 @@ pub use backend::{with_backend, BackendJob, Dtype};
 pub use config::{Architecture, ModelConfig};
 pub use device::{Cpu, CpuAutodiff, DeviceSpec};
 pub use error::{ModelError, Result};
-pub use generate::{generate, GenerateConfig, Sampling};
+pub use generate::{generate, generate_hooked, GenerateConfig, Sampling};
 pub use hooks::{fn_hook, Activation, ActivationCache, BlockSite, Hook, HookPoint, NoHooks};
 pub use job::{is_cancelled, Cancelled, Control, Progress};
 pub use lm::{LanguageModel, TokenProb};

@@ -170,3 +170,76 @@ fn generate_with_streams_each_step_and_stops_when_told() {
         assert_eq!(s[..], full[0][..=i]);
     }
 }
+
+/// Hooks in generation: observing or replacing a value by itself changes no
+/// token; a replacement from step k on leaves the tokens before k alone.
+#[test]
+#[ignore = "needs ../shared"]
+fn hooks_in_generation_see_each_step_and_change_only_what_they_replace() {
+    use engram_model::{fn_hook, generate_hooked, Activation, ActivationCache, HookPoint};
+    for arch in ARCHS {
+        let Some((_, lm)) = tiny(arch) else { return };
+        let prompt = lm.encode_prompt("The history of the city").expect("encode");
+        let prompts = std::slice::from_ref(&prompt);
+        for kv in [true, false] {
+            let plain = generate(&lm.model, prompts, &greedy(12, kv)).expect("gen");
+            let mut cache = ActivationCache::new(|p| p == HookPoint::resid_post(0));
+            let seen = generate_hooked(&lm.model, prompts, &greedy(12, kv), &mut cache, |_| true)
+                .expect("gen");
+            assert_eq!(seen, plain, "{arch} kv={kv}: observing changed the tokens");
+            let mut same = fn_hook([HookPoint::mlp_out(0)], |_, act: &Activation<_>| {
+                Some(act.clone())
+            });
+            let replaced =
+                generate_hooked(&lm.model, prompts, &greedy(12, kv), &mut same, |_| true)
+                    .expect("gen");
+            assert_eq!(
+                replaced, plain,
+                "{arch} kv={kv}: replacing a value by itself changed the tokens"
+            );
+        }
+        // With the cache, call i is step i: the prompt first, then one position per step.
+        let plain = generate(&lm.model, prompts, &greedy(12, true)).expect("gen");
+        let k = 5;
+        let mut widths = Vec::new();
+        // Not a constant shift: the next LayerNorm would take that out again.
+        let d = lm.model.config.d_model;
+        let pattern: Vec<f32> = (0..d)
+            .map(|i| if i % 2 == 0 { 50.0 } else { -50.0 })
+            .collect();
+        let pattern = engram_model::burn_tensor::Tensor::<engram_model::device::Cpu, 3>::from_data(
+            engram_model::burn_tensor::TensorData::new(pattern, [1, 1, d]),
+            &Default::default(),
+        );
+        let mut push = fn_hook([HookPoint::resid_post(0)], |_, act: &Activation<_>| {
+            let x = act.as_rank3()?.clone();
+            widths.push(x.dims()[1]);
+            if widths.len() <= k {
+                return None;
+            }
+            Some(Activation::Rank3(x + pattern.clone()))
+        });
+        let pushed = generate_hooked(&lm.model, prompts, &greedy(12, true), &mut push, |_| true)
+            .expect("gen");
+        drop(push);
+        assert_eq!(
+            widths[0],
+            prompt.len(),
+            "{arch}: the first step sees the prompt"
+        );
+        assert!(
+            widths[1..].iter().all(|&w| w == 1),
+            "{arch}: later steps see one position"
+        );
+        assert_eq!(
+            pushed[0][..k],
+            plain[0][..k],
+            "{arch}: tokens before step {k} moved"
+        );
+        assert_ne!(
+            pushed[0][k..],
+            plain[0][k..],
+            "{arch}: the replacement from step {k} changed nothing"
+        );
+    }
+}
