@@ -75,7 +75,7 @@ shoot() { # panel, file, extra args...
     local win
     win=$(xdotool search --name '^Engram$' | head -1)
     if [ -n "$win" ]; then
-      xdotool mousemove --window "$win" "${EDIT_X:-195}" "${EDIT_Y:-438}" click 1 || true
+      xdotool mousemove --window "$win" "${EDIT_X:-357}" "${EDIT_Y:-453}" click 1 || true
       sleep "${EDIT_WAIT:-$WAIT}"
     fi
   fi
@@ -83,7 +83,7 @@ shoot() { # panel, file, extra args...
     local win
     win=$(xdotool search --name '^Engram$' | head -1)
     if [ -n "$win" ]; then
-      xdotool mousemove --window "$win" "${MEMIT_X:-216}" "${MEMIT_Y:-627}" click 1 || true
+      xdotool mousemove --window "$win" "${MEMIT_X:-216}" "${MEMIT_Y:-684}" click 1 || true
       sleep "${EDIT_WAIT:-$WAIT}"
     fi
   fi
