@@ -88,6 +88,8 @@ enum Command {
     Runs(cmd::runs::RunsArgs),
     /// Layer statistics as ROME/MEMIT's .npz files: export Engram's, check theirs.
     Stats(cmd::stats::StatsArgs),
+    /// Steering vectors: build one from two prompt sets, apply it while generating; stored as runs.
+    Steer(cmd::steer::SteerArgs),
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -96,6 +98,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(a) => cmd::run::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Lens(a) => cmd::lens::run(a),
+        Command::Steer(a) => cmd::steer::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Patch(a) => cmd::patch::run(a),
         Command::Edit(a) => cmd::edit::run(a),

@@ -1627,3 +1627,80 @@ fn progress_is_plain_off_a_terminal_and_quiet_silences_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram steer build` stores a vector run; `apply` reads it back by id and
+/// stores both continuations; a bad hook point is named.
+#[test]
+fn steer_build_and_apply_store_runs() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-steer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let engram = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(args)
+            .args(["--runs", runs.to_str().expect("utf-8")])
+            .output()
+            .expect("run engram")
+    };
+    let out = engram(&[
+        "steer",
+        "build",
+        "demo",
+        "--positive",
+        "Quinford Belvale lives in the city of",
+        "--negative",
+        "Quinford Salin speaks the language",
+        "--point",
+        "blocks.2.hook_resid_pre",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stored as run "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a run id")
+        .to_string();
+    let out = engram(&[
+        "steer",
+        "apply",
+        "demo",
+        "--vector",
+        &id,
+        "--coef",
+        "-2",
+        "--prompt",
+        "Zusin Belvale works as a",
+        "--tokens",
+        "4",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("coef 0:") && text.contains("coef -2:"),
+        "{text}"
+    );
+    assert!(runs.join("steer-apply").is_dir());
+    let out = engram(&[
+        "steer",
+        "build",
+        "demo",
+        "--positive",
+        "a",
+        "--negative",
+        "b",
+        "--point",
+        "blocks.x.hook_nothing",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("--point"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,6 +23,7 @@ pub mod lens;
 pub mod memories;
 pub mod patching;
 pub mod probe;
+pub mod steer;
 pub mod trace;
 
 pub use error::{AnalysisError, Result};

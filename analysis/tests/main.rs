@@ -942,3 +942,142 @@ mod probe {
         assert!(err < 1e-2, "{err}");
     }
 }
+
+mod steer {
+    use std::path::PathBuf;
+
+    use engram_analysis::jobs::steer::{
+        load_vector, run_apply, run_build, ApplyRequest, BuildRequest,
+    };
+    use engram_analysis::steer::{mean_activation, Reduce, Steer};
+    use engram_model::{
+        generate_hooked, ActivationCache, Batch, Cpu, GenerateConfig, HookPoint, LanguageModel,
+        NoHooks, Sampling,
+    };
+
+    fn demo() -> LanguageModel<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+        LanguageModel::load(&dir, &Default::default()).expect("demo model")
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The vector is the difference of the two sides' mean activations, as read
+    /// by hand from the activation cache; coefficient 0 changes nothing; a
+    /// stored vector loads back the same.
+    #[test]
+    fn a_steering_vector_is_the_mean_difference_and_zero_is_the_identity() {
+        let lm = demo();
+        let point = HookPoint::resid_pre(2);
+        let pos = strings(&[
+            "Quinford Belvale lives in the city of",
+            "Zusin Belvale works as a",
+        ]);
+        let neg = strings(&["Quinford Salin speaks the language"]);
+        let last = |prompt: &str| -> Vec<f32> {
+            let ids = lm.encode_prompt(prompt).expect("encode");
+            let mut cache = ActivationCache::<Cpu>::new(move |p| p == point);
+            lm.model
+                .forward(&Batch::single(&ids), &mut cache)
+                .expect("forward");
+            let act = cache.rank3(point).expect("cached");
+            let [_, s, d] = act.dims();
+            let v: Vec<f32> = act.into_data().into_vec().expect("v");
+            v[(s - 1) * d..].to_vec()
+        };
+        let (a, b, c) = (last(&pos[0]), last(&pos[1]), last(&neg[0]));
+        let dir = std::env::temp_dir().join(format!("engram-steer-{}", std::process::id()));
+        let store = engram_datasets::RunStore::open(&dir).expect("store");
+        let req = BuildRequest {
+            positive: pos.clone(),
+            negative: neg.clone(),
+            point,
+            reduce: Reduce::Last,
+        };
+        let built = run_build(&lm, "demo", &req, &store).expect("build");
+        for i in 0..a.len() {
+            let want = (a[i] + b[i]) / 2.0 - c[i];
+            assert!((built.vector.values[i] - want).abs() < 1e-5, "[{i}]");
+        }
+        // Mean over tokens differs from the last token's.
+        let mean = mean_activation(&lm, &neg, point, Reduce::Mean).expect("mean");
+        assert!(mean
+            .iter()
+            .zip(&c)
+            .any(|(m, l)| (*m as f32 - l).abs() > 1e-3));
+        let loaded = load_vector(&built.run.dir, None).expect("load the run");
+        assert_eq!(loaded, built.vector);
+
+        let ids = lm
+            .encode_prompt("Quinford Belvale lives in the city of")
+            .expect("encode");
+        let plain = lm
+            .model
+            .forward(&Batch::single(&ids), &mut NoHooks)
+            .expect("forward");
+        let mut zero = Steer::<Cpu>::new(&built.vector, 0.0, &lm.model.device);
+        let zeroed = lm
+            .model
+            .forward(&Batch::single(&ids), &mut zero)
+            .expect("forward");
+        assert_eq!(
+            plain.clone().into_data().to_vec::<f32>().expect("v"),
+            zeroed.into_data().to_vec::<f32>().expect("v"),
+            "coefficient 0 is the identity"
+        );
+        let mut strong = Steer::<Cpu>::new(&built.vector, 4.0, &lm.model.device);
+        let steered = lm
+            .model
+            .forward(&Batch::single(&ids), &mut strong)
+            .expect("forward");
+        let diff = (plain - steered).abs().max().into_scalar();
+        assert!(
+            diff > 1e-3,
+            "a steering vector of coefficient 4 moved nothing"
+        );
+        let cfg = GenerateConfig {
+            max_new_tokens: 8,
+            sampling: Sampling::Greedy,
+            stop_at_eos: false,
+            kv_cache: true,
+        };
+        let prompts = std::slice::from_ref(&ids);
+        let g0 = generate_hooked(&lm.model, prompts, &cfg, &mut NoHooks, |_| true).expect("gen");
+        let mut zero = Steer::<Cpu>::new(&built.vector, 0.0, &lm.model.device);
+        let g1 = generate_hooked(&lm.model, prompts, &cfg, &mut zero, |_| true).expect("gen");
+        assert_eq!(g0, g1);
+
+        // Applied: stored with both continuations; a vector of another width is refused.
+        let applied = run_apply(
+            &lm,
+            "demo",
+            &ApplyRequest {
+                vector: built.vector.clone(),
+                coef: 0.0,
+                prompt: "Quinford Belvale lives in the city of".into(),
+                max_new_tokens: 5,
+            },
+            &store,
+        )
+        .expect("apply");
+        assert_eq!(applied.before, applied.after);
+        let mut short = built.vector.clone();
+        short.values.pop();
+        let err = run_apply(
+            &lm,
+            "demo",
+            &ApplyRequest {
+                vector: short,
+                coef: 1.0,
+                prompt: "x".into(),
+                max_new_tokens: 1,
+            },
+            &store,
+        )
+        .expect_err("a vector of the wrong width");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -12,6 +12,7 @@ pub(crate) mod probe;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod stats;
+pub(crate) mod steer;
 pub(crate) mod trace;
 pub(crate) mod train_demo;
 

@@ -7,6 +7,7 @@ pub mod lens;
 pub mod memories;
 pub mod patch;
 pub mod probe;
+pub mod steer;
 pub mod trace;
 
 use engram_datasets::RunParams;
