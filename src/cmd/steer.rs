@@ -131,8 +131,8 @@ pub(crate) fn run(a: SteerArgs) -> Result<()> {
             };
             let r = run_apply(&lm, &model.display().to_string(), &req, &store)?;
             outln!("prompt:  {}", req.prompt);
-            outln!("coef 0:  {}", r.before);
-            outln!("coef {coef}: {}", r.after);
+            outln!("coef 0:  {:?}", r.before);
+            outln!("coef {coef}: {:?}", r.after);
             outln!("stored as run {} ({})", r.run.id, r.run.dir.display());
             Ok(())
         }
