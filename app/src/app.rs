@@ -60,6 +60,7 @@ pub struct RunningJob {
 pub struct Results {
     pub next: Option<NextTokens>,
     pub generation: Option<Generation>,
+    pub steer: Option<crate::session::SteerView>,
     /// Text generated so far by a running generation.
     pub streaming: Option<String>,
     pub lens: Option<LensGrid>,
@@ -232,6 +233,11 @@ impl EngramApp {
     /// The last FT-L edit's view.
     pub fn last_ft_edit(&self) -> Option<&crate::editor::FtView> {
         self.results.ft_edit.as_ref()
+    }
+
+    /// The Playground's last steered continuation.
+    pub fn last_steer(&self) -> Option<&crate::session::SteerView> {
+        self.results.steer.as_ref()
     }
 
     /// The last edit's before/after view.
@@ -540,6 +546,7 @@ impl EngramApp {
                 self.results.streaming = None;
                 self.results.generation = Some(g);
             }
+            Reply::Steered(v) => self.results.steer = Some(v),
             Reply::Lens(l) => self.results.lens = Some(l),
             Reply::Attention(a) => {
                 let layers = a.pattern.len();

@@ -109,6 +109,19 @@ impl GenParams {
     }
 }
 
+/// A steering vector applied to the prompt: its continuation without and with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SteerView {
+    pub prompt: String,
+    pub layer: usize,
+    pub coef: f32,
+    pub norm: f32,
+    pub before: String,
+    pub after: String,
+    pub vector_run: String,
+    pub apply_run: String,
+}
+
 /// A finished (or cancelled-part-way) generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
@@ -245,6 +258,12 @@ pub trait Session {
         params: GenParams,
         progress: ProgressFn<'_>,
     ) -> Result<Generation, JobError>;
+    /// A steering vector from the form, and the prompt continued without and with it; both stored as runs.
+    fn steer(
+        &self,
+        prompt: &str,
+        form: &crate::settings::SteerSettings,
+    ) -> Result<SteerView, JobError>;
     fn lens(&self, prompt: &str, site: LensSite, k: usize) -> Result<LensGrid, JobError>;
     fn attention(&self, prompt: &str) -> Result<AttentionPatterns, JobError>;
     fn check_facts(
@@ -634,6 +653,60 @@ impl<B: Backend> Session for Loaded<B> {
             prompt: prompt.to_string(),
             text: self.lm.tokenizer.decode(&new)?,
             new_tokens: self.tokens(&new),
+        })
+    }
+
+    fn steer(
+        &self,
+        prompt: &str,
+        form: &crate::settings::SteerSettings,
+    ) -> Result<SteerView, JobError> {
+        use engram_analysis::jobs::steer::{run_apply, run_build, ApplyRequest, BuildRequest};
+        let lines = |t: &str| -> Vec<String> {
+            t.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let n_layers = self.card.n_layers;
+        if form.layer >= n_layers {
+            return Err(JobError::Failed(format!(
+                "layer {} is past the model's {n_layers} layers",
+                form.layer
+            )));
+        }
+        let store =
+            engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
+        let req = BuildRequest {
+            positive: lines(&form.positive),
+            negative: lines(&form.negative),
+            point: engram_model::HookPoint::resid_pre(form.layer),
+            reduce: engram_analysis::steer::Reduce::Last,
+        };
+        let built =
+            run_build(&self.lm, &self.card.source, &req, &store).map_err(JobError::from_lib)?;
+        let applied = run_apply(
+            &self.lm,
+            &self.card.source,
+            &ApplyRequest {
+                vector: built.vector.clone(),
+                coef: form.coef,
+                prompt: prompt.to_string(),
+                max_new_tokens: form.tokens.max(1),
+            },
+            &store,
+        )
+        .map_err(JobError::from_lib)?;
+        Ok(SteerView {
+            prompt: prompt.to_string(),
+            layer: form.layer,
+            coef: form.coef,
+            norm: built.vector.norm(),
+            before: applied.before,
+            after: applied.after,
+            vector_run: built.run.id,
+            apply_run: applied.run.id,
         })
     }
 

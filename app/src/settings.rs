@@ -101,6 +101,32 @@ pub struct Settings {
     pub edit: crate::editor::EditSettings,
     pub memories: MemoriesSettings,
     pub probe: ProbeSettings,
+    pub steer: SteerSettings,
+}
+
+/// The Playground's Steer form: a contrastive vector at one layer's residual.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteerSettings {
+    /// One prompt per line.
+    pub positive: String,
+    pub negative: String,
+    /// Added at `blocks.{layer}.hook_resid_pre`.
+    pub layer: usize,
+    pub coef: f32,
+    pub tokens: usize,
+}
+
+impl Default for SteerSettings {
+    fn default() -> Self {
+        Self {
+            positive: "Quinford Belvale lives in the city of".into(),
+            negative: "Quinford Salin speaks the language".into(),
+            layer: 1,
+            coef: 2.0,
+            tokens: 8,
+        }
+    }
 }
 
 /// The Probe panel's form.
@@ -176,6 +202,7 @@ impl Default for Settings {
             edit: crate::editor::EditSettings::default(),
             memories: MemoriesSettings::default(),
             probe: ProbeSettings::default(),
+            steer: SteerSettings::default(),
         }
     }
 }

@@ -35,6 +35,11 @@ pub enum Command {
         prompt: String,
         params: GenParams,
     },
+    /// Build a steering vector from the form and continue the prompt without and with it.
+    Steer {
+        prompt: String,
+        form: crate::settings::SteerSettings,
+    },
     Lens {
         prompt: String,
         site: LensSite,
@@ -92,6 +97,7 @@ impl Command {
             Command::Generate { params, .. } => {
                 format!("Generating {} tokens", params.max_new_tokens)
             }
+            Command::Steer { form, .. } => format!("Steering at layer {}", form.layer),
             Command::Lens { .. } => "Logit lens".into(),
             Command::Attention { .. } => "Attention patterns".into(),
             Command::CheckFacts { path, .. } => format!("Checking facts in {}", path.display()),
@@ -122,6 +128,7 @@ pub enum Reply {
     Loaded(Box<ModelCard>),
     NextTokens(NextTokens),
     Generated(Generation),
+    Steered(crate::session::SteerView),
     Lens(LensGrid),
     Attention(AttentionPatterns),
     Facts(FactReport),
@@ -336,6 +343,7 @@ fn run(
         Command::Generate { prompt, params } => {
             Reply::Generated(model(session)?.generate(&prompt, params, progress)?)
         }
+        Command::Steer { prompt, form } => Reply::Steered(model(session)?.steer(&prompt, &form)?),
         Command::Lens { prompt, site, k } => Reply::Lens(model(session)?.lens(&prompt, site, k)?),
         Command::Attention { prompt } => Reply::Attention(model(session)?.attention(&prompt)?),
         Command::CheckFacts { path, limit } => {

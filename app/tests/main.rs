@@ -1173,3 +1173,31 @@ fn runs_panel_applies_an_edit_runs_ledger() {
     assert!(playground_top1(&mut h).contains(&format!("'{new_target}'")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Playground's Steer section: a vector from the form's prompts, the
+/// continuation without and with it side by side; coefficient 0 changes nothing.
+#[test]
+fn playground_steers_a_continuation() {
+    let dir = std::env::temp_dir().join(format!("engram-app-steer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (coef, same) in [(0.0, true), (8.0, false)] {
+        let settings = serde_json::json!({"panel": "Playground", "steer": {"coef": coef, "layer": 1, "tokens": 6}});
+        let settings_path = dir.join("app.json");
+        std::fs::write(&settings_path, settings.to_string()).expect("settings");
+        let mut h = loaded(AppOptions {
+            model: Some(demo_model()),
+            settings_path: Some(settings_path),
+            ..Default::default()
+        });
+        h.get_by_label("Apply steering").click_accesskit();
+        wait_for(&mut h, "the steered continuation", |h| {
+            !h.state().is_busy() && h.state().last_steer().is_some()
+        });
+        let v = h.state().last_steer().expect("steered").clone();
+        assert_eq!(v.before == v.after, same, "coef {coef}: {v:?}");
+        assert!(v.norm > 0.0 && !v.vector_run.is_empty() && !v.apply_run.is_empty());
+        assert!(has_label(&h, &format!("with coefficient {coef:.1}")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

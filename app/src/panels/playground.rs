@@ -137,6 +137,11 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
             ui.spinner();
         }
     });
+    generation_output(app, ui);
+    steer_section(app, ui);
+}
+
+fn generation_output(app: &EngramApp, ui: &mut Ui) {
     let (prompt, text) = match (&app.results.streaming, &app.results.generation) {
         (Some(s), _) => (app.settings.prompt.clone(), s.clone()),
         (None, Some(g)) => (g.prompt.clone(), g.text.clone()),
@@ -154,4 +159,79 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         ui.label(RichText::new(format!("{} new tokens", g.new_tokens.len())).weak());
         token_chips(ui, &g.new_tokens, &[]);
     }
+}
+
+/// Steer: a contrastive vector at one layer's residual, and the prompt's greedy
+/// continuation without and with it, side by side.
+fn steer_section(app: &mut EngramApp, ui: &mut Ui) {
+    let n_layers = app.card.as_ref().map_or(1, |c| c.n_layers);
+    ui.add_space(8.0);
+    egui::CollapsingHeader::new("Steer")
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.label(
+                RichText::new(
+                    "mean(positive) − mean(negative) of the last token's residual entering the layer, \
+                     added × the coefficient at every position while generating (contrastive activation addition).",
+                )
+                .weak(),
+            );
+            let f = &mut app.settings.steer;
+            ui.horizontal(|ui| {
+                ui.vertical(|ui| {
+                    ui.label("Positive prompts (one per line)");
+                    ui.add(egui::TextEdit::multiline(&mut f.positive).desired_rows(2).desired_width(380.0));
+                });
+                ui.vertical(|ui| {
+                    ui.label("Negative prompts (one per line)");
+                    ui.add(egui::TextEdit::multiline(&mut f.negative).desired_rows(2).desired_width(380.0));
+                });
+            });
+            f.layer = f.layer.min(n_layers.saturating_sub(1));
+            ui.horizontal_wrapped(|ui| {
+                ui.add(egui::Slider::new(&mut f.layer, 0..=n_layers.saturating_sub(1)).text("layer"));
+                ui.add(egui::Slider::new(&mut f.coef, -12.0..=12.0).text("coefficient").fixed_decimals(1));
+                ui.add(egui::Slider::new(&mut f.tokens, 1..=64).text("tokens"));
+            });
+            let running = app
+                .jobs
+                .iter()
+                .any(|j| j.panel == PanelKind::Playground && j.handle.label.starts_with("Steering"));
+            ui.horizontal(|ui| {
+                if ui.add_enabled(!running, egui::Button::new("Apply steering")).clicked() {
+                    let command = Command::Steer {
+                        prompt: app.settings.prompt.clone(),
+                        form: app.settings.steer.clone(),
+                    };
+                    app.submit(PanelKind::Playground, command);
+                }
+                if running {
+                    ui.spinner();
+                }
+            });
+            let Some(v) = &app.results.steer else { return };
+            ui.label(
+                RichText::new(format!(
+                    "layer {}, |v| {:.3}, runs {} and {}",
+                    v.layer, v.norm, v.vector_run, v.apply_run
+                ))
+                .weak(),
+            );
+            ui.columns(2, |cols| {
+                for (col, (title, text)) in cols.iter_mut().zip([
+                    ("without".to_string(), &v.before),
+                    (format!("with coefficient {:.1}", v.coef), &v.after),
+                ]) {
+                    egui::Frame::group(col.style()).show(col, |ui| {
+                        ui.set_width(ui.available_width());
+                        ui.strong(title);
+                        ui.horizontal_wrapped(|ui| {
+                            ui.spacing_mut().item_spacing.x = 0.0;
+                            ui.label(RichText::new(&v.prompt).monospace().weak());
+                            ui.label(RichText::new(text.as_str()).monospace().strong());
+                        });
+                    });
+                }
+            });
+        });
 }
