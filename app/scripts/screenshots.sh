@@ -38,8 +38,10 @@ sleep 1
 shoot() { # panel, file, extra args...
   local panel=$1 file=$2 open=$1
   shift 2
-  # edit-batch: the Edit panel with "Run MEMIT" pressed on its default batch.
+  # edit-batch: the Edit panel with "Run MEMIT" pressed on its default batch;
+  # steer: the Playground scrolled to its Steer section, "Apply steering" pressed.
   [ "$panel" = edit-batch ] && open=edit
+  [ "$panel" = steer ] && open=playground
   "$BIN" --no-settings --model "$MODEL" --panel "$open" --prompt "$PROMPT" \
     --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" "$@" &
   local app=$!
@@ -85,6 +87,19 @@ shoot() { # panel, file, extra args...
     if [ -n "$win" ]; then
       xdotool mousemove --window "$win" "${MEMIT_X:-216}" "${MEMIT_Y:-684}" click 1 || true
       sleep "${EDIT_WAIT:-$WAIT}"
+    fi
+  fi
+  if [ "$panel" = steer ] && command -v xdotool >/dev/null; then
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" 700 500 click --repeat 20 5 || true
+      sleep 1
+      xdotool mousemove --window "$win" "${STEER_X:-226}" "${STEER_Y:-756}" click 1 || true
+      sleep "${EDIT_WAIT:-$WAIT}"
+      # The two continuations appear below the button.
+      xdotool mousemove --window "$win" 700 500 click --repeat 20 5 || true
+      sleep 1
     fi
   fi
   if [ "$panel" = runs ] && [ -n "${RUNS_EXPORT:-}" ] && command -v xdotool >/dev/null; then

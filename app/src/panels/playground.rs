@@ -13,6 +13,12 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
     if need_model(app, ui) {
         return;
     }
+    egui::ScrollArea::vertical()
+        .auto_shrink([false, false])
+        .show(ui, |ui| show_inner(app, ui));
+}
+
+fn show_inner(app: &mut EngramApp, ui: &mut Ui) {
     let running = app.pending(PanelKind::Playground);
     ui.horizontal(|ui| {
         ui.heading("Next token");
@@ -179,12 +185,12 @@ fn steer_section(app: &mut EngramApp, ui: &mut Ui) {
             let f = &mut app.settings.steer;
             ui.horizontal(|ui| {
                 ui.vertical(|ui| {
-                    ui.label("Positive prompts (one per line)");
-                    ui.add(egui::TextEdit::multiline(&mut f.positive).desired_rows(2).desired_width(380.0));
+                    let label = ui.label("Positive prompts (one per line)");
+                    ui.add(egui::TextEdit::multiline(&mut f.positive).desired_rows(2).desired_width(380.0)).labelled_by(label.id);
                 });
                 ui.vertical(|ui| {
-                    ui.label("Negative prompts (one per line)");
-                    ui.add(egui::TextEdit::multiline(&mut f.negative).desired_rows(2).desired_width(380.0));
+                    let label = ui.label("Negative prompts (one per line)");
+                    ui.add(egui::TextEdit::multiline(&mut f.negative).desired_rows(2).desired_width(380.0)).labelled_by(label.id);
                 });
             });
             f.layer = f.layer.min(n_layers.saturating_sub(1));
