@@ -17,6 +17,7 @@
 //! - [`jobs`]: each of these as a job (typed request, typed report, one
 //!   [`engram_model::Control`]), stored as a run; the CLI and the workbench call them.
 
+pub mod attribution;
 pub mod error;
 pub mod jobs;
 pub mod lens;

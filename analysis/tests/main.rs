@@ -1081,3 +1081,155 @@ mod steer {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+mod attribution {
+    use std::path::PathBuf;
+
+    use engram_analysis::attribution::attribution_patch;
+    use engram_model::burn_tensor::{Tensor, TensorData};
+    use engram_model::{
+        fn_hook, Activation, ActivationCache, Batch, BlockSite, Cpu, HookPoint, LanguageModel,
+        NoHooks,
+    };
+
+    fn demo() -> LanguageModel<Cpu> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");
+        LanguageModel::load(&dir, &Default::default()).expect("demo model")
+    }
+
+    fn last_logits(
+        lm: &LanguageModel<Cpu>,
+        ids: &[u32],
+        hooks: &mut dyn engram_model::Hook<Cpu>,
+    ) -> Vec<f32> {
+        let logits = lm
+            .model
+            .forward(&Batch::single(ids), hooks)
+            .expect("forward");
+        let [_, s, v] = logits.dims();
+        logits
+            .slice([0..1, s - 1..s, 0..v])
+            .into_data()
+            .into_vec()
+            .expect("v")
+    }
+
+    /// The estimate at a site and position equals the derivative of the metric
+    /// along the clean-minus-corrupted direction there (central differences).
+    #[test]
+    fn attribution_matches_finite_differences_of_a_small_patch() {
+        let lm = demo();
+        let clean = lm
+            .encode_prompt("Quinford Belvale lives in the city of")
+            .expect("encode");
+        let corrupted = lm
+            .encode_prompt("Quinford Salin lives in the city of")
+            .expect("encode");
+        assert_eq!(
+            clean.len(),
+            corrupted.len(),
+            "the pair must align token for token"
+        );
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .expect("vocab")
+        };
+        let answer = argmax(&last_logits(&lm, &clean, &mut NoHooks));
+        let wrong = argmax(&last_logits(&lm, &corrupted, &mut NoHooks));
+        assert_ne!(answer, wrong, "the two prompts must disagree");
+        let a =
+            attribution_patch(&lm.model, &clean, &corrupted, answer, wrong).expect("attribution");
+        let big = a
+            .resid_pre
+            .iter()
+            .chain(&a.mlp_out)
+            .flatten()
+            .fold(0f32, |m, x| m.max(x.abs()));
+        assert!(big > 1e-2, "the estimates are all zero");
+        let s = clean.len();
+        let metric = |point: HookPoint, pos: usize, eps: f32| -> f32 {
+            let mut cache = ActivationCache::<Cpu>::new(move |p| p == point);
+            lm.model
+                .forward(&Batch::single(&clean), &mut cache)
+                .expect("clean");
+            let c = cache.rank3(point).expect("cached");
+            let d = c.dims()[2];
+            let mut m = vec![0f32; s];
+            m[pos] = eps;
+            let mask =
+                Tensor::<Cpu, 3>::from_data(TensorData::new(m, [1, s, 1]), &Default::default());
+            let mut patch = fn_hook([point], move |_, act: &Activation<Cpu>| {
+                let x = act.as_rank3()?.clone();
+                let _ = d;
+                Some(Activation::Rank3(
+                    x.clone() + (c.clone() - x) * mask.clone(),
+                ))
+            });
+            let l = last_logits(&lm, &corrupted, &mut patch);
+            l[answer as usize] - l[wrong as usize]
+        };
+        let eps = 1e-2f32;
+        for (site, layer, pos) in [
+            (BlockSite::ResidPre, 1, 1),
+            (BlockSite::MlpOut, 0, 1),
+            (BlockSite::AttnOut, 2, s - 1),
+            (BlockSite::MlpOut, 1, s - 1),
+        ] {
+            let point = HookPoint::block(layer, site);
+            let fd = (metric(point, pos, eps) - metric(point, pos, -eps)) / (2.0 * eps);
+            let est = match site {
+                BlockSite::ResidPre => a.resid_pre[layer][pos],
+                BlockSite::AttnOut => a.attn_out[layer][pos],
+                _ => a.mlp_out[layer][pos],
+            };
+            assert!(
+                (fd - est).abs() <= 1e-3 * est.abs().max(0.1 * big),
+                "{point} at {pos}: estimate {est} vs finite difference {fd}"
+            );
+        }
+        // Against exact patching of every (site, layer, position): Spearman's rank correlation.
+        let base = a.corrupted_metric;
+        let (mut est, mut exact) = (Vec::new(), Vec::new());
+        for layer in 0..lm.model.config.n_layers {
+            for (site, row) in [
+                (BlockSite::ResidPre, &a.resid_pre),
+                (BlockSite::AttnOut, &a.attn_out),
+                (BlockSite::MlpOut, &a.mlp_out),
+            ] {
+                for (pos, &e) in row[layer].iter().enumerate() {
+                    est.push(e);
+                    exact.push(metric(HookPoint::block(layer, site), pos, 1.0) - base);
+                }
+            }
+        }
+        let ranks = |v: &[f32]| -> Vec<f64> {
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+            let mut r = vec![0f64; v.len()];
+            for (rank, &i) in idx.iter().enumerate() {
+                r[i] = rank as f64;
+            }
+            r
+        };
+        let (re, rx) = (ranks(&est), ranks(&exact));
+        let n = re.len() as f64;
+        let mean = (n - 1.0) / 2.0;
+        let cov: f64 = re
+            .iter()
+            .zip(&rx)
+            .map(|(a, b)| (a - mean) * (b - mean))
+            .sum();
+        let var: f64 = re.iter().map(|a| (a - mean) * (a - mean)).sum();
+        let rho = cov / var;
+        eprintln!(
+            "attribution vs exact patching on the demo: Spearman rho = {rho:.3} over {n} sites"
+        );
+        assert!(rho > 0.5, "rank correlation {rho}");
+        // Heads: one estimate per head, all finite.
+        assert_eq!(a.heads[0][0].len(), lm.model.config.n_heads);
+        assert!(a.heads.iter().flatten().flatten().all(|x| x.is_finite()));
+    }
+}
