@@ -159,3 +159,30 @@ pub fn attribution_patch<B: Backend>(
     }
     Ok(out)
 }
+
+/// Spearman's rank correlation of two equally long lists (ties broken by order).
+pub fn spearman(a: &[f32], b: &[f32]) -> f64 {
+    let ranks = |v: &[f32]| -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0f64; v.len()];
+        for (rank, &i) in idx.iter().enumerate() {
+            r[i] = rank as f64;
+        }
+        r
+    };
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len().min(rb.len()) as f64;
+    let mean = (n - 1.0) / 2.0;
+    let cov: f64 = ra
+        .iter()
+        .zip(&rb)
+        .map(|(x, y)| (x - mean) * (y - mean))
+        .sum();
+    let var: f64 = ra.iter().map(|x| (x - mean) * (x - mean)).sum();
+    if var > 0.0 {
+        cov / var
+    } else {
+        f64::NAN
+    }
+}

@@ -1205,25 +1205,8 @@ mod attribution {
                 }
             }
         }
-        let ranks = |v: &[f32]| -> Vec<f64> {
-            let mut idx: Vec<usize> = (0..v.len()).collect();
-            idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
-            let mut r = vec![0f64; v.len()];
-            for (rank, &i) in idx.iter().enumerate() {
-                r[i] = rank as f64;
-            }
-            r
-        };
-        let (re, rx) = (ranks(&est), ranks(&exact));
-        let n = re.len() as f64;
-        let mean = (n - 1.0) / 2.0;
-        let cov: f64 = re
-            .iter()
-            .zip(&rx)
-            .map(|(a, b)| (a - mean) * (b - mean))
-            .sum();
-        let var: f64 = re.iter().map(|a| (a - mean) * (a - mean)).sum();
-        let rho = cov / var;
+        let rho = engram_analysis::attribution::spearman(&est, &exact);
+        let n = est.len();
         eprintln!(
             "attribution vs exact patching on the demo: Spearman rho = {rho:.3} over {n} sites"
         );

@@ -26,6 +26,11 @@ pub(crate) struct PatchArgs {
         default_value = "resid_pre,attn_out,mlp_out,head_out"
     )]
     pub sites: Vec<SiteArg>,
+    /// Also estimate every resid_pre/attn_out/mlp_out site at once by attribution
+    /// patching (one forward each way and one backward) and print its time and
+    /// rank correlation against the exact patches.
+    #[arg(long)]
+    pub attribution: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[arg(long)]
@@ -80,6 +85,7 @@ impl BackendJob for PatchJob {
         let setup = prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
         let root = a.runs.unwrap_or_else(|| settings().runs.clone());
         let store = engram_datasets::RunStore::open(root)?;
+        let started = std::time::Instant::now();
         let (info, report) = run_patch(
             &lm,
             &a.model.display().to_string(),
@@ -118,6 +124,37 @@ impl BackendJob for PatchJob {
                     s.site.name()
                 );
             }
+        }
+        if a.attribution {
+            let exact_s = started.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let est = engram_analysis::attribution::attribution_patch(
+                &lm.model,
+                &setup.clean,
+                &setup.corrupted,
+                setup.answer,
+                setup.wrong,
+            )?;
+            let attr_s = t.elapsed().as_secs_f64();
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            for s in &report.sites {
+                let rows = match s.site {
+                    PatchSite::ResidPre => &est.resid_pre,
+                    PatchSite::AttnOut => &est.attn_out,
+                    PatchSite::MlpOut => &est.mlp_out,
+                    PatchSite::HeadOut => continue,
+                };
+                for (exact, approx) in s.logit_diff.iter().flatten().zip(rows.iter().flatten()) {
+                    xs.push(exact - report.corrupted_logit_diff);
+                    ys.push(*approx);
+                }
+            }
+            outln!(
+                "attribution patching: {attr_s:.2} s for every site (one forward each way, one backward); \
+                 exact patching with the store: {exact_s:.2} s; Spearman rho over {} resid/attn/mlp sites: {:.3}",
+                xs.len(),
+                engram_analysis::attribution::spearman(&xs, &ys)
+            );
         }
         outln!("run {} in {}", info.id, info.dir.display());
         Ok(())
