@@ -1078,6 +1078,30 @@ mod steer {
         )
         .expect_err("a vector of the wrong width");
         assert!(err.to_string().contains("does not fit"), "{err}");
+        // A point of another width (mlp.hook_post: d_mlp) builds and applies too.
+        let post = run_build(
+            &lm,
+            "demo",
+            &BuildRequest {
+                point: HookPoint::mlp_post(1),
+                ..req
+            },
+            &store,
+        )
+        .expect("build at mlp.hook_post");
+        assert_eq!(post.vector.values.len(), lm.model.config.d_mlp);
+        run_apply(
+            &lm,
+            "demo",
+            &ApplyRequest {
+                vector: post.vector,
+                coef: 1.0,
+                prompt: "Zusin Belvale works as a".into(),
+                max_new_tokens: 2,
+            },
+            &store,
+        )
+        .expect("a d_mlp-wide vector applies at mlp.hook_post");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

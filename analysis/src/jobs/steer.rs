@@ -176,16 +176,30 @@ pub fn run_apply<B: Backend>(
             req.vector.point
         )));
     };
-    if layer >= c.n_layers || req.vector.values.len() != c.d_model {
+    if layer >= c.n_layers {
         return Err(AnalysisError::Invalid(format!(
-            "the vector ({} values at {}) does not fit this model ({} layers, d_model {})",
-            req.vector.values.len(),
-            req.vector.point,
-            c.n_layers,
-            c.d_model
+            "the vector sits at {}, past this model's {} layers",
+            req.vector.point, c.n_layers
         )));
     }
     let ids = lm.encode_prompt(&req.prompt)?;
+    // The width the point has on this model (d_model for the residual and the
+    // block outputs, d_mlp at mlp.hook_post): a vector of another width would
+    // be skipped by the hook, so it is refused here.
+    let point = req.vector.point;
+    let mut cache = engram_model::ActivationCache::<B>::new(move |p| p == point);
+    lm.model
+        .forward(&engram_model::Batch::single(&ids), &mut cache)?;
+    let width = cache.rank3(point).map(|a| a.dims()[2]);
+    if width != Some(req.vector.values.len()) {
+        return Err(AnalysisError::Invalid(format!(
+            "the vector ({} values at {point}) does not fit this model: the activation there is {}",
+            req.vector.values.len(),
+            width.map_or("not [batch, position, width]".into(), |w| format!(
+                "{w} wide"
+            ))
+        )));
+    }
     let cfg = GenerateConfig {
         max_new_tokens: req.max_new_tokens,
         sampling: Sampling::Greedy,
