@@ -635,6 +635,7 @@ fn patch_command_stores_a_run() {
         &swapped.subject,
         "--sites",
         "resid_pre,head_out",
+        "--attribution",
     ]);
     let (ok, out, err) = engram(&args);
     assert!(ok, "{err}");
@@ -646,6 +647,50 @@ fn patch_command_stores_a_run() {
         .map(PathBuf::from)
         .expect("run directory");
     assert!(run_dir.join("patch.parquet").is_file() && run_dir.join("patch.svg").is_file());
+    // Attribution patching beside it: its own table and heatmaps, and its rank
+    // correlation against the exact resid_pre patches.
+    assert!(
+        run_dir.join("attribution.parquet").is_file() && run_dir.join("attribution.png").is_file(),
+        "{}",
+        run_dir.display()
+    );
+    assert!(
+        out.contains("Spearman rho against exact patching over")
+            && out.contains("best estimated recovery"),
+        "{out}"
+    );
+    let params: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("params.json")).unwrap_or_default(),
+    )
+    .expect("params");
+    let rho = params["params"]["hyperparameters"]["attribution"]["spearman"]
+        .as_f64()
+        .expect("the stored rho");
+    assert!(
+        rho > 0.3,
+        "Spearman rho {rho} over the demo's resid_pre sites"
+    );
+    // `engram bench patch`: both times, both floors and the rank correlation.
+    let (ok, out, err) = engram(&[
+        "bench",
+        "patch",
+        "demo",
+        "--prompt",
+        &fact.prompt,
+        "--subject",
+        &fact.subject,
+        "--target",
+        &fact.target,
+        "--corrupt-subject",
+        &swapped.subject,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("exact (one row per site")
+            && out.contains("attribution (2 forwards, 1 backward)")
+            && out.contains("Spearman rho, estimate vs exact"),
+        "{out}"
+    );
     let mut args = base.to_vec();
     let longer = swapped.prompt.replace(" the city", " the old city");
     args.extend(["--corrupted-prompt", &longer]);
@@ -877,6 +922,8 @@ fn memories_commands_run_on_the_demo_model() {
         "0:1,1:2",
         "--set",
         "2:5=3.5",
+        "--generate",
+        "4",
     ]);
     assert!(ok, "{err}");
     assert!(
@@ -884,6 +931,18 @@ fn memories_commands_run_on_the_demo_model() {
         "{out}"
     );
     assert!(out.contains("with 3 intervention(s)"), "{out}");
+    assert!(
+        out.contains("continuation without interventions: ")
+            && out.contains("continuation with 3 intervention(s):"),
+        "{out}"
+    );
+    let stored = out
+        .lines()
+        .find_map(|l| l.strip_prefix("stored as run "))
+        .and_then(|l| l.split_once(" (").map(|(_, d)| d.trim_end_matches(')')))
+        .map(PathBuf::from)
+        .expect("the stored run");
+    assert!(stored.join("continuations.parquet").is_file(), "{out}");
     let (ok, out, err) = run(&[
         "lens",
         "demo",

@@ -537,6 +537,53 @@ mod memories {
             .collect()
     }
 
+    /// The workbench's memory toggles act on a generated continuation: none
+    /// leaves greedy generation unchanged token for token; switching every
+    /// memory off changes it, and the cached continuation equals one
+    /// generated without the KV cache (the hook then sees every position at
+    /// every step).
+    #[test]
+    fn memory_interventions_apply_to_a_continuation() {
+        use engram_analysis::jobs::memories::continuation;
+        use engram_model::{generate_hooked, GenerateConfig, Sampling};
+        let lm = demo();
+        let (_, prompt, _) = demo_facts().swap_remove(0);
+        let ids = lm.encode_prompt(&prompt).expect("prompt");
+        let n = 6;
+        let unhooked = |hook: &mut MemoryHook, kv_cache: bool| {
+            let cfg = GenerateConfig {
+                max_new_tokens: n,
+                sampling: Sampling::Greedy,
+                stop_at_eos: true,
+                kv_cache,
+            };
+            let out = generate_hooked(&lm.model, std::slice::from_ref(&ids), &cfg, hook, |_| true)
+                .expect("generate");
+            lm.tokenizer.decode(&out[0]).expect("decode")
+        };
+        let none = continuation(&lm, &ids, n, &[]).expect("continuation");
+        assert_eq!(none.plain, none.intervened);
+        assert_eq!(none.plain, unhooked(&mut MemoryHook::new(&[], None), true));
+        let c = &lm.model.config;
+        // Every MLP switched off.
+        let off: Vec<Intervention> = (0..c.n_layers)
+            .flat_map(|layer| {
+                (0..c.d_mlp).map(move |memory| Intervention {
+                    layer,
+                    memory,
+                    setting: Setting::Zero,
+                })
+            })
+            .collect();
+        let with = continuation(&lm, &ids, n, &off).expect("continuation");
+        assert_eq!(with.plain, none.plain);
+        assert_ne!(with.intervened, with.plain, "{with:?}");
+        assert_eq!(
+            with.intervened,
+            unhooked(&mut MemoryHook::new(&off, None), false)
+        );
+    }
+
     fn host(t: Tensor<Cpu, 3>) -> Vec<f32> {
         t.into_data().convert::<f32>().into_vec().expect("host")
     }

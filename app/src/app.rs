@@ -294,6 +294,7 @@ impl EngramApp {
             target: self.settings.trace.target.clone(),
             per_layer: self.settings.memories.per_layer,
             interventions: self.interventions.clone(),
+            generate: self.settings.memories.continuation,
         }))
     }
 

@@ -26,6 +26,8 @@ pub struct MemoriesRequest {
     pub per_layer: usize,
     /// (layer, memory, boost): boost sets max + 1, otherwise the memory is switched off.
     pub interventions: Vec<(usize, usize, bool)>,
+    /// Greedy continuation length (0: none); the interventions act on it too.
+    pub generate: usize,
 }
 
 /// A token with its text and a score.
@@ -66,6 +68,8 @@ pub struct MemoriesView {
     pub next_clean: Vec<Scored>,
     pub next_now: Vec<Scored>,
     pub layers: Vec<LayerRow>,
+    /// The greedy continuation without and with the interventions.
+    pub continuation: Option<(String, String)>,
     /// The stored `memories` run.
     pub run_id: String,
 }
@@ -129,6 +133,7 @@ pub fn memories<B: Backend>(
         per_layer: req.per_layer,
         k: 6,
         interventions: interventions(&req.interventions),
+        generate: req.generate,
     };
     let r = top_memories_job(lm, &top).map_err(JobError::from_lib)?;
     let run = store_top_run(lm, model, store, &top, &r).map_err(JobError::from_lib)?;
@@ -160,6 +165,7 @@ pub fn memories<B: Backend>(
         position_token: lm.tokenizer.token_text(r.ids[position]),
         next_clean: scored(lm, &r.next_clean),
         next_now: scored(lm, &r.next_now),
+        continuation: r.continuation.map(|c| (c.plain, c.intervened)),
         run_id: run.id,
         layers,
     })

@@ -200,8 +200,14 @@ pub struct PatchView {
     pub corrupted_answer: String,
     pub clean_logit_diff: f32,
     pub corrupted_logit_diff: f32,
-    /// `(site, recovery[layer][position or head])`
+    /// `(site, recovery[layer][position or head])`, empty for attribution only.
     pub sites: Vec<(String, Vec<Vec<f32>>)>,
+    pub exact_seconds: Option<f64>,
+    /// Attribution patching's estimated recovery, the same shape per site.
+    pub attribution: Vec<(String, Vec<Vec<f32>>)>,
+    pub attribution_seconds: f64,
+    /// Spearman's ρ of the estimates against the exact resid/attn/mlp patches.
+    pub spearman: Option<f64>,
     /// The stored `patch` run.
     pub run_id: String,
 }
@@ -280,8 +286,14 @@ pub trait Session {
         noise_subjects: &[String],
         ctl: &Control,
     ) -> Result<TraceView, JobError>;
-    /// Activation patching (clean into corrupted) of one fact, stored as a run.
-    fn patch(&self, prompt: &str, request: &TraceRequest) -> Result<PatchView, JobError>;
+    /// Activation patching (clean into corrupted) of one fact, exact where
+    /// `exact` and always by attribution patching, stored as a run.
+    fn patch(
+        &self,
+        prompt: &str,
+        request: &TraceRequest,
+        exact: bool,
+    ) -> Result<PatchView, JobError>;
     /// A ROME edit of the loaded weights, recorded in the ledger and stored as a run.
     fn edit(&mut self, form: &EditSettings, ctl: &Control) -> Result<EditView, JobError>;
     /// An FT-L edit of the loaded weights, recorded in the ledger and stored as a run.
@@ -778,7 +790,12 @@ impl<B: Backend> Session for Loaded<B> {
         self.run_trace(prompt, request, noise_subjects, ctl)
     }
 
-    fn patch(&self, prompt: &str, request: &TraceRequest) -> Result<PatchView, JobError> {
+    fn patch(
+        &self,
+        prompt: &str,
+        request: &TraceRequest,
+        exact: bool,
+    ) -> Result<PatchView, JobError> {
         use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
         use engram_analysis::patching::PatchSite;
         let subject = request.subject.trim();
@@ -787,15 +804,19 @@ impl<B: Backend> Session for Loaded<B> {
             .map_err(JobError::from_lib)?;
         let store =
             engram_datasets::RunStore::open(&self.settings.runs).map_err(JobError::from_lib)?;
-        let (info, report) = run_patch(
+        let sites: &[PatchSite] = if exact { &PatchSite::ALL } else { &[] };
+        let out = run_patch(
             &self.lm,
             &self.card.source,
             &store,
             subject,
             &setup,
-            &PatchSite::ALL,
+            sites,
+            true,
         )
         .map_err(JobError::from_lib)?;
+        let report = out.report;
+        let attribution = out.attribution;
         Ok(PatchView {
             prompt: setup.clean_prompt.clone(),
             corrupted_prompt: setup.corrupted_prompt.clone(),
@@ -813,7 +834,15 @@ impl<B: Backend> Session for Loaded<B> {
                 .into_iter()
                 .map(|s| (s.site.name().to_string(), s.recovery))
                 .collect(),
-            run_id: info.id,
+            exact_seconds: exact.then_some(out.exact_seconds),
+            attribution: attribution
+                .iter()
+                .flat_map(|a| &a.recovery)
+                .map(|(site, rec)| (site.name().to_string(), rec.clone()))
+                .collect(),
+            attribution_seconds: attribution.as_ref().map_or(0.0, |a| a.seconds),
+            spearman: attribution.as_ref().and_then(|a| a.spearman).map(|r| r.0),
+            run_id: out.run.id,
         })
     }
 

@@ -172,6 +172,8 @@ pub struct MemoriesSettings {
     /// Text file searched for trigger examples; empty: the demo corpus file.
     pub corpus: String,
     pub max_tokens: usize,
+    /// Greedy continuation length, with and without the interventions (0: none).
+    pub continuation: usize,
 }
 
 impl Default for MemoriesSettings {
@@ -180,6 +182,7 @@ impl Default for MemoriesSettings {
             per_layer: 5,
             corpus: String::new(),
             max_tokens: 50_000,
+            continuation: 8,
         }
     }
 }

@@ -57,10 +57,12 @@ pub enum Command {
         request: TraceRequest,
         noise_subjects: Vec<String>,
     },
-    /// Activation patching of the prompt's fact, the corrupted subject in the request.
+    /// Activation patching of the prompt's fact, the corrupted subject in the
+    /// request: attribution patching always, exact patching where `exact`.
     Patch {
         prompt: String,
         request: TraceRequest,
+        exact: bool,
     },
     Edit(Box<EditSettings>),
     /// FT-L on the form's request.
@@ -359,9 +361,11 @@ fn run(
             &noise_subjects,
             ctl,
         )?)),
-        Command::Patch { prompt, request } => {
-            Reply::Patched(Box::new(model(session)?.patch(&prompt, &request)?))
-        }
+        Command::Patch {
+            prompt,
+            request,
+            exact,
+        } => Reply::Patched(Box::new(model(session)?.patch(&prompt, &request, exact)?)),
         Command::Edit(form) => Reply::Edited(Box::new(model_mut(session)?.edit(&form, ctl)?)),
         Command::EditFt(form) => {
             Reply::EditedFt(Box::new(model_mut(session)?.edit_ft(&form, ctl)?))

@@ -641,6 +641,23 @@ fn memories_panel_finds_switches_and_attributes_memories() {
                 .is_some_and(|v| v.request.interventions.len() == 1)
     });
     assert!(has_label(&h, "With the interventions"));
+    // The toggles act on the continuation too: the same as the library's
+    // continuation under the same intervention.
+    let view = h.state().memories_view().expect("view").clone();
+    let (plain, intervened) = view.continuation.clone().expect("a continuation");
+    let lm = demo_lm();
+    let ids = lm.encode_prompt(&prompt).expect("prompt");
+    let off = [engram_analysis::memories::Intervention {
+        layer: 3,
+        memory: top.memory,
+        setting: engram_analysis::memories::Setting::Zero,
+    }];
+    let expected =
+        engram_analysis::jobs::memories::continuation(&lm, &ids, view.request.generate, &off)
+            .expect("continuation");
+    assert!(view.request.generate > 0);
+    assert_eq!((plain, intervened), (expected.plain, expected.intervened));
+    assert!(has_label(&h, "with the interventions"));
     h.get_by_label("Clear").click();
     wait_for(&mut h, "the cleared re-run", |h| {
         !h.state().is_busy()
@@ -1088,6 +1105,17 @@ fn locate_patches_a_fact_and_stores_the_cli_run() {
     });
     let view = h.state().last_patch().expect("patch").clone();
     assert_eq!(view.sites.len(), 4, "{view:?}");
+    // Attribution patching beside it, every site, ranked like the exact patches.
+    assert_eq!(view.attribution.len(), 4, "{view:?}");
+    let rho = view.spearman.expect("a rank correlation");
+    assert!(rho > 0.3, "Spearman rho {rho}");
+    for ((site, exact), (same, estimate)) in view.sites.iter().zip(&view.attribution) {
+        assert_eq!(site, same);
+        assert_eq!(
+            (exact.len(), exact[0].len()),
+            (estimate.len(), estimate[0].len())
+        );
+    }
     let gui = only_run(&paths.runs, "patch");
     assert_eq!(gui.id, view.run_id);
     let cli_runs = dir.join("cli-runs");
@@ -1101,7 +1129,12 @@ fn locate_patches_a_fact_and_stores_the_cli_run() {
             &subject,
         ])
         .args(["--target", &target, "--corrupt-subject", &other])
-        .args(["--sites", "resid_pre,attn_out,mlp_out,head_out", "--runs"])
+        .args([
+            "--sites",
+            "resid_pre,attn_out,mlp_out,head_out",
+            "--attribution",
+        ])
+        .arg("--runs")
         .arg(&cli_runs)
         .output()
         .expect("the CLI runs");
@@ -1110,7 +1143,20 @@ fn locate_patches_a_fact_and_stores_the_cli_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_same_table(&gui, &only_run(&cli_runs, "patch"), "patch");
+    let cli_run = only_run(&cli_runs, "patch");
+    assert_same_table(&gui, &cli_run, "patch");
+    assert_same_table(&gui, &cli_run, "attribution");
+    // Attribution only: no exact sites, every estimate, a second run.
+    h.get_by_label("Attribution only").click_accesskit();
+    wait_for(&mut h, "attribution patching", |h| {
+        !h.state().is_busy()
+            && h.state()
+                .last_patch()
+                .is_some_and(|p| p.run_id != view.run_id)
+    });
+    let only = h.state().last_patch().expect("patch").clone();
+    assert!(only.sites.is_empty() && only.spearman.is_none(), "{only:?}");
+    assert_eq!(only.attribution, view.attribution);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -96,8 +96,11 @@ fn shade(color: RGBColor, t: f64) -> RGBColor {
     RGBColor(mix(color.0), mix(color.1), mix(color.2))
 }
 
+/// Attribution patching's estimates are drawn as `"{site} (attribution)"`.
+const ATTRIBUTION: &str = " (attribution)";
+
 fn kind_color(kind: &str) -> RGBColor {
-    match kind {
+    match kind.trim_end_matches(ATTRIBUTION) {
         "mlp" | "mlp_out" => RGBColor(0, 109, 44),
         "attn" | "attn_out" => RGBColor(165, 15, 21),
         _ => RGBColor(84, 39, 143),
@@ -105,6 +108,9 @@ fn kind_color(kind: &str) -> RGBColor {
 }
 
 fn kind_title(kind: &str) -> String {
+    if let Some(site) = kind.strip_suffix(ATTRIBUTION) {
+        return format!("Attribution estimate of patching {site}");
+    }
     match kind {
         "hidden" => "Restoring the hidden state".into(),
         "mlp" => "Restoring MLP outputs (window)".into(),
@@ -116,7 +122,10 @@ fn kind_title(kind: &str) -> String {
 
 /// Patching sites (`engram patch`) rather than trace kinds.
 fn is_patch(kind: &str) -> bool {
-    matches!(kind, "resid_pre" | "attn_out" | "mlp_out")
+    matches!(
+        kind.trim_end_matches(ATTRIBUTION),
+        "resid_pre" | "attn_out" | "mlp_out"
+    )
 }
 
 /// Axis ticks are placed at every half unit; only a cell's centre (`i + 0.5`) gets a label.

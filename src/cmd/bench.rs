@@ -262,6 +262,95 @@ pub fn trace_speed<B: Backend>(
     })
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PatchBenchRow {
+    pub tokens: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub threads: usize,
+    /// Exact patching of every resid_pre/attn_out/mlp_out position and every head.
+    pub exact_ms: f64,
+    pub exact_gflop: f64,
+    pub exact_floor_ms: Option<f64>,
+    /// Attribution patching of the same sites.
+    pub attribution_ms: f64,
+    pub attribution_gflop: f64,
+    pub attribution_floor_ms: Option<f64>,
+    /// Spearman's ρ of the estimates against the exact patches (resid/attn/mlp positions; heads).
+    pub spearman: Option<f64>,
+    pub spearman_heads: Option<f64>,
+    pub sites: usize,
+}
+
+/// Exact against attribution patching of one fact, with the FLOPs of each:
+/// a forward pass is `len` tokens through every block and the unembedding; the
+/// exact sweep runs two forwards and then, per site and layer l, one row per
+/// position (or head) through blocks l.. and the last position's unembedding;
+/// attribution runs two forwards and one backward, counted as two forwards.
+pub fn patch_speed<B: Backend>(
+    lm: &engram_model::LanguageModel<B>,
+    setup: &engram_analysis::jobs::patch::PatchSetup,
+) -> Result<PatchBenchRow> {
+    use engram_analysis::attribution::attribution_patch;
+    use engram_analysis::jobs::patch::AttributionOutcome;
+    use engram_analysis::patching::{patch_sweep, PatchSite};
+    let m = &lm.model;
+    let exact = || {
+        patch_sweep(
+            m,
+            &setup.clean,
+            &setup.corrupted,
+            setup.answer,
+            setup.wrong,
+            &PatchSite::ALL,
+        )
+    };
+    let attr = || attribution_patch(m, &setup.clean, &setup.corrupted, setup.answer, setup.wrong);
+    // Warm-up, then one timed run of each.
+    exact()?;
+    attr()?;
+    let t = Instant::now();
+    let report = exact()?;
+    let exact_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let estimate = attr()?;
+    let attribution_ms = t.elapsed().as_secs_f64() * 1e3;
+    let outcome = AttributionOutcome::new(estimate, &report, attribution_ms / 1e3);
+    let c = &m.config;
+    let (len, n, heads) = (setup.clean.len(), c.n_layers, c.n_heads);
+    let block = c.block_flops(len);
+    let forward = len as f64 * (n as f64 * block + c.unembed_flops());
+    let mut exact_flops = 2.0 * forward;
+    for site in PatchSite::ALL {
+        let rows = if site == PatchSite::HeadOut {
+            heads
+        } else {
+            len
+        };
+        for layer in 0..n {
+            exact_flops += rows as f64 * ((len * (n - layer)) as f64 * block + c.unembed_flops());
+        }
+    }
+    let attribution_flops = 4.0 * forward;
+    let exact_rate = gemm_gflops(len * len, c.d_mlp, c.d_model);
+    let attr_rate = gemm_gflops(len, c.d_mlp, c.d_model);
+    Ok(PatchBenchRow {
+        tokens: len,
+        layers: n,
+        heads,
+        threads: rayon::current_num_threads(),
+        exact_ms,
+        exact_gflop: exact_flops / 1e9,
+        exact_floor_ms: exact_rate.map(|r| exact_flops / r / 1e6),
+        attribution_ms,
+        attribution_gflop: attribution_flops / 1e9,
+        attribution_floor_ms: attr_rate.map(|r| attribution_flops / r / 1e6),
+        spearman: outcome.spearman.map(|r| r.0),
+        spearman_heads: outcome.spearman_heads.map(|r| r.0),
+        sites: outcome.spearman.map_or(0, |r| r.1),
+    })
+}
+
 /// Benchmarks that print figures measured side by side.
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -363,6 +452,24 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Activation patching of one fact: exact (one forward per site) vs attribution
+    /// patching (two forwards, one backward), with the rank correlation of the two.
+    Patch {
+        model: PathBuf,
+        #[arg(long, default_value = "The Eiffel Tower is located in the city of")]
+        prompt: String,
+        #[arg(long, default_value = "The Eiffel Tower")]
+        subject: String,
+        #[arg(long, default_value = "Paris")]
+        target: String,
+        /// The corrupted subject (same token length as --subject).
+        #[arg(long, default_value = "The Leaning Tower")]
+        corrupt_subject: String,
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
     Hooks {
         model: PathBuf,
@@ -416,6 +523,26 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             samples,
             window,
             naive,
+            json,
+            label: backend.label(),
+        }),
+        BenchCommand::Patch {
+            model,
+            prompt,
+            subject,
+            target,
+            corrupt_subject,
+            backend,
+            json,
+        } => backend.run(PatchBenchJob {
+            model,
+            fact: engram_datasets::facts::UserFact {
+                subject,
+                prompt,
+                target,
+                relation: None,
+            },
+            corrupt_subject,
             json,
             label: backend.label(),
         }),
@@ -927,6 +1054,77 @@ impl BackendJob for TraceBenchJob {
             },
             row.max_abs_diff
         );
+        Ok(())
+    }
+}
+
+struct PatchBenchJob {
+    model: PathBuf,
+    fact: engram_datasets::facts::UserFact,
+    corrupt_subject: String,
+    json: bool,
+    label: String,
+}
+
+impl BackendJob for PatchBenchJob {
+    type Output = ();
+    type Error = anyhow::Error;
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        use engram_analysis::jobs::patch::{prepare, Corruption};
+        let lm = load::<B>(&self.model, &device)?;
+        let f = &self.fact;
+        let setup = prepare(
+            &lm,
+            &f.prompt,
+            &f.subject,
+            &f.target,
+            &Corruption::Subject(self.corrupt_subject.clone()),
+        )?;
+        let row = patch_speed(&lm, &setup)?;
+        if self.json {
+            outln!("{}", serde_json::to_string_pretty(&row)?);
+            return Ok(());
+        }
+        outln!(
+            "activation patching, one fact ({} tokens x {} layers, {} heads; resid_pre, attn_out, mlp_out \
+             per position and every head), {}, {} thread(s):",
+            row.tokens,
+            row.layers,
+            row.heads,
+            self.label,
+            row.threads
+        );
+        let floor = |gflop: f64, ms: f64, floor: Option<f64>| match floor {
+            Some(f) => format!(
+                "{gflop:.2} GFLOP, floor {f:.1} ms, x{:.2} the floor",
+                ms / f
+            ),
+            None => format!("{gflop:.2} GFLOP, floor not measured (the CPU GEMM is off)"),
+        };
+        outln!(
+            "  exact (one row per site, blocks l..):        {:>10.1} ms  x{:.1} of attribution; {}",
+            row.exact_ms,
+            row.exact_ms / row.attribution_ms,
+            floor(row.exact_gflop, row.exact_ms, row.exact_floor_ms)
+        );
+        outln!(
+            "  attribution (2 forwards, 1 backward):        {:>10.1} ms; {}",
+            row.attribution_ms,
+            floor(
+                row.attribution_gflop,
+                row.attribution_ms,
+                row.attribution_floor_ms
+            )
+        );
+        if let Some(rho) = row.spearman {
+            outln!(
+                "  Spearman rho, estimate vs exact: {rho:.3} over {} position sites{}",
+                row.sites,
+                row.spearman_heads
+                    .map(|h| format!(", {h:.3} over heads"))
+                    .unwrap_or_default()
+            );
+        }
         Ok(())
     }
 }

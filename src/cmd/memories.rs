@@ -183,6 +183,8 @@ pub struct TopQuery<'a> {
     pub boost: Vec<(usize, usize)>,
     /// Coefficients set to a value: (layer, memory, value).
     pub set: Vec<(usize, usize, f32)>,
+    /// Greedy continuation length, without and with the interventions (0: none).
+    pub generate: usize,
 }
 
 /// `top`: the memories behind a prediction, layer by layer, optionally with
@@ -209,6 +211,7 @@ pub fn top(
         per_layer: q.per_layer,
         k: q.k,
         interventions,
+        generate: q.generate,
     };
     let r = top_memories_job(lm, &req)?;
     let pos = r.position;
@@ -257,6 +260,13 @@ pub fn top(
                 tokens(lm, &h.promotes)
             );
         }
+    }
+    if let Some(c) = &r.continuation {
+        outln!("continuation without interventions: {:?}", c.plain);
+        outln!(
+            "continuation with {n_interventions} intervention(s):  {:?}",
+            c.intervened
+        );
     }
     let info = store_top_run(lm, &model.display().to_string(), store, &req, &r)?;
     outln!("stored as run {} ({})", info.id, info.dir.display());
@@ -509,6 +519,10 @@ pub(crate) enum MemoriesCommand {
         /// Set memories' coefficients to values: LAYER:INDEX=VALUE,…
         #[arg(long, default_value = "")]
         set: String,
+        /// Also continue the prompt greedily for N tokens, without and with the
+        /// interventions (applied at every generated position too).
+        #[arg(long, default_value_t = 0)]
+        generate: usize,
     },
     /// The target's rank entering each block, after attention and after the MLP.
     Lens {
@@ -589,6 +603,7 @@ pub(crate) fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<
             zero,
             boost,
             set,
+            generate,
         } => {
             let q = m::TopQuery {
                 prompt: &prompt,
@@ -600,6 +615,7 @@ pub(crate) fn memories(runs: Option<PathBuf>, which: MemoriesCommand) -> Result<
                 zero: m::parse_memories(&zero)?,
                 boost: m::parse_memories(&boost)?,
                 set: m::parse_settings(&set)?,
+                generate,
             };
             m::top(&cpu(&model)?, &model, &q, &store)
         }

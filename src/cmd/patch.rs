@@ -26,11 +26,14 @@ pub(crate) struct PatchArgs {
         default_value = "resid_pre,attn_out,mlp_out,head_out"
     )]
     pub sites: Vec<SiteArg>,
-    /// Also estimate every resid_pre/attn_out/mlp_out site at once by attribution
-    /// patching (one forward each way and one backward) and print its time and
-    /// rank correlation against the exact patches.
+    /// Also estimate every site (resid_pre, attn_out, mlp_out per position, each
+    /// head) by attribution patching (one forward each way and one backward),
+    /// stored beside the exact patches with its time and rank correlation.
     #[arg(long)]
     pub attribution: bool,
+    /// Attribution patching only: no exact patches (for large models).
+    #[arg(long, conflicts_with = "sites")]
+    pub attribution_only: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[arg(long)]
@@ -75,7 +78,11 @@ impl BackendJob for PatchJob {
         use engram_analysis::jobs::patch::{prepare, run_patch, Corruption};
         use engram_analysis::patching::PatchSite;
         let a = self.0;
-        let sites: Vec<PatchSite> = a.sites.iter().map(|&s| s.into()).collect();
+        let sites: Vec<PatchSite> = if a.attribution_only {
+            Vec::new()
+        } else {
+            a.sites.iter().map(|&s| s.into()).collect()
+        };
         let corruption = match (&a.corrupt_subject, &a.corrupted_prompt) {
             (Some(s), _) => Corruption::Subject(s.clone()),
             (None, Some(p)) => Corruption::Prompt(p.clone()),
@@ -85,15 +92,16 @@ impl BackendJob for PatchJob {
         let setup = prepare(&lm, &a.prompt, &a.subject, &a.target, &corruption)?;
         let root = a.runs.unwrap_or_else(|| settings().runs.clone());
         let store = engram_datasets::RunStore::open(root)?;
-        let started = std::time::Instant::now();
-        let (info, report) = run_patch(
+        let out = run_patch(
             &lm,
             &a.model.display().to_string(),
             &store,
             &a.subject,
             &setup,
             &sites,
+            a.attribution || a.attribution_only,
         )?;
+        let report = &out.report;
         outln!(
             "clean:     {:?}  logit diff {:+.4}",
             setup.clean_prompt,
@@ -106,56 +114,49 @@ impl BackendJob for PatchJob {
             lm.tokenizer.token_text(setup.answer),
             lm.tokenizer.token_text(setup.wrong)
         );
-        for s in &report.sites {
-            let best = s
-                .recovery
+        let best = |site: PatchSite, rec: &[Vec<f32>]| {
+            let best = rec
                 .iter()
                 .enumerate()
                 .flat_map(|(l, row)| row.iter().enumerate().map(move |(i, &r)| (l, i, r)))
                 .max_by(|x, y| x.2.total_cmp(&y.2));
-            if let Some((layer, i, r)) = best {
-                let what = if s.site == PatchSite::HeadOut {
+            best.map(|(layer, i, r)| {
+                let what = if site == PatchSite::HeadOut {
                     format!("head {i}")
                 } else {
                     format!("position {i} {:?}", lm.tokenizer.token_text(setup.clean[i]))
                 };
-                outln!(
-                    "{:>9}: best recovery {r:+.3} at layer {layer}, {what}",
-                    s.site.name()
-                );
+                format!("{r:+.3} at layer {layer}, {what}")
+            })
+        };
+        for s in &report.sites {
+            if let Some(b) = best(s.site, &s.recovery) {
+                outln!("{:>9}: best recovery {b}", s.site.name());
             }
         }
-        if a.attribution {
-            let exact_s = started.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            let est = engram_analysis::attribution::attribution_patch(
-                &lm.model,
-                &setup.clean,
-                &setup.corrupted,
-                setup.answer,
-                setup.wrong,
-            )?;
-            let attr_s = t.elapsed().as_secs_f64();
-            let (mut xs, mut ys) = (Vec::new(), Vec::new());
-            for s in &report.sites {
-                let rows = match s.site {
-                    PatchSite::ResidPre => &est.resid_pre,
-                    PatchSite::AttnOut => &est.attn_out,
-                    PatchSite::MlpOut => &est.mlp_out,
-                    PatchSite::HeadOut => continue,
-                };
-                for (exact, approx) in s.logit_diff.iter().flatten().zip(rows.iter().flatten()) {
-                    xs.push(exact - report.corrupted_logit_diff);
-                    ys.push(*approx);
+        if let Some(attr) = &out.attribution {
+            outln!(
+                "attribution patching: {:.3} s for every site (one forward each way, one backward); \
+                 exact patching of {} site kind(s): {:.3} s",
+                attr.seconds,
+                sites.len(),
+                out.exact_seconds
+            );
+            for (site, rec) in &attr.recovery {
+                if let Some(b) = best(*site, rec) {
+                    outln!("{:>9}: best estimated recovery {b}", site.name());
                 }
             }
-            outln!(
-                "attribution patching: {attr_s:.2} s for every site (one forward each way, one backward); \
-                 exact patching with the store: {exact_s:.2} s; Spearman rho over {} resid/attn/mlp sites: {:.3}",
-                xs.len(),
-                engram_analysis::attribution::spearman(&xs, &ys)
-            );
+            for (what, rho) in [
+                ("resid/attn/mlp sites", attr.spearman),
+                ("heads", attr.spearman_heads),
+            ] {
+                if let Some((rho, n)) = rho {
+                    outln!("  Spearman rho against exact patching over {n} {what}: {rho:.3}");
+                }
+            }
         }
+        let info = out.run;
         outln!("run {} in {}", info.id, info.dir.display());
         Ok(())
     }

@@ -80,6 +80,16 @@ pub struct TopRequest {
     /// Tokens listed per memory.
     pub k: usize,
     pub interventions: Vec<Intervention>,
+    /// Also continue the prompt greedily for this many tokens, without and
+    /// with the interventions (which then act on every generated position too).
+    pub generate: usize,
+}
+
+/// A greedy continuation without and with the interventions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Continuation {
+    pub plain: String,
+    pub intervened: String,
 }
 
 /// The memories behind a prediction, under the request's interventions.
@@ -92,6 +102,8 @@ pub struct TopReport {
     pub next_clean: Vec<TokenScore>,
     pub next_now: Vec<TokenScore>,
     pub layers: Vec<LayerMemories>,
+    /// Where the request asked for one.
+    pub continuation: Option<Continuation>,
 }
 
 /// Rank each layer's memories at the request's position by |aᵢ|·‖vᵢ‖.
@@ -132,6 +144,10 @@ pub fn top_memories_job<B: Backend>(lm: &LanguageModel<B>, req: &TopRequest) -> 
         req.k,
         MemoryHook::new(&req.interventions, None),
     )?;
+    let continuation = match req.generate {
+        0 => None,
+        n => Some(continuation(lm, &ids, n, &req.interventions)?),
+    };
     Ok(TopReport {
         ids,
         position,
@@ -139,6 +155,34 @@ pub fn top_memories_job<B: Backend>(lm: &LanguageModel<B>, req: &TopRequest) -> 
         next_clean: top_k(&clean, 5, false),
         next_now: top_k(&now, 5, false),
         layers,
+        continuation,
+    })
+}
+
+/// Greedy continuations of `ids` (KV cache), unhooked and with the
+/// interventions on every position, the prompt's and each generated one.
+pub fn continuation<B: Backend>(
+    lm: &LanguageModel<B>,
+    ids: &[u32],
+    max_new_tokens: usize,
+    interventions: &[Intervention],
+) -> Result<Continuation> {
+    let cfg = engram_model::GenerateConfig {
+        max_new_tokens,
+        sampling: engram_model::Sampling::Greedy,
+        stop_at_eos: true,
+        kv_cache: true,
+    };
+    let prompts = [ids.to_vec()];
+    let run = |hook: &mut MemoryHook| -> Result<String> {
+        let out = engram_model::generate_hooked(&lm.model, &prompts, &cfg, hook, |_| true)?;
+        Ok(lm
+            .tokenizer
+            .decode(out.first().map_or(&[][..], Vec::as_slice))?)
+    };
+    Ok(Continuation {
+        plain: run(&mut MemoryHook::new(&[], None))?,
+        intervened: run(&mut MemoryHook::new(interventions, None))?,
     })
 }
 
@@ -178,14 +222,29 @@ pub fn store_top_run<B: Backend>(
         .iter()
         .map(|i| json!({"layer": i.layer, "memory": i.memory, "setting": format!("{:?}", i.setting)}))
         .collect();
+    let continuations: Vec<Row> = report
+        .continuation
+        .iter()
+        .flat_map(|c| {
+            [
+                row(json!({"interventions": false, "continuation": c.plain})),
+                row(json!({"interventions": true, "continuation": c.intervened})),
+            ]
+        })
+        .collect();
+    let mut tables: Vec<(&str, &[Row])> = vec![("memories", &rows)];
+    if !continuations.is_empty() {
+        tables.push(("continuations", &continuations));
+    }
     store_memories_run(
         lm,
         model,
         store,
         "top",
         json!({"prompt": req.prompt, "position": report.position, "target": req.target,
-               "per_layer": req.per_layer, "interventions": interventions}),
-        &[("memories", &rows)],
+               "per_layer": req.per_layer, "interventions": interventions,
+               "generate": req.generate}),
+        &tables,
     )
 }
 

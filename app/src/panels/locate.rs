@@ -233,7 +233,8 @@ fn app_width(ui: &Ui) -> f32 {
 
 /// Activation patching (TransformerLens style): each clean activation put into
 /// the corrupted run, one at a time; how much of the clean logit difference
-/// it recovers, per site, layer and position (or head). Stored as a run.
+/// it recovers, per site, layer and position (or head), with attribution
+/// patching's estimate of the same beside it. Stored as a run.
 fn patch_section(app: &mut EngramApp, ui: &mut Ui) {
     let running = app.pending(PanelKind::Locate);
     egui::CollapsingHeader::new(RichText::new("Activation patching").strong())
@@ -247,16 +248,32 @@ fn patch_section(app: &mut EngramApp, ui: &mut Ui) {
                         .hint_text("another subject of the same token length"),
                 )
                 .labelled_by(l.id);
-                if ui
-                    .add_enabled(!running, egui::Button::new("Patch"))
-                    .on_hover_text("Patch clean activations into the corrupted run")
-                    .clicked()
-                {
-                    let command = crate::worker::Command::Patch {
-                        prompt: app.settings.prompt.clone(),
-                        request: app.settings.trace.clone(),
-                    };
-                    app.submit(PanelKind::Locate, command);
+                for (label, hover, exact) in [
+                    (
+                        "Patch",
+                        "Patch clean activations into the corrupted run, one site at a time, \
+                         and estimate every site by attribution patching",
+                        true,
+                    ),
+                    (
+                        "Attribution only",
+                        "Estimate every site at once by attribution patching \
+                         (two forward passes and one backward)",
+                        false,
+                    ),
+                ] {
+                    if ui
+                        .add_enabled(!running, egui::Button::new(label))
+                        .on_hover_text(hover)
+                        .clicked()
+                    {
+                        let command = crate::worker::Command::Patch {
+                            prompt: app.settings.prompt.clone(),
+                            request: app.settings.trace.clone(),
+                            exact,
+                        };
+                        app.submit(PanelKind::Locate, command);
+                    }
                 }
             });
             let Some(p) = app.results.patch.clone() else {
@@ -274,37 +291,62 @@ fn patch_section(app: &mut EngramApp, ui: &mut Ui) {
                 ))
                 .strong(),
             );
-            ui.horizontal_wrapped(|ui| {
-                for (site, rec) in &p.sites {
-                    let layers = rec.len();
-                    let cols = rec.first().map_or(0, Vec::len);
-                    let value = |r: usize, c: usize| {
-                        rec.get(r)
-                            .and_then(|row| row.get(c))
-                            .map(|v| v.clamp(0.0, 1.0))
-                    };
-                    let col_labels: Vec<String> = if site == "head_out" {
-                        (0..cols).map(|h| format!("h{h}")).collect()
-                    } else {
-                        p.tokens.iter().map(|t| show_token(t)).collect()
-                    };
-                    ui.vertical(|ui| {
-                        ui.label(RichText::new(format!("{site}: recovery")).weak());
-                        Heatmap {
-                            rows: layers,
-                            cols,
-                            value: &value,
-                            text: None,
-                            row_labels: (0..layers).map(|l| format!("L{l}")).collect(),
-                            col_labels,
-                            cell: Vec2::new(22.0, 16.0),
-                            vertical_col_labels: true,
-                            marked_cols: Vec::new(),
-                            selected: None,
-                        }
-                        .show(ui);
-                    });
-                }
-            });
+            let timing = match (p.exact_seconds, p.spearman) {
+                (Some(exact), Some(rho)) => format!(
+                    "exact patching {exact:.2} s; attribution patching {:.2} s, \
+                     Spearman rho {rho:.3} against exact over resid/attn/mlp",
+                    p.attribution_seconds
+                ),
+                _ => format!("attribution patching {:.2} s", p.attribution_seconds),
+            };
+            ui.label(RichText::new(timing).weak());
+            // One row per site: the exact recovery, then the estimate, on one colour scale.
+            for (site, estimate) in &p.attribution {
+                let exact = p.sites.iter().find(|(s, _)| s == site).map(|(_, r)| r);
+                ui.horizontal(|ui| {
+                    if let Some(rec) = exact {
+                        recovery_map(ui, &p, site, rec, "recovery");
+                    }
+                    recovery_map(ui, &p, site, estimate, "attribution estimate");
+                });
+            }
         });
+}
+
+/// One site's recovery grid, layers × positions (or heads), clamped to 0..1.
+fn recovery_map(
+    ui: &mut Ui,
+    p: &crate::session::PatchView,
+    site: &str,
+    rec: &[Vec<f32>],
+    what: &str,
+) {
+    let layers = rec.len();
+    let cols = rec.first().map_or(0, Vec::len);
+    let value = |r: usize, c: usize| {
+        rec.get(r)
+            .and_then(|row| row.get(c))
+            .map(|v| v.clamp(0.0, 1.0))
+    };
+    let col_labels: Vec<String> = if site == "head_out" {
+        (0..cols).map(|h| format!("h{h}")).collect()
+    } else {
+        p.tokens.iter().map(|t| show_token(t)).collect()
+    };
+    ui.vertical(|ui| {
+        ui.label(RichText::new(format!("{site}: {what}")).weak());
+        Heatmap {
+            rows: layers,
+            cols,
+            value: &value,
+            text: None,
+            row_labels: (0..layers).map(|l| format!("L{l}")).collect(),
+            col_labels,
+            cell: Vec2::new(22.0, 16.0),
+            vertical_col_labels: true,
+            marked_cols: Vec::new(),
+            selected: None,
+        }
+        .show(ui);
+    });
 }

@@ -59,6 +59,8 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
         });
     ui.horizontal(|ui| {
         ui.add(egui::Slider::new(&mut app.settings.memories.per_layer, 1..=20).text("memories per layer"));
+        ui.add(egui::Slider::new(&mut app.settings.memories.continuation, 0..=40).text("continuation tokens"))
+            .on_hover_text("Continue the prompt greedily, without and with the interventions (they act on every generated token)");
         let running = app.pending(PanelKind::Memories);
         if ui.add_enabled(!running, egui::Button::new("Find memories")).clicked() {
             rerun = true;
@@ -136,6 +138,28 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
                 .strong()
                 .color(ui.visuals().warn_fg_color),
             );
+        }
+        if let Some((plain, intervened)) = &view.continuation {
+            let with = !view.request.interventions.is_empty();
+            egui::Grid::new("memories_continuation")
+                .num_columns(2)
+                .spacing([16.0, 4.0])
+                .show(ui, |ui| {
+                    ui.label(RichText::new("Continuation").weak());
+                    if with {
+                        ui.label(RichText::new("with the interventions").weak());
+                    }
+                    ui.end_row();
+                    ui.label(RichText::new(clip(plain, 120)).monospace());
+                    if with {
+                        ui.label(
+                            RichText::new(clip(intervened, 120))
+                                .monospace()
+                                .color(ui.visuals().warn_fg_color),
+                        );
+                    }
+                    ui.end_row();
+                });
         }
         let n = view.layers.len();
         for l in view.layers.iter().rev() {
