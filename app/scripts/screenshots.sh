@@ -42,6 +42,7 @@ shoot() { # panel, file, extra args...
   # steer: the Playground scrolled to its Steer section, "Apply steering" pressed.
   [ "$panel" = edit-batch ] && open=edit
   [ "$panel" = steer ] && open=playground
+  [ "$panel" = patch ] && open=locate
   "$BIN" --no-settings --model "$MODEL" --panel "$open" --prompt "$PROMPT" \
     --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" "$@" &
   local app=$!
@@ -61,6 +62,18 @@ shoot() { # panel, file, extra args...
     if [ -n "$win" ]; then
       xdotool mousemove --window "$win" 181 223 click 1 || true
       sleep "${TRACE_WAIT:-$WAIT}"
+    fi
+  fi
+  if [ "$panel" = patch ] && command -v xdotool >/dev/null; then
+    # Open "Activation patching" below the trace form, then press Patch
+    # (exact and attribution patching side by side).
+    local win
+    win=$(xdotool search --name '^Engram$' | head -1)
+    if [ -n "$win" ]; then
+      xdotool mousemove --window "$win" "${PATCH_HDR_X:-230}" "${PATCH_HDR_Y:-250}" click 1 || true
+      sleep 1
+      xdotool mousemove --window "$win" "${PATCH_X:-560}" "${PATCH_Y:-277}" click 1 || true
+      sleep "${PATCH_WAIT:-$WAIT}"
     fi
   fi
   if [ "$panel" = probe ] && command -v xdotool >/dev/null; then
