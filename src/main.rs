@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use engram_model::backend::Dtype;
 use engram_model::burn_tensor::backend::Backend;
 use engram_model::LanguageModel;
@@ -41,10 +41,22 @@ mod cmd;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The version, with the build's optional features: what `--version` prints.
+#[cfg(feature = "cuda")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: cuda; devices: cpu, cuda)"
+);
+#[cfg(not(feature = "cuda"))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: none; devices: cpu; build with --features cuda for CUDA)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "engram",
-    version,
+    version = VERSION,
     about = "Locate and edit facts in transformer language models"
 )]
 struct Cli {
@@ -90,6 +102,10 @@ enum Command {
     Stats(cmd::stats::StatsArgs),
     /// Steering vectors: build one from two prompt sets, apply it while generating; stored as runs.
     Steer(cmd::steer::SteerArgs),
+    /// The shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(cmd::completions::CompletionsArgs),
+    /// The CLI reference in Markdown (docs/reference/cli.md).
+    HelpMarkdown(cmd::help_markdown::HelpMarkdownArgs),
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -109,6 +125,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::TrainDemo(a) => cmd::train_demo::run(a),
         Command::Runs(a) => cmd::runs::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Completions(a) => cmd::completions::run(a, Cli::command()),
+        Command::HelpMarkdown(a) => cmd::help_markdown::run(a, Cli::command()),
     }
 }
 

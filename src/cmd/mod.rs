@@ -1,8 +1,10 @@
 //! One file per `engram` command: its arguments, the call to the job, the printing.
 
 pub(crate) mod bench;
+pub(crate) mod completions;
 pub(crate) mod edit;
 pub(crate) mod eval;
+pub(crate) mod help_markdown;
 pub(crate) mod info;
 pub(crate) mod lens;
 pub(crate) mod memit;
