@@ -16,19 +16,20 @@ pub(crate) struct TrainDemoArgs {
 }
 
 pub(crate) fn run(a: TrainDemoArgs) -> Result<()> {
-    let start = std::time::Instant::now();
+    // A bar (or count lines off a terminal) over the steps; the loss in its stage name
+    // every 500 steps, and on the last.
+    let ctl = stderr_control();
+    let mut stage = String::from("training");
     let report = engram_editing::demo::train_demo(
         &a.out,
         &a.facts_out,
         a.steps,
         a.seed,
         &mut |step, steps, loss| {
-            if step % 100 == 0 || step + 1 == steps {
-                eprintln!(
-                    "step {step:>5}/{steps}  loss {loss:.4}  ({:.0} s)",
-                    start.elapsed().as_secs_f64()
-                );
+            if step % 500 == 0 || step + 1 == steps {
+                stage = format!("training (loss {loss:.3})");
             }
+            ctl.tick(&stage, step as u64 + 1, steps as u64);
         },
     )?;
     outln!("{}", serde_json::to_string_pretty(&report)?);
