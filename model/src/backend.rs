@@ -1,4 +1,5 @@
-//! Choosing the backend at run time: a [`DeviceSpec`] (`cpu`, `cuda[:N]`) and a [`Dtype`].
+//! Choosing the backend at run time: a [`DeviceSpec`] (`cpu`, `cuda[:N]`,
+//! `wgpu[:…]`) and a [`Dtype`].
 
 use burn_tensor::backend::Backend;
 
@@ -65,7 +66,106 @@ pub fn with_backend<J: BackendJob>(
             job.run::<crate::Cpu>(Default::default())
         }
         DeviceSpec::Cuda(index) => cuda(index, dtype, job),
+        DeviceSpec::Wgpu(adapter) => wgpu(adapter, dtype, job),
     }
+}
+
+/// Make `dtype` the float type of `device` for backend `B`. burn keeps one
+/// setting per device for the whole process, shared by the precisions of one
+/// backend family (its device type), and fixed by the first tensor made there;
+/// a second precision on a device already in use is refused rather than
+/// silently computed in the first one.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn claim_dtype<B: Backend>(
+    device: &B::Device,
+    spec: DeviceSpec,
+    dtype: Dtype,
+) -> Result<(), ModelError> {
+    use burn_tensor::{DType, Element};
+    let want = match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+    };
+    // Already set (to this or another type) is fine here; the check below tells which.
+    let _ = burn_tensor::set_default_dtypes::<B>(device, want, <B::IntElem as Element>::dtype());
+    let have: DType = burn_tensor::get_device_settings::<B>(device)
+        .float_dtype
+        .into();
+    if have != want {
+        return Err(ModelError::Device(format!(
+            "{spec} already computes in {have:?} in this process (burn keeps one precision per \
+             device); restart to use {dtype} there"
+        )));
+    }
+    Ok(())
+}
+
+/// The panic message of a backend that reports failures by panicking.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown failure".into())
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu<J: BackendJob>(
+    adapter: crate::device::WgpuAdapter,
+    dtype: Dtype,
+    job: J,
+) -> Result<J::Output, J::Error> {
+    let spec = DeviceSpec::Wgpu(adapter);
+    if dtype == Dtype::BF16 {
+        return Err(ModelError::Device(format!(
+            "{spec} computes in f32 or f16; wgpu has no bf16 (use --dtype f16, or --device cuda for bf16)"
+        ))
+        .into());
+    }
+    // cubecl reports a missing adapter or a lost device by panicking; turn that into an error.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let device = crate::device::wgpu_device(adapter);
+        match dtype {
+            Dtype::F16 => {
+                use burn_tensor::DType;
+                if !<crate::device::WgpuF16 as Backend>::supports_dtype(&device, DType::F16) {
+                    return Err(ModelError::Device(format!(
+                        "{spec}: this adapter has no f16 support; use --dtype f32"
+                    ))
+                    .into());
+                }
+                claim_dtype::<crate::device::WgpuF16>(&device, spec, dtype)?;
+                job.run::<crate::device::WgpuF16>(device)
+            }
+            _ => {
+                claim_dtype::<crate::device::Wgpu>(&device, spec, dtype)?;
+                job.run::<crate::device::Wgpu>(device)
+            }
+        }
+    }));
+    outcome.unwrap_or_else(|payload| {
+        Err(ModelError::Device(format!(
+            "wgpu device {spec} failed: {} (is a Vulkan or Metal driver installed? \
+             On Debian, `apt install mesa-vulkan-drivers` gives a software Vulkan device, wgpu:cpu)",
+            panic_text(&*payload)
+        ))
+        .into())
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu<J: BackendJob>(
+    adapter: crate::device::WgpuAdapter,
+    _dtype: Dtype,
+    _job: J,
+) -> Result<J::Output, J::Error> {
+    Err(ModelError::Device(format!(
+        "{} was asked for, but this build has no wgpu support; rebuild with `--features wgpu`, or use --device cpu",
+        DeviceSpec::Wgpu(adapter)
+    ))
+    .into())
 }
 
 #[cfg(feature = "cuda")]
@@ -79,22 +179,29 @@ fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output, 
     // burn-cuda reports driver failures and out-of-memory by panicking; turn that into an error.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let device = burn_cuda::CudaDevice::new(index);
+        let spec = DeviceSpec::Cuda(index);
         match dtype {
-            Dtype::F32 => job.run::<burn_cuda::Cuda<f32>>(device),
-            Dtype::F16 => job.run::<burn_cuda::Cuda<half::f16>>(device),
-            Dtype::BF16 => job.run::<burn_cuda::Cuda<half::bf16>>(device),
+            Dtype::F32 => {
+                claim_dtype::<burn_cuda::Cuda<f32>>(&device, spec, dtype)?;
+                job.run::<burn_cuda::Cuda<f32>>(device)
+            }
+            Dtype::F16 => {
+                claim_dtype::<burn_cuda::Cuda<half::f16>>(&device, spec, dtype)?;
+                job.run::<burn_cuda::Cuda<half::f16>>(device)
+            }
+            Dtype::BF16 => {
+                claim_dtype::<burn_cuda::Cuda<half::bf16>>(&device, spec, dtype)?;
+                job.run::<burn_cuda::Cuda<half::bf16>>(device)
+            }
         }
     }));
     match outcome {
         Ok(result) => result,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown failure".into());
-            Err(ModelError::Device(format!("CUDA device cuda:{index} failed: {msg}")).into())
-        }
+        Err(payload) => Err(ModelError::Device(format!(
+            "CUDA device cuda:{index} failed: {}",
+            panic_text(&*payload)
+        ))
+        .into()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Backends and devices: the CPU (ndarray) by default, CUDA behind the `cuda` feature.
+//! Backends and devices: the CPU (ndarray) by default, CUDA behind the `cuda`
+//! feature, and wgpu (Vulkan, Metal; lavapipe in CI) behind the `wgpu` feature.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,27 +20,57 @@ pub type CudaBf16 = burn_cuda::Cuda<half::bf16>;
 #[cfg(feature = "cuda")]
 pub type CudaF16 = burn_cuda::Cuda<half::f16>;
 
-/// A device chosen on the command line: `cpu`, `cuda` or `cuda:N`.
+/// The wgpu backend (Vulkan on Linux and Windows, Metal on macOS).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn_wgpu::Wgpu<f32>;
+/// The wgpu backend computing in f16, where the adapter supports it.
+#[cfg(feature = "wgpu")]
+pub type WgpuF16 = burn_wgpu::Wgpu<half::f16>;
+
+/// Which wgpu adapter: the best one wgpu finds, the N-th discrete or
+/// integrated GPU, or a software adapter (such as Mesa's lavapipe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgpuAdapter {
+    Best,
+    Discrete(usize),
+    Integrated(usize),
+    Software,
+}
+
+/// A device chosen on the command line: `cpu`, `cuda[:N]`, or
+/// `wgpu[:N|:integrated[:N]|:cpu]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {
     #[default]
     Cpu,
     Cuda(usize),
+    Wgpu(WgpuAdapter),
 }
+
+const DEVICES: &str = "cpu, cuda, cuda:N, wgpu, wgpu:N, wgpu:integrated[:N] or wgpu:cpu";
 
 impl FromStr for DeviceSpec {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, ModelError> {
+        let unknown = || ModelError::Device(format!("unknown device `{s}`; use {DEVICES}"));
+        let index = |n: &str| n.parse::<usize>().map_err(|_| unknown());
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| {
-                    ModelError::Device(format!("unknown device `{s}`; use cpu, cuda or cuda:N"))
-                }),
+            "wgpu" => Ok(DeviceSpec::Wgpu(WgpuAdapter::Best)),
+            "wgpu:cpu" => Ok(DeviceSpec::Wgpu(WgpuAdapter::Software)),
+            "wgpu:integrated" => Ok(DeviceSpec::Wgpu(WgpuAdapter::Integrated(0))),
+            _ => {
+                if let Some(n) = s.strip_prefix("cuda:") {
+                    Ok(DeviceSpec::Cuda(index(n)?))
+                } else if let Some(n) = s.strip_prefix("wgpu:integrated:") {
+                    Ok(DeviceSpec::Wgpu(WgpuAdapter::Integrated(index(n)?)))
+                } else if let Some(n) = s.strip_prefix("wgpu:") {
+                    Ok(DeviceSpec::Wgpu(WgpuAdapter::Discrete(index(n)?)))
+                } else {
+                    Err(unknown())
+                }
+            }
         }
     }
 }
@@ -49,7 +80,23 @@ impl fmt::Display for DeviceSpec {
         match self {
             DeviceSpec::Cpu => f.write_str("cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Wgpu(WgpuAdapter::Best) => f.write_str("wgpu"),
+            DeviceSpec::Wgpu(WgpuAdapter::Discrete(n)) => write!(f, "wgpu:{n}"),
+            DeviceSpec::Wgpu(WgpuAdapter::Integrated(n)) => write!(f, "wgpu:integrated:{n}"),
+            DeviceSpec::Wgpu(WgpuAdapter::Software) => f.write_str("wgpu:cpu"),
         }
+    }
+}
+
+/// The burn device for a wgpu adapter.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device(adapter: WgpuAdapter) -> burn_wgpu::WgpuDevice {
+    use burn_wgpu::WgpuDevice;
+    match adapter {
+        WgpuAdapter::Best => WgpuDevice::DefaultDevice,
+        WgpuAdapter::Discrete(n) => WgpuDevice::DiscreteGpu(n),
+        WgpuAdapter::Integrated(n) => WgpuDevice::IntegratedGpu(n),
+        WgpuAdapter::Software => WgpuDevice::Cpu,
     }
 }
 

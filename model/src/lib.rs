@@ -33,7 +33,7 @@ pub mod weights;
 
 pub use backend::{with_backend, BackendJob, Dtype};
 pub use config::{Architecture, ModelConfig};
-pub use device::{Cpu, CpuAutodiff, DeviceSpec};
+pub use device::{Cpu, CpuAutodiff, DeviceSpec, WgpuAdapter};
 pub use error::{ModelError, Result};
 pub use generate::{generate, generate_hooked, GenerateConfig, Sampling};
 pub use hooks::{fn_hook, Activation, ActivationCache, BlockSite, Hook, HookPoint, NoHooks};

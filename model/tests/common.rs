@@ -86,3 +86,42 @@ pub fn max_excess(a: &[f32], b: &[f32], rtol: f32) -> f32 {
         .map(|(x, y)| (x - y).abs() - rtol * y.abs())
         .fold(f32::NEG_INFINITY, f32::max)
 }
+
+/// Run the test `name` (its path in this binary) again in a child process
+/// and pass its output through: burn keeps one float precision per device
+/// for a whole process, so a test of a second precision needs a fresh one.
+/// Returns true in the child, where the caller does the work.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn in_child_process(name: &str) -> bool {
+    if std::env::var_os("ENGRAM_TEST_CHILD").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--include-ignored", "--nocapture"])
+        .env("ENGRAM_TEST_CHILD", "1")
+        .output()
+        .expect("run the test in a child process");
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} in a child process:\n{stdout}"
+    );
+    false
+}
+
+/// Fix `dtype` as the float type of `device` for `B` before any tensor is made there.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn claim_precision<B: burn_tensor::backend::Backend>(
+    device: &B::Device,
+    dtype: burn_tensor::DType,
+) {
+    use burn_tensor::Element;
+    burn_tensor::set_default_dtypes::<B>(device, dtype, <B::IntElem as Element>::dtype())
+        .expect("a fresh device");
+    let have: burn_tensor::DType = burn_tensor::get_device_settings::<B>(device)
+        .float_dtype
+        .into();
+    assert_eq!(have, dtype);
+}

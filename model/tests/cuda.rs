@@ -6,7 +6,7 @@ use burn_tensor::backend::Backend;
 use engram_model::device::{cuda_available, Cuda, CudaBf16};
 use engram_model::{Batch, LanguageModel};
 
-use crate::common::{max_excess, shared, Reference, ARCHS};
+use crate::common::{claim_precision, in_child_process, max_excess, shared, Reference, ARCHS};
 
 fn parity<B: Backend>(device: B::Device, atol: f32, label: &str) {
     let Some(sh) = shared("cuda parity") else {
@@ -41,11 +41,25 @@ fn parity<B: Backend>(device: B::Device, atol: f32, label: &str) {
 }
 
 #[test]
-fn cuda_parity_f32_and_bf16() {
+fn cuda_parity_f32() {
     if !cuda_available() {
         eprintln!("SKIP cuda parity: no CUDA driver on this machine");
         return;
     }
     parity::<Cuda>(Default::default(), 1e-4, "f32");
-    parity::<CudaBf16>(Default::default(), 0.1, "bf16");
+}
+
+/// In its own process: the device's precision is fixed for a process.
+#[test]
+fn cuda_parity_bf16() {
+    if !cuda_available() {
+        eprintln!("SKIP cuda parity: no CUDA driver on this machine");
+        return;
+    }
+    if !in_child_process("cuda::cuda_parity_bf16") {
+        return;
+    }
+    let device = Default::default();
+    claim_precision::<CudaBf16>(&device, burn_tensor::DType::BF16);
+    parity::<CudaBf16>(device, 0.1, "bf16");
 }

@@ -12,3 +12,4 @@ mod layers;
 mod padding;
 mod parity;
 mod tokenizer;
+mod wgpu;
