@@ -7,6 +7,7 @@
 # (Debian: apt install xvfb xauth x11-apps imagemagick mesa-utils xdotool).
 # PNGs go to $OUT (default target/screenshots). Look at them.
 #
+# APP_ARGS adds arguments to every start (APP_ARGS="--device wgpu:cpu").
 # The Runs panel: RUNS="ID [COMPARE_ID]; ID ..." (with ENGRAM_RUNS naming the
 # store) shoots the panel with each run open, compared with the second id.
 set -euo pipefail
@@ -44,7 +45,7 @@ shoot() { # panel, file, extra args...
   [ "$panel" = steer ] && open=playground
   [ "$panel" = patch ] && open=locate
   "$BIN" --no-settings --model "$MODEL" --panel "$open" --prompt "$PROMPT" \
-    --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" "$@" &
+    --subject "$SUBJECT" --target "$TARGET" --theme "${THEME:-dark}" ${APP_ARGS:-} "$@" &
   local app=$!
   sleep "$WAIT"
   if [ "$panel" = playground ] && command -v xdotool >/dev/null; then

@@ -11,7 +11,7 @@ struct Args {
     /// (default: the last model opened, else the demo model).
     #[arg(long)]
     model: Option<String>,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda[:N] (--features cuda), or wgpu, wgpu:N, wgpu:cpu (--features wgpu).
     #[arg(long)]
     device: Option<String>,
     /// f32, f16 or bf16.

@@ -32,7 +32,7 @@ pub fn show(app: &mut EngramApp, ui: &mut Ui) {
                 egui::ComboBox::from_label("device")
                     .selected_text(app.form.device.clone())
                     .show_ui(ui, |ui| {
-                        for d in ["cpu", "cuda:0", "cuda:1"] {
+                        for d in ["cpu", "cuda:0", "cuda:1", "wgpu", "wgpu:cpu"] {
                             ui.selectable_value(&mut app.form.device, d.to_string(), d);
                         }
                     });
