@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--write-random-gpt2-xl")
+    ap.add_argument("--json-out", help="also write both tables and the ratios to this JSON file")
     ap.add_argument("--tokenizer-from", default="../shared/tokenizers/gpt2")
     args = ap.parse_args()
     if args.write_random_gpt2_xl:
@@ -129,6 +130,12 @@ def main():
         shape = f"{a['batch']}x{a['seq']}"
         print(f"{a['task']:<34} {shape:>9} {a['tokens_per_s']:>13.1f} {b['tokens_per_s']:>12.1f} "
               f"{a['tokens_per_s'] / b['tokens_per_s']:>6.2f}x")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"model": args.model, "device": args.device, "dtype": args.dtype,
+                       "torch": torch_version, "engram": ours, "hf_eager": theirs,
+                       "ratio": [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(ours, theirs)]},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

@@ -42,15 +42,25 @@ mod cmd;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The version, with the build's optional features: what `--version` prints.
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: cuda, wgpu; devices: cpu, cuda, wgpu)"
+);
+#[cfg(all(feature = "cuda", not(feature = "wgpu")))]
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (features: cuda; devices: cpu, cuda)"
 );
-#[cfg(not(feature = "cuda"))]
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (features: none; devices: cpu; build with --features cuda for CUDA)"
+    " (features: wgpu; devices: cpu, wgpu)"
+);
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: none; devices: cpu; build with --features cuda or wgpu for a GPU)"
 );
 
 #[derive(Parser)]

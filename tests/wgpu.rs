@@ -148,3 +148,20 @@ fn memit_batch_on_wgpu_equals_the_cpu() {
     assert!(d <= 1e-3, "{d}");
     let _ = std::fs::remove_dir_all(tmp);
 }
+
+/// An adapter that is not there is one clear error naming the device, what
+/// wgpu found and what is allowed, without the runtime's panic traces.
+#[test]
+fn a_missing_wgpu_adapter_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["run", "demo", "--prompt", "x", "--device", "wgpu:7"])
+        .output()
+        .expect("run engram");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("wgpu device wgpu:7 failed") && err.contains("`wgpu:cpu`"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -111,6 +111,41 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown failure".into())
 }
 
+/// The first panic raised inside the GPU runtime (cubecl, wgpu), often on one
+/// of its own threads, where `catch_unwind` on ours sees only a closed channel.
+/// Such panics are kept for the error the job returns instead of printed;
+/// every other panic prints as before.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn backend_panic() -> &'static std::sync::Mutex<Option<String>> {
+    static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let runtime = info
+                .location()
+                .is_some_and(|l| l.file().contains("cubecl") || l.file().contains("wgpu"));
+            if !runtime {
+                return previous(info);
+            }
+            if let Ok(mut first) = FIRST.lock() {
+                first.get_or_insert_with(|| panic_text(info.payload()));
+            }
+        }));
+    });
+    &FIRST
+}
+
+/// What failed: the runtime's own first panic where there was one, else `payload`.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn failure(payload: &(dyn std::any::Any + Send)) -> String {
+    backend_panic()
+        .lock()
+        .ok()
+        .and_then(|mut f| f.take())
+        .unwrap_or_else(|| panic_text(payload))
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu<J: BackendJob>(
     adapter: crate::device::WgpuAdapter,
@@ -125,6 +160,7 @@ fn wgpu<J: BackendJob>(
         .into());
     }
     // cubecl reports a missing adapter or a lost device by panicking; turn that into an error.
+    backend_panic();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let device = crate::device::wgpu_device(adapter);
         match dtype {
@@ -147,9 +183,10 @@ fn wgpu<J: BackendJob>(
     }));
     outcome.unwrap_or_else(|payload| {
         Err(ModelError::Device(format!(
-            "wgpu device {spec} failed: {} (is a Vulkan or Metal driver installed? \
-             On Debian, `apt install mesa-vulkan-drivers` gives a software Vulkan device, wgpu:cpu)",
-            panic_text(&*payload)
+            "wgpu device {spec} failed: {}. `wgpu` takes the best adapter, `wgpu:N` the N-th \
+             discrete GPU, `wgpu:integrated[:N]` an integrated one, `wgpu:cpu` a software one \
+             (Debian: `apt install mesa-vulkan-drivers` for lavapipe)",
+            failure(&*payload)
         ))
         .into())
     })
@@ -177,6 +214,7 @@ fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output, 
         .into());
     }
     // burn-cuda reports driver failures and out-of-memory by panicking; turn that into an error.
+    backend_panic();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let device = burn_cuda::CudaDevice::new(index);
         let spec = DeviceSpec::Cuda(index);
@@ -199,7 +237,7 @@ fn cuda<J: BackendJob>(index: usize, dtype: Dtype, job: J) -> Result<J::Output, 
         Ok(result) => result,
         Err(payload) => Err(ModelError::Device(format!(
             "CUDA device cuda:{index} failed: {}",
-            panic_text(&*payload)
+            failure(&*payload)
         ))
         .into()),
     }

@@ -3,9 +3,12 @@ use std::path::PathBuf;
 use engram_model::device::Cpu;
 use engram_model::LanguageModel;
 
-/// `../shared` beside the repository, or `None` with a skip message.
+/// `../shared` beside the repository (or `ENGRAM_SHARED`, for a test binary
+/// carried to another machine), or `None` with a skip message.
 pub fn shared(what: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    let dir = std::env::var_os("ENGRAM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
     if dir.is_dir() {
         Some(dir)
     } else {
