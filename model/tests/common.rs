@@ -128,3 +128,34 @@ pub fn claim_precision<B: burn_tensor::backend::Backend>(
         .into();
     assert_eq!(have, dtype);
 }
+
+/// The four tiny fixtures' logits on backend `B` against HF's: the largest
+/// excess over a relative 1e-4 must stay within `atol`.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn tiny_parity<B: burn_tensor::backend::Backend>(device: B::Device, atol: f32, label: &str) {
+    let Some(sh) = shared(&format!("{label} parity")) else {
+        return;
+    };
+    for arch in ARCHS {
+        let dir = sh.join("fixtures/tiny").join(arch);
+        let lm = LanguageModel::<B>::load(&dir, &device).expect("load the fixture");
+        let reference = Reference::open(&dir.join("reference.safetensors"));
+        let (shape, ids) = reference.i64("input_ids");
+        let rows: Vec<Vec<u32>> = ids
+            .chunks(shape[1])
+            .map(|r| r.iter().map(|&i| i as u32).collect())
+            .collect();
+        let got: Vec<f32> = lm
+            .model
+            .logits(&engram_model::Batch::uniform(&rows).expect("batch"))
+            .expect("forward")
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("logits");
+        let (_, want) = reference.f32("logits");
+        let e = max_excess(&got, &want, 1e-4);
+        eprintln!("{label} {arch}: max logit excess over rtol 1e-4: {e:.3e} (allowed {atol:e})");
+        assert!(e <= atol, "{label} {arch}: logits differ from HF by {e}");
+    }
+}

@@ -9,7 +9,7 @@ use burn_tensor::backend::Backend;
 use engram_model::device::{Wgpu, WgpuF16};
 use engram_model::{Batch, DeviceSpec, LanguageModel};
 
-use crate::common::{claim_precision, in_child_process, max_excess, shared, Reference, ARCHS};
+use crate::common::{claim_precision, in_child_process, shared, tiny_parity, Reference};
 
 fn device() -> burn_wgpu::WgpuDevice {
     let spec: DeviceSpec = std::env::var("ENGRAM_TEST_WGPU")
@@ -32,36 +32,10 @@ fn logits<B: Backend>(lm: &LanguageModel<B>, rows: &[Vec<u32>]) -> Vec<f32> {
         .expect("logits")
 }
 
-fn tiny_parity<B: Backend>(device: B::Device, atol: f32, label: &str) {
-    let Some(sh) = shared("wgpu parity") else {
-        return;
-    };
-    for arch in ARCHS {
-        let dir = sh.join("fixtures/tiny").join(arch);
-        let lm = LanguageModel::<B>::load(&dir, &device).expect("load on wgpu");
-        let reference = Reference::open(&dir.join("reference.safetensors"));
-        let (shape, ids) = reference.i64("input_ids");
-        let rows: Vec<Vec<u32>> = ids
-            .chunks(shape[1])
-            .map(|r| r.iter().map(|&i| i as u32).collect())
-            .collect();
-        let got = logits(&lm, &rows);
-        let (_, want) = reference.f32("logits");
-        let e = max_excess(&got, &want, 1e-4);
-        eprintln!(
-            "wgpu {label} {arch}: max logit excess over rtol 1e-4: {e:.3e} (allowed {atol:e})"
-        );
-        assert!(
-            e <= atol,
-            "wgpu {label} {arch}: logits differ from HF by {e}"
-        );
-    }
-}
-
 #[test]
 #[ignore = "needs ../shared"]
 fn wgpu_tiny_parity_f32() {
-    tiny_parity::<Wgpu>(device(), 1e-4, "f32");
+    tiny_parity::<Wgpu>(device(), 1e-4, "wgpu f32");
 }
 
 /// In its own process: the device's precision is fixed for a process.
@@ -77,7 +51,7 @@ fn wgpu_tiny_parity_f16() {
         return;
     }
     claim_precision::<WgpuF16>(&d, burn_tensor::DType::F16);
-    tiny_parity::<WgpuF16>(d, 5e-2, "f16");
+    tiny_parity::<WgpuF16>(d, 5e-2, "wgpu f16");
 }
 
 #[test]
