@@ -1512,6 +1512,24 @@ fn memit_alphaedit_keeps_its_keys_in_the_ledger() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 edit(s) applied first"));
     assert_eq!(entries(&ledger).len(), 2);
+    // --runs stores the run there, not under $ENGRAM_RUNS.
+    let elsewhere = dir.join("elsewhere");
+    let out = run(
+        &b,
+        &[
+            "--method",
+            "alphaedit",
+            "--runs",
+            elsewhere.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = std::fs::read_dir(elsewhere.join("alphaedit")).map_or(0, |d| d.count());
+    assert_eq!(stored, 1, "one alphaedit run under --runs");
     let out = run(&b, &["--l2", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --method alphaedit"));

@@ -749,6 +749,7 @@ impl BackendJob for MemitBenchJob {
             (self.corpus.as_deref(), self.stats_tokens),
             (self.z_chunk, self.z_workers),
             None,
+            None,
         )?;
         let t = out.times;
         let edit = t.z_seconds + t.keys_seconds + t.solve_seconds;

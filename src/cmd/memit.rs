@@ -49,6 +49,9 @@ pub(crate) struct MemitArgs {
     pub output: EditOutput,
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// The run store (default: $ENGRAM_RUNS, else ./runs).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
 }
 
 /// How a batch's updates are solved.
@@ -137,6 +140,7 @@ impl BackendJob for MemitJob {
             (a.corpus.as_deref(), a.stats_tokens),
             (a.z_chunk, z_workers),
             alphaedit,
+            a.runs.as_deref(),
         )?;
         let (out, t) = (&r, r.times);
         show(&lm, "after")?;
@@ -193,6 +197,7 @@ pub(crate) fn memit_batch<B: Backend>(
     (corpus, stats_tokens): (Option<&Path>, usize),
     (z_chunk, z_workers): (usize, usize),
     alphaedit: Option<engram_editing::jobs::memit::AlphaEditOptions>,
+    runs: Option<&Path>,
 ) -> Result<(engram_editing::jobs::memit::MemitReport, f64)> {
     use engram_editing::jobs::memit::{run_memit, MemitRequest};
     if requests.is_empty() {
@@ -204,7 +209,9 @@ pub(crate) fn memit_batch<B: Backend>(
     for w in engram_editing::memit::check_batch(lm, &requests)? {
         eprintln!("warning: {w}");
     }
-    let store = engram_datasets::RunStore::open(settings().runs.clone())?;
+    let store = engram_datasets::RunStore::open(
+        runs.map_or_else(|| settings().runs.clone(), Path::to_path_buf),
+    )?;
     let ctl = stderr_control();
     let t = std::time::Instant::now();
     let (covs, groups) = engram_editing::jobs::setup::memit_setup(
