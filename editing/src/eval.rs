@@ -24,7 +24,8 @@
 
 use burn_tensor::activation::log_softmax;
 use burn_tensor::backend::Backend;
-use engram_model::{Batch, LanguageModel};
+use burn_tensor::{Int, Tensor, TensorData};
+use engram_model::{Batch, KvCache, LanguageModel, NoHooks};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};
@@ -47,7 +48,7 @@ pub struct EvalCase {
 }
 
 /// Per prompt: each target token's log-probability and whether it is the argmax.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Forced {
     pub logp: Vec<f32>,
     pub argmax: Vec<u32>,
@@ -71,8 +72,187 @@ impl Forced {
     }
 }
 
-/// Teacher-force `target` after each prompt, in one batch.
+/// Teacher-force `target` after each prompt ([`teacher_force_targets`] with one target).
 pub fn teacher_force<B: Backend>(
+    lm: &LanguageModel<B>,
+    prompts: &[String],
+    target: &str,
+) -> Result<Vec<Forced>> {
+    Ok(teacher_force_targets(lm, prompts, &[target])?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Teacher-force each of `targets` after each prompt ([`teacher_force_rows`]
+/// with the same targets on every prompt). Returns `[target][prompt]`.
+pub fn teacher_force_targets<B: Backend>(
+    lm: &LanguageModel<B>,
+    prompts: &[String],
+    targets: &[&str],
+) -> Result<Vec<Vec<Forced>>> {
+    let rows: Vec<(&str, Vec<&str>)> = prompts
+        .iter()
+        .map(|p| (p.as_str(), targets.to_vec()))
+        .collect();
+    let mut by_prompt = teacher_force_rows(lm, &rows)?;
+    let mut out: Vec<Vec<Forced>> = vec![Vec::with_capacity(prompts.len()); targets.len()];
+    for per in &mut by_prompt {
+        for (k, f) in per.drain(..).enumerate() {
+            out[k].push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Prompts per forward pass in [`teacher_force_rows`].
+const FORCE_CHUNK: usize = 64;
+
+/// Teacher-force each row's targets after its prompt. Rows are sorted by
+/// prompt length and run in chunks; in a chunk the prompts run once
+/// (left-padded, keys and values cached), each target slot's tokens continue
+/// them, and only the positions that predict a target token are unembedded.
+/// Equal to [`teacher_force_full`] per prompt and target within float rounding
+/// (tested). Returns `[row][target]`.
+pub fn teacher_force_rows<B: Backend>(
+    lm: &LanguageModel<B>,
+    rows: &[(&str, Vec<&str>)],
+) -> Result<Vec<Vec<Forced>>> {
+    let n_ctx = lm.model.config.n_ctx;
+    // Every row's prompt and target ids, checked before any forward pass.
+    let mut heads = Vec::with_capacity(rows.len());
+    let mut tails: Vec<Vec<Vec<u32>>> = Vec::with_capacity(rows.len());
+    for (prompt, targets) in rows {
+        let h = lm.encode_prompt(prompt)?;
+        let mut per = Vec::with_capacity(targets.len());
+        for target in targets {
+            let t = lm.target_tokens(prompt, target)?;
+            if h.len() + t.len() > n_ctx {
+                return Err(EditError::Model(engram_model::ModelError::PromptTooLong {
+                    len: h.len() + t.len(),
+                    n_ctx,
+                }));
+            }
+            per.push(t);
+        }
+        heads.push(h);
+        tails.push(per);
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| heads[i].len());
+    let mut out: Vec<Vec<Forced>> = vec![Vec::new(); rows.len()];
+    for chunk in order.chunks(FORCE_CHUNK) {
+        let h: Vec<&[u32]> = chunk.iter().map(|&i| heads[i].as_slice()).collect();
+        let t: Vec<&[Vec<u32>]> = chunk.iter().map(|&i| tails[i].as_slice()).collect();
+        for (&i, forced) in chunk.iter().zip(force_chunk(lm, &h, &t)?) {
+            out[i] = forced;
+        }
+    }
+    Ok(out)
+}
+
+/// One chunk of [`teacher_force_rows`], on token ids. Returns `[row][target]`.
+fn force_chunk<B: Backend>(
+    lm: &LanguageModel<B>,
+    heads: &[&[u32]],
+    tails: &[&[Vec<u32>]],
+) -> Result<Vec<Vec<Forced>>> {
+    let pad = lm.model.config.eos_token_id.unwrap_or(0);
+    let (b, d) = (heads.len(), lm.model.config.d_model);
+    let owned: Vec<Vec<u32>> = heads.iter().map(|h| h.to_vec()).collect();
+    let head = Batch::left_padded(&owned, pad);
+    let s = head.seq_len();
+    let mut cache = KvCache::new();
+    // [batch, pos, d_model]; every prompt ends in the last column.
+    let x = lm
+        .model
+        .forward_cached_residual(&head, &mut cache, &mut NoHooks)?;
+    let mut parts: Vec<Tensor<B, 2>> = vec![x.slice([0..b, s - 1..s, 0..d]).reshape([b, d])];
+    // Row of `parts` (concatenated) that predicts token j of target k after prompt r.
+    let mut at: Vec<Vec<Vec<usize>>> = tails
+        .iter()
+        .map(|per| per.iter().map(|_| Vec::new()).collect())
+        .collect();
+    let mut offset = b;
+    let slots = tails.iter().map(|per| per.len()).max().unwrap_or(0);
+    for k in 0..slots {
+        // The continuation: every token of target k but the last.
+        let cont = |r: usize| tails[r].get(k).map_or(&[][..], |t| &t[..t.len() - 1]);
+        let len = (0..b).map(|r| cont(r).len()).max().unwrap_or(0);
+        for (r, per) in tails.iter().enumerate() {
+            if let Some(t) = per.get(k) {
+                at[r][k].push(r);
+                at[r][k].extend((0..t.len() - 1).map(|j| offset + r * len + j));
+            }
+        }
+        if len == 0 {
+            continue;
+        }
+        let mut step = Batch {
+            ids: Vec::with_capacity(b),
+            keep: Vec::with_capacity(b),
+            positions: Vec::with_capacity(b),
+        };
+        for (r, h) in heads.iter().enumerate() {
+            let c = cont(r);
+            let mut ids = c.to_vec();
+            ids.resize(len, pad);
+            step.ids.push(ids);
+            step.keep.push((0..len).map(|j| j < c.len()).collect());
+            step.positions.push((0..len).map(|j| h.len() + j).collect());
+        }
+        let mut kv = cache.clone();
+        // [batch, len, d_model]
+        let y = lm
+            .model
+            .forward_cached_residual(&step, &mut kv, &mut NoHooks)?;
+        parts.push(y.reshape([b * len, d]));
+        offset += b * len;
+    }
+    let wanted: Vec<i64> = at.iter().flatten().flatten().map(|&i| i as i64).collect();
+    let n = wanted.len();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(wanted, [n]), &lm.model.device);
+    // [1, n, d_model] → [1, n, vocab]
+    let picked = Tensor::cat(parts, 0).select(0, index).reshape([1, n, d]);
+    let logp = log_softmax(lm.model.unembed(picked, &mut NoHooks)?, 2);
+    let v = logp.dims()[2];
+    let argmax: Vec<i64> = logp
+        .clone()
+        .argmax(2)
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .map_err(|e| EditError::Invalid(format!("reading argmax: {e:?}")))?;
+    let flat: Vec<f32> = logp
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| EditError::Invalid(format!("reading log-probs: {e:?}")))?;
+    let mut next = 0usize;
+    Ok(tails
+        .iter()
+        .map(|per| {
+            per.iter()
+                .map(|t| {
+                    let here = next;
+                    next += t.len();
+                    Forced {
+                        logp: t
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &tok)| flat[(here + j) * v + tok as usize])
+                            .collect(),
+                        argmax: (0..t.len()).map(|j| argmax[here + j] as u32).collect(),
+                        target: t.clone(),
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Teacher-force `target` after each prompt: one batch of prompt + target
+/// rows, every position unembedded. The reference for [`teacher_force_targets`].
+pub fn teacher_force_full<B: Backend>(
     lm: &LanguageModel<B>,
     prompts: &[String],
     target: &str,
@@ -167,19 +347,62 @@ pub fn score_case<B: Backend>(
     case: &EvalCase,
     before: Option<&[Vec<u32>]>,
 ) -> Result<(CaseScores, NeighbourhoodArgmax)> {
-    let rewrite = vec![case.prompt.clone()];
+    let mut out = score_cases(lm, &[(case, before)])?;
+    out.pop()
+        .ok_or_else(|| EditError::Invalid("no score for the case".into()))
+}
+
+/// [`score_case`] for many cases: every prompt of every case in one
+/// [`teacher_force_rows`] call (the rewrite prompt and paraphrases with
+/// `target_new` and `target_true`, the neighbourhood prompts with `target_new`
+/// and `neighborhood_target`), so that the forward passes run full batches.
+pub fn score_cases<B: Backend>(
+    lm: &LanguageModel<B>,
+    cases: &[(&EvalCase, Option<&[Vec<u32>]>)],
+) -> Result<Vec<(CaseScores, NeighbourhoodArgmax)>> {
+    let mut rows: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (case, _) in cases {
+        let asked = std::iter::once(&case.prompt).chain(&case.paraphrases);
+        rows.extend(asked.map(|p| {
+            (
+                p.as_str(),
+                vec![case.target_new.as_str(), case.target_true.as_str()],
+            )
+        }));
+        rows.extend(case.neighborhood.iter().map(|p| {
+            (
+                p.as_str(),
+                vec![case.target_new.as_str(), case.neighborhood_target.as_str()],
+            )
+        }));
+    }
+    let mut forced = teacher_force_rows(lm, &rows)?.into_iter();
+    let mut out = Vec::with_capacity(cases.len());
+    for (case, before) in cases {
+        // [prompt][new, true]
+        let mut take = |n: usize| -> Vec<Vec<Forced>> { forced.by_ref().take(n).collect() };
+        let rewrite = take(1);
+        let paraphrase = take(case.paraphrases.len());
+        let neighbours = take(case.neighborhood.len());
+        out.push(case_scores(&rewrite, &paraphrase, &neighbours, *before));
+    }
+    Ok(out)
+}
+
+/// One case's metrics from its teacher-forced prompts, each `[new, true]`.
+fn case_scores(
+    rewrite: &[Vec<Forced>],
+    paraphrase: &[Vec<Forced>],
+    neighbours: &[Vec<Forced>],
+    before: Option<&[Vec<u32>]>,
+) -> (CaseScores, NeighbourhoodArgmax) {
     // (NLL new, NLL true, accuracy of new) per prompt.
-    let pair = |prompts: &[String]| -> Result<Vec<(f64, f64, f64)>> {
-        let new = teacher_force(lm, prompts, &case.target_new)?;
-        let old = teacher_force(lm, prompts, &case.target_true)?;
-        Ok(new
-            .iter()
-            .zip(&old)
-            .map(|(n, o)| (n.nll(), o.nll(), n.accuracy()))
-            .collect())
+    let triple = |v: &[Vec<Forced>]| -> Vec<(f64, f64, f64)> {
+        v.iter()
+            .map(|f| (f[0].nll(), f[1].nll(), f[0].accuracy()))
+            .collect()
     };
-    let r = pair(&rewrite)?;
-    let p = pair(&case.paraphrases)?;
+    let (r, p) = (triple(rewrite), triple(paraphrase));
     let success = |v: &[(f64, f64, f64)]| -> Vec<f64> {
         v.iter()
             .map(|(n, t, _)| f64::from(u8::from(n < t)))
@@ -190,25 +413,19 @@ pub fn score_case<B: Backend>(
     };
     let acc = |v: &[(f64, f64, f64)]| -> Vec<f64> { v.iter().map(|x| x.2).collect() };
     // Neighbourhood: the true answer should stay more likely than the new one.
-    let nb_new = teacher_force(lm, &case.neighborhood, &case.target_new)?;
-    let nb_true = teacher_force(lm, &case.neighborhood, &case.neighborhood_target)?;
-    let ns: Vec<f64> = nb_new
+    let nb = triple(neighbours);
+    let ns: Vec<f64> = nb
         .iter()
-        .zip(&nb_true)
-        .map(|(n, t)| f64::from(u8::from(t.nll() < n.nll())))
+        .map(|(n, t, _)| f64::from(u8::from(t < n)))
         .collect();
-    let nm: Vec<f64> = nb_new
-        .iter()
-        .zip(&nb_true)
-        .map(|(n, t)| (-t.nll()).exp() - (-n.nll()).exp())
-        .collect();
-    let now: NeighbourhoodArgmax = nb_true.iter().map(|f| f.argmax.clone()).collect();
+    let nm: Vec<f64> = nb.iter().map(|(n, t, _)| (-t).exp() - (-n).exp()).collect();
+    let now: NeighbourhoodArgmax = neighbours.iter().map(|f| f[1].argmax.clone()).collect();
     let before = before.unwrap_or(&now);
-    let locality: Vec<f64> = nb_true
+    let locality: Vec<f64> = neighbours
         .iter()
         .zip(before)
         .map(|(f, b)| {
-            let same = f.argmax.iter().zip(b).filter(|(x, y)| x == y).count();
+            let same = f[1].argmax.iter().zip(b).filter(|(x, y)| x == y).count();
             same as f64 / b.len().max(1) as f64
         })
         .collect();
@@ -223,7 +440,7 @@ pub fn score_case<B: Backend>(
         generalization: mean(&acc(&p)),
         locality: mean(&locality),
     };
-    Ok((scores, now))
+    (scores, now)
 }
 
 /// ROME's score S: the harmonic mean of ES, PS and NS.

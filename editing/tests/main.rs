@@ -16,6 +16,7 @@ mod alphaedit;
 mod ft;
 mod memit;
 mod npz;
+mod teacher;
 
 fn demo() -> LanguageModel<Cpu> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../app/assets/demo-model");

@@ -393,12 +393,12 @@ impl<B: Backend> Transformer<B> {
         Ok(x)
     }
 
-    /// Run new tokens on top of a key/value cache, which is extended in place.
-    /// `step.keep` covers only the new tokens; positions continue each row's sequence.
+    /// [`Self::forward_cached`] up to the last block: the residual stream, for
+    /// callers that unembed only some positions.
     ///
     /// # Shapes
-    /// - returns `[batch, new_pos, vocab]`
-    pub fn forward_cached<H: Hook<B> + ?Sized>(
+    /// - returns `[batch, new_pos, d_model]`
+    pub fn forward_cached_residual<H: Hook<B> + ?Sized>(
         &self,
         step: &Batch,
         cache: &mut KvCache<B>,
@@ -430,6 +430,21 @@ impl<B: Backend> Transformer<B> {
         for (layer, kv) in cache.layers.iter_mut().enumerate() {
             x = self.blocks[layer].forward(layer, x, &self.config, &ctx, Some(kv), hooks)?;
         }
+        Ok(x)
+    }
+
+    /// Run new tokens on top of a key/value cache, which is extended in place.
+    /// `step.keep` covers only the new tokens; positions continue each row's sequence.
+    ///
+    /// # Shapes
+    /// - returns `[batch, new_pos, vocab]`
+    pub fn forward_cached<H: Hook<B> + ?Sized>(
+        &self,
+        step: &Batch,
+        cache: &mut KvCache<B>,
+        hooks: &mut H,
+    ) -> Result<Tensor<B, 3>> {
+        let x = self.forward_cached_residual(step, cache, hooks)?;
         self.unembed(x, hooks)
     }
 

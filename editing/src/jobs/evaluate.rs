@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use crate::error::{bail, Context, Result};
 use crate::eval::{
-    generation_entropy, rome_score, score_case, score_zsre, EvalCase, NeighbourhoodArgmax, ZsreCase,
+    generation_entropy, rome_score, score_case, score_cases, score_zsre, CaseScores, EvalCase,
+    NeighbourhoodArgmax, ZsreCase,
 };
 use crate::memit::compute_z::{compute_zs, Z};
 use crate::memit::update::LayerMom2;
@@ -107,20 +108,7 @@ impl BenchCase {
         Ok(match self {
             Self::CounterFact(c) => {
                 let (s, nb) = score_case(lm, c, before)?;
-                (
-                    vec![
-                        ("ES", s.es),
-                        ("PS", s.ps),
-                        ("NS", s.ns),
-                        ("EM", s.em),
-                        ("PM", s.pm),
-                        ("NM", s.nm),
-                        ("easyedit_reliability", s.reliability),
-                        ("easyedit_generalization", s.generalization),
-                        ("easyedit_locality", s.locality),
-                    ],
-                    nb,
-                )
+                (counterfact_metrics(&s), nb)
             }
             Self::Zsre(c, conv) => {
                 let (s, nb) = score_zsre(lm, c, before)?;
@@ -140,6 +128,53 @@ impl BenchCase {
             }
         })
     }
+}
+
+/// [`BenchCase::score`] for many cases, each with its `before`: the
+/// CounterFact cases' prompts run in shared batches ([`score_cases`]), zsRE
+/// cases one by one. The same numbers as scoring each case alone.
+pub fn score_many<B: Backend>(
+    lm: &LanguageModel<B>,
+    cases: &[(&BenchCase, Option<&[Vec<u32>]>)],
+) -> Result<Vec<Scored>> {
+    let counterfact: Vec<(&EvalCase, Option<&[Vec<u32>]>)> = cases
+        .iter()
+        .filter_map(|(c, b)| match c {
+            BenchCase::CounterFact(e) => Some((e, *b)),
+            BenchCase::Zsre(..) => None,
+        })
+        .collect();
+    let mut batched = score_cases(lm, &counterfact)?.into_iter();
+    let mut out = Vec::with_capacity(cases.len());
+    for (case, before) in cases {
+        out.push(match case {
+            BenchCase::CounterFact(_) => {
+                let (s, nb) = batched
+                    .next()
+                    .context("a CounterFact case was not scored")?;
+                (counterfact_metrics(&s), nb)
+            }
+            BenchCase::Zsre(..) => case.score(lm, *before)?,
+        });
+    }
+    Ok(out)
+}
+
+/// A case's metrics under their names, and its neighbourhood argmax.
+pub type Scored = (Vec<(&'static str, f64)>, NeighbourhoodArgmax);
+
+fn counterfact_metrics(s: &CaseScores) -> Vec<(&'static str, f64)> {
+    vec![
+        ("ES", s.es),
+        ("PS", s.ps),
+        ("NS", s.ns),
+        ("EM", s.em),
+        ("PM", s.pm),
+        ("NM", s.nm),
+        ("easyedit_reliability", s.reliability),
+        ("easyedit_generalization", s.generalization),
+        ("easyedit_locality", s.locality),
+    ]
 }
 
 /// zsRE records (MEND's form) as cases; records without the convention's
@@ -613,8 +648,11 @@ fn curve_point<B: Backend>(
 ) -> Result<Row> {
     // (name, sum, count): a case without a measure (NaN, e.g. no neighbours) is left out of its mean.
     let mut sums: Vec<(&'static str, f64, usize)> = Vec::new();
-    for (case, nb) in edited {
-        let (post, _) = case.score(lm, Some(nb))?;
+    let asked: Vec<(&BenchCase, Option<&[Vec<u32>]>)> = edited
+        .iter()
+        .map(|(c, nb)| (*c, Some(nb.as_slice())))
+        .collect();
+    for (post, _) in score_many(lm, &asked)? {
         for (name, v) in post {
             let i = match sums.iter().position(|(n, _, _)| *n == name) {
                 Some(i) => i,
@@ -881,10 +919,9 @@ pub fn evaluate_memit<B: Backend>(
             b + 1,
             chosen.len().div_ceil(batch)
         ));
-        let mut pre = Vec::with_capacity(cases_b.len());
-        for c in cases_b {
-            pre.push(c.score(lm, None)?);
-        }
+        let asked: Vec<(&BenchCase, Option<&[Vec<u32>]>)> =
+            cases_b.iter().map(|c| (*c, None)).collect();
+        let pre = score_many(lm, &asked)?;
         let (zs, z_seconds) = zs_for(lm, setup, reqs_b, applied, &mut |d, t| {
             progress(&format!("batch {}: z {d}/{t}", b + 1))
         })?;
@@ -927,8 +964,14 @@ pub fn evaluate_memit<B: Backend>(
         applied += reqs_b.len();
         let norms = entry_norms(ledger, &out.ids);
         let per_case = (z_seconds + out.keys_seconds + out.solve_seconds) / reqs_b.len() as f64;
-        for ((case, (pre_m, pre_nb)), z) in cases_b.iter().zip(pre).zip(&zs) {
-            let (post, _) = case.score(lm, Some(&pre_nb))?;
+        let asked: Vec<(&BenchCase, Option<&[Vec<u32>]>)> = cases_b
+            .iter()
+            .zip(&pre)
+            .map(|(c, (_, nb))| (*c, Some(nb.as_slice())))
+            .collect();
+        let posts = score_many(lm, &asked)?;
+        for (((case, (pre_m, pre_nb)), z), (post, _)) in cases_b.iter().zip(pre).zip(&zs).zip(posts)
+        {
             let request = case.request();
             let mut row = Map::new();
             row.insert("case_id".into(), case.id().into());
