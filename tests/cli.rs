@@ -1279,10 +1279,35 @@ fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
         rome.contains("after     1 edits") && rome.contains("after     3 edits"),
         "{rome}"
     );
+    // The curve's drift after one edit is that edit's own norm, which the
+    // cases table has from the ROME factors (‖u‖‖r‖), not from the weights.
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    let seq_run = store.find(&run_id(&rome)).expect("run");
+    let col = |table: &str, name: &str| -> Vec<Option<f64>> {
+        let df = store.read_table(&seq_run, table).expect("table");
+        let c = df
+            .column(name)
+            .expect(name)
+            .cast(&engram_datasets::polars::prelude::DataType::Float64);
+        let c = c.expect("f64");
+        c.f64().expect("f64").iter().collect()
+    };
+    let drift = col("curve", "drift_fro");
+    let own = col("cases", "delta_fro")[0].expect("first edit's norm");
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    let first = drift[0].expect("drift after one edit");
+    assert!(
+        (first - own).abs() <= 1e-4 * own,
+        "drift {first} vs ‖ΔW‖ {own}"
+    );
+    assert!(col("curve", "drift_relative")
+        .iter()
+        .all(|d| d.is_some_and(|d| d > 0.0)));
     let figs = dir.join("figs");
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
         .args(["runs", "curve", &run_id(&memit), &run_id(&rome), "--out"])
         .arg(&figs)
+        .args(["--metrics", "ES,PS,NS,S,drift_relative,delta_fro"])
         .arg("--runs")
         .arg(&runs)
         .output()
@@ -1292,7 +1317,7 @@ fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for m in ["ES", "PS", "NS", "S"] {
+    for m in ["ES", "PS", "NS", "S", "drift_relative", "delta_fro"] {
         assert!(figs.join(format!("edits-{m}.png")).is_file(), "{m}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -237,6 +237,9 @@ pub fn compare(
 /// Metric against number of edits: each eval run's `curve` table (from
 /// `engram eval --checkpoints`) as a series named by its method (and
 /// `sequential` where set), one figure per metric, `out/edits-<metric>.png`.
+/// A metric the curve lacks but the `cases` table has per edit (`delta_fro`,
+/// `delta_relative`, `edit_seconds`, …) is drawn from there against
+/// `edits_applied`, averaged over the cases that share a value (a batch).
 /// Returns the paths.
 pub fn curve(
     store: &RunStore,
@@ -247,7 +250,9 @@ pub fn curve(
     if runs.is_empty() {
         return Err(store_err("name at least one eval run".into()));
     }
-    let mut series: Vec<(String, Vec<serde_json::Map<String, serde_json::Value>>)> = Vec::new();
+    type Rows = Vec<serde_json::Map<String, serde_json::Value>>;
+    // (name, curve rows, cases rows where the run has them)
+    let mut series: Vec<(String, Rows, Option<Rows>)> = Vec::new();
     for run in runs {
         if !run.tables.iter().any(|t| t == "curve") {
             return Err(store_err(format!(
@@ -256,27 +261,49 @@ pub fn curve(
             )));
         }
         let rows = from_frame(&store.read_table(run, "curve")?)?;
-        series.push((series_name(run), rows));
+        let cases = if run.tables.iter().any(|t| t == "cases") {
+            Some(from_frame(&store.read_table(run, "cases")?)?)
+        } else {
+            None
+        };
+        series.push((series_name(run), rows, cases));
     }
     std::fs::create_dir_all(out).map_err(|e| DatasetError::io(out, e))?;
     let mut paths = Vec::new();
     for metric in metrics {
-        let points: Vec<CurvePoint> = series
-            .iter()
-            .flat_map(|(name, rows)| {
-                rows.iter().filter_map(move |r| {
+        let mut points: Vec<CurvePoint> = Vec::new();
+        for (name, rows, cases) in &series {
+            let point = |x: i64, y: f64| CurvePoint {
+                series: name.clone(),
+                layer: x,
+                mean: y,
+                ci_low: y,
+                ci_high: y,
+            };
+            let from_curve: Vec<CurvePoint> = rows
+                .iter()
+                .filter_map(|r| {
                     let x = r.get("edits")?.as_i64()?;
-                    let y = r.get(metric.as_str())?.as_f64()?;
-                    Some(CurvePoint {
-                        series: name.clone(),
-                        layer: x,
-                        mean: y,
-                        ci_low: y,
-                        ci_high: y,
-                    })
+                    Some(point(x, r.get(metric.as_str())?.as_f64()?))
                 })
-            })
-            .collect();
+                .collect();
+            if !from_curve.is_empty() {
+                points.extend(from_curve);
+                continue;
+            }
+            // Per edit, from the cases: the mean over the cases at each count.
+            let mut by_x: std::collections::BTreeMap<i64, (f64, usize)> = Default::default();
+            for r in cases.iter().flatten() {
+                let x = r.get("edits_applied").and_then(|v| v.as_i64());
+                let y = r.get(metric.as_str()).and_then(|v| v.as_f64());
+                if let (Some(x), Some(y)) = (x, y.filter(|y| y.is_finite())) {
+                    let e = by_x.entry(x).or_default();
+                    e.0 += y;
+                    e.1 += 1;
+                }
+            }
+            points.extend(by_x.into_iter().map(|(x, (s, n))| point(x, s / n as f64)));
+        }
         if points.is_empty() {
             return Err(store_err(format!("no run's curve has {metric}")));
         }

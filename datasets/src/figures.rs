@@ -298,11 +298,13 @@ pub fn curves_over(
 }
 
 fn series_color(name: &str, index: usize) -> RGBColor {
-    const PALETTE: [RGBColor; 4] = [
+    const PALETTE: [RGBColor; 6] = [
         RGBColor(84, 39, 143),
         RGBColor(230, 97, 1),
         RGBColor(0, 109, 44),
         RGBColor(33, 102, 172),
+        RGBColor(178, 24, 43),
+        RGBColor(102, 102, 102),
     ];
     match name {
         "mlp" | "mlp_out" | "attn" | "attn_out" | "hidden" => kind_color(name),

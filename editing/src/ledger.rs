@@ -342,6 +342,30 @@ impl<B: Backend> Ledger<B> {
         Ok(())
     }
 
+    /// How far the edited layers have moved from their originals, over every
+    /// layer the ledger has touched: `(‖W − W₀‖_F, ‖W − W₀‖_F / ‖W₀‖_F)`, the
+    /// norms taken over all those layers' entries together (f64 sums). `None`
+    /// before any edit. Sequential edits that pile up show here as a growing
+    /// drift (the collapse signal of ENCORE, arXiv 2502.01636).
+    pub fn drift(&self, model: &Transformer<B>) -> Option<(f64, f64)> {
+        if self.originals.is_empty() {
+            return None;
+        }
+        let (mut diff, mut base) = (0f64, 0f64);
+        for (&layer, w0) in &self.originals {
+            let sq = |t: Tensor<B, 2>| -> Option<f64> {
+                let v = t.into_data().convert::<f32>().into_vec::<f32>().ok()?;
+                Some(v.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+            };
+            diff += sq(model.blocks[layer].mlp.fc_out.weight.clone() - w0.clone())?;
+            base += sq(w0.clone())?;
+        }
+        Some((
+            diff.sqrt(),
+            diff.sqrt() / base.sqrt().max(f64::MIN_POSITIVE),
+        ))
+    }
+
     /// Revert every edit: each edited layer gets its original tensor back.
     pub fn revert_all(&mut self, model: &mut Transformer<B>) {
         for e in &mut self.edits {

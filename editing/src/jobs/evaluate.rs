@@ -609,7 +609,7 @@ pub fn evaluate<B: Backend>(
         if opts.sequential {
             edited.push((case, pre_nb));
             if opts.checkpoints.contains(&rows.len()) {
-                let point = curve_point(lm, &edited)?;
+                let point = curve_point(lm, ledger, &edited)?;
                 if let Some(p) = &opts.journal {
                     append(p, &serde_json::json!({ "curve": point }))?;
                 }
@@ -627,7 +627,7 @@ pub fn evaluate<B: Backend>(
         && opts.checkpoints.iter().any(|&c| c > rows.len())
         && last != Some(rows.len() as u64)
     {
-        curve.push(curve_point(lm, &edited)?);
+        curve.push(curve_point(lm, ledger, &edited)?);
     }
     progress(rows.len(), skipped.len(), start.elapsed().as_secs_f64());
     Ok(EvalOutcome {
@@ -641,9 +641,11 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Score every case in `edited` on the model as it stands: the mean of each
-/// metric, with `edits` the number of cases, and S where ES/PS/NS exist.
+/// metric, with `edits` the number of cases, S where ES/PS/NS exist, and the
+/// edited layers' drift from their originals (`drift_fro`, `drift_relative`).
 fn curve_point<B: Backend>(
     lm: &LanguageModel<B>,
+    ledger: &Ledger<B>,
     edited: &[(&BenchCase, NeighbourhoodArgmax)],
 ) -> Result<Row> {
     // (name, sum, count): a case without a measure (NaN, e.g. no neighbours) is left out of its mean.
@@ -677,6 +679,10 @@ fn curve_point<B: Backend>(
     let get = |k: &str| row.get(k).and_then(Value::as_f64);
     if let (Some(es), Some(ps), Some(ns)) = (get("ES"), get("PS"), get("NS")) {
         row.insert("S".into(), rome_score(es, ps, ns).into());
+    }
+    if let Some((fro, relative)) = ledger.drift(&lm.model) {
+        row.insert("drift_fro".into(), fro.into());
+        row.insert("drift_relative".into(), relative.into());
     }
     Ok(row)
 }
@@ -945,7 +951,7 @@ pub fn evaluate_memit<B: Backend>(
                     .zip(&pre)
                     .map(|(c, (_, nb))| (*c, nb.clone()))
                     .collect();
-                curve.push(curve_point(lm, &firsts)?);
+                curve.push(curve_point(lm, ledger, &firsts)?);
                 ledger.remove(&mut lm.model, first_id(&out)?)?;
             }
         }
@@ -1020,12 +1026,12 @@ pub fn evaluate_memit<B: Backend>(
                 .iter()
                 .any(|&n| n <= applied && n > applied - reqs_b.len())
             {
-                curve.push(curve_point(lm, &edited)?);
+                curve.push(curve_point(lm, ledger, &edited)?);
             }
         } else {
             if opts.checkpoints.contains(&reqs_b.len()) {
                 let firsts = &edited[edited.len() - reqs_b.len()..];
-                curve.push(curve_point(lm, firsts)?);
+                curve.push(curve_point(lm, ledger, firsts)?);
             }
             ledger.remove(&mut lm.model, first_id(&out)?)?;
         }
