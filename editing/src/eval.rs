@@ -178,10 +178,10 @@ fn force_chunk<B: Backend>(
         // The continuation: every token of target k but the last.
         let cont = |r: usize| tails[r].get(k).map_or(&[][..], |t| &t[..t.len() - 1]);
         let len = (0..b).map(|r| cont(r).len()).max().unwrap_or(0);
-        for (r, per) in tails.iter().enumerate() {
-            if let Some(t) = per.get(k) {
-                at[r][k].push(r);
-                at[r][k].extend((0..t.len() - 1).map(|j| offset + r * len + j));
+        for (r, (per, rows)) in tails.iter().zip(at.iter_mut()).enumerate() {
+            if let (Some(t), Some(rows)) = (per.get(k), rows.get_mut(k)) {
+                rows.push(r);
+                rows.extend((0..t.len() - 1).map(|j| offset + r * len + j));
             }
         }
         if len == 0 {

@@ -96,7 +96,8 @@ fn rows_with_their_own_targets_equal_full_rows_across_chunks() {
     for ((prompt, targets), got) in rows.iter().zip(&fast) {
         assert_eq!(got.len(), targets.len());
         for (target, a) in targets.iter().zip(got) {
-            let b = &teacher_force_full(&lm, &[prompt.clone()], target).expect("full")[0];
+            let b =
+                &teacher_force_full(&lm, std::slice::from_ref(prompt), target).expect("full")[0];
             assert_eq!(a.target, b.target, "{prompt:?} {target:?}");
             assert_eq!(a.argmax, b.argmax, "{prompt:?} {target:?}");
             for (x, y) in a.logp.iter().zip(&b.logp) {
