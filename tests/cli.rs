@@ -1468,6 +1468,113 @@ fn trace_shards_merge_into_the_unsharded_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sequential AlphaEdit batches through `engram eval --journal`, interrupted
+/// after its second of three batches (the journal cut back to them, the
+/// ledger already holding the third: a kill between the two writes), resume
+/// to the same cases and curve as a run made at once, AlphaEdit's keys
+/// restored with the ledger; resuming with another batch size is refused,
+/// naming --batch.
+#[test]
+fn eval_batches_resume_from_their_journal() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-batch-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runs = dir.join("runs");
+    let journal = dir.join("alphaedit.jsonl");
+    let j = journal.to_str().expect("utf8");
+    let eval = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_STATS_DIR", dir.join("stats"))
+            .args([
+                "eval",
+                "counterfact",
+                "demo",
+                "--method",
+                "alphaedit",
+                "--sequential",
+                "--fluency-tokens",
+                "0",
+                "--checkpoints",
+                "2,4,6",
+            ])
+            .args(extra)
+            .arg("--runs")
+            .arg(&runs)
+            .output()
+            .expect("run engram");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let id_of = |stdout: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(' ').next()))
+            .map(String::from)
+            .expect("run id")
+    };
+    let (ok, whole, err) = eval(&["--n", "6", "--batch", "2"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = eval(&["--n", "6", "--batch", "2", "--journal", j]);
+    assert!(ok, "{err}");
+    assert!(std::path::Path::new(&format!("{j}.ledger.json")).is_file());
+    // Batch by batch: two rows, then the curve point; keep two batches.
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    assert!(lines[2].starts_with("{\"curve\"") && lines[5].starts_with("{\"curve\""));
+    std::fs::write(&journal, lines[..6].join("\n") + "\n").expect("cut the journal");
+    let (ok, _, err) = eval(&["--n", "6", "--batch", "3", "--journal", j]);
+    assert!(!ok && err.contains("--batch"), "{err}");
+    let (ok, resumed, err) = eval(&["--n", "6", "--batch", "2", "--journal", j]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("resumed: 4 cases in 2 batches")
+            || resumed.contains("resumed: 4 cases in 2 batches"),
+        "{resumed}\n{err}"
+    );
+    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    let table = |id: &str, name: &str| {
+        let run = store.find(id).expect("run");
+        let df = store.read_table(&run, name).expect("table");
+        match name {
+            "cases" => df.drop_many(["edit_seconds"]),
+            _ => df,
+        }
+    };
+    for name in ["cases", "curve"] {
+        let (a, b) = (table(&id_of(&whole), name), table(&id_of(&resumed), name));
+        assert_eq!(
+            a.height(),
+            if name == "cases" { 6 } else { 3 },
+            "{name}\n{a}"
+        );
+        // Journalled rows come back with their columns in another order.
+        let names: Vec<String> = a.get_column_names().iter().map(|c| c.to_string()).collect();
+        let b = b
+            .select(names.iter().map(String::as_str))
+            .expect("the same columns");
+        for c in &names {
+            let (x, y) = (a.column(c).expect("a"), b.column(c).expect("b"));
+            let show = |s: &engram_datasets::polars::prelude::Column| {
+                format!(
+                    "{:?}",
+                    s.as_materialized_series()
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                )
+            };
+            assert!(
+                x.equals_missing(y),
+                "{name}.{c}: at once {}, resumed {}",
+                show(x),
+                show(y)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `engram memit --method alphaedit`: the batch lands in the ledger as
 /// AlphaEdit entries carrying their keys, and a second batch on the same
 /// ledger continues it; AlphaEdit's options without the method are refused.

@@ -51,8 +51,9 @@ pub(crate) struct EvalArgs {
     /// (ROME's top-5 sampling). Default: 100 with --sequential, else off (0).
     #[arg(value_parser = crate::cmd::range::tokens, long)]
     pub fluency_tokens: Option<usize>,
-    /// Append each finished case to this JSON-lines file and skip the cases
-    /// already in it: an interrupted run picks up where it stopped.
+    /// Append each finished case (MEMIT, AlphaEdit: each finished batch) to
+    /// this JSON-lines file and skip the cases already in it: an interrupted
+    /// run picks up where it stopped, with its edits where --sequential.
     #[arg(long)]
     pub journal: Option<PathBuf>,
     /// Evaluate this many usable cases (cases the edit refuses are skipped and counted).

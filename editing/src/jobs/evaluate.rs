@@ -223,10 +223,11 @@ pub struct EvalOptions {
     pub checkpoints: Vec<usize>,
     /// Measure generation entropy (tokens generated per prompt; 0 = off).
     pub fluency_tokens: usize,
-    /// A JSON-lines file that receives each case as it finishes; cases already
-    /// in it are taken as done, so an interrupted run resumes. A sequential
-    /// run also keeps its ledger beside it ([`journal_ledger`]) and resumes on
-    /// the edits it had made.
+    /// A JSON-lines file that receives each case as it finishes (a batch
+    /// method's cases when their batch finishes); cases already in it are
+    /// taken as done, so an interrupted run resumes. A sequential run also
+    /// keeps its ledger beside it ([`journal_ledger`]) and resumes on the
+    /// edits it had made.
     pub journal: Option<PathBuf>,
 }
 
@@ -487,20 +488,7 @@ pub fn evaluate<B: Backend>(
         .iter()
         .filter_map(|r| r.get("subject").and_then(Value::as_str).map(String::from))
         .collect();
-    let mut metrics: Vec<String> = Vec::new();
-    if let Some(first) = rows.first() {
-        metrics = first
-            .iter()
-            .filter(|(k, v)| {
-                v.is_number()
-                    && !matches!(
-                        k.as_str(),
-                        "case_id" | "edits_applied" | "edit_seconds" | "v_steps"
-                    )
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-    }
+    let mut metrics: Vec<String> = rows.first().map(metric_names).unwrap_or_default();
     for case in cases {
         if rows.len() >= opts.n {
             break;
@@ -638,6 +626,25 @@ pub fn evaluate<B: Backend>(
         notes,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A journalled row's metric columns (numbers other than identity and timing).
+fn metric_names(row: &Row) -> Vec<String> {
+    row.iter()
+        .filter(|(k, v)| {
+            v.is_number()
+                && !matches!(
+                    k.as_str(),
+                    "case_id"
+                        | "edits_applied"
+                        | "edit_seconds"
+                        | "v_steps"
+                        | "delta_fro"
+                        | "delta_relative"
+                )
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Score every case in `edited` on the model as it stands: the mean of each
@@ -856,9 +863,6 @@ pub fn evaluate_memit<B: Backend>(
     progress: &mut dyn FnMut(&str),
 ) -> Result<EvalOutcome> {
     let start = Instant::now();
-    if opts.journal.is_some() {
-        bail!("--journal is for ROME; MEMIT resumes through --z-cache");
-    }
     // Usable cases: the request is well formed, its target is not already the
     // answer, and no earlier case edits its subject.
     let mut skipped = Vec::new();
@@ -919,7 +923,40 @@ pub fn evaluate_memit<B: Backend>(
     let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
     let mut metrics: Vec<String> = Vec::new();
     let mut applied = 0usize;
-    for (b, (cases_b, reqs_b)) in chosen.chunks(batch).zip(requests.chunks(batch)).enumerate() {
+    let mut done_batches = 0usize;
+    if let Some(jp) = &opts.journal {
+        let journal = read_journal(jp)?;
+        if !journal.rows.is_empty() {
+            done_batches =
+                resume_batches(lm, ledger, jp, &journal, &chosen, batch, opts.sequential)?;
+            if opts.sequential {
+                for (r, case) in journal.rows.iter().zip(&chosen) {
+                    let id = case.id();
+                    let nb =
+                        journal.pre_nb.get(&id).cloned().with_context(|| {
+                            format!("{}: case {id} has no pre_nb", jp.display())
+                        })?;
+                    debug_assert_eq!(r.get("case_id").and_then(Value::as_u64), Some(id));
+                    edited.push((*case, nb));
+                }
+                applied = journal.rows.len();
+            }
+            metrics = journal.rows.first().map(metric_names).unwrap_or_default();
+            notes.push(format!(
+                "resumed: {} cases in {done_batches} batches from {}",
+                journal.rows.len(),
+                jp.display()
+            ));
+            rows = journal.rows;
+            curve = journal.curve;
+        }
+    }
+    for (b, (cases_b, reqs_b)) in chosen
+        .chunks(batch)
+        .zip(requests.chunks(batch))
+        .enumerate()
+        .skip(done_batches)
+    {
         progress(&format!(
             "batch {} of {}: scoring before",
             b + 1,
@@ -1020,6 +1057,7 @@ pub fn evaluate_memit<B: Backend>(
             out.solve_seconds,
             out.residual_norms
         ));
+        let points_before = curve.len();
         if opts.sequential {
             if opts
                 .checkpoints
@@ -1035,6 +1073,25 @@ pub fn evaluate_memit<B: Backend>(
             }
             ledger.remove(&mut lm.model, first_id(&out)?)?;
         }
+        if let Some(jp) = &opts.journal {
+            // The ledger first: a kill before the rows leaves one batch more
+            // in it than in the journal, which a resume takes out again.
+            if opts.sequential {
+                ledger.export(&journal_ledger(jp))?;
+            }
+            let fresh = rows.len() - cases_b.len();
+            for (row, (_, nb)) in rows[fresh..]
+                .iter()
+                .zip(&edited[edited.len() - cases_b.len()..])
+            {
+                let mut line = row.clone();
+                line.insert("pre_nb".into(), serde_json::to_value(nb).context("pre_nb")?);
+                append(jp, &Value::Object(line))?;
+            }
+            for point in &curve[points_before..] {
+                append(jp, &serde_json::json!({ "curve": point }))?;
+            }
+        }
     }
     Ok(EvalOutcome {
         rows,
@@ -1044,6 +1101,77 @@ pub fn evaluate_memit<B: Backend>(
         notes,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Take up a batch evaluation from its journal: the journalled rows must be
+/// this run's first cases in whole batches (the same data, `--n` filters and
+/// `--batch`); a sequential run's ledger is applied again, less a batch saved
+/// after its last journal line. Returns the number of batches done.
+fn resume_batches<B: Backend>(
+    lm: &mut LanguageModel<B>,
+    ledger: &mut Ledger<B>,
+    jp: &Path,
+    journal: &Journal,
+    chosen: &[&BenchCase],
+    batch: usize,
+    sequential: bool,
+) -> Result<usize> {
+    let n = journal.rows.len();
+    let ids: Vec<Option<u64>> = journal
+        .rows
+        .iter()
+        .map(|r| r.get("case_id").and_then(Value::as_u64))
+        .collect();
+    let want: Vec<Option<u64>> = chosen.iter().take(n).map(|c| Some(c.id())).collect();
+    if ids != want {
+        bail!(
+            "{} holds {n} cases that are not this run's first {n} (was it made with other data, --n or filters?)",
+            jp.display()
+        );
+    }
+    if n % batch != 0 && n != chosen.len() {
+        bail!(
+            "{} holds {n} cases, not whole batches of {batch} (was it made with another --batch?)",
+            jp.display()
+        );
+    }
+    let done = n.div_ceil(batch);
+    if sequential {
+        let lp = journal_ledger(jp);
+        if !lp.is_file() {
+            bail!(
+                "{} has {n} cases but {} is missing: the edits cannot be restored",
+                jp.display(),
+                lp.display()
+            );
+        }
+        let hash = ledger.base_model_hash.clone();
+        *ledger = Ledger::import(&lp, &mut lm.model, &hash)?;
+        let batches = |l: &Ledger<B>| -> Vec<usize> {
+            let mut b: Vec<usize> = l.edits().iter().filter_map(|e| e.batch).collect();
+            b.sort_unstable();
+            b.dedup();
+            b
+        };
+        if batches(ledger).len() == done + 1 {
+            let last = *batches(ledger).last().context("a batch")?;
+            let id = ledger
+                .edits()
+                .iter()
+                .find(|e| e.batch == Some(last))
+                .map(|e| e.id)
+                .context("an entry of the last batch")?;
+            ledger.remove(&mut lm.model, id)?;
+        }
+        if batches(ledger).len() != done {
+            bail!(
+                "{} holds {} batches for {done} journalled batches",
+                lp.display(),
+                batches(ledger).len()
+            );
+        }
+    }
+    Ok(done)
 }
 
 fn first_id(out: &crate::memit::MemitOutcome) -> Result<usize> {
