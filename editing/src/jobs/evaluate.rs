@@ -1129,7 +1129,7 @@ fn resume_batches<B: Backend>(
             jp.display()
         );
     }
-    if n % batch != 0 && n != chosen.len() {
+    if !n.is_multiple_of(batch) && n != chosen.len() {
         bail!(
             "{} holds {n} cases, not whole batches of {batch} (was it made with another --batch?)",
             jp.display()
