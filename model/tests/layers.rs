@@ -145,6 +145,73 @@ fn cpu_gemm_with_a_transposed_operand_matches_an_f64_product() {
     }
 }
 
+/// The AMX path (three bf16 parts per operand, six products) on ragged shapes,
+/// both operand layouts, with and without bias: within the bound the f32
+/// kernel is held to.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn amx_gemm_matches_an_f64_product_like_the_f32_kernel() {
+    use engram_model::cpu::amx::{available, sgemm_amx};
+    if !available() {
+        eprintln!("skipped: this CPU (or kernel) gives no AMX-BF16 tiles");
+        return;
+    }
+    let mut worst = 0f64;
+    for (i, &(m, n, k)) in [
+        (1, 1, 1),
+        (3, 33, 7),
+        (17, 47, 300),
+        (33, 600, 513),
+        (64, 192, 576),
+        (70, 300, 1536),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = values(m * k, 11 * i as u64);
+        let b = values(k * n, 11 * i as u64 + 1);
+        let bias = values(n, 11 * i as u64 + 2);
+        for (trans, with_bias) in [(false, false), (false, true), (true, false)] {
+            // Bᵀ as `[n, k]` for the transposed call.
+            let operand: Vec<f32> = if trans {
+                (0..n * k).map(|x| b[(x % k) * n + x / k]).collect()
+            } else {
+                b.clone()
+            };
+            let mut c = vec![f32::NAN; m * n];
+            let bias_arg = with_bias.then_some(&bias[..]);
+            assert!(sgemm_amx((m, n, k), &a, &operand, trans, bias_arg, &mut c));
+            for r in 0..m {
+                for j in 0..n {
+                    let mut want = if with_bias { f64::from(bias[j]) } else { 0.0 };
+                    let mut scale = 1.0f64;
+                    for p in 0..k {
+                        let t = f64::from(a[r * k + p]) * f64::from(b[p * n + j]);
+                        want += t;
+                        scale += t.abs();
+                    }
+                    let err = (f64::from(c[r * n + j]) - want).abs() / scale;
+                    worst = worst.max(err);
+                    assert!(
+                        err <= 1e-6,
+                        "{m}x{n}x{k} trans={trans} bias={with_bias} c[{r},{j}]: error {err:.2e} of the |terms|"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("AMX bf16x6: worst error {worst:.2e} of the sum of |terms| (allowed 1e-6)");
+    let mut c = vec![0.0; 4];
+    assert!(!sgemm_amx(
+        (2, 2, 2),
+        &[0.0; 3],
+        &[0.0; 4],
+        false,
+        None,
+        &mut c
+    ));
+}
+
 #[test]
 fn gram_matches_an_f64_sum_of_outer_products() {
     use engram_model::cpu::{enabled, gram};

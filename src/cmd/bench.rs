@@ -175,6 +175,32 @@ pub struct TraceBenchRow {
     pub floor_ms: Option<f64>,
     /// Largest difference between Engram's scores and the reference's (naive where run, else batched).
     pub max_abs_diff: f32,
+    /// Where the CPU has AMX: the same two procedures with AMX off (the
+    /// AVX-512 kernel alone), its GEMM rate, and the largest difference
+    /// between Engram's scores on the two kernels.
+    pub avx512: Option<Avx512Trace>,
+}
+
+/// [`TraceBenchRow`]'s runs on the AVX-512 kernel alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Avx512Trace {
+    pub batched_ms: f64,
+    pub engram_ms: f64,
+    pub gemm_gflops: Option<f64>,
+    pub max_abs_diff: f32,
+}
+
+/// Largest difference between two traces' scores.
+fn trace_diff(a: &engram_analysis::trace::FactTrace, b: &engram_analysis::trace::FactTrace) -> f32 {
+    let mut d = (a.corrupted_prob - b.corrupted_prob).abs();
+    for (ka, kb) in a.kinds.iter().zip(&b.kinds) {
+        for (ra, rb) in ka.scores.iter().zip(&kb.scores) {
+            for (x, y) in ra.iter().zip(rb) {
+                d = d.max((x - y).abs());
+            }
+        }
+    }
+    d
 }
 
 /// FLOPs of [`engram_analysis::trace::trace_fact`]: the clean and corrupted
@@ -234,18 +260,33 @@ pub fn trace_speed<B: Backend>(
     } else {
         (batched, None)
     };
-    let mut max_abs_diff = (fast.corrupted_prob - reference.corrupted_prob).abs();
-    for (a, b) in fast.kinds.iter().zip(&reference.kinds) {
-        for (ra, rb) in a.scores.iter().zip(&b.scores) {
-            for (x, y) in ra.iter().zip(rb) {
-                max_abs_diff = max_abs_diff.max((x - y).abs());
-            }
-        }
-    }
+    let max_abs_diff = trace_diff(&fast, &reference);
     let c = &lm.model.config;
     let flops = trace_flops(c, &input, &cfg);
     // Restorations run in batches of hundreds of rows: the floor takes a large product's rate.
     let rate = gemm_gflops(1024, c.d_mlp, c.d_model);
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = if engram_model::cpu::amx::enabled() {
+        engram_model::cpu::amx::set_enabled(false);
+        let runs = (|| {
+            let (plain, engram_ms) =
+                timed(&|| trace_fact(&lm.model, &input, &cfg, &mut |_, _| true))?;
+            let (_, batched_ms) =
+                timed(&|| trace_batched(&lm.model, &input, &cfg, &mut |_, _| true))?;
+            Ok::<_, anyhow::Error>(Avx512Trace {
+                batched_ms,
+                engram_ms,
+                gemm_gflops: gemm_gflops(1024, c.d_mlp, c.d_model),
+                max_abs_diff: trace_diff(&fast, &plain),
+            })
+        })();
+        engram_model::cpu::amx::set_enabled(true);
+        Some(runs?)
+    } else {
+        None
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = None;
     Ok(TraceBenchRow {
         tokens: input.ids.len(),
         layers: c.n_layers,
@@ -259,6 +300,7 @@ pub fn trace_speed<B: Backend>(
         gemm_gflops: rate,
         floor_ms: rate.map(|r| flops / r / 1e6),
         max_abs_diff,
+        avx512,
     })
 }
 
@@ -1055,6 +1097,29 @@ impl BackendJob for TraceBenchJob {
             },
             row.max_abs_diff
         );
+        if let Some(plain) = &row.avx512 {
+            outln!("  the GEMMs above ran on AMX tiles (ENGRAM_CPU_GEMM=amx: bf16x6, f32 accuracy); with AMX off (AVX-512 only):");
+            outln!(
+                "  batched, AVX-512:                               {:>10.1} ms  x{:.2} of engram on AMX",
+                plain.batched_ms,
+                plain.batched_ms / row.engram_ms
+            );
+            outln!(
+                "  engram, AVX-512:                                {:>10.1} ms  x{:.2} of engram on AMX",
+                plain.engram_ms,
+                plain.engram_ms / row.engram_ms
+            );
+            if let Some(rate) = plain.gemm_gflops {
+                outln!(
+                    "  AVX-512 GEMM {rate:.1} GFLOP/s: floor {:.1} ms",
+                    row.gflop * 1e3 / rate
+                );
+            }
+            outln!(
+                "  max |engram on AMX - engram on AVX-512|: {:.2e}",
+                plain.max_abs_diff
+            );
+        }
         Ok(())
     }
 }

@@ -79,6 +79,23 @@ fn gemm(
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if super::amx::worth(m, n, k) {
+            // SAFETY: AMX is on (`worth`) and the lengths were checked above.
+            unsafe {
+                super::amx::gemm(
+                    (m, n, k),
+                    a.as_ptr(),
+                    k,
+                    b.as_ptr(),
+                    if b_trans { k } else { n },
+                    b_trans,
+                    bias.map(<[f32]>::as_ptr),
+                    c.as_mut_ptr(),
+                    n,
+                );
+            }
+            return true;
+        }
         let job = Job {
             k,
             lda: k,

@@ -3,13 +3,17 @@
 //! returns `None` and the burn ops in [`crate::layers`] run instead. Under autodiff
 //! on the ndarray backend, linear maps still run here (`autodiff.rs`).
 //!
-//! - [`gemm`]: the matrix product under `Linear` and attention.
+//! - [`gemm`]: the matrix product under `Linear` and attention; with
+//!   `ENGRAM_CPU_GEMM=amx` on CPUs with AMX-BF16, large products run on
+//!   [`amx`] tiles at f32 accuracy (off by default: not yet faster).
 //! - [`ops`]: fused norms, SiLU, rotary embeddings and attention, one pass each.
 //!
 //! `ENGRAM_CPU_GEMM=burn` (or [`set_enabled`]) turns them all off, so that
 //! benchmarks can compare both paths in one run.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 mod autodiff;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
