@@ -1514,6 +1514,8 @@ fn eval_batches_resume_from_their_journal() {
     };
     let (ok, whole, err) = eval(&["--n", "6", "--batch", "2"]);
     assert!(ok, "{err}");
+    // The null space each layer's updates live in is reported and stored.
+    assert!(err.contains("AlphaEdit null space at layer 0: "), "{err}");
     let (ok, _, err) = eval(&["--n", "6", "--batch", "2", "--journal", j]);
     assert!(ok, "{err}");
     assert!(std::path::Path::new(&format!("{j}.ledger.json")).is_file());

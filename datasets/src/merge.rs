@@ -86,7 +86,14 @@ fn shard_of(run: &RunInfo) -> Result<Shard> {
 pub fn study(params: &RunParams) -> Value {
     let mut h = params.hyperparameters.clone();
     if let Some(m) = h.as_object_mut() {
-        for k in ["shard", "skipped", "S", "facts_traced", "facts_skipped"] {
+        for k in [
+            "shard",
+            "skipped",
+            "notes",
+            "S",
+            "facts_traced",
+            "facts_skipped",
+        ] {
             m.remove(k);
         }
     }
@@ -179,19 +186,22 @@ pub fn merge_shards(store: &RunStore, ids: &[String]) -> Result<RunInfo> {
     if let Some(m) = params.hyperparameters.as_object_mut() {
         m.remove("shard");
         m.insert("merged_from".into(), Value::from(ids.to_vec()));
-        let skipped: Vec<Value> = shards
-            .iter()
-            .flat_map(|(_, r)| {
-                r.params
-                    .hyperparameters
-                    .get("skipped")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        if !skipped.is_empty() {
-            m.insert("skipped".into(), Value::from(skipped));
+        // Each shard's skipped cases and notes, joined.
+        for key in ["skipped", "notes"] {
+            let joined: Vec<Value> = shards
+                .iter()
+                .flat_map(|(_, r)| {
+                    r.params
+                        .hyperparameters
+                        .get(key)
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            if !joined.is_empty() {
+                m.insert(key.into(), Value::from(joined));
+            }
         }
     }
     let mut tables: Vec<(String, DataFrame)> = Vec::new();

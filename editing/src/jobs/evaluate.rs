@@ -1315,9 +1315,15 @@ pub fn run_eval<B: Backend>(
                 z_cache: z_cache.clone(),
                 model_hash: model_hash.clone(),
             };
-            let out = evaluate_memit(lm, &mut ledger, &req.cases, &setup, opts, &mut |what| {
+            let mut out = evaluate_memit(lm, &mut ledger, &req.cases, &setup, opts, &mut |what| {
                 ctl.tick(what, 0, 0);
             })?;
+            out.notes.extend(spaces.iter().map(|s| {
+                format!(
+                    "AlphaEdit null space at layer {}: {} of {} dimensions",
+                    s.layer, s.rank, s.dim
+                )
+            }));
             let tokens = covs.first().map_or(0, |c| c.tokens);
             (
                 out,
@@ -1430,6 +1436,7 @@ pub fn run_eval<B: Backend>(
             "fluency_tokens": opts.fluency_tokens,
             "stats_tokens": stats_tokens,
             "skipped": outcome.skipped,
+            "notes": outcome.notes,
             "S": score,
             "shard": req.shard,
         }),
