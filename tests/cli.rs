@@ -1577,6 +1577,28 @@ fn eval_batches_resume_from_their_journal() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `engram bench gemm`: the AVX-512 kernel and (where the CPU has it) AMX on
+/// each shape with their errors against an f64 product; a malformed shape is
+/// named before any work.
+#[test]
+fn bench_gemm_prints_both_kernels_and_checks_its_shapes() {
+    if !engram_model::cpu::supported() {
+        eprintln!("skipped: this CPU lacks AVX-512F, so there is no CPU GEMM to time");
+        return;
+    }
+    let (ok, out, err) = engram(&["bench", "gemm", "--shape", "40,70,50;33,64,64"]);
+    assert!(ok, "{err}");
+    for shape in ["40 x 70 x 50: AVX-512 ", "33 x 64 x 64: AVX-512 "] {
+        assert!(out.contains(shape), "{out}");
+    }
+    assert!(
+        out.contains("AMX bf16x6") || out.contains("AMX: not on this CPU"),
+        "{out}"
+    );
+    let (ok, _, err) = engram(&["bench", "gemm", "--shape", "40,70"]);
+    assert!(!ok && err.contains("--shape \"40,70\""), "{err}");
+}
+
 /// `engram memit --method alphaedit`: the batch lands in the ledger as
 /// AlphaEdit entries carrying their keys, and a second batch on the same
 /// ledger continues it; AlphaEdit's options without the method are refused.

@@ -512,6 +512,15 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The CPU GEMM's rate on `[m, k] · [k, n]`: the AVX-512 kernel and, where
+    /// the CPU has AMX-BF16, the AMX path (bf16x6, f32 accuracy), side by side,
+    /// with each one's largest difference from an f64 product on sampled entries.
+    Gemm {
+        /// Shapes as M,N,K (several allowed); default: SmolLM2's MLP products at 64 and 1024 rows.
+        #[arg(long, value_delimiter = ';', default_values_t = [
+            "64,1536,576".to_string(), "1024,1536,576".to_string(), "1024,576,1536".to_string()])]
+        shape: Vec<String>,
+    },
     /// Forward-pass cost of the hook mechanism: unhooked vs dyn no-op vs caching everything.
     Hooks {
         model: PathBuf,
@@ -651,7 +660,94 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             iters,
             json,
         } => bench_hooks(&model, batch, seq, iters, json),
+        BenchCommand::Gemm { shape } => bench_gemm(&shape),
     }
+}
+
+/// `engram bench gemm`: each shape on the AVX-512 kernel and on AMX.
+fn bench_gemm(shapes: &[String]) -> Result<()> {
+    use engram_model::cpu::{enabled, sgemm};
+    if !enabled() {
+        anyhow::bail!("the CPU GEMM is off here (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
+    }
+    outln!(
+        "CPU GEMM, {} thread(s), GFLOP/s (median of 5 timings):",
+        rayon::current_num_threads()
+    );
+    for text in shapes {
+        let dims: Vec<usize> = text
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .ok()
+            .filter(|d: &Vec<usize>| d.len() == 3 && d.iter().all(|&x| x > 0))
+            .with_context(|| format!("--shape {text:?}: give M,N,K, three positive integers"))?;
+        let (m, n, k) = (dims[0], dims[1], dims[2]);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
+        let reps = ((2e9 / (2.0 * (m * n * k) as f64)) as usize).clamp(3, 200);
+        let flop = 2.0 * (m * n * k) as f64 * reps as f64;
+        // Largest |c - f64 product| over some entries, relative to the sum of |terms|.
+        let error = |c: &[f32]| -> f64 {
+            (0..m.min(8))
+                .flat_map(|r| {
+                    (0..n)
+                        .step_by(n.div_ceil(64))
+                        .map(move |j| (r * (m / 8).max(1) % m, j))
+                })
+                .map(|(r, j)| {
+                    let (mut want, mut scale) = (0f64, 1f64);
+                    for p in 0..k {
+                        let t = f64::from(a[r * k + p]) * f64::from(b[p * n + j]);
+                        want += t;
+                        scale += t.abs();
+                    }
+                    (f64::from(c[r * n + j]) - want).abs() / scale
+                })
+                .fold(0.0, f64::max)
+        };
+        let mut c = vec![0f32; m * n];
+        #[cfg(target_arch = "x86_64")]
+        let amx_was = engram_model::cpu::amx::enabled();
+        #[cfg(target_arch = "x86_64")]
+        engram_model::cpu::amx::set_enabled(false);
+        let t = median_time(5, || {
+            for _ in 0..reps {
+                sgemm(m, n, k, &a, &b, None, &mut c);
+            }
+            Ok(())
+        })?;
+        let avx = flop / t.as_secs_f64() / 1e9;
+        let avx_err = error(&c);
+        let mut line = format!("  {m} x {n} x {k}: AVX-512 {avx:.1} (error {avx_err:.1e})");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use engram_model::cpu::amx::{available, sgemm_amx};
+            if available() {
+                let t = median_time(5, || {
+                    for _ in 0..reps {
+                        sgemm_amx((m, n, k), &a, &b, false, None, &mut c);
+                    }
+                    Ok(())
+                })?;
+                let amx = flop / t.as_secs_f64() / 1e9;
+                line += &format!(
+                    "; AMX bf16x6 {amx:.1} (error {:.1e}), x{:.2} of AVX-512",
+                    error(&c),
+                    amx / avx
+                );
+            } else {
+                line += "; AMX: not on this CPU";
+            }
+            engram_model::cpu::amx::set_enabled(amx_was);
+        }
+        outln!("{line}");
+    }
+    Ok(())
 }
 
 struct ForwardBenchJob {

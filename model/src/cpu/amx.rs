@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// bf16 parts per operand.
 const PARTS: usize = 3;
-/// The products accumulated: (part of A, part of B), the small ones first.
-const PRODUCTS: [(usize, usize); 6] = [(2, 0), (1, 1), (0, 2), (1, 0), (0, 1), (0, 0)];
 /// Columns of B packed and swept at once (`KC`-deep parts of 256 columns sit in L2).
 const NB: usize = 256;
 
@@ -79,14 +77,14 @@ pub fn available() -> bool {
     }
 }
 
-/// bf16 nearest to `x` (ties to even); NaN stays NaN.
+/// bf16 nearest to `x` (ties to even); NaN stays NaN. Branch-free, so that
+/// the packing loops vectorise.
 #[inline(always)]
 fn bf16(x: f32) -> u16 {
     let u = x.to_bits();
-    if x.is_nan() {
-        return (u >> 16) as u16 | 0x40;
-    }
-    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    let rounded = u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16;
+    let nan = (u & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (u >> 16) | 0x40 } else { rounded }) as u16
 }
 
 #[inline(always)]
@@ -122,11 +120,8 @@ impl PackedA {
             let src = std::slice::from_raw_parts(a.add(i * lda), k);
             let row = i * kp..i * kp + k;
             let (d0, d1, d2) = (&mut p0[row.clone()], &mut p1[row.clone()], &mut p2[row]);
-            for (j, &x) in src.iter().enumerate() {
-                let [h0, h1, h2] = split(x);
-                d0[j] = h0;
-                d1[j] = h1;
-                d2[j] = h2;
+            for ((((&x, h0), h1), h2), _) in src.iter().zip(d0).zip(d1).zip(d2).zip(0..k) {
+                [*h0, *h1, *h2] = split(x);
             }
         }
         Self { parts, rows, kp }
@@ -160,19 +155,26 @@ impl PackedB {
         let (cols, kp) = (w.div_ceil(32) * 32, k.div_ceil(32) * 32);
         let plane = kp * cols;
         let mut parts = vec![0u16; PARTS * plane];
-        let at = |p: usize, j: usize| -> f32 {
-            if trans {
-                *b.add((j0 + j) * ldb + p)
-            } else {
-                *b.add(p * ldb + j0 + j)
-            }
-        };
+        let mut row = vec![0f32; w];
+        let mut split_row = vec![[0u16; PARTS]; w];
         for p in 0..k {
+            // Row p of B's columns j0.., contiguous.
+            if trans {
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = *b.add((j0 + j) * ldb + p);
+                }
+            } else {
+                row.copy_from_slice(std::slice::from_raw_parts(b.add(p * ldb + j0), w));
+            }
+            // Rows p and p + 1 interleave: element (p, j) at [p / 2][j][p % 2].
+            for (h, &x) in split_row.iter_mut().zip(&row) {
+                *h = split(x);
+            }
             let base = (p / 2) * cols * 2 + (p % 2);
-            for j in 0..w {
-                let s = split(at(p, j));
-                for (q, h) in s.into_iter().enumerate() {
-                    parts[q * plane + base + 2 * j] = h;
+            for (q, plane_q) in parts.chunks_exact_mut(plane).enumerate() {
+                let dst = &mut plane_q[base..base + 2 * w - 1];
+                for (d, h) in dst.iter_mut().step_by(2).zip(&split_row) {
+                    *d = h[q];
                 }
             }
         }
@@ -364,15 +366,18 @@ impl Job {
                     options(nostack, nomem)
                 );
                 for kk in 0..kt {
-                    for &(pa, pb) in &PRODUCTS {
+                    // A's part loaded once for the B parts it meets.
+                    for pa in (0..PARTS).rev() {
                         tile_load!("4", a.tile(pa, i, kk), sa);
                         tile_load!("5", a.tile(pa, i + 16, kk), sa);
-                        tile_load!("6", b.tile(pb, kk, j), sb);
-                        tile_load!("7", b.tile(pb, kk, j + 16), sb);
-                        tile_dot!("0", "4", "6");
-                        tile_dot!("1", "4", "7");
-                        tile_dot!("2", "5", "6");
-                        tile_dot!("3", "5", "7");
+                        for pb in (0..PARTS - pa).rev() {
+                            tile_load!("6", b.tile(pb, kk, j), sb);
+                            tile_load!("7", b.tile(pb, kk, j + 16), sb);
+                            tile_dot!("0", "4", "6");
+                            tile_dot!("1", "4", "7");
+                            tile_dot!("2", "5", "6");
+                            tile_dot!("3", "5", "7");
+                        }
                     }
                 }
                 tile_store!("0", out.as_mut_ptr());
