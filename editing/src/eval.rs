@@ -215,18 +215,7 @@ fn force_chunk<B: Backend>(
     let picked = Tensor::cat(parts, 0).select(0, index).reshape([1, n, d]);
     let logp = log_softmax(lm.model.unembed(picked, &mut NoHooks)?, 2);
     let v = logp.dims()[2];
-    let argmax: Vec<i64> = logp
-        .clone()
-        .argmax(2)
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .map_err(|e| EditError::Invalid(format!("reading argmax: {e:?}")))?;
-    let flat: Vec<f32> = logp
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| EditError::Invalid(format!("reading log-probs: {e:?}")))?;
+    let (argmax, flat) = argmax_and_values(logp)?;
     let mut next = 0usize;
     Ok(tails
         .iter()
@@ -248,6 +237,23 @@ fn force_chunk<B: Backend>(
                 .collect()
         })
         .collect())
+}
+
+/// Each position's argmax over the last axis, and every value, on the host.
+fn argmax_and_values<B: Backend>(logp: Tensor<B, 3>) -> Result<(Vec<i64>, Vec<f32>)> {
+    let argmax: Vec<i64> = logp
+        .clone()
+        .argmax(2)
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .map_err(|e| EditError::Invalid(format!("reading argmax: {e:?}")))?;
+    let flat: Vec<f32> = logp
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| EditError::Invalid(format!("reading log-probs: {e:?}")))?;
+    Ok((argmax, flat))
 }
 
 /// Teacher-force `target` after each prompt: one batch of prompt + target
@@ -283,18 +289,7 @@ pub fn teacher_force_full<B: Backend>(
     let logits = lm.model.logits(&batch)?;
     let v = logits.dims()[2];
     let logp = log_softmax(logits, 2);
-    let argmax: Vec<i64> = logp
-        .clone()
-        .argmax(2)
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .map_err(|e| EditError::Invalid(format!("reading argmax: {e:?}")))?;
-    let flat: Vec<f32> = logp
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .map_err(|e| EditError::Invalid(format!("reading log-probs: {e:?}")))?;
+    let (argmax, flat) = argmax_and_values(logp)?;
     debug_assert_eq!(argmax.len(), b * s);
     Ok(spans
         .into_iter()
