@@ -933,6 +933,13 @@ fn runs_panel_lists_opens_compares_and_exports() {
             .filter_map(|v| v.as_object().cloned())
             .collect();
         run.write_rows("cases", &cases).expect("rows");
+        // A curve; only the newer run records the weights' drift.
+        let mut point = serde_json::json!({"edits": 3, "ES": es[1], "NS": 1.0, "S": 0.9});
+        if method == "memit" {
+            point["drift_relative"] = serde_json::json!(0.05);
+        }
+        let point = point.as_object().cloned().expect("object");
+        run.write_rows("curve", &[point]).expect("curve");
         ids.push(run.finish().expect("finish").id);
     }
     let broken = paths.runs.join("trace/20990101T000000Z-badbad");
@@ -985,6 +992,23 @@ fn runs_panel_lists_opens_compares_and_exports() {
         &format!("Comparing {} with {}", ids[1], ids[0])
     ));
     assert!(has_label(&h, "0.6667"), "rome's ES mean is compared");
+    // Their curves, one figure per metric, the drift from the run that has it.
+    let figures: Vec<String> = h
+        .state_mut()
+        .runs_panel()
+        .curve_figures()
+        .filter_map(|p| p.file_name()?.to_str().map(String::from))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            "edits-ES.png",
+            "edits-NS.png",
+            "edits-S.png",
+            "edits-drift_relative.png"
+        ],
+        "{figures:?}"
+    );
     let out = dir.join("cases.csv");
     h.state_mut().runs_panel().export_path = out.display().to_string();
     h.run_steps(1);

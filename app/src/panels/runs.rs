@@ -23,6 +23,10 @@ use crate::worker::Command;
 /// Rows of a table shown at most.
 const MAX_ROWS: usize = 500;
 
+/// The metrics drawn against edits when two eval runs are compared: the
+/// edit's success, its neighbourhood, the score and the weights' drift.
+const COMPARED_CURVES: [&str; 4] = ["ES", "NS", "S", "drift_relative"];
+
 /// A table read for display: column names and rows of text.
 #[derive(Debug, Clone, Default)]
 pub struct ShownTable {
@@ -217,16 +221,23 @@ impl RunsState {
                 a.id,
                 b.id
             ));
-            if let Ok(paths) = curve(&store, &[a, b], &["ES".into(), "S".into()], &out) {
-                self.curves = paths
-                    .into_iter()
-                    .map(|p| {
+            // One figure per metric; a metric neither run has (the drift of a
+            // run stored before it was recorded) is left out, not the rest.
+            let runs = [a, b];
+            for metric in COMPARED_CURVES {
+                if let Ok(paths) = curve(&store, &runs, &[metric.to_string()], &out) {
+                    self.curves.extend(paths.into_iter().map(|p| {
                         let tex = load_png(ctx, &p);
                         (p, tex)
-                    })
-                    .collect();
+                    }));
+                }
             }
         }
+    }
+
+    /// The compared eval runs' metric-against-edits figures.
+    pub fn curve_figures(&self) -> impl Iterator<Item = &std::path::Path> {
+        self.curves.iter().map(|(p, _)| p.as_path())
     }
 
     /// Write the selected run's table or figure as the form says.
