@@ -1270,7 +1270,11 @@ fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
     ];
     let (ok, _, err) = run(&[&seq[..], &["--n", "2"]].concat());
     assert!(ok, "{err}");
-    assert!(std::path::Path::new(&format!("{j}.ledger.json")).is_file());
+    // Each case's line carries its edit (no ledger rewritten per case).
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let with_edit = text.lines().filter(|l| l.contains("\"edit\":{")).count();
+    assert_eq!(with_edit, 2, "{text}");
+    assert!(!std::path::Path::new(&format!("{j}.ledger.json")).exists());
     let (ok, rome, err) = run(&[&seq[..], &["--n", "3"]].concat());
     assert!(ok, "{err}");
     assert!(err.contains("resumed: 2 edits restored"), "{err}");
@@ -1534,7 +1538,14 @@ fn eval_batches_resume_from_their_journal() {
             || resumed.contains("resumed: 4 cases in 2 batches"),
         "{resumed}\n{err}"
     );
-    let store = engram_datasets::RunStore::open(&runs).expect("store");
+    assert_same_eval(&runs, &id_of(&whole), &id_of(&resumed), 6, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two eval runs' `cases` (but their edit times) and `curve` tables hold the
+/// same values, journalled rows' columns compared by name.
+fn assert_same_eval(runs: &std::path::Path, a: &str, b: &str, cases: usize, points: usize) {
+    let store = engram_datasets::RunStore::open(runs).expect("store");
     let table = |id: &str, name: &str| {
         let run = store.find(id).expect("run");
         let df = store.read_table(&run, name).expect("table");
@@ -1544,36 +1555,75 @@ fn eval_batches_resume_from_their_journal() {
         }
     };
     for name in ["cases", "curve"] {
-        let (a, b) = (table(&id_of(&whole), name), table(&id_of(&resumed), name));
-        assert_eq!(
-            a.height(),
-            if name == "cases" { 6 } else { 3 },
-            "{name}\n{a}"
-        );
-        // Journalled rows come back with their columns in another order.
-        let names: Vec<String> = a.get_column_names().iter().map(|c| c.to_string()).collect();
-        let b = b
+        let (x, y) = (table(a, name), table(b, name));
+        let want = if name == "cases" { cases } else { points };
+        assert_eq!(x.height(), want, "{name}\n{x}");
+        let names: Vec<String> = x.get_column_names().iter().map(|c| c.to_string()).collect();
+        let y = y
             .select(names.iter().map(String::as_str))
             .expect("the same columns");
+        let show = |s: &engram_datasets::polars::prelude::Column| {
+            format!(
+                "{:?}",
+                s.as_materialized_series()
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+            )
+        };
         for c in &names {
-            let (x, y) = (a.column(c).expect("a"), b.column(c).expect("b"));
-            let show = |s: &engram_datasets::polars::prelude::Column| {
-                format!(
-                    "{:?}",
-                    s.as_materialized_series()
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                )
-            };
+            let (p, q) = (x.column(c).expect("a"), y.column(c).expect("b"));
             assert!(
-                x.equals_missing(y),
+                p.equals_missing(q),
                 "{name}.{c}: at once {}, resumed {}",
-                show(x),
-                show(y)
+                show(p),
+                show(q)
             );
         }
     }
+}
+
+/// Sequential FT-L through `engram eval --journal`, stopped after two of
+/// three cases, resumes from the edits in the journal's lines (dense changes
+/// packed bit for bit) to the same cases and curve as a run made at once.
+#[test]
+fn eval_single_edits_resume_from_their_journal() {
+    let dir = std::env::temp_dir().join(format!("engram-ft-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let runs = dir.join("runs");
+    let r = runs.to_str().expect("utf8").to_string();
+    let journal = dir.join("ft.jsonl");
+    let j = journal.to_str().expect("utf8").to_string();
+    let eval = |extra: &[&str]| {
+        let base = [
+            "eval",
+            "counterfact",
+            "demo",
+            "--method",
+            "ft-l",
+            "--sequential",
+            "--fluency-tokens",
+            "0",
+            "--checkpoints",
+            "1,3",
+            "--runs",
+            &r,
+        ];
+        let (ok, out, err) = engram(&[&base[..], extra].concat());
+        assert!(ok, "{err}");
+        let id = out
+            .lines()
+            .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split(' ').next()))
+            .map(String::from)
+            .expect("run id");
+        (id, err)
+    };
+    let (whole, _) = eval(&["--n", "3"]);
+    eval(&["--n", "2", "--journal", &j]);
+    let (resumed, err) = eval(&["--n", "3", "--journal", &j]);
+    assert!(err.contains("resumed: 2 edits restored"), "{err}");
+    assert_same_eval(&runs, &whole, &resumed, 3, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

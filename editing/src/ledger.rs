@@ -505,6 +505,60 @@ impl<B: Backend> Ledger<B> {
         Ok((ledger, state))
     }
 
+    /// Add entries read back from `path` (a ledger, a journal) and apply the
+    /// applied ones, after checking that each fits `model` and that no id
+    /// repeats one already here.
+    pub fn extend(
+        &mut self,
+        path: &Path,
+        model: &mut Transformer<B>,
+        edits: Vec<Edit>,
+    ) -> Result<()> {
+        let bad = |message: String| EditError::File {
+            path: path.into(),
+            message,
+        };
+        for e in &edits {
+            let [d_mlp, d_model] = model
+                .blocks
+                .get(e.edit.layer())
+                .ok_or(EditError::Layer {
+                    layer: e.edit.layer(),
+                    n_layers: model.config.n_layers,
+                })?
+                .mlp
+                .fc_out
+                .weight
+                .dims();
+            let (rank, u, r) = e.edit.factors();
+            if u.len() != rank * d_mlp || r.len() != rank * d_model {
+                return Err(bad(format!("edit {} does not fit this model", e.id)));
+            }
+            if u.iter().chain(r).any(|x| !x.is_finite()) {
+                return Err(bad(format!("edit {} has a non-finite factor", e.id)));
+            }
+            if let Some(d) = e.edit.dense() {
+                if d.len() != d_mlp * d_model || d.iter().any(|x| !x.is_finite()) {
+                    return Err(bad(format!("dense edit {} does not fit this model", e.id)));
+                }
+            }
+            if matches!(e.edit, EditPayload::Memit(_)) && e.batch.is_none() {
+                return Err(bad(format!("MEMIT edit {} has no batch", e.id)));
+            }
+        }
+        let mut seen: std::collections::HashSet<usize> = self.edits.iter().map(|e| e.id).collect();
+        if let Some(e) = edits.iter().find(|e| !seen.insert(e.id)) {
+            return Err(bad(format!("edit id {} appears twice", e.id)));
+        }
+        let layers: std::collections::BTreeSet<usize> =
+            edits.iter().map(|e| e.edit.layer()).collect();
+        self.edits.extend(edits);
+        for layer in layers {
+            self.rebuild(model, layer);
+        }
+        Ok(())
+    }
+
     /// Write this ledger over the file [`Ledger::continue_file`] read, under
     /// an advisory lock (`FILE.lock`), refusing if the file changed since.
     pub fn save_over(&self, state: &LedgerFileState) -> Result<()> {
@@ -602,43 +656,7 @@ impl<B: Backend> Ledger<B> {
             });
         }
         let mut ledger = Self::new(model_hash);
-        let layers: Vec<usize> = file.edits.iter().map(|e| e.edit.layer()).collect();
-        for e in &file.edits {
-            let [d_mlp, d_model] = model
-                .blocks
-                .get(e.edit.layer())
-                .ok_or(EditError::Layer {
-                    layer: e.edit.layer(),
-                    n_layers: model.config.n_layers,
-                })?
-                .mlp
-                .fc_out
-                .weight
-                .dims();
-            let (rank, u, r) = e.edit.factors();
-            if u.len() != rank * d_mlp || r.len() != rank * d_model {
-                return Err(bad(format!("edit {} does not fit this model", e.id)));
-            }
-            if u.iter().chain(r).any(|x| !x.is_finite()) {
-                return Err(bad(format!("edit {} has a non-finite factor", e.id)));
-            }
-            if let Some(d) = e.edit.dense() {
-                if d.len() != d_mlp * d_model || d.iter().any(|x| !x.is_finite()) {
-                    return Err(bad(format!("dense edit {} does not fit this model", e.id)));
-                }
-            }
-            if matches!(e.edit, EditPayload::Memit(_)) && e.batch.is_none() {
-                return Err(bad(format!("MEMIT edit {} has no batch", e.id)));
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(e) = file.edits.iter().find(|e| !seen.insert(e.id)) {
-            return Err(bad(format!("edit id {} appears twice", e.id)));
-        }
-        ledger.edits = file.edits;
-        for layer in layers {
-            ledger.rebuild(model, layer);
-        }
+        ledger.extend(path, model, file.edits)?;
         Ok(ledger)
     }
 }

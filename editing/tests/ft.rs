@@ -47,6 +47,17 @@ fn ft_l_keeps_its_bound_raises_the_target_and_reverts_bit_for_bit() {
     let mut fresh = demo();
     Ledger::<engram_model::Cpu>::import(&path, &mut fresh.model, "demo").expect("import");
     assert_eq!(out_proj_bits(&fresh.model, hp.layer), applied);
+    // The change is packed (base64 of its bytes), not a list of numbers; a
+    // ledger of an older engram, with the list, still imports bit for bit.
+    let text = std::fs::read_to_string(&path).expect("ledger");
+    let mut file: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let delta = &mut file["edits"][0]["edit"]["delta"];
+    assert!(delta.is_string(), "the delta is packed");
+    *delta = serde_json::json!(ledger.edits()[0].edit.dense().expect("dense"));
+    std::fs::write(&path, serde_json::to_vec(&file).expect("json")).expect("write");
+    let mut old = demo();
+    Ledger::<engram_model::Cpu>::import(&path, &mut old.model, "demo").expect("import a list");
+    assert_eq!(out_proj_bits(&old.model, hp.layer), applied);
     let _ = std::fs::remove_file(&path);
 }
 

@@ -89,6 +89,9 @@ pub struct FtEdit {
     pub request: EditRequest,
     pub layer: usize,
     /// Row-major `[d_mlp, d_model]`, each entry within ±`norm_constraint`.
+    /// Written as base64 of its little-endian bytes (bit-exact, a quarter of
+    /// a number list's size); a list of numbers is read too.
+    #[serde(with = "packed_f32")]
     pub delta: Vec<f32>,
     /// Infinite (written `null`) where there was no bound.
     #[serde(deserialize_with = "bound")]
@@ -235,5 +238,52 @@ fn bound<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::
         Some(Bound::Off(true)) => Err(serde::de::Error::custom(
             "norm_constraint: a number, or false for no bound",
         )),
+    }
+}
+
+/// `Vec<f32>` as base64 of its little-endian bytes; reads a number list too.
+mod packed_f32 {
+    use base64::Engine;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        struct Packed;
+        impl<'de> Visitor<'de> for Packed {
+            type Value = Vec<f32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("base64 of little-endian f32s, or a list of numbers")
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<Vec<f32>, E> {
+                let bytes = B64
+                    .decode(s)
+                    .map_err(|e| E::custom(format!("delta: {e}")))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(E::custom(format!(
+                        "delta: {} bytes is not a whole number of f32s",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(x) = seq.next_element::<f32>()? {
+                    v.push(x);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_any(Packed)
     }
 }

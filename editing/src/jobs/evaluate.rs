@@ -225,9 +225,11 @@ pub struct EvalOptions {
     pub fluency_tokens: usize,
     /// A JSON-lines file that receives each case as it finishes (a batch
     /// method's cases when their batch finishes); cases already in it are
-    /// taken as done, so an interrupted run resumes. A sequential run also
-    /// keeps its ledger beside it ([`journal_ledger`]) and resumes on the
-    /// edits it had made.
+    /// taken as done, so an interrupted run resumes on the edits it had
+    /// made: a sequential run's single edits ride in their cases' lines
+    /// (appended, so a case costs its own edit's bytes, not the whole
+    /// ledger's); a batch method keeps its ledger beside the journal
+    /// ([`journal_ledger`]).
     pub journal: Option<PathBuf>,
 }
 
@@ -244,9 +246,12 @@ pub struct Journal {
     skipped: Vec<Skip>,
     pre_nb: std::collections::HashMap<u64, NeighbourhoodArgmax>,
     curve: Vec<Row>,
+    /// The ledger entry of each row that carries one, in row order.
+    edits: Vec<Value>,
 }
 
-/// The ledger a sequential run keeps beside its journal.
+/// The ledger a sequential batch run keeps beside its journal (and a single-
+/// edit run of an older engram, whose later edits are in the journal).
 pub fn journal_ledger(journal: &Path) -> PathBuf {
     let mut name = journal.as_os_str().to_owned();
     name.push(".ledger.json");
@@ -298,6 +303,7 @@ pub fn read_journal(path: &Path) -> Result<Journal> {
             continue;
         }
         let nb = v.remove("pre_nb");
+        let edit = v.remove("edit");
         let id = v.get("case_id").and_then(Value::as_u64);
         match (id, v.get("skipped").and_then(Value::as_str)) {
             (Some(id), Some(why)) => j.skipped.push((id, why.to_string())),
@@ -306,6 +312,14 @@ pub fn read_journal(path: &Path) -> Result<Journal> {
                     let nb = serde_json::from_value(nb)
                         .with_context(|| format!("{} line {line_no}: pre_nb", path.display()))?;
                     j.pre_nb.insert(id, nb);
+                }
+                match edit {
+                    Some(e) => j.edits.push(e),
+                    None if !j.edits.is_empty() => bail!(
+                        "{} line {line_no}: case {id} has no edit after cases that have",
+                        path.display()
+                    ),
+                    None => {}
                 }
                 j.rows.push(v)
             }
@@ -433,39 +447,51 @@ pub fn evaluate<B: Backend>(
         .filter_map(|r| r.get("case_id").and_then(Value::as_u64))
         .chain(done_skips.iter().map(|(id, _)| *id))
         .collect();
+    // The rows that carry their edits are the last ones.
+    let older = rows.len() - journal.edits.len();
     rows.truncate(opts.n);
+    let older = older.min(rows.len());
     let mut curve = journal.curve;
     let mut notes = Vec::new();
     let mut edited: Vec<(&BenchCase, NeighbourhoodArgmax)> = Vec::new();
-    // A sequential run resumes on the edits it had made: its ledger, saved
-    // beside the journal after each case, is applied again.
+    // A sequential run resumes on the edits it had made: each journalled
+    // case's edit, after those of an older engram's ledger beside the journal.
     if let (true, Some(jp)) = (opts.sequential, &opts.journal) {
         let lp = journal_ledger(jp);
         if !rows.is_empty() {
-            if !lp.is_file() {
-                bail!(
-                    "{} has {} cases but {} is missing: the edits cannot be restored",
-                    jp.display(),
-                    rows.len(),
-                    lp.display()
-                );
-            }
-            let hash = ledger.base_model_hash.clone();
-            *ledger = Ledger::import(&lp, &mut lm.model, &hash)?;
-            // Saved after the edit but before its journal line: redo that case.
-            if ledger.edits().len() == rows.len() + 1 {
-                if let Some(last) = ledger.edits().iter().map(|e| e.id).max() {
-                    ledger.remove(&mut lm.model, last)?;
+            if older > 0 {
+                if !lp.is_file() {
+                    bail!(
+                        "{} has {older} cases without their edits, and {} is missing: \
+                         the edits cannot be restored",
+                        jp.display(),
+                        lp.display()
+                    );
+                }
+                let hash = ledger.base_model_hash.clone();
+                *ledger = Ledger::import(&lp, &mut lm.model, &hash)?;
+                // Saved after the edit but before its journal line: redo that case.
+                if ledger.edits().len() == older + 1 && journal.edits.is_empty() {
+                    if let Some(last) = ledger.edits().iter().map(|e| e.id).max() {
+                        ledger.remove(&mut lm.model, last)?;
+                    }
+                }
+                if ledger.edits().len() != older {
+                    bail!(
+                        "{} holds {} edits for {older} journalled cases",
+                        lp.display(),
+                        ledger.edits().len(),
+                    );
                 }
             }
-            if ledger.edits().len() != rows.len() {
-                bail!(
-                    "{} holds {} edits for {} journalled cases",
-                    lp.display(),
-                    ledger.edits().len(),
-                    rows.len()
+            let mut entries = Vec::with_capacity(journal.edits.len());
+            for e in journal.edits.into_iter().take(rows.len() - older) {
+                entries.push(
+                    serde_json::from_value(e)
+                        .with_context(|| format!("{}: a case's edit", jp.display()))?,
                 );
             }
+            ledger.extend(jp, &mut lm.model, entries)?;
             for r in &rows {
                 let id = r.get("case_id").and_then(Value::as_u64).unwrap_or(u64::MAX);
                 let case = cases
@@ -480,7 +506,7 @@ pub fn evaluate<B: Backend>(
             notes.push(format!(
                 "resumed: {} edits restored from {}",
                 rows.len(),
-                lp.display()
+                jp.display()
             ));
         }
     }
@@ -585,7 +611,11 @@ pub fn evaluate<B: Backend>(
         if let Some(p) = &opts.journal {
             let mut line = row.clone();
             if opts.sequential {
-                ledger.export(&journal_ledger(p))?;
+                let entry = ledger.edits().iter().find(|e| e.id == id);
+                line.insert(
+                    "edit".into(),
+                    serde_json::to_value(entry).context("the case's edit")?,
+                );
                 line.insert(
                     "pre_nb".into(),
                     serde_json::to_value(&pre_nb).context("pre_nb")?,
