@@ -1009,6 +1009,11 @@ fn runs_panel_lists_opens_compares_and_exports() {
         ],
         "{figures:?}"
     );
+    // All four lie within the window, wrapped into rows.
+    for name in &figures {
+        let r = h.get_by_label(name).rect();
+        assert!(r.max.x <= 1280.0, "{name} ends at x = {}", r.max.x);
+    }
     let out = dir.join("cases.csv");
     h.state_mut().runs_panel().export_path = out.display().to_string();
     h.run_steps(1);

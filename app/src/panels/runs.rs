@@ -812,34 +812,46 @@ fn comparison(app: &mut EngramApp, ui: &mut Ui) {
     }
 }
 
+/// Figures in rows of as many columns as the width holds (300 to 400
+/// points each), each scaled to its column.
 fn figures(ui: &mut Ui, list: &[(PathBuf, Option<TextureHandle>)]) {
+    const MIN_W: f32 = 300.0;
+    const MAX_W: f32 = 400.0;
+    const MAX_H: f32 = 260.0;
     if list.is_empty() {
         return;
     }
-    ui.horizontal_wrapped(|ui| {
-        for (path, tex) in list {
-            ui.vertical(|ui| {
-                ui.label(
-                    RichText::new(
-                        path.file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    )
-                    .weak(),
-                );
-                match tex {
-                    Some(t) => {
-                        let size = t.size_vec2();
-                        let scale = (400.0 / size.x).min(260.0 / size.y).min(1.0);
-                        ui.image((t.id(), size * scale));
+    let gap = ui.spacing().item_spacing.x;
+    let width = ui.available_width();
+    let cols = (((width + gap) / (MIN_W + gap)).floor() as usize).clamp(1, list.len());
+    let col_w = ((width - gap * (cols - 1) as f32) / cols as f32).min(MAX_W);
+    for row in list.chunks(cols) {
+        ui.horizontal_top(|ui| {
+            for (path, tex) in row {
+                ui.vertical(|ui| {
+                    ui.set_width(col_w);
+                    ui.label(
+                        RichText::new(
+                            path.file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        )
+                        .weak(),
+                    );
+                    match tex {
+                        Some(t) => {
+                            let size = t.size_vec2();
+                            let scale = (col_w / size.x).min(MAX_H / size.y).min(1.0);
+                            ui.image((t.id(), size * scale));
+                        }
+                        None => {
+                            ui.label("(not a readable PNG)");
+                        }
                     }
-                    None => {
-                        ui.label("(not a readable PNG)");
-                    }
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    }
 }
 
 /// A trace run's first fact as the Locate panel draws it.
