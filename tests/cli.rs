@@ -1324,6 +1324,32 @@ fn eval_memit_and_sequential_rome_draw_a_curve_and_resume() {
     for m in ["ES", "PS", "NS", "S", "drift_relative", "delta_fro"] {
         assert!(figs.join(format!("edits-{m}.png")).is_file(), "{m}");
     }
+    // The drift on a log scale; a log metric not drawn is named.
+    let log = |metrics: &str, out: &str| {
+        run(&[
+            "runs",
+            "curve",
+            &run_id(&memit),
+            &run_id(&rome),
+            "--out",
+            dir.join(out).to_str().expect("utf8"),
+            "--metrics",
+            metrics,
+            "--log-y",
+            "drift_relative",
+        ])
+    };
+    let (ok, out, err) = log("ES,drift_relative", "log");
+    assert!(ok, "{err}");
+    assert!(out.contains("edits-drift_relative.png"), "{out}");
+    let linear = std::fs::read(figs.join("edits-drift_relative.png")).expect("png");
+    let logged = std::fs::read(dir.join("log/edits-drift_relative.png")).expect("png");
+    assert_ne!(linear, logged, "the log figure is another drawing");
+    let (ok, _, err) = log("ES", "log2");
+    assert!(
+        !ok && err.contains("drift_relative") && err.contains("log scale"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

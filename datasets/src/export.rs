@@ -240,13 +240,22 @@ pub fn compare(
 /// A metric the curve lacks but the `cases` table has per edit (`delta_fro`,
 /// `delta_relative`, `edit_seconds`, …) is drawn from there against
 /// `edits_applied`, averaged over the cases that share a value (a batch).
-/// Returns the paths.
+/// The metrics in `log10` are drawn as log10 of their values (for a drift
+/// that grows by orders of magnitude under one method and not another);
+/// values at or below 0 are left out of those. Returns the paths.
 pub fn curve(
     store: &RunStore,
     runs: &[RunInfo],
     metrics: &[String],
+    log10: &[String],
     out: &Path,
 ) -> Result<Vec<PathBuf>> {
+    if let Some(m) = log10.iter().find(|m| !metrics.contains(m)) {
+        return Err(store_err(format!(
+            "{m} is to be drawn on a log scale but is not among the metrics drawn ({})",
+            metrics.join(",")
+        )));
+    }
     if runs.is_empty() {
         return Err(store_err("name at least one eval run".into()));
     }
@@ -307,12 +316,27 @@ pub fn curve(
         if points.is_empty() {
             return Err(store_err(format!("no run's curve has {metric}")));
         }
+        let name = if log10.contains(metric) {
+            points.retain(|p| p.mean > 0.0);
+            for p in &mut points {
+                p.mean = p.mean.log10();
+                (p.ci_low, p.ci_high) = (p.mean, p.mean);
+            }
+            if points.is_empty() {
+                return Err(store_err(format!(
+                    "{metric} has no value above 0 to take log10 of"
+                )));
+            }
+            format!("log10 {metric}")
+        } else {
+            metric.clone()
+        };
         let path = out.join(format!("edits-{metric}.png"));
         curves_over(
             &points,
-            &format!("{metric} against edits applied"),
+            &format!("{name} against edits applied"),
             "edits applied",
-            metric,
+            &name,
             &path,
         )?;
         paths.push(path);

@@ -188,6 +188,10 @@ pub(crate) enum RunsCommand {
         /// Metrics to draw.
         #[arg(long, value_delimiter = ',', default_value = "ES,PS,NS,S")]
         metrics: Vec<String>,
+        /// Of those, the metrics to draw as log10 (drift_relative, delta_fro:
+        /// sequential ROME's drift outgrows the others' by orders of magnitude).
+        #[arg(long, value_delimiter = ',')]
+        log_y: Vec<String>,
     },
     /// Metric summaries of two runs side by side.
     Compare {
@@ -232,12 +236,17 @@ pub(crate) fn run(a: RunsArgs) -> Result<()> {
             outln!("wrote {}", path.display());
             Ok(())
         }
-        RunsCommand::Curve { ids, out, metrics } => {
+        RunsCommand::Curve {
+            ids,
+            out,
+            metrics,
+            log_y,
+        } => {
             let runs = ids
                 .iter()
                 .map(|id| store.find(id))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            for p in curve(&store, &runs, &metrics, &out)? {
+            for p in curve(&store, &runs, &metrics, &log_y, &out)? {
                 outln!("figure {}", p.display());
             }
             Ok(())

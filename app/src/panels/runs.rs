@@ -225,7 +225,7 @@ impl RunsState {
             // run stored before it was recorded) is left out, not the rest.
             let runs = [a, b];
             for metric in COMPARED_CURVES {
-                if let Ok(paths) = curve(&store, &runs, &[metric.to_string()], &out) {
+                if let Ok(paths) = curve(&store, &runs, &[metric.to_string()], &[], &out) {
                     self.curves.extend(paths.into_iter().map(|p| {
                         let tex = load_png(ctx, &p);
                         (p, tex)
