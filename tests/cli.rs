@@ -1647,6 +1647,29 @@ fn eval_single_edits_resume_from_their_journal() {
     };
     let (whole, _) = eval(&["--n", "3"]);
     eval(&["--n", "2", "--journal", &j]);
+    // Edits journalled on another model are refused, naming it.
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let other = dir.join("other.jsonl");
+    let (base, n) = (r#""edit_base":""#, 2);
+    assert_eq!(text.matches(base).count(), n, "each line names its model");
+    std::fs::write(&other, text.replace(base, r#""edit_base":"another model"#)).expect("write");
+    let args = [
+        "eval",
+        "counterfact",
+        "demo",
+        "--method",
+        "ft-l",
+        "--sequential",
+        "--fluency-tokens",
+        "0",
+        "--n",
+        "3",
+        "--runs",
+        &r,
+        "--journal",
+    ];
+    let (ok, _, err) = engram(&[&args[..], &[other.to_str().expect("utf8")]].concat());
+    assert!(!ok && err.contains("another model"), "{err}");
     let (resumed, err) = eval(&["--n", "3", "--journal", &j]);
     assert!(err.contains("resumed: 2 edits restored"), "{err}");
     assert_same_eval(&runs, &whole, &resumed, 3, 2);

@@ -248,6 +248,8 @@ pub struct Journal {
     curve: Vec<Row>,
     /// The ledger entry of each row that carries one, in row order.
     edits: Vec<Value>,
+    /// The content hash of the model those edits were made on.
+    edit_base: Option<String>,
 }
 
 /// The ledger a sequential batch run keeps beside its journal (and a single-
@@ -304,6 +306,14 @@ pub fn read_journal(path: &Path) -> Result<Journal> {
         }
         let nb = v.remove("pre_nb");
         let edit = v.remove("edit");
+        if let Some(Value::String(h)) = v.remove("edit_base") {
+            if j.edit_base.get_or_insert_with(|| h.clone()) != &h {
+                bail!(
+                    "{} line {line_no}: edits made on another model",
+                    path.display()
+                );
+            }
+        }
         let id = v.get("case_id").and_then(Value::as_u64);
         match (id, v.get("skipped").and_then(Value::as_str)) {
             (Some(id), Some(why)) => j.skipped.push((id, why.to_string())),
@@ -484,6 +494,12 @@ pub fn evaluate<B: Backend>(
                     );
                 }
             }
+            if let Some(h) = journal.edit_base.filter(|h| *h != ledger.base_model_hash) {
+                return Err(EditError::WrongBase {
+                    expected: h,
+                    found: ledger.base_model_hash.clone(),
+                });
+            }
             let mut entries = Vec::with_capacity(journal.edits.len());
             for e in journal.edits.into_iter().take(rows.len() - older) {
                 entries.push(
@@ -616,6 +632,7 @@ pub fn evaluate<B: Backend>(
                     "edit".into(),
                     serde_json::to_value(entry).context("the case's edit")?,
                 );
+                line.insert("edit_base".into(), ledger.base_model_hash.clone().into());
                 line.insert(
                     "pre_nb".into(),
                     serde_json::to_value(&pre_nb).context("pre_nb")?,
