@@ -196,3 +196,10 @@ fn a_linear_map_under_autodiff_runs_on_the_kernels_with_burns_gradient() {
         assert!((a - c).abs() <= 1e-4 * (1.0 + c.abs()), "{a} vs {c}");
     }
 }
+
+/// The benchmarks take the CPU GEMM's rate for the floor only on the ndarray backend itself.
+#[test]
+fn only_the_plain_cpu_backend_counts_as_ndarray() {
+    assert!(engram_model::cpu::on_ndarray::<engram_model::device::Cpu>());
+    assert!(!engram_model::cpu::on_ndarray::<CpuAutodiff>());
+}

@@ -155,6 +155,31 @@ pub fn gemm_gflops(m: usize, n: usize, k: usize) -> Option<f64> {
     Some(2.0 * (m * n * k) as f64 * reps as f64 / t.as_secs_f64() / 1e9)
 }
 
+/// The GEMM rate behind a benchmark's arithmetic floor, in GFLOP/s: on the CPU
+/// backend the CPU kernel's ([`gemm_gflops`]); on a GPU backend burn's matmul of
+/// `[m, k] · [k, n]` on that device in its float type (median of 5 timed runs
+/// after a warm-up, each read back).
+pub fn floor_gflops<B: Backend>(device: &B::Device, m: usize, n: usize, k: usize) -> Option<f64> {
+    use engram_model::burn_tensor::{Distribution, Tensor};
+    if engram_model::cpu::on_ndarray::<B>() {
+        return gemm_gflops(m, n, k);
+    }
+    let a = Tensor::<B, 2>::random([m, k], Distribution::Uniform(-1.0, 1.0), device);
+    let b = Tensor::<B, 2>::random([k, n], Distribution::Uniform(-1.0, 1.0), device);
+    let reps = ((2e11 / (2.0 * (m * n * k) as f64)) as usize).clamp(3, 500);
+    // Summed, so that a lazy (fusing) backend cannot drop an unread product.
+    let t = median_time(5, || {
+        let mut c = a.clone().matmul(b.clone());
+        for _ in 1..reps {
+            c = c + a.clone().matmul(b.clone());
+        }
+        let _ = c.sum().into_data();
+        Ok(())
+    })
+    .ok()?;
+    Some(2.0 * (m * n * k) as f64 * reps as f64 / t.as_secs_f64() / 1e9)
+}
+
 /// The causal trace of one fact by Engram's procedure, the earlier batched one
 /// and (optionally) the naive one, measured in one run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -264,7 +289,7 @@ pub fn trace_speed<B: Backend>(
     let c = &lm.model.config;
     let flops = trace_flops(c, &input, &cfg);
     // Restorations run in batches of hundreds of rows: the floor takes a large product's rate.
-    let rate = gemm_gflops(1024, c.d_mlp, c.d_model);
+    let rate = floor_gflops::<B>(&lm.model.device, 1024, c.d_mlp, c.d_model);
     #[cfg(target_arch = "x86_64")]
     let avx512 = if engram_model::cpu::amx::enabled() {
         engram_model::cpu::amx::set_enabled(false);
@@ -374,8 +399,8 @@ pub fn patch_speed<B: Backend>(
         }
     }
     let attribution_flops = 4.0 * forward;
-    let exact_rate = gemm_gflops(len * len, c.d_mlp, c.d_model);
-    let attr_rate = gemm_gflops(len, c.d_mlp, c.d_model);
+    let exact_rate = floor_gflops::<B>(&m.device, len * len, c.d_mlp, c.d_model);
+    let attr_rate = floor_gflops::<B>(&m.device, len, c.d_mlp, c.d_model);
     Ok(PatchBenchRow {
         tokens: len,
         layers: n,
@@ -1062,8 +1087,9 @@ impl BackendJob for EditBenchJob {
         let stats_flops = stats.key.tokens as f64
             * ((layer + 1) as f64 * c.block_flops(opts.seq_len / 2)
                 + 2.0 * (c.d_mlp * c.d_mlp) as f64);
-        let rate_v = gemm_gflops(positions, c.d_mlp, c.d_model);
-        let rate_s = gemm_gflops(
+        let rate_v = floor_gflops::<B>(&device, positions, c.d_mlp, c.d_model);
+        let rate_s = floor_gflops::<B>(
+            &device,
             opts.batch_size * opts.seq_len.min(c.n_ctx),
             c.d_mlp,
             c.d_model,

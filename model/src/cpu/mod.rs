@@ -160,6 +160,11 @@ impl<B: Backend> Host<B> {
     }
 }
 
+/// Whether backend `B` keeps its float tensors on the ndarray (CPU) backend.
+pub fn on_ndarray<B: Backend>() -> bool {
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<NdArrayTensor>()
+}
+
 /// The f32 data of an ndarray tensor primitive, viewed in place.
 fn f32_view<P: 'static>(p: &P) -> Option<ndarray::ArrayViewD<'_, f32>> {
     match (p as &dyn Any).downcast_ref::<NdArrayTensor>()? {
