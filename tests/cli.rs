@@ -1621,22 +1621,22 @@ fn eval_single_edits_resume_from_their_journal() {
     let r = runs.to_str().expect("utf8").to_string();
     let journal = dir.join("ft.jsonl");
     let j = journal.to_str().expect("utf8").to_string();
+    let args = [
+        "eval",
+        "counterfact",
+        "demo",
+        "--method",
+        "ft-l",
+        "--sequential",
+        "--fluency-tokens",
+        "0",
+        "--checkpoints",
+        "1,3",
+        "--runs",
+        &r,
+    ];
     let eval = |extra: &[&str]| {
-        let base = [
-            "eval",
-            "counterfact",
-            "demo",
-            "--method",
-            "ft-l",
-            "--sequential",
-            "--fluency-tokens",
-            "0",
-            "--checkpoints",
-            "1,3",
-            "--runs",
-            &r,
-        ];
-        let (ok, out, err) = engram(&[&base[..], extra].concat());
+        let (ok, out, err) = engram(&[&args[..], extra].concat());
         assert!(ok, "{err}");
         let id = out
             .lines()
@@ -1653,22 +1653,8 @@ fn eval_single_edits_resume_from_their_journal() {
     let (base, n) = (r#""edit_base":""#, 2);
     assert_eq!(text.matches(base).count(), n, "each line names its model");
     std::fs::write(&other, text.replace(base, r#""edit_base":"another model"#)).expect("write");
-    let args = [
-        "eval",
-        "counterfact",
-        "demo",
-        "--method",
-        "ft-l",
-        "--sequential",
-        "--fluency-tokens",
-        "0",
-        "--n",
-        "3",
-        "--runs",
-        &r,
-        "--journal",
-    ];
-    let (ok, _, err) = engram(&[&args[..], &[other.to_str().expect("utf8")]].concat());
+    let refused = ["--n", "3", "--journal", other.to_str().expect("utf8")];
+    let (ok, _, err) = engram(&[&args[..], &refused[..]].concat());
     assert!(!ok && err.contains("another model"), "{err}");
     let (resumed, err) = eval(&["--n", "3", "--journal", &j]);
     assert!(err.contains("resumed: 2 edits restored"), "{err}");
