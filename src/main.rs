@@ -286,11 +286,11 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    match std::env::var("ENGRAM_CPU_GEMM").as_deref() {
-        Ok("burn") => engram_model::cpu::set_enabled(false),
-        #[cfg(target_arch = "x86_64")]
-        Ok("amx") => engram_model::cpu::amx::set_enabled(true),
-        _ => {}
+    if let Some(v) = std::env::var_os("ENGRAM_CPU_GEMM") {
+        if let Err(e) = engram_model::cpu::choose(&v.to_string_lossy()) {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
     }
     if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
         engram_model::device::add_library_dirs(std::env::split_paths(&p));

@@ -1662,19 +1662,28 @@ fn eval_single_edits_resume_from_their_journal() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `engram bench gemm`: the AVX-512 kernel and (where the CPU has it) AMX on
-/// each shape with their errors against an f64 product; a malformed shape is
-/// named before any work.
+/// `engram bench gemm`: each instruction set this CPU has (AVX-512, AVX2) and
+/// (where the CPU has it) AMX on each shape, with their errors against an f64
+/// product; a malformed shape is named before any work.
 #[test]
-fn bench_gemm_prints_both_kernels_and_checks_its_shapes() {
-    if !engram_model::cpu::supported() {
-        eprintln!("skipped: this CPU lacks AVX-512F, so there is no CPU GEMM to time");
+fn bench_gemm_prints_every_kernel_and_checks_its_shapes() {
+    let isas = engram_model::cpu::isas();
+    if isas.is_empty() {
+        eprintln!(
+            "skipped: this CPU has neither AVX2/FMA nor AVX-512F, so there is no CPU GEMM to time"
+        );
         return;
     }
     let (ok, out, err) = engram(&["bench", "gemm", "--shape", "40,70,50;33,64,64"]);
     assert!(ok, "{err}");
-    for shape in ["40 x 70 x 50: AVX-512 ", "33 x 64 x 64: AVX-512 "] {
-        assert!(out.contains(shape), "{out}");
+    for shape in ["40 x 70 x 50:", "33 x 64 x 64:"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(shape))
+            .unwrap_or_else(|| panic!("no {shape} in {out}"));
+        for isa in &isas {
+            assert!(line.contains(&format!(" {} ", isa.name())), "{line}");
+        }
     }
     assert!(
         out.contains("AMX bf16x6") || out.contains("AMX: not on this CPU"),
@@ -1682,6 +1691,76 @@ fn bench_gemm_prints_both_kernels_and_checks_its_shapes() {
     );
     let (ok, _, err) = engram(&["bench", "gemm", "--shape", "40,70"]);
     assert!(!ok && err.contains("--shape \"40,70\""), "{err}");
+}
+
+/// `ENGRAM_CPU_GEMM`: `avx2` runs the kernels on AVX2 (the same predictions as
+/// the default), `burn` on burn's ops; an unknown value is refused before any
+/// work, naming it and the values allowed.
+#[test]
+fn engram_cpu_gemm_picks_the_kernels_and_refuses_unknown_values() {
+    let run = |value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .env("ENGRAM_CPU_GEMM", value)
+            .args([
+                "run",
+                "demo",
+                "--prompt",
+                "Quinford Belvale lives in the city of",
+                "--top-k",
+                "3",
+            ])
+            .output()
+            .expect("engram runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run("fastest");
+    assert!(!ok, "an unknown value is refused");
+    assert!(
+        err.contains("ENGRAM_CPU_GEMM=\"fastest\"") && err.contains("allowed here: burn"),
+        "{err}"
+    );
+    let (ok, default, err) = engram(&[
+        "run",
+        "demo",
+        "--prompt",
+        "Quinford Belvale lives in the city of",
+        "--top-k",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, burn, err) = run("burn");
+    assert!(ok, "{err}");
+    // (token, probability) of each ranked line.
+    let ranked = |out: &str| -> Vec<(String, f64)> {
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first()?.parse::<usize>().ok()?;
+                Some((f.get(1)?.to_string(), f.get(3)?.parse().ok()?))
+            })
+            .collect()
+    };
+    let same = |a: &str, b: &str| {
+        let (a, b) = (ranked(a), ranked(b));
+        a.len() == 3
+            && a.len() == b.len()
+            && a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= 1e-5)
+    };
+    assert!(same(&burn, &default), "burn:\n{burn}\ndefault:\n{default}");
+    if engram_model::cpu::Isa::Avx2.available() {
+        let (ok, avx2, err) = run("avx2");
+        assert!(ok, "{err}");
+        assert!(same(&avx2, &default), "avx2:\n{avx2}\ndefault:\n{default}");
+    } else {
+        let (ok, _, err) = run("avx2");
+        assert!(!ok && err.contains("lacks AVX2"), "{err}");
+    }
 }
 
 /// `engram memit --method alphaedit`: the batch lands in the ledger as

@@ -79,8 +79,8 @@ fn main() -> Result<()> {
         run: args.run,
         compare: args.compare,
     };
-    if std::env::var("ENGRAM_CPU_GEMM").as_deref() == Ok("burn") {
-        engram_model::cpu::set_enabled(false);
+    if let Some(v) = std::env::var_os("ENGRAM_CPU_GEMM") {
+        engram_model::cpu::choose(&v.to_string_lossy()).map_err(anyhow::Error::msg)?;
     }
     if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
         engram_model::device::add_library_dirs(std::env::split_paths(&p));

@@ -9,7 +9,7 @@
 //! - [`layers`] and [`transformer`]: the single forward pass.
 //! - [`job`]: the progress-and-cancel [`Control`] of every long job, and [`Cancelled`].
 //! - [`settings`], [`source`], [`backend`]: where things live, where a model comes from, which backend runs it.
-//! - [`cpu`]: AVX-512 GEMM and fused kernels under [`layers`] on the CPU backend.
+//! - [`cpu`]: AVX-512 and AVX2 GEMM and fused kernels under [`layers`] on the CPU backend.
 
 pub mod arch;
 pub mod backend;

@@ -6,6 +6,10 @@ use engram_model::layers::silu;
 
 #[test]
 fn silu_matches_its_definition_including_the_tails() {
+    on_each_isa(silu_matches_its_definition_including_the_tails_on);
+}
+
+fn silu_matches_its_definition_including_the_tails_on() {
     let xs: Vec<f32> = vec![
         -1000.0, -100.0, -88.0, -30.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 5.0, 30.0, 100.0,
         1000.0,
@@ -26,6 +30,20 @@ fn silu_matches_its_definition_including_the_tails() {
     }
 }
 
+/// Runs `check` on each instruction set this CPU has for the kernels (AVX-512,
+/// AVX2), through [`engram_model::cpu::with_isa`].
+fn on_each_isa(check: fn()) {
+    let isas = engram_model::cpu::isas();
+    if isas.is_empty() {
+        eprintln!("skipped: this CPU has neither AVX2/FMA nor AVX-512F, so burn's ops run");
+        return;
+    }
+    for isa in isas {
+        eprintln!("on {}", isa.name());
+        engram_model::cpu::with_isa(isa, check).expect("the CPU has it");
+    }
+}
+
 /// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed
@@ -43,13 +61,11 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
-    use engram_model::cpu::{sgemm, supported};
-    if !supported() {
-        eprintln!(
-            "skipped: this CPU lacks AVX-512F, so the CPU GEMM is off and burn's matmul runs"
-        );
-        return;
-    }
+    on_each_isa(cpu_gemm_matches_an_f64_product_on_ragged_shapes_on);
+}
+
+fn cpu_gemm_matches_an_f64_product_on_ragged_shapes_on() {
+    use engram_model::cpu::sgemm;
     // Shapes that hit every edge: one row, partial register tiles (rows % 12, cols % 32),
     // more than one KC (256) block and NC (512) block, and rows split over threads.
     for (i, &(m, n, k)) in [
@@ -107,11 +123,11 @@ fn cpu_gemm_matches_an_f64_product_on_ragged_shapes() {
 
 #[test]
 fn cpu_gemm_with_a_transposed_operand_matches_an_f64_product() {
-    use engram_model::cpu::{sgemm_bt, supported};
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX-512F");
-        return;
-    }
+    on_each_isa(cpu_gemm_with_a_transposed_operand_matches_an_f64_product_on);
+}
+
+fn cpu_gemm_with_a_transposed_operand_matches_an_f64_product_on() {
+    use engram_model::cpu::sgemm_bt;
     // Small row counts too: a transposed operand is always packed.
     for (i, &(m, n, k)) in [
         (1, 1, 1),
@@ -214,11 +230,11 @@ fn amx_gemm_matches_an_f64_product_like_the_f32_kernel() {
 
 #[test]
 fn gram_matches_an_f64_sum_of_outer_products() {
-    use engram_model::cpu::{enabled, gram};
-    if !enabled() {
-        eprintln!("skipped: this CPU lacks AVX-512F");
-        return;
-    }
+    on_each_isa(gram_matches_an_f64_sum_of_outer_products_on);
+}
+
+fn gram_matches_an_f64_sum_of_outer_products_on() {
+    use engram_model::cpu::gram;
     let (n, d) = (70, 45);
     let x = values(n * d, 99);
     let t = Tensor::<Cpu, 2>::from_data(TensorData::new(x.clone(), [n, d]), &Default::default());
@@ -241,12 +257,12 @@ fn gram_matches_an_f64_sum_of_outer_products() {
 
 #[test]
 fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn() {
-    use engram_model::cpu::{enabled, linear};
+    on_each_isa(linear_gives_the_same_result_through_the_cpu_gemm_and_burn_on);
+}
+
+fn linear_gives_the_same_result_through_the_cpu_gemm_and_burn_on() {
+    use engram_model::cpu::linear;
     use engram_model::layers::Linear;
-    if !enabled() {
-        eprintln!("skipped: the CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
-        return;
-    }
     let device = Default::default();
     let (b, s, d_in, d_out) = (3, 11, 70, 45);
     let x = Tensor::<Cpu, 3>::from_data(
@@ -287,12 +303,12 @@ fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
 
 #[test]
 fn fused_cpu_norms_silu_and_rotary_match_burn_ops() {
+    on_each_isa(fused_cpu_norms_silu_and_rotary_match_burn_ops_on);
+}
+
+fn fused_cpu_norms_silu_and_rotary_match_burn_ops_on() {
     use engram_model::config::{NormKind, RotaryStyle};
-    use engram_model::cpu::{enabled, ops};
-    if !enabled() {
-        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
-        return;
-    }
+    use engram_model::cpu::ops;
     let device = Default::default();
     let (b, s, d) = (2, 5, 37);
     let x = t3(
@@ -365,13 +381,13 @@ fn fused_cpu_norms_silu_and_rotary_match_burn_ops() {
 
 #[test]
 fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding() {
+    on_each_isa(fused_cpu_attention_matches_burn_with_grouped_heads_and_padding_on);
+}
+
+fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding_on() {
     use engram_model::burn_tensor::activation::softmax;
     use engram_model::burn_tensor::Bool;
-    use engram_model::cpu::{enabled, ops};
-    if !enabled() {
-        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
-        return;
-    }
+    use engram_model::cpu::ops;
     let device = Default::default();
     // Two kv heads shared by six query heads; 3 queries after 4 cached keys; row 1
     // left-padded so that its first query sees only padding (a fully masked row).
@@ -431,11 +447,11 @@ fn fused_cpu_attention_matches_burn_with_grouped_heads_and_padding() {
 
 #[test]
 fn fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails() {
-    use engram_model::cpu::{enabled, ops};
-    if !enabled() {
-        eprintln!("skipped: the fused CPU kernels are off (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
-        return;
-    }
+    on_each_isa(fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails_on);
+}
+
+fn fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails_on() {
+    use engram_model::cpu::ops;
     let x = t4(
         vec![0.0, 1.0, f32::NAN, 2.0, -1.0, 0.5, 3.0, 100.0],
         [1, 1, 2, 4],
@@ -464,4 +480,51 @@ fn fused_cpu_softmax_keeps_nan_and_silu_keeps_its_tails() {
         "{y:?}"
     );
     assert!(y[2].is_sign_negative(), "silu(-200) is -0: {y:?}");
+}
+
+#[test]
+fn fused_cpu_softmax_and_silu_match_their_definitions_on_long_rows() {
+    on_each_isa(fused_cpu_softmax_and_silu_match_their_definitions_on_long_rows_on);
+}
+
+/// Rows longer than one vector, with ragged tails (8 and 16 lanes), against f64.
+fn fused_cpu_softmax_and_silu_match_their_definitions_on_long_rows_on() {
+    use engram_model::cpu::ops;
+    for len in [9, 17, 100] {
+        // Scores over a wide range, so that some exponents underflow.
+        let x: Vec<f32> = values(3 * len, len as u64)
+            .iter()
+            .map(|v| 60.0 * v)
+            .collect();
+        let p: Vec<f32> = ops::softmax(&t4(x.clone(), [1, 1, 3, len]))
+            .expect("fast path")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        for (row, got) in x.chunks(len).zip(p.chunks(len)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = row.iter().map(|&v| f64::from(v - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (j, (&g, &e)) in got.iter().zip(&e).enumerate() {
+                let want = e / sum;
+                assert!(
+                    (f64::from(g) - want).abs() <= 1e-6 * want + 1e-37,
+                    "len {len} [{j}]: {g}, want {want}"
+                );
+            }
+        }
+        let y: Vec<f32> = ops::silu(&t3(x.clone(), [1, 3, len]))
+            .expect("fast path")
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        for (j, (&x, &y)) in x.iter().zip(&y).enumerate() {
+            let x64 = f64::from(x);
+            let want = x64 / (1.0 + (-x64).exp());
+            assert!(
+                (f64::from(y) - want).abs() <= (want.abs() * 1e-6).max(1e-30),
+                "len {len} silu [{j}]({x}) = {y}, want {want}"
+            );
+        }
+    }
 }

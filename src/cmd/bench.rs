@@ -491,7 +491,7 @@ pub(crate) enum BenchCommand {
         /// Tokens generated per generation run.
         #[arg(value_parser = crate::cmd::range::positive, long, default_value_t = 32)]
         gen_tokens: usize,
-        /// On the CPU, measure again with Engram's AVX-512 kernels off (burn's ops) and print the ratio.
+        /// On the CPU, measure again with Engram's CPU kernels (AVX-512 or AVX2) off (burn's ops) and print the ratio.
         #[arg(long)]
         compare_burn: bool,
         #[arg(long)]
@@ -537,8 +537,8 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The CPU GEMM's rate on `[m, k] · [k, n]`: the AVX-512 kernel and, where
-    /// the CPU has AMX-BF16, the AMX path (bf16x6, f32 accuracy), side by side,
+    /// The CPU GEMM's rate on `[m, k] · [k, n]`: the kernel on each instruction set
+    /// the CPU has (AVX-512, AVX2) and, where it has AMX-BF16, the AMX path (bf16x6, f32 accuracy), side by side,
     /// with each one's largest difference from an f64 product on sampled entries.
     Gemm {
         /// Shapes as M,N,K (several allowed); default: SmolLM2's MLP products at 64 and 1024 rows.
@@ -689,11 +689,14 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
     }
 }
 
-/// `engram bench gemm`: each shape on the AVX-512 kernel and on AMX.
+/// `engram bench gemm`: each shape on each instruction set this CPU has (AVX-512,
+/// AVX2) and on AMX.
 fn bench_gemm(shapes: &[String]) -> Result<()> {
-    use engram_model::cpu::{enabled, sgemm};
+    use engram_model::cpu::{enabled, isas, sgemm, with_isa};
     if !enabled() {
-        anyhow::bail!("the CPU GEMM is off here (no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
+        anyhow::bail!(
+            "the CPU GEMM is off here (neither AVX2/FMA nor AVX-512F, or ENGRAM_CPU_GEMM=burn)"
+        );
     }
     outln!(
         "CPU GEMM, {} thread(s), GFLOP/s (median of 5 timings):",
@@ -740,15 +743,32 @@ fn bench_gemm(shapes: &[String]) -> Result<()> {
         let amx_was = engram_model::cpu::amx::enabled();
         #[cfg(target_arch = "x86_64")]
         engram_model::cpu::amx::set_enabled(false);
-        let t = median_time(5, || {
-            for _ in 0..reps {
-                sgemm(m, n, k, &a, &b, None, &mut c);
+        let mut line = format!("  {m} x {n} x {k}:");
+        // The first (best) instruction set's rate is what AMX is compared with.
+        let mut avx = 0.0;
+        for (i, isa) in isas().into_iter().enumerate() {
+            let t = with_isa(isa, || {
+                median_time(5, || {
+                    for _ in 0..reps {
+                        sgemm(m, n, k, &a, &b, None, &mut c);
+                    }
+                    Ok(())
+                })
+            })
+            .context("the instruction set went missing")??;
+            let rate = flop / t.as_secs_f64() / 1e9;
+            line += &format!(
+                "{} {} {rate:.1} (error {:.1e})",
+                if i == 0 { "" } else { ";" },
+                isa.name(),
+                error(&c)
+            );
+            if i == 0 {
+                avx = rate;
+            } else {
+                line += &format!(", x{:.2} of {}", rate / avx, isas()[0].name());
             }
-            Ok(())
-        })?;
-        let avx = flop / t.as_secs_f64() / 1e9;
-        let avx_err = error(&c);
-        let mut line = format!("  {m} x {n} x {k}: AVX-512 {avx:.1} (error {avx_err:.1e})");
+        }
         #[cfg(target_arch = "x86_64")]
         {
             use engram_model::cpu::amx::{available, sgemm_amx};
@@ -761,9 +781,10 @@ fn bench_gemm(shapes: &[String]) -> Result<()> {
                 })?;
                 let amx = flop / t.as_secs_f64() / 1e9;
                 line += &format!(
-                    "; AMX bf16x6 {amx:.1} (error {:.1e}), x{:.2} of AVX-512",
+                    "; AMX bf16x6 {amx:.1} (error {:.1e}), x{:.2} of {}",
                     error(&c),
-                    amx / avx
+                    amx / avx,
+                    isas()[0].name()
                 );
             } else {
                 line += "; AMX: not on this CPU";
@@ -798,7 +819,7 @@ impl BackendJob for ForwardBenchJob {
             Some(r?)
         } else {
             if self.compare_burn {
-                eprintln!("--compare-burn: the CPU kernels are not in use here (not the CPU backend, no AVX-512F, or ENGRAM_CPU_GEMM=burn)");
+                eprintln!("--compare-burn: the CPU kernels are not in use here (not the CPU backend, neither AVX2/FMA nor AVX-512F, or ENGRAM_CPU_GEMM=burn)");
             }
             None
         };

@@ -1,4 +1,4 @@
-//! Single-precision GEMM `C = A · B (+ bias)` with AVX-512: the kernel under
+//! Single-precision GEMM `C = A · B (+ bias)` with AVX-512 or AVX2/FMA: the kernel under
 //! [`crate::layers::Linear`] and the attention products on the CPU backend. It reads
 //! the weight `B` (`[in, out]`, row-major, as Engram stores it) in place, so nothing
 //! is repacked per call for small batches and nothing is cached beside the weights.
@@ -6,11 +6,12 @@
 //! Blocking follows Goto & van de Geijn, "Anatomy of high-performance matrix
 //! multiplication" (2008): `NC`-column and `KC`-deep blocks of `B` are copied into
 //! `NR`-wide panels once and reused by every `MR`-row tile of `A`; a 12 × 32 register
-//! tile (24 zmm accumulators) does the arithmetic. Columns (or rows, when there are
-//! few columns) are split over rayon's threads.
+//! tile (24 zmm accumulators) does the arithmetic, or with AVX2 four 6 × 16 tiles
+//! (12 ymm accumulators each, the shape of BLIS's Haswell kernel). Columns (or rows,
+//! when there are few columns) are split over rayon's threads.
 #![allow(unsafe_code)]
 
-use super::supported;
+use super::{gemm_isa, Isa};
 
 /// Rows of `A` per register tile.
 const MR: usize = 12;
@@ -26,7 +27,8 @@ const PACK_MIN_ROWS: usize = 2 * MR;
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// `c = a · b (+ bias)`, all row-major: `a: [m, k]`, `b: [k, n]`, `c: [m, n]`.
-/// Returns false (leaving `c` alone) where the CPU lacks AVX-512F or a length is wrong.
+/// Returns false (leaving `c` alone) where the CPU has neither AVX2/FMA nor AVX-512F,
+/// or a length is wrong.
 pub fn sgemm(
     m: usize,
     n: usize,
@@ -57,8 +59,10 @@ fn gemm(
     bias: Option<&[f32]>,
     c: &mut [f32],
 ) -> bool {
-    if !supported()
-        || a.len() != m * k
+    let Some(isa) = gemm_isa() else {
+        return false;
+    };
+    if a.len() != m * k
         || b.len() != k * n
         || c.len() != m * n
         || bias.is_some_and(|v| v.len() != n)
@@ -97,6 +101,7 @@ fn gemm(
             return true;
         }
         let job = Job {
+            isa,
             k,
             lda: k,
             ldb: if b_trans { k } else { n },
@@ -130,7 +135,7 @@ fn gemm(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (a, b, b_trans, bias, c);
+        let _ = (a, b, b_trans, bias, c, isa);
         false
     }
 }
@@ -140,10 +145,11 @@ fn gemm(
 /// parallel loop (one attention head per task).
 ///
 /// # Safety
-/// The CPU has AVX-512F, and every index above lies inside its slice.
+/// The CPU has `isa`, and every index above lies inside its slice.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_strided(
+    isa: Isa,
     (m, n, k): (usize, usize, usize),
     a: *const f32,
     lda: usize,
@@ -153,6 +159,7 @@ pub(crate) unsafe fn sgemm_strided(
     ldc: usize,
 ) {
     let job = Job {
+        isa,
         k,
         lda,
         ldb,
@@ -169,6 +176,8 @@ pub(crate) unsafe fn sgemm_strided(
 /// One GEMM's operands as raw pointers, shared by threads that write disjoint parts of `c`.
 #[cfg(target_arch = "x86_64")]
 struct Job {
+    /// The CPU has it (checked where the job was made).
+    isa: Isa,
     k: usize,
     lda: usize,
     ldb: usize,
@@ -199,12 +208,40 @@ impl Job {
         } else {
             Vec::new()
         };
-        // SAFETY: `supported()` was checked in `sgemm`; ranges lie inside the matrices.
-        unsafe { self.run_avx512(rows, cols, &mut buf, pack) }
+        // SAFETY: the CPU has `isa` (see the field); ranges lie inside the matrices.
+        unsafe {
+            match self.isa {
+                Isa::Avx512 => self.run_avx512(rows, cols, &mut buf, pack),
+                Isa::Avx2 => self.run_avx2(rows, cols, &mut buf, pack),
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
     unsafe fn run_avx512(
+        &self,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        buf: &mut [f32],
+        pack: bool,
+    ) {
+        self.blocked(rows, cols, buf, pack);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
+        &self,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        buf: &mut [f32],
+        pack: bool,
+    ) {
+        self.blocked(rows, cols, buf, pack);
+    }
+
+    /// The blocking loops, inlined into each instruction set's entry.
+    #[inline(always)]
+    unsafe fn blocked(
         &self,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
@@ -273,7 +310,10 @@ impl Job {
                                 None
                             },
                         };
-                        tile.dispatch(mr);
+                        match self.isa {
+                            Isa::Avx512 => tile.dispatch(mr),
+                            Isa::Avx2 => tile.dispatch_avx2(mr),
+                        }
                         jr += NR;
                     }
                     ir += MR;
@@ -354,6 +394,93 @@ impl Tile {
                     None => _mm512_maskz_loadu_ps(masks[h], ptr),
                 };
                 _mm512_mask_storeu_ps(ptr, masks[h], _mm512_add_ps(base, acc[h]));
+            }
+        }
+    }
+}
+
+/// The AVX2 kernels: each 12 × 32 tile as up to four 6 × 16 tiles over the same
+/// panel (6 rows × 2 ymm = 12 accumulators, with two loads of B and six broadcasts
+/// of A per step of depth).
+#[cfg(target_arch = "x86_64")]
+impl Tile {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dispatch_avx2(&self, rows: usize) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let r = (rows - r0).min(6);
+            for c0 in [0, 16] {
+                if c0 >= self.nr {
+                    break;
+                }
+                let w = (self.nr - c0).min(16);
+                if w == 16 {
+                    self.rows_avx2::<true>(r, r0, c0, w);
+                } else {
+                    self.rows_avx2::<false>(r, r0, c0, w);
+                }
+            }
+            r0 += 6;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2<const FULL: bool>(&self, r: usize, r0: usize, c0: usize, w: usize) {
+        match r {
+            6 => self.kernel_avx2::<6, FULL>(r0, c0, w),
+            5 => self.kernel_avx2::<5, FULL>(r0, c0, w),
+            4 => self.kernel_avx2::<4, FULL>(r0, c0, w),
+            3 => self.kernel_avx2::<3, FULL>(r0, c0, w),
+            2 => self.kernel_avx2::<2, FULL>(r0, c0, w),
+            _ => self.kernel_avx2::<1, FULL>(r0, c0, w),
+        }
+    }
+
+    /// `c[r0.., c0..c0 + w]` over `R` rows; `FULL` when `w` is 16 (no masks).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kernel_avx2<const R: usize, const FULL: bool>(&self, r0: usize, c0: usize, w: usize) {
+        use std::arch::x86_64::*;
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let masks = [
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w.min(8) as i32), lanes),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w.saturating_sub(8) as i32), lanes),
+        ];
+        // Masked-off lanes are never read or written, so tails may point past the end.
+        let load = |p: *const f32, h: usize| {
+            if FULL {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, masks[h])
+            }
+        };
+        let a = self.a.add(r0 * self.lda);
+        let b = self.b.wrapping_add(c0);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for p in 0..self.kc {
+            let row = b.wrapping_add(p * self.ldb);
+            let b0 = load(row, 0);
+            let b1 = load(row.wrapping_add(8), 1);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(i * self.lda + p));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        let c = self.c.add(r0 * self.ldc).wrapping_add(c0);
+        for (i, acc) in acc.iter().enumerate() {
+            for (h, &acc) in acc.iter().enumerate() {
+                let ptr = c.wrapping_add(i * self.ldc + 8 * h);
+                let base = match self.init {
+                    Some(Some(bias)) => load(bias.wrapping_add(c0 + 8 * h), h),
+                    Some(None) => _mm256_setzero_ps(),
+                    None => load(ptr, h),
+                };
+                let y = _mm256_add_ps(base, acc);
+                if FULL {
+                    _mm256_storeu_ps(ptr, y);
+                } else {
+                    _mm256_maskstore_ps(ptr, masks[h], y);
+                }
             }
         }
     }

@@ -1,15 +1,19 @@
-//! CPU fast paths on the ndarray backend, used where the CPU has AVX-512F and the
-//! tensors are f32 ndarray tensors; elsewhere (autodiff, CUDA, other CPUs) each entry
-//! returns `None` and the burn ops in [`crate::layers`] run instead. Under autodiff
-//! on the ndarray backend, linear maps still run here (`autodiff.rs`).
+//! CPU fast paths on the ndarray backend, used where the CPU has AVX-512F, or AVX2
+//! with FMA (most x86-64 laptops and servers since 2013), and the tensors are f32
+//! ndarray tensors; elsewhere (autodiff, CUDA, other CPUs) each entry returns `None`
+//! and the burn ops in [`crate::layers`] run instead. Under autodiff on the ndarray
+//! backend, linear maps still run here (`autodiff.rs`).
 //!
 //! - [`gemm`]: the matrix product under `Linear` and attention; with
 //!   `ENGRAM_CPU_GEMM=amx` on CPUs with AMX-BF16, large products run on
 //!   [`amx`] tiles at f32 accuracy (off by default: not yet faster).
 //! - [`ops`]: fused norms, SiLU, rotary embeddings and attention, one pass each.
 //!
-//! `ENGRAM_CPU_GEMM=burn` (or [`set_enabled`]) turns them all off, so that
-//! benchmarks can compare both paths in one run.
+//! Each entry reads [`active`] once on the calling thread and passes the
+//! instruction set down to the tasks it spreads over threads. The front ends map
+//! `ENGRAM_CPU_GEMM=burn` to [`set_enabled`]`(false)` (every path off, so that
+//! benchmarks can compare both in one run) and `ENGRAM_CPU_GEMM=avx2` to
+//! [`set_isa`]; tests run a closure on one instruction set with [`with_isa`].
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "x86_64")]
@@ -82,27 +86,133 @@ use burn_tensor::{Bool, Tensor, TensorPrimitive};
 
 pub use gemm::{sgemm, sgemm_bt};
 
-/// 0: undecided, 1: on, 2: off.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// An instruction set the kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: 16 lanes, masked tails.
+    Avx512,
+    /// AVX2 with FMA: 8 lanes.
+    Avx2,
+}
 
-/// Whether the fast paths are on: the CPU has AVX-512F and [`set_enabled`] did not
-/// turn them off (the front ends do where `ENGRAM_CPU_GEMM=burn`).
-pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = supported();
-            STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
+impl Isa {
+    /// The name the front ends and benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "AVX-512",
+            Isa::Avx2 => "AVX2",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Isa::Avx512 => 1,
+            Isa::Avx2 => 2,
         }
     }
 }
 
-/// Turn the fast paths on or off for this process (benchmarks compare both);
-/// they stay off where the CPU lacks AVX-512F.
+/// The instruction sets this CPU can run the kernels on, best first.
+pub fn isas() -> Vec<Isa> {
+    [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect()
+}
+
+/// The best instruction set this CPU has for the kernels.
+fn best() -> Option<Isa> {
+    [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.available())
+}
+
+/// The process's choice: 0 undecided, 1 AVX-512, 2 AVX2, 3 off.
+static STATE: AtomicU8 = AtomicU8::new(0);
+
+std::thread_local! {
+    /// [`with_isa`]'s choice for this thread, over the process's.
+    static SCOPED: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// The instruction set the fast paths run on in this thread: `None` where they
+/// are off (no AVX2/FMA or AVX-512F, or [`set_enabled`]`(false)`).
+pub fn active() -> Option<Isa> {
+    if let Some(isa) = SCOPED.with(std::cell::Cell::get) {
+        return Some(isa);
+    }
+    match STATE.load(Ordering::Relaxed) {
+        1 => Some(Isa::Avx512),
+        2 => Some(Isa::Avx2),
+        3 => None,
+        _ => {
+            let isa = best();
+            STATE.store(isa.map_or(3, Isa::code), Ordering::Relaxed);
+            isa
+        }
+    }
+}
+
+/// The instruction set [`sgemm`] runs on: [`active`]'s, or where the fast paths
+/// are off, the best this CPU has (the GEMM is called directly where it applies).
+pub(crate) fn gemm_isa() -> Option<Isa> {
+    active().or_else(best)
+}
+
+/// Whether the fast paths are on: the CPU has AVX2/FMA or AVX-512F and
+/// [`set_enabled`] did not turn them off.
+pub fn enabled() -> bool {
+    active().is_some()
+}
+
+/// Turn the fast paths on (on the best instruction set) or off for this process;
+/// benchmarks compare both. They stay off where the CPU has neither set.
 pub fn set_enabled(on: bool) {
-    STATE.store(if on && supported() { 1 } else { 2 }, Ordering::Relaxed);
+    let isa = if on { best() } else { None };
+    STATE.store(isa.map_or(3, Isa::code), Ordering::Relaxed);
+}
+
+/// Run the fast paths on `isa` for this process (a narrower set than the CPU's
+/// best, to measure it). False, changing nothing, where the CPU lacks it.
+pub fn set_isa(isa: Isa) -> bool {
+    if !isa.available() {
+        return false;
+    }
+    STATE.store(isa.code(), Ordering::Relaxed);
+    true
+}
+
+/// Run `f` with the fast paths on `isa` in this thread (the kernels' own threads
+/// follow it), then restore the previous choice; `None` where the CPU lacks `isa`.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> Option<R> {
+    if !isa.available() {
+        return None;
+    }
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SCOPED.with(|c| c.replace(Some(isa))));
+    Some(f())
 }
 
 /// Whether the editing workflows' products run on the kernels too: linear maps
@@ -120,16 +230,54 @@ pub fn workflow_paths() -> bool {
     WORKFLOW.load(Ordering::Relaxed)
 }
 
-/// Whether this CPU can run the kernels.
-pub fn supported() -> bool {
+/// Apply a front end's `ENGRAM_CPU_GEMM` setting: `burn` turns the fast paths off,
+/// `avx2` runs them on AVX2 where the CPU has AVX-512 too, `amx` runs large products
+/// on AMX tiles. An unknown value, or one this CPU cannot run, is an error naming
+/// it and what is allowed here.
+pub fn choose(value: &str) -> Result<(), String> {
+    let amx = cfg!(target_arch = "x86_64") && amx_available();
+    let allowed = {
+        let mut a = vec!["burn"];
+        if Isa::Avx2.available() {
+            a.push("avx2");
+        }
+        if amx {
+            a.push("amx");
+        }
+        a.join(", ")
+    };
+    let refuse = |why: &str| {
+        Err(format!(
+            "ENGRAM_CPU_GEMM={value:?}: {why}; allowed here: {allowed}"
+        ))
+    };
+    match value {
+        "" => {}
+        "burn" => set_enabled(false),
+        "avx2" if set_isa(Isa::Avx2) => {}
+        "avx2" => return refuse("this CPU lacks AVX2 with FMA"),
+        #[cfg(target_arch = "x86_64")]
+        "amx" if amx => amx::set_enabled(true),
+        "amx" => return refuse("this CPU lacks AMX-BF16 (or Linux did not grant it)"),
+        _ => return refuse("unknown value"),
+    }
+    Ok(())
+}
+
+fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// Whether this CPU can run the kernels (AVX2 with FMA, or AVX-512F).
+pub fn supported() -> bool {
+    best().is_some()
 }
 
 /// A float tensor's data, contiguous and row-major, borrowed where it already is.

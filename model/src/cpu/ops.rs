@@ -8,13 +8,15 @@
 //! Each entry returns `None` where the fast paths are off or the tensors are not f32
 //! ndarray tensors; the caller then runs the burn ops. Numerics follow those ops:
 //! the same formulas in f32, with masked scores set to `f32::MIN` before the softmax.
+//! Each kernel has an AVX-512 form (16 lanes, masked tails) and an AVX2/FMA form
+//! (8 lanes), picked by the instruction set [`super::active`] names.
 #![allow(unsafe_code)]
 
 use burn_tensor::backend::Backend;
 use burn_tensor::{Bool, Tensor};
 use rayon::prelude::*;
 
-use super::{bools, enabled, tensor, Host};
+use super::{active, bools, tensor, Host, Isa};
 use crate::config::{NormKind, RotaryStyle};
 
 /// Split rows over threads only when there are at least this many elements.
@@ -22,15 +24,10 @@ const PAR_MIN: usize = 1 << 15;
 
 /// `silu(x) = x / (1 + exp(-x))`, element-wise.
 pub fn silu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
-    if !enabled() {
-        return None;
-    }
+    let isa = active()?;
     let h = Host::new(x)?;
     let mut out = h.data().into_owned();
-    par_rows(&mut out, 4096, |chunk| {
-        // SAFETY: `enabled()` implies AVX-512F.
-        unsafe { silu_mul_avx512(chunk, None) }
-    });
+    par_rows(&mut out, 4096, |chunk| silu_mul_on(isa, chunk, None));
     tensor(out, x.dims())
 }
 
@@ -39,7 +36,8 @@ pub fn silu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>
 /// # Shapes
 /// - gate, up: `[batch, pos, d_mlp]` → `[batch, pos, d_mlp]`
 pub fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    if !enabled() || gate.dims() != up.dims() {
+    let isa = active()?;
+    if gate.dims() != up.dims() {
         return None;
     }
     let (g, u) = (Host::new(gate)?, Host::new(up)?);
@@ -48,8 +46,7 @@ pub fn silu_mul<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Te
     let chunk = 4096;
     let work = |(i, c): (usize, &mut [f32])| {
         let start = i * chunk;
-        // SAFETY: `enabled()` implies AVX-512F; `up` has `out`'s length.
-        unsafe { silu_mul_avx512(c, Some(&up[start..start + c.len()])) }
+        silu_mul_on(isa, c, Some(&up[start..start + c.len()]));
     };
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(chunk).enumerate().for_each(work);
@@ -70,9 +67,7 @@ pub fn norm<B: Backend>(
     weight: &Tensor<B, 1>,
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, 3>> {
-    if !enabled() {
-        return None;
-    }
+    let isa = active()?;
     let d = x.dims()[2];
     let (xh, wh) = (Host::new(x)?, Host::new(weight)?);
     let bh = match bias {
@@ -87,8 +82,7 @@ pub fn norm<B: Backend>(
     let mut out = xh.data().into_owned();
     let eps = eps as f32;
     par_rows(&mut out, d, |row| {
-        // SAFETY: `enabled()` implies AVX-512F; rows have `d` elements.
-        unsafe { norm_row(row, kind, eps, &w, b.as_deref()) }
+        norm_row_on(isa, row, kind, eps, &w, b.as_deref())
     });
     tensor(out, x.dims())
 }
@@ -103,9 +97,7 @@ pub fn rotary<B: Backend>(
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    if !enabled() {
-        return None;
-    }
+    active()?;
     let [b, s, h, d] = x.dims();
     let r = cos.dims()[3];
     if cos.dims() != [b, s, 1, r] || sin.dims() != cos.dims() || r > d || !r.is_multiple_of(2) {
@@ -160,6 +152,8 @@ fn rotate_row(x: &[f32], out: &mut [f32], c: &[f32], s: &[f32], style: RotarySty
 /// Shapes of one attention call, checked once.
 #[derive(Clone, Copy)]
 struct Heads {
+    /// The CPU has it (from [`active`]).
+    isa: Isa,
     b: usize,
     s: usize,
     t: usize,
@@ -170,11 +164,12 @@ struct Heads {
 
 impl Heads {
     /// From q `[b, s, nh, dh]` and k/v `[b, t, nkv, dh]`.
-    fn new(q: [usize; 4], k: [usize; 4], v: [usize; 4]) -> Option<Self> {
+    fn new(isa: Isa, q: [usize; 4], k: [usize; 4], v: [usize; 4]) -> Option<Self> {
         let [b, s, nh, dh] = q;
         let [kb, t, nkv, kdh] = k;
         let ok = kb == b && kdh == dh && v == k && nkv > 0 && nh.is_multiple_of(nkv);
         (ok && s > 0 && t > 0 && dh > 0).then_some(Self {
+            isa,
             b,
             s,
             t,
@@ -207,9 +202,10 @@ impl Heads {
                 kt[p * t + j] = x;
             }
         }
-        // SAFETY: AVX-512F (enabled); q, kt and out cover the strided indices.
+        // SAFETY: the CPU has `isa`; q, kt and out cover the strided indices.
         unsafe {
             super::gemm::sgemm_strided(
+                self.isa,
                 (s, t, dh),
                 q.as_ptr().add((bi * s * nh + head) * dh),
                 nh * dh,
@@ -233,7 +229,7 @@ impl Heads {
     /// `z[batch, :, head, :] = pattern · v` for `task` = (batch, head); `pattern` is `[s, t]`.
     ///
     /// # Safety
-    /// AVX-512F; `z` points at `[b, s, nh, dh]` floats, and no other task writes this head.
+    /// `z` points at `[b, s, nh, dh]` floats, and no other task writes this head.
     unsafe fn values(&self, task: usize, pattern: &[f32], v: &[f32], z: SyncPtr) {
         let Heads {
             s, t, nh, nkv, dh, ..
@@ -241,6 +237,7 @@ impl Heads {
         let (bi, head) = (task / nh, task % nh);
         let kv_head = head / (nh / nkv);
         super::gemm::sgemm_strided(
+            self.isa,
             (s, dh, t),
             pattern.as_ptr(),
             t,
@@ -268,10 +265,7 @@ pub fn attention<B: Backend>(
     v: &Tensor<B, 4>,
     mask: &Tensor<B, 4, Bool>,
 ) -> Option<Tensor<B, 4>> {
-    if !enabled() {
-        return None;
-    }
-    let hd = Heads::new(q.dims(), k.dims(), v.dims())?;
+    let hd = Heads::new(active()?, q.dims(), k.dims(), v.dims())?;
     if mask.dims() != [hd.b, 1, hd.s, hd.t] {
         return None;
     }
@@ -284,13 +278,11 @@ pub fn attention<B: Backend>(
         || (vec![0f32; hd.dh * hd.t], vec![0f32; hd.s * hd.t]),
         |(kt, scores), task| {
             hd.scores(task, &qs, &ks, &masked, kt, scores);
-            // SAFETY: AVX-512F (enabled); tasks write disjoint heads of `out`.
-            unsafe {
-                for row in scores.chunks_mut(hd.t) {
-                    softmax_avx512(row);
-                }
-                hd.values(task, scores, &vs, z);
+            for row in scores.chunks_mut(hd.t) {
+                softmax_on(hd.isa, row);
             }
+            // SAFETY: tasks write disjoint heads of `out`.
+            unsafe { hd.values(task, scores, &vs, z) }
         },
     );
     tensor(out, [hd.b, hd.s, hd.nh, hd.dh])
@@ -305,10 +297,7 @@ pub fn attention_scores<B: Backend>(
     k: &Tensor<B, 4>,
     mask: &Tensor<B, 4, Bool>,
 ) -> Option<Tensor<B, 4>> {
-    if !enabled() {
-        return None;
-    }
-    let hd = Heads::new(q.dims(), k.dims(), k.dims())?;
+    let hd = Heads::new(active()?, q.dims(), k.dims(), k.dims())?;
     if mask.dims() != [hd.b, 1, hd.s, hd.t] {
         return None;
     }
@@ -325,18 +314,13 @@ pub fn attention_scores<B: Backend>(
 
 /// Softmax over the last axis, as [`attention`] computes it.
 pub fn softmax<B: Backend>(x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-    if !enabled() {
-        return None;
-    }
+    let isa = active()?;
     let t = x.dims()[3];
     if t == 0 {
         return None;
     }
     let mut out = Host::new(x)?.data().into_owned();
-    par_rows(&mut out, t, |row| {
-        // SAFETY: `enabled()` implies AVX-512F.
-        unsafe { softmax_avx512(row) }
-    });
+    par_rows(&mut out, t, |row| softmax_on(isa, row));
     tensor(out, x.dims())
 }
 
@@ -349,12 +333,10 @@ pub fn attention_values<B: Backend>(
     pattern: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    if !enabled() {
-        return None;
-    }
+    let isa = active()?;
     let [b, nh, s, t] = pattern.dims();
     let [.., nkv, dh] = v.dims();
-    let hd = Heads::new([b, s, nh, dh], v.dims(), v.dims())?;
+    let hd = Heads::new(isa, [b, s, nh, dh], v.dims(), v.dims())?;
     if hd.t != t || hd.nkv != nkv {
         return None;
     }
@@ -363,7 +345,7 @@ pub fn attention_values<B: Backend>(
     let mut out = vec![0f32; b * s * nh * dh];
     let z = SyncPtr(out.as_mut_ptr());
     (0..b * nh).into_par_iter().for_each(|task| {
-        // SAFETY: AVX-512F (enabled); tasks write disjoint heads of `out`.
+        // SAFETY: tasks write disjoint heads of `out`.
         unsafe { hd.values(task, &ps[task * s * t..(task + 1) * s * t], &vs, z) }
     });
     tensor(out, [b, s, nh, dh])
@@ -387,6 +369,28 @@ fn par_rows(data: &mut [f32], len: usize, f: impl Fn(&mut [f32]) + Sync + Send) 
         data.par_chunks_mut(len).for_each(f);
     } else {
         data.chunks_mut(len).for_each(f);
+    }
+}
+
+/// `x / (1 + exp(-x))` in place, times `up` where given, on `isa`.
+fn silu_mul_on(isa: Isa, x: &mut [f32], up: Option<&[f32]>) {
+    // SAFETY: `isa` came from `active()`, so the CPU has it.
+    unsafe {
+        match isa {
+            Isa::Avx512 => silu_mul_avx512(x, up),
+            Isa::Avx2 => silu_mul_avx2(x, up),
+        }
+    }
+}
+
+/// Softmax of one row in place, on `isa`.
+fn softmax_on(isa: Isa, row: &mut [f32]) {
+    // SAFETY: `isa` came from `active()`, so the CPU has it.
+    unsafe {
+        match isa {
+            Isa::Avx512 => softmax_avx512(row),
+            Isa::Avx2 => softmax_avx2(row),
+        }
     }
 }
 
@@ -493,9 +497,140 @@ unsafe fn softmax_avx512(row: &mut [f32]) {
     }
 }
 
-/// One row of LayerNorm or RMSNorm, in place.
-#[target_feature(enable = "avx512f")]
-unsafe fn norm_row(x: &mut [f32], kind: NormKind, eps: f32, w: &[f32], b: Option<&[f32]>) {
+/// Lanes `0..min(n, 8)` set, as AVX2's masked loads and stores read them.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mask8(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n.min(8) as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// [`exp16`] on 8 lanes: the same reduction and polynomial; `2^n` is built from
+/// the exponent bits in two halves (`n` reaches -150 and 128, past one float's range).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+    let xc = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-104.0)),
+        _mm256_set1_ps(89.0),
+    );
+    let n = _mm256_round_ps::<0x08>(_mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let ni = _mm256_cvtps_epi32(n);
+    let n1 = _mm256_srai_epi32::<1>(ni);
+    let n2 = _mm256_sub_epi32(ni, n1);
+    let pow2 = |e: __m256i| {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            e,
+            _mm256_set1_epi32(127),
+        )))
+    };
+    let y = _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2));
+    _mm256_blendv_ps(y, x, nan)
+}
+
+/// [`silu_mul_avx512`] on 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(x: &mut [f32], up: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i < x.len() {
+        let m = mask8(x.len() - i);
+        let p = x.as_mut_ptr().add(i);
+        let v = _mm256_maskload_ps(p, m);
+        let mut y = _mm256_div_ps(
+            v,
+            _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))),
+        );
+        if let Some(u) = up {
+            y = _mm256_mul_ps(y, _mm256_maskload_ps(u.as_ptr().add(i), m));
+        }
+        _mm256_maskstore_ps(p, m, y);
+        i += 8;
+    }
+}
+
+/// [`softmax_avx512`] on 8 lanes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(row: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let p = row.as_mut_ptr();
+    let neg = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut mx = neg;
+    let mut i = 0;
+    while i < n {
+        let m = mask8(n - i);
+        let v = _mm256_blendv_ps(neg, _mm256_maskload_ps(p.add(i), m), _mm256_castsi256_ps(m));
+        mx = _mm256_max_ps(mx, v);
+        i += 8;
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+    let max = _mm256_set1_ps(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    let mut sum = _mm256_setzero_ps();
+    i = 0;
+    while i < n {
+        let m = mask8(n - i);
+        let e = exp8(_mm256_sub_ps(_mm256_maskload_ps(p.add(i), m), max));
+        let e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_maskstore_ps(p.add(i), m, e);
+        i += 8;
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    let total = _mm256_set1_ps(lanes.iter().sum());
+    i = 0;
+    while i < n {
+        let m = mask8(n - i);
+        _mm256_maskstore_ps(
+            p.add(i),
+            m,
+            _mm256_div_ps(_mm256_maskload_ps(p.add(i), m), total),
+        );
+        i += 8;
+    }
+}
+
+/// One row of LayerNorm or RMSNorm in place, compiled for `isa`'s vectors (the sums
+/// keep 16 partial sums either way, so both give the same bits).
+fn norm_row_on(isa: Isa, x: &mut [f32], kind: NormKind, eps: f32, w: &[f32], b: Option<&[f32]>) {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(x: &mut [f32], kind: NormKind, eps: f32, w: &[f32], b: Option<&[f32]>) {
+        norm_row(x, kind, eps, w, b);
+    }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(x: &mut [f32], kind: NormKind, eps: f32, w: &[f32], b: Option<&[f32]>) {
+        norm_row(x, kind, eps, w, b);
+    }
+    // SAFETY: `isa` came from `active()`, so the CPU has it.
+    unsafe {
+        match isa {
+            Isa::Avx512 => avx512(x, kind, eps, w, b),
+            Isa::Avx2 => avx2(x, kind, eps, w, b),
+        }
+    }
+}
+
+#[inline(always)]
+fn norm_row(x: &mut [f32], kind: NormKind, eps: f32, w: &[f32], b: Option<&[f32]>) {
     let d = x.len() as f32;
     match kind {
         NormKind::RmsNorm => {
