@@ -1698,17 +1698,16 @@ fn bench_gemm_prints_every_kernel_and_checks_its_shapes() {
 /// work, naming it and the values allowed.
 #[test]
 fn engram_cpu_gemm_picks_the_kernels_and_refuses_unknown_values() {
-    let run = |value: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .env("ENGRAM_CPU_GEMM", value)
-            .args([
-                "run",
-                "demo",
-                "--prompt",
-                "Quinford Belvale lives in the city of",
-                "--top-k",
-                "3",
-            ])
+    // `None`: the variable unset.
+    let run = |value: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
+        cmd.env_remove("ENGRAM_CPU_GEMM");
+        if let Some(v) = value {
+            cmd.env("ENGRAM_CPU_GEMM", v);
+        }
+        let prompt = "Quinford Belvale lives in the city of";
+        let out = cmd
+            .args(["run", "demo", "--prompt", prompt, "--top-k", "3"])
             .output()
             .expect("engram runs");
         (
@@ -1717,22 +1716,15 @@ fn engram_cpu_gemm_picks_the_kernels_and_refuses_unknown_values() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, _, err) = run("fastest");
+    let (ok, _, err) = run(Some("fastest"));
     assert!(!ok, "an unknown value is refused");
     assert!(
         err.contains("ENGRAM_CPU_GEMM=\"fastest\"") && err.contains("allowed here: burn"),
         "{err}"
     );
-    let (ok, default, err) = engram(&[
-        "run",
-        "demo",
-        "--prompt",
-        "Quinford Belvale lives in the city of",
-        "--top-k",
-        "3",
-    ]);
+    let (ok, default, err) = run(None);
     assert!(ok, "{err}");
-    let (ok, burn, err) = run("burn");
+    let (ok, burn, err) = run(Some("burn"));
     assert!(ok, "{err}");
     // (token, probability) of each ranked line.
     let ranked = |out: &str| -> Vec<(String, f64)> {
@@ -1754,11 +1746,11 @@ fn engram_cpu_gemm_picks_the_kernels_and_refuses_unknown_values() {
     };
     assert!(same(&burn, &default), "burn:\n{burn}\ndefault:\n{default}");
     if engram_model::cpu::Isa::Avx2.available() {
-        let (ok, avx2, err) = run("avx2");
+        let (ok, avx2, err) = run(Some("avx2"));
         assert!(ok, "{err}");
         assert!(same(&avx2, &default), "avx2:\n{avx2}\ndefault:\n{default}");
     } else {
-        let (ok, _, err) = run("avx2");
+        let (ok, _, err) = run(Some("avx2"));
         assert!(!ok && err.contains("lacks AVX2"), "{err}");
     }
 }
