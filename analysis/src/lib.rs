@@ -4,7 +4,7 @@
 //!   read through the final norm and unembedding.
 //!
 //! - [`trace`]: causal tracing (Meng et al. 2022): corrupt the subject, restore
-//!   one clean state at a time.
+//!   one clean state at a time, with ROME's noise ([`numpy_random`]).
 //!
 //! - [`patching`]: clean/corrupted activation patching, TransformerLens style.
 //!
@@ -22,6 +22,7 @@ pub mod error;
 pub mod jobs;
 pub mod lens;
 pub mod memories;
+pub mod numpy_random;
 pub mod patching;
 pub mod probe;
 pub mod steer;

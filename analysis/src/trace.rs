@@ -3,6 +3,10 @@
 //! with noise in `samples` copies; then one clean internal state at a time is
 //! restored, and the mean probability of the answer's first token is read.
 //!
+//! The noise is ROME's, draw for draw: numpy's `RandomState(seed)` (ROME: 1),
+//! `randn` (or `uniform(-1, 1)`) over `[samples, subject tokens, d_model]` in
+//! that order, times ν ([`crate::numpy_random`]).
+//!
 //! Three kinds of restoration, as in ROME's `causal_trace.py`:
 //! - `hidden`: the residual stream after block `l` (`blocks.{l}.hook_resid_post`) at one token;
 //! - `mlp` / `attn`: the MLP / attention outputs of a window of layers around `l`
@@ -24,12 +28,13 @@ use std::ops::Range;
 use burn_tensor::activation::softmax;
 use burn_tensor::backend::Backend;
 use burn_tensor::{Tensor, TensorData};
-use engram_model::generate::Rng;
 use engram_model::layers::{ForwardCtx, LayerKv};
 use engram_model::{
     Activation, ActivationCache, Batch, BlockSite, Hook, HookPoint, ModelError, NoHooks,
     Transformer,
 };
+
+use crate::numpy_random::RandomState;
 
 /// What is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,7 +92,8 @@ pub struct TraceConfig {
     pub samples: usize,
     /// Layers restored together for `mlp` and `attn` (ROME: 10).
     pub window: usize,
-    pub seed: u64,
+    /// numpy's `RandomState` seed (ROME: 1).
+    pub seed: u32,
     pub kinds: Vec<TraceKind>,
     /// At most this many rows per batched forward pass ([`trace_batched`]).
     pub max_rows: usize,
@@ -222,34 +228,28 @@ pub fn embedding_std<B: Backend>(model: &Transformer<B>, subjects: &[Vec<u32>]) 
     Ok(var.max(0.0).sqrt() as f32)
 }
 
-/// The noise of each corrupted copy: `[samples, pos, d_model]`, zero outside the subject.
+/// The noise of each corrupted copy: `[samples, pos, d_model]`, zero outside
+/// the subject; ROME's `noise * RandomState(seed).randn(samples, subject, d)`.
 fn noise_tensor<B: Backend>(
     model: &Transformer<B>,
     input: &TraceInput,
     cfg: &TraceConfig,
 ) -> Tensor<B, 3> {
     let (s, t, d) = (cfg.samples, input.ids.len(), model.config.d_model);
-    let mut rng = Rng::new(cfg.seed);
+    let mut rs = RandomState::new(cfg.seed);
     let mut data = vec![0f32; s * t * d];
     for sample in 0..s {
         for pos in input.subject.clone() {
             for k in 0..d {
                 let z = match cfg.noise {
-                    Noise::Gaussian { scale } => scale * gaussian(&mut rng),
-                    Noise::Uniform { scale } => scale * (2.0 * rng.next_f64() as f32 - 1.0),
+                    Noise::Gaussian { scale } => f64::from(scale) * rs.randn(),
+                    Noise::Uniform { scale } => f64::from(scale) * rs.uniform(-1.0, 1.0),
                 };
-                data[(sample * t + pos) * d + k] = z;
+                data[(sample * t + pos) * d + k] = z as f32;
             }
         }
     }
     Tensor::from_data(TensorData::new(data, [s, t, d]), &model.device)
-}
-
-/// Box-Muller.
-fn gaussian(rng: &mut Rng) -> f32 {
-    let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
-    let u2 = rng.next_f64();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 /// Adds the noise at `hook_embed` (rows are the corrupted copies, repeated).

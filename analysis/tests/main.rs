@@ -105,6 +105,37 @@ mod trace {
         3.0 * embedding_std(&lm.model, &ids).expect("std")
     }
 
+    /// ROME traces a fact only when the top token is the whole answer
+    /// (`--whole-answer`); by default the answer's first token suffices.
+    #[test]
+    fn whole_answer_test_skips_an_answer_longer_than_the_top_token() {
+        use engram_analysis::jobs::trace::{trace_facts, Outcome, TraceOptions};
+        use engram_datasets::facts::UserFact;
+        let lm = demo();
+        let fact = |target: &str| UserFact {
+            subject: "Quinford Belvale".into(),
+            prompt: "Quinford Belvale lives in the city of".into(),
+            target: target.into(),
+            relation: None,
+        };
+        let facts = [fact("Quarnholm"), fact("Quarnholm city")];
+        let traced = |whole_answer: bool| -> Vec<bool> {
+            let opts = TraceOptions {
+                kinds: vec![TraceKind::Mlp],
+                samples: 2,
+                whole_answer,
+                ..TraceOptions::default()
+            };
+            trace_facts(&lm, &facts, &opts, 0.1, &engram_model::Control::new())
+                .expect("trace")
+                .iter()
+                .map(|o| matches!(o.outcome, Outcome::Traced(_)))
+                .collect()
+        };
+        assert_eq!(traced(false), [true, true]);
+        assert_eq!(traced(true), [true, false]);
+    }
+
     #[test]
     fn restoring_every_state_gives_back_the_clean_probability() {
         let lm = demo();
@@ -1285,5 +1316,62 @@ mod attribution {
         // Heads: one estimate per head, all finite.
         assert_eq!(a.heads[0][0].len(), lm.model.config.n_heads);
         assert!(a.heads.iter().flatten().flatten().all(|x| x.is_finite()));
+    }
+}
+
+/// numpy's `RandomState`, the generator of ROME's trace noise, against the
+/// values numpy 2.4.6 printed (`numpy.random.RandomState(seed)`).
+mod numpy_random {
+    use engram_analysis::numpy_random::RandomState;
+
+    #[test]
+    fn randn_gives_numpys_values_across_the_twist_and_rejections() {
+        // RandomState(1).randn(3, 5, 576), as ROME draws 3 copies of a 5-token subject.
+        let mut rs = RandomState::new(1);
+        let v: Vec<f64> = (0..3 * 5 * 576).map(|_| rs.randn()).collect();
+        let numpy = [
+            (0, 1.6243453636632417),
+            (1, -0.6117564136500754),
+            (2, -0.5281717522634557),
+            (575, 0.5135054799885475),
+            (576, 0.3724568515114425),
+            (2000, 0.4895166181417871),
+            (8639, 0.9651056588968244),
+        ];
+        for (i, want) in numpy {
+            assert_eq!(v[i], want, "randn value {i}");
+        }
+        let sum: f64 = v.iter().sum();
+        assert!((sum - 68.10867382794521).abs() < 1e-9, "sum {sum}");
+    }
+
+    #[test]
+    fn rand_and_uniform_give_numpys_values() {
+        let mut rs = RandomState::new(1);
+        assert_eq!(rs.rand(), 0.417022004702574);
+        assert_eq!(rs.rand(), 0.7203244934421581);
+        assert_eq!(rs.rand(), 0.00011437481734488664);
+        // RandomState(1).uniform(-1, 1, (2, 3, 4)): first three and last.
+        let mut rs = RandomState::new(1);
+        let u: Vec<f64> = (0..24).map(|_| rs.uniform(-1.0, 1.0)).collect();
+        assert_eq!(
+            u[..3],
+            [-0.165955990594852, 0.4406489868843162, -0.9997712503653102]
+        );
+        assert_eq!(u[23], 0.38464523133862816);
+    }
+
+    #[test]
+    fn other_seeds_and_a_pending_gaussian() {
+        let mut rs = RandomState::new(0);
+        let v = [rs.randn(), rs.randn(), rs.randn()];
+        assert_eq!(
+            v,
+            [1.764052345967664, 0.4001572083672233, 0.9787379841057392]
+        );
+        // randn() keeps the pair's second value; rand() does not use it.
+        let mut rs = RandomState::new(u32::MAX);
+        assert_eq!(rs.randn(), 0.6484086742306527);
+        assert_eq!(rs.rand(), 0.01793967398674523);
     }
 }

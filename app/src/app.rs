@@ -395,18 +395,15 @@ impl EngramApp {
         }
     }
 
-    /// Subjects whose embedding spread sets the trace noise: the checked fact
-    /// set's, else (empty) the traced subject's own.
+    /// Subjects whose embedding spread sets the trace noise: every record of
+    /// the checked fact set (as ROME's `collect_embedding_std` and `engram
+    /// trace`), else (empty) the traced subject's own.
     fn noise_subjects(&self) -> Vec<String> {
-        let mut subjects: Vec<String> = Vec::new();
-        if let Some(report) = &self.results.facts {
-            for c in &report.checked {
-                if !subjects.contains(&c.fact.subject) {
-                    subjects.push(c.fact.subject.clone());
-                }
-            }
-        }
-        subjects
+        self.results
+            .facts
+            .iter()
+            .flat_map(|report| report.checked.iter().map(|c| c.fact.subject.clone()))
+            .collect()
     }
 
     /// Check the fact set named in the settings.

@@ -35,11 +35,16 @@ pub(crate) struct TraceArgs {
     /// Noise scale ν: `3sigma` (3 x the std of the subjects' token embeddings, ROME), `Ksigma`, or a number.
     #[arg(long, default_value = "3sigma")]
     pub noise: String,
+    /// Measure σ (for `Ksigma`) over this fact set's subjects rather than the
+    /// traced facts': ROME's ν for one fact is 3σ over known_1000.json.
+    #[arg(long, value_name = "FACTS")]
+    pub noise_subjects: Option<PathBuf>,
     /// Uniform noise in [-ν, ν] instead of Gaussian.
     #[arg(long)]
     pub uniform: bool,
+    /// The noise's seed: numpy's `RandomState(SEED)`, as ROME's `causal_trace.py` (which uses 1).
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub seed: u32,
     /// Trace every N-th fact, starting at the K-th: this machine's share of a
     /// study spread over N (`--n` is the whole study's); ν is measured over all
     /// the facts, so `engram runs merge` joins the shards into the unsharded run.
@@ -48,6 +53,10 @@ pub(crate) struct TraceArgs {
     /// The reference path: one restoration per forward pass.
     #[arg(long)]
     pub naive: bool,
+    /// Trace a fact only if the model's top token is the whole answer (ROME's
+    /// test on known_1000.json); by default its first token suffices.
+    #[arg(long)]
+    pub whole_answer: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[arg(long)]
@@ -123,7 +132,24 @@ impl BackendJob for TraceJob {
             (None, None) => bail!("give --facts FILE, or --prompt, --subject and --target"),
         };
         // ν over every fact of the study, so shards trace with the same noise.
-        let noise_subjects: Vec<String> = facts.iter().map(|f| f.subject.clone()).collect();
+        let noise_subjects: Vec<String> = match &a.noise_subjects {
+            Some(path) => {
+                if let NoiseLevel::Fixed(v) = noise {
+                    bail!(
+                        "--noise-subjects sets σ for --noise Ksigma; --noise {v} is a fixed scale"
+                    );
+                }
+                let loaded = engram_datasets::facts::load_fact_set(
+                    path,
+                    engram_datasets::OnBadRecord::Skip,
+                )?;
+                if loaded.records.is_empty() {
+                    bail!("--noise-subjects {}: no fact records", path.display());
+                }
+                loaded.records.iter().map(|f| f.subject.clone()).collect()
+            }
+            None => facts.iter().map(|f| f.subject.clone()).collect(),
+        };
         let (facts, n) = match a.shard {
             Some(shard) => (shard.select(facts), a.n.map(|n| shard.share_of(n))),
             None => (facts, a.n),
@@ -138,6 +164,7 @@ impl BackendJob for TraceJob {
             seed: a.seed,
             n: n.unwrap_or(usize::MAX),
             naive: a.naive,
+            whole_answer: a.whole_answer,
             ..TraceOptions::default()
         };
         let store = engram_datasets::RunStore::open(

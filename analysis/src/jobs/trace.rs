@@ -42,12 +42,17 @@ pub struct TraceOptions {
     pub window: usize,
     pub noise: NoiseLevel,
     pub uniform: bool,
-    pub seed: u64,
+    /// numpy's `RandomState` seed of the noise (ROME: 1).
+    pub seed: u32,
     /// Stop after this many facts have been traced.
     pub n: usize,
     pub max_rows: usize,
     /// Use the reference path (one restoration per forward pass).
     pub naive: bool,
+    /// Trace a fact only when the model's top token, stripped, is the whole
+    /// answer (ROME's `calculate_hidden_flow` with `expect`); otherwise when it
+    /// is the answer's first token.
+    pub whole_answer: bool,
 }
 
 impl TraceOptions {
@@ -87,6 +92,7 @@ impl Default for TraceOptions {
             n: usize::MAX,
             max_rows: 256,
             naive: false,
+            whole_answer: false,
         }
     }
 }
@@ -116,9 +122,11 @@ pub fn noise_scale<B: Backend>(
         NoiseLevel::Fixed(v) if v.is_finite() && v >= 0.0 => Ok(v),
         NoiseLevel::Fixed(v) => bail!("the noise scale must be a finite number >= 0, not {v}"),
         NoiseLevel::Spread { multiple } => {
+            // Each subject on its own, with no leading space: ROME's
+            // `collect_embedding_std` runs `make_inputs(tokenizer, [subject])`.
             let ids: Vec<Vec<u32>> = subjects
                 .iter()
-                .map(|s| lm.tokenizer.encode(&format!(" {}", s.trim())))
+                .map(|s| lm.tokenizer.encode(s.trim()))
                 .collect::<std::result::Result<_, _>>()?;
             Ok(multiple * embedding_std(&lm.model, &ids)?)
         }
@@ -162,7 +170,8 @@ pub fn prepare<B: Backend>(lm: &LanguageModel<B>, fact: &UserFact) -> Result<Tra
 }
 
 /// Trace `facts` in order until `opts.n` are traced. Facts the model does not
-/// get right (top-1 ≠ the target's first token) are skipped, as ROME does.
+/// get right (top-1 ≠ the target's first token; with `whole_answer`, top-1's
+/// text ≠ the target, ROME's test) are skipped, as ROME does.
 /// Progress: `traced` of the facts wanted, then each fact's `restorations`.
 pub fn trace_facts<B: Backend>(
     lm: &LanguageModel<B>,
@@ -187,7 +196,7 @@ pub fn trace_facts<B: Backend>(
             .encode(&fact.prompt)
             .map(|ids| ids.iter().map(|&t| lm.tokenizer.token_text(t)).collect())
             .unwrap_or_default();
-        let outcome = match trace_one(lm, fact, &cfg, opts.naive, ctl) {
+        let outcome = match trace_one(lm, fact, &cfg, opts, ctl) {
             Ok(o) => o,
             Err(e) if engram_model::is_cancelled(&e) => return Err(e),
             Err(e) => Outcome::Skipped(e.to_string()),
@@ -208,7 +217,7 @@ fn trace_one<B: Backend>(
     lm: &LanguageModel<B>,
     fact: &UserFact,
     cfg: &TraceConfig,
-    naive: bool,
+    opts: &TraceOptions,
     ctl: &Control,
 ) -> Result<Outcome> {
     let input = prepare(lm, fact)?;
@@ -223,7 +232,14 @@ fn trace_one<B: Backend>(
             lm.tokenizer.token_text(input.target)
         )));
     }
-    let run = if naive { trace_naive } else { trace_fact };
+    let top = lm.tokenizer.token_text(predicted);
+    if opts.whole_answer && top.trim() != fact.target.trim() {
+        return Ok(Outcome::Skipped(format!(
+            "the model's top token {top:?} is not the whole answer {:?} (whole-answer test, as ROME)",
+            fact.target
+        )));
+    }
+    let run = if opts.naive { trace_naive } else { trace_fact };
     Ok(Outcome::Traced(Box::new(run(
         &lm.model,
         &input,
@@ -489,6 +505,7 @@ pub fn store_run<B: Backend>(
         serde_json::json!({
             "noise_scale": scale,
             "noise": if opts.uniform { "uniform" } else { "gaussian" },
+            "generator": "numpy RandomState (MT19937), as ROME",
             "noise_level": match opts.noise {
                 NoiseLevel::Spread { multiple } => format!("{multiple} x embedding std"),
                 NoiseLevel::Fixed(v) => format!("fixed {v}"),
@@ -497,11 +514,12 @@ pub fn store_run<B: Backend>(
             "window": window,
             "kinds": opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "path": if opts.naive { "naive" } else { "batched, prefix reuse" },
+            "answer_test": if opts.whole_answer { "whole answer" } else { "first token" },
             "shard": source.shard,
         }),
     )?;
     params.dataset = source.dataset.map(|d| d.display().to_string());
-    params.seed = Some(opts.seed);
+    params.seed = Some(opts.seed.into());
     write_trace_run(store, params, scale, outcomes)
 }
 
