@@ -197,6 +197,12 @@ fn options_outside_their_range_are_usage_errors() {
             "--top-k",
             "not a whole number",
         ),
+        // numpy's RandomState takes 32-bit seeds.
+        (
+            &["trace", "demo", "--facts", "f.csv", "--seed", "4294967296"],
+            "--seed",
+            "not in 0..=4294967295",
+        ),
     ];
     for (args, option, rule) in cases {
         fails(&engram(&dir, args), 2, &[option, rule]);
@@ -267,6 +273,42 @@ fn values_naming_nothing_are_refused_before_work() {
             &["noise", "must be a finite number above 0"],
         );
     }
+    // σ from another fact set means nothing beside a fixed scale; a missing set is named.
+    let one_fact = [
+        "trace",
+        "demo",
+        "--prompt",
+        prompt,
+        "--subject",
+        "Quinford Belvale",
+        "--target",
+        "Quarnholm",
+    ];
+    fails(
+        &engram(
+            &dir,
+            &[
+                &one_fact[..],
+                &["--noise", "0.1", "--noise-subjects", "f.csv"],
+            ]
+            .concat(),
+        ),
+        1,
+        &["--noise-subjects", "--noise 0.1 is a fixed scale"],
+    );
+    let err = fails(
+        &engram(
+            &dir,
+            &[&one_fact[..], &["--noise-subjects", "missing.json"]].concat(),
+        ),
+        1,
+        &["missing.json", "No such file"],
+    );
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the cause is said once: {err}"
+    );
     // A target the word-level demo tokenizer cannot represent: refused
     // before the key statistics, naming the target and the unknown token.
     let err = fails(
