@@ -253,27 +253,6 @@ fn values_naming_nothing_are_refused_before_work() {
         1,
         &["memory 0:99999 does not exist"],
     );
-    for noise in ["--noise=-3sigma", "--noise=0", "--noise=NaN"] {
-        fails(
-            &engram(
-                &dir,
-                &[
-                    "trace",
-                    "demo",
-                    "--prompt",
-                    prompt,
-                    "--subject",
-                    "Quinford Belvale",
-                    "--target",
-                    "Quarnholm",
-                    noise,
-                ],
-            ),
-            1,
-            &["noise", "must be a finite number above 0"],
-        );
-    }
-    // σ from another fact set means nothing beside a fixed scale; a missing set is named.
     let one_fact = [
         "trace",
         "demo",
@@ -284,6 +263,14 @@ fn values_naming_nothing_are_refused_before_work() {
         "--target",
         "Quarnholm",
     ];
+    for noise in ["--noise=-3sigma", "--noise=0", "--noise=NaN"] {
+        fails(
+            &engram(&dir, &[&one_fact[..], &[noise]].concat()),
+            1,
+            &["noise", "must be a finite number above 0"],
+        );
+    }
+    // σ from another fact set means nothing beside a fixed scale; a missing set is named.
     fails(
         &engram(
             &dir,
